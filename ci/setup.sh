@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks to build, run and test tapio-probes.
+# A no-op when everything is present: every step checks before it acts.
+set -euo pipefail
+
+# Debian packages, keyed by the command that proves each is installed.
+declare -A PKGS=(
+  [clang]=clang
+  [llvm-strip]=llvm
+  [bpftool]=bpftool
+  [qemu-system-x86_64]=qemu-system-x86
+  [cpio]=cpio
+  [dig]=dnsutils
+  [dnsmasq]=dnsmasq-base
+  [ip]=iproute2
+  [execsnoop]=libbpf-tools
+  [xdp-filter]=xdp-tools
+  [promtool]=prometheus
+)
+
+missing=()
+for cmd in "${!PKGS[@]}"; do
+  # Some tools (bpftool, libbpf-tools) install under /usr/sbin, which a non-login PATH may lack.
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${PKGS[$cmd]}")
+done
+# Headers checked by path: the libbpf helper headers the probes include.
+[ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "ci/setup.sh: installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust targets: the guest agent is a static musl binary.
+if command -v rustup >/dev/null 2>&1; then
+  if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    echo "ci/setup.sh: adding rustup target x86_64-unknown-linux-musl" >&2
+    rustup target add x86_64-unknown-linux-musl
+  fi
+fi
+echo "ci/setup.sh: ready" >&2

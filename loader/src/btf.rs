@@ -1,0 +1,247 @@
+//! A small reader for the BTF an object carries (`.BTF` and the header of `.BTF.ext`).
+//!
+//! aya-obj parses BTF too but keeps its types crate-private. We need struct layouts (to prove
+//! the Rust mirrors of the event structs), and the CO-RE relocation count for `inspect`, so we
+//! read the format ourselves: it is small and stable (kernel `Documentation/bpf/btf.rst`).
+
+use thiserror::Error;
+
+const BTF_MAGIC: u16 = 0xeb9f;
+
+/// Why BTF could not be read.
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error("btf: {0} bytes is too short for a header")]
+    TooShort(usize),
+    #[error("btf: bad magic {0:#06x} (big-endian objects are not supported)")]
+    BadMagic(u16),
+    #[error("btf: {what} at {offset}+{len} runs past the end ({total} bytes)")]
+    OutOfBounds { what: &'static str, offset: usize, len: usize, total: usize },
+    #[error("btf: unknown type kind {kind} at type id {id}")]
+    UnknownKind { kind: u32, id: u32 },
+    #[error("btf: no struct named {0}")]
+    NoStruct(String),
+    #[error("btf: type id {0} does not exist")]
+    NoType(u32),
+}
+
+/// One member of a struct or union, with its offset in bits.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub type_id: u32,
+    pub bit_offset: u32,
+}
+
+/// The parts of a BTF type this project needs; other kinds keep only their kind.
+#[derive(Debug, Clone)]
+pub enum Type {
+    Int { name: String, size: u32 },
+    Ptr { target: u32 },
+    Array { elem: u32, len: u32 },
+    Struct { name: String, size: u32, members: Vec<Member>, union: bool },
+    Enum { name: String, size: u32 },
+    /// typedef, volatile, const, restrict, type tag: transparent for layout.
+    Alias { name: String, target: u32 },
+    Other { kind: u32, name: String },
+}
+
+/// Parsed type table: `types[id - 1]` is type `id` (id 0 is `void`).
+#[derive(Debug, Clone)]
+pub struct Btf {
+    types: Vec<Type>,
+}
+
+fn u32_at(data: &[u8], off: usize, what: &'static str) -> Result<u32, BtfError> {
+    data.get(off..off + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(BtfError::OutOfBounds { what, offset: off, len: 4, total: data.len() })
+}
+
+fn name_at(strings: &[u8], off: u32) -> String {
+    let start = off as usize;
+    strings
+        .get(start..)
+        .map(|s| {
+            let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+            String::from_utf8_lossy(&s[..end]).into_owned()
+        })
+        .unwrap_or_default()
+}
+
+impl Btf {
+    /// Parses the contents of a `.BTF` section (or a raw BTF file such as `/sys/kernel/btf/vmlinux`).
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if data.len() < 24 {
+            return Err(BtfError::TooShort(data.len()));
+        }
+        let magic = u16::from_le_bytes([data[0], data[1]]);
+        if magic != BTF_MAGIC {
+            return Err(BtfError::BadMagic(magic));
+        }
+        let hdr_len = u32_at(data, 4, "header")? as usize;
+        let type_off = u32_at(data, 8, "header")? as usize;
+        let type_len = u32_at(data, 12, "header")? as usize;
+        let str_off = u32_at(data, 16, "header")? as usize;
+        let str_len = u32_at(data, 20, "header")? as usize;
+        let section = |what, off: usize, len: usize| {
+            let start = hdr_len + off;
+            data.get(start..start + len)
+                .ok_or(BtfError::OutOfBounds { what, offset: start, len, total: data.len() })
+        };
+        let types = section("type section", type_off, type_len)?;
+        let strings = section("string section", str_off, str_len)?;
+
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < types.len() {
+            let id = out.len() as u32 + 1;
+            let name = name_at(strings, u32_at(types, pos, "type")?);
+            let info = u32_at(types, pos + 4, "type")?;
+            let size_or_type = u32_at(types, pos + 8, "type")?;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            pos += 12;
+            let ty = match kind {
+                1 => {
+                    pos += 4;
+                    Type::Int { name, size: size_or_type }
+                }
+                2 => Type::Ptr { target: size_or_type },
+                3 => {
+                    let elem = u32_at(types, pos, "array")?;
+                    let len = u32_at(types, pos + 8, "array")?;
+                    pos += 12;
+                    Type::Array { elem, len }
+                }
+                4 | 5 => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let raw_offset = u32_at(types, pos + 8, "member")?;
+                        members.push(Member {
+                            name: name_at(strings, u32_at(types, pos, "member")?),
+                            type_id: u32_at(types, pos + 4, "member")?,
+                            // With kind_flag set the top byte holds a bitfield size.
+                            bit_offset: if kind_flag { raw_offset & 0xff_ffff } else { raw_offset },
+                        });
+                        pos += 12;
+                    }
+                    Type::Struct { name, size: size_or_type, members, union: kind == 5 }
+                }
+                6 => {
+                    pos += 8 * vlen;
+                    Type::Enum { name, size: size_or_type }
+                }
+                19 => {
+                    pos += 12 * vlen;
+                    Type::Enum { name, size: size_or_type }
+                }
+                8..=11 | 18 => Type::Alias { name, target: size_or_type },
+                7 | 12 | 16 => Type::Other { kind, name },
+                13 => {
+                    pos += 8 * vlen;
+                    Type::Other { kind, name }
+                }
+                14 | 17 => {
+                    pos += 4;
+                    Type::Other { kind, name }
+                }
+                15 => {
+                    pos += 12 * vlen;
+                    Type::Other { kind, name }
+                }
+                _ => return Err(BtfError::UnknownKind { kind, id }),
+            };
+            out.push(ty);
+        }
+        Ok(Self { types: out })
+    }
+
+    /// The type with this id; id 0 (`void`) and unknown ids are errors.
+    pub fn type_by_id(&self, id: u32) -> Result<&Type, BtfError> {
+        id.checked_sub(1)
+            .and_then(|i| self.types.get(i as usize))
+            .ok_or(BtfError::NoType(id))
+    }
+
+    /// The number of types (not counting `void`).
+    pub fn len(&self) -> usize {
+        self.types.len()
+    }
+
+    /// Whether the table holds no types at all.
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty()
+    }
+
+    /// Size in bytes of a type, looking through typedefs and qualifiers.
+    pub fn size_of(&self, id: u32) -> Result<u64, BtfError> {
+        Ok(match self.type_by_id(id)? {
+            Type::Int { size, .. } | Type::Enum { size, .. } | Type::Struct { size, .. } => *size as u64,
+            Type::Ptr { .. } => 8,
+            Type::Array { elem, len } => self.size_of(*elem)? * *len as u64,
+            Type::Alias { target, .. } => self.size_of(*target)?,
+            Type::Other { .. } => 0,
+        })
+    }
+
+    /// The byte layout of a struct: (member name, byte offset, byte size), in declaration order.
+    pub fn struct_layout(&self, name: &str) -> Result<StructLayout, BtfError> {
+        let found = self.types.iter().find_map(|t| match t {
+            Type::Struct { name: n, size, members, union: false } if n == name => Some((size, members)),
+            _ => None,
+        });
+        let (size, members) = found.ok_or_else(|| BtfError::NoStruct(name.to_owned()))?;
+        let fields = members
+            .iter()
+            .map(|m| Ok((m.name.clone(), (m.bit_offset / 8) as usize, self.size_of(m.type_id)? as usize)))
+            .collect::<Result<_, BtfError>>()?;
+        Ok(StructLayout { name: name.to_owned(), size: *size as usize, fields })
+    }
+}
+
+/// A struct's size and its fields as (name, byte offset, byte size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StructLayout {
+    pub name: String,
+    pub size: usize,
+    pub fields: Vec<(String, usize, usize)>,
+}
+
+/// Counts CO-RE relocation records in a `.BTF.ext` section (0 when it has no CO-RE part).
+pub fn core_relocation_count(btf_ext: &[u8]) -> Result<usize, BtfError> {
+    if btf_ext.len() < 8 {
+        return Err(BtfError::TooShort(btf_ext.len()));
+    }
+    let magic = u16::from_le_bytes([btf_ext[0], btf_ext[1]]);
+    if magic != BTF_MAGIC {
+        return Err(BtfError::BadMagic(magic));
+    }
+    let hdr_len = u32_at(btf_ext, 4, "btf.ext header")? as usize;
+    // The CO-RE fields follow func_info and line_info in headers of 32 bytes or more.
+    if hdr_len < 32 {
+        return Ok(0);
+    }
+    let off = u32_at(btf_ext, 24, "btf.ext header")? as usize;
+    let len = u32_at(btf_ext, 28, "btf.ext header")? as usize;
+    let start = hdr_len + off;
+    let sub = btf_ext.get(start..start + len).ok_or(BtfError::OutOfBounds {
+        what: "core_relo section",
+        offset: start,
+        len,
+        total: btf_ext.len(),
+    })?;
+    if sub.is_empty() {
+        return Ok(0);
+    }
+    let rec_size = u32_at(sub, 0, "core_relo record size")? as usize;
+    let mut pos = 4;
+    let mut count = 0;
+    while pos < sub.len() {
+        let num = u32_at(sub, pos + 4, "core_relo section info")? as usize;
+        count += num;
+        pos += 8 + num * rec_size;
+    }
+    Ok(count)
+}

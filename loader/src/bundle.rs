@@ -1,0 +1,67 @@
+//! The embedded objects: every monitor compiled twice (ring buffer and perf buffer transport).
+//!
+//! `tapio-load` is one self-contained binary; the objects built by `build.rs` are included at
+//! compile time, aligned so the ELF parser can read them in place.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// How a monitor's records reach user space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `BPF_MAP_TYPE_RINGBUF`, Linux 5.8+: shared, ordered, no per-CPU buffers.
+    Ringbuf,
+    /// `BPF_MAP_TYPE_PERF_EVENT_ARRAY`, Linux 4.4+: one buffer per CPU.
+    Perf,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ringbuf => "ringbuf",
+            Self::Perf => "perf",
+        })
+    }
+}
+
+/// One compiled object embedded in the binary.
+#[derive(Debug)]
+pub struct EmbeddedObject {
+    /// The monitor's snake_case name, shared by its header, `.bpf.c` and Rust module.
+    pub monitor: &'static str,
+    pub transport: Transport,
+    /// The object's file name, as `inspect` shows it.
+    pub file: &'static str,
+    pub bytes: &'static [u8],
+}
+
+macro_rules! embed {
+    ($monitor:literal, $transport:expr, $file:literal) => {
+        EmbeddedObject {
+            monitor: $monitor,
+            transport: $transport,
+            file: $file,
+            bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", $file)),
+        }
+    };
+}
+
+/// Every object in the bundle.
+pub static OBJECTS: &[EmbeddedObject] = &[
+    embed!("process", Transport::Ringbuf, "process.bpf.o"),
+    embed!("process", Transport::Perf, "process.perf.bpf.o"),
+];
+
+/// The names of the monitors in the bundle, in a stable order.
+pub fn monitor_names() -> Vec<&'static str> {
+    let mut names: Vec<_> = OBJECTS.iter().map(|o| o.monitor).collect();
+    names.dedup();
+    names
+}
+
+/// The object of `monitor` built for `transport`.
+pub fn object(monitor: &str, transport: Transport) -> Option<&'static EmbeddedObject> {
+    OBJECTS.iter().find(|o| o.monitor == monitor && o.transport == transport)
+}

@@ -1,0 +1,117 @@
+//! Typed events: the Rust mirrors of the C records and their decoding into output records.
+//!
+//! Every record starts with `struct tapio_header` (probes/include/common.h). Decoding checks the
+//! length before reading, so a short or foreign record is an error, never a garbage event.
+
+pub mod process;
+
+use serde::Serialize;
+use thiserror::Error;
+
+/// Mirror of `struct tapio_header` (probes/include/common.h).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TapioHeader {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub monitor: u8,
+    pub kind: u8,
+    pub _pad0: u16,
+    pub comm: [u8; 16],
+}
+
+/// Monitor ids carried in `tapio_header.monitor` (`enum tapio_monitor`).
+pub const MONITOR_PROCESS: u8 = 1;
+
+/// Why a record from the kernel could not be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("decode: record of {len} bytes is shorter than {what} ({need} bytes)")]
+    Short { what: &'static str, len: usize, need: usize },
+    #[error("decode: unknown monitor id {0}")]
+    UnknownMonitor(u8),
+    #[error("decode: monitor {monitor}: unknown event kind {kind}")]
+    UnknownKind { monitor: &'static str, kind: u8 },
+}
+
+/// Reads a `#[repr(C)]` plain-data record from the front of `bytes`.
+///
+/// Only for the mirror types of this module, whose every bit pattern is valid.
+pub(crate) fn read_record<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short { what, len: bytes.len(), need });
+    }
+    // SAFETY: the length is checked above, read_unaligned copes with any alignment, and T is one
+    // of this module's repr(C) mirrors made of integers and byte arrays only.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// A C string from a fixed buffer: up to the first NUL, invalid UTF-8 replaced.
+pub(crate) fn c_string(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// One output record, as the output contract names its fields.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub monitor: &'static str,
+    pub event: &'static str,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+/// The monitor-specific part of an [`Event`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Body {
+    Process(process::ProcessBody),
+}
+
+impl Event {
+    fn from_header(h: &TapioHeader, monitor: &'static str, event: &'static str, body: Body) -> Self {
+        Self {
+            ts_ns: h.ts_ns,
+            monitor,
+            event,
+            pid: h.pid,
+            tgid: h.tgid,
+            comm: c_string(&h.comm),
+            cgroup_id: h.cgroup_id,
+            uid: h.uid,
+            body,
+        }
+    }
+}
+
+/// Decodes one record from any monitor, dispatching on the header's monitor id.
+pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Event, DecodeError> {
+    let header: TapioHeader = read_record(bytes, "tapio_header")?;
+    match header.monitor {
+        MONITOR_PROCESS => process::decode(&header, bytes, options),
+        other => Err(DecodeError::UnknownMonitor(other)),
+    }
+}
+
+/// User-space decoding choices.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// At most this many argv entries per exec; more sets `argv_truncated`.
+    pub argv_max: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self { argv_max: 32 }
+    }
+}

@@ -1,0 +1,14 @@
+//! tapio-load: loads the tapio-probes eBPF bundle on the running kernel, attaches what that
+//! kernel can run, decodes events into typed records and says plainly what it could not do.
+
+pub mod btf;
+pub mod bundle;
+pub mod events;
+pub mod helpers;
+pub mod inspect;
+pub mod layout;
+pub mod monitors;
+pub mod output;
+pub mod privileges;
+pub mod run;
+pub mod tracefs;

@@ -1,0 +1,197 @@
+//! Loading and attaching monitors: one module per monitor says which programs it has and where
+//! each attaches; this module does the loading, attaching and reporting for all of them.
+
+pub mod process;
+
+use std::time::Duration;
+
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{ProgramError, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfError, EbpfLoader,
+};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::bundle::{self, Transport};
+
+/// Where one program attaches.
+#[derive(Debug, Clone, Copy)]
+pub enum AttachPoint {
+    /// A classic tracepoint, `category/name` under tracefs `events/`.
+    TracePoint { category: &'static str, name: &'static str },
+    /// A raw tracepoint (4.17+): the tracepoint's own arguments, no tracefs format.
+    RawTracePoint { name: &'static str },
+}
+
+impl AttachPoint {
+    /// The path as `plan` and the start-up log print it (`tracepoint:sched/sched_process_exec`).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::TracePoint { category, name } => format!("tracepoint:{category}/{name}"),
+            Self::RawTracePoint { name } => format!("raw_tracepoint:{name}"),
+        }
+    }
+}
+
+/// One program of a monitor and where it attaches.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramSpec {
+    pub name: &'static str,
+    pub attach: AttachPoint,
+}
+
+/// A monitor: its name (as in `--monitors`) and its programs.
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorSpec {
+    pub name: &'static str,
+    pub programs: &'static [ProgramSpec],
+}
+
+/// Every monitor `tapio-load` knows.
+pub const MONITORS: &[MonitorSpec] = &[process::SPEC];
+
+/// Finds a monitor by name.
+pub fn monitor(name: &str) -> Option<&'static MonitorSpec> {
+    MONITORS.iter().find(|m| m.name == name)
+}
+
+/// The last lines of a verifier log: where the verifier stopped is at the end.
+pub fn log_tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Why a monitor could not be loaded or one of its programs attached.
+#[derive(Debug, Error)]
+pub enum MonitorError {
+    #[error("monitor {monitor}: no embedded object for transport {transport}")]
+    NoObject { monitor: &'static str, transport: Transport },
+    #[error("monitor {monitor}: load object: {source}")]
+    Object {
+        monitor: &'static str,
+        #[source]
+        source: EbpfError,
+    },
+    #[error("monitor {monitor}: program {program}: missing from the object")]
+    MissingProgram { monitor: &'static str, program: &'static str },
+    #[error("monitor {monitor}: program {program}: verifier rejected it: {io_error}\nverifier log (tail):\n{log_tail}")]
+    Verifier { monitor: &'static str, program: &'static str, io_error: std::io::Error, log_tail: String },
+    #[error("monitor {monitor}: program {program}: {stage}: {source}")]
+    Program {
+        monitor: &'static str,
+        program: &'static str,
+        stage: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("monitor {monitor}: map events: {detail}")]
+    Events { monitor: &'static str, detail: String },
+}
+
+impl MonitorError {
+    /// Whether the kernel refused for lack of privilege (EPERM/EACCES anywhere in the chain).
+    pub fn is_permission(&self) -> bool {
+        let mut cur: Option<&dyn std::error::Error> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+                    return true;
+                }
+            }
+            cur = e.source();
+        }
+        if let Self::Verifier { io_error, .. } = self {
+            return matches!(io_error.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
+        }
+        false
+    }
+}
+
+/// How one program ended up.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachReport {
+    pub monitor: &'static str,
+    pub program: &'static str,
+    /// The attach path taken, e.g. `tracepoint:sched/sched_process_exec`.
+    pub path: String,
+    pub load_time: Duration,
+}
+
+/// A loaded monitor: owns its programs and links; dropping it detaches everything.
+pub struct LoadedMonitor {
+    pub spec: &'static MonitorSpec,
+    pub transport: Transport,
+    pub ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub reports: Vec<AttachReport>,
+}
+
+/// Options that shape how objects are loaded.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Ring buffer size in bytes (a power of two, multiple of the page size); None keeps the default.
+    pub ring_size: Option<u32>,
+}
+
+fn program_error(monitor: &'static str, program: &'static str, stage: &'static str, e: ProgramError) -> MonitorError {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => MonitorError::Verifier {
+            monitor,
+            program,
+            io_error,
+            log_tail: log_tail(&verifier_log.to_string(), 12),
+        },
+        source => MonitorError::Program { monitor, program, stage, source },
+    }
+}
+
+/// Loads a monitor's object with `btf`, then loads and attaches each of its programs.
+pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<LoadedMonitor, MonitorError> {
+    let monitor = spec.name;
+    let transport = Transport::Ringbuf;
+    let object = bundle::object(monitor, transport).ok_or(MonitorError::NoObject { monitor, transport })?;
+    let mut loader = EbpfLoader::new();
+    loader.btf(btf);
+    if let Some(size) = options.ring_size {
+        loader.set_max_entries("events", size);
+    }
+    let mut ebpf = loader.load(object.bytes).map_err(|source| MonitorError::Object { monitor, source })?;
+
+    let mut reports = Vec::new();
+    for p in spec.programs {
+        let started = std::time::Instant::now();
+        let program = ebpf
+            .program_mut(p.name)
+            .ok_or(MonitorError::MissingProgram { monitor, program: p.name })?;
+        match p.attach {
+            AttachPoint::TracePoint { category, name } => {
+                let tp: &mut TracePoint =
+                    program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+                tp.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
+                tp.attach(category, name).map_err(|e| program_error(monitor, p.name, "attach", e))?;
+            }
+            AttachPoint::RawTracePoint { name } => {
+                let tp: &mut RawTracePoint =
+                    program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+                tp.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
+                tp.attach(name).map_err(|e| program_error(monitor, p.name, "attach", e))?;
+            }
+        }
+        reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time: started.elapsed() });
+    }
+
+    let map = ebpf
+        .take_map("events")
+        .ok_or_else(|| MonitorError::Events { monitor, detail: "missing from the object".to_owned() })?;
+    let events = RingBuf::try_from(map).map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
+    Ok(LoadedMonitor { spec, transport, ebpf, events, reports })
+}
+
+/// Sums a per-CPU counter of the `stats` map (see probes/include/common.h `enum tapio_stat`).
+pub fn stat(ebpf: &Ebpf, index: u32) -> Option<u64> {
+    let map = ebpf.map("stats")?;
+    let array = aya::maps::PerCpuArray::<_, u64>::try_from(map).ok()?;
+    let values = array.get(&index, 0).ok()?;
+    Some(values.iter().sum())
+}

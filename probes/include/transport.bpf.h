@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * The event transport and the statistics map, included once by each .bpf.c after the libbpf
+ * headers. Kept apart from common.h because it defines maps, which only a .bpf.c may do.
+ */
+#ifndef __TAPIO_TRANSPORT_BPF_H__
+#define __TAPIO_TRANSPORT_BPF_H__
+
+#ifdef TAPIO_PERF
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} events SEC(".maps");
+#else
+/* Size set by the loader before load (EbpfLoader::set_max_entries); this is the default. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TAPIO_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void tapio_count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &stat);
+
+	if (v)
+		*v += 1;
+}
+
+/* Sends one record; `size` must be a compile-time constant so the verifier can bound it. */
+static __always_inline void tapio_emit(void *ctx, void *data, __u64 size)
+{
+	long err;
+
+#ifdef TAPIO_PERF
+	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, data, size);
+#else
+	err = bpf_ringbuf_output(&events, data, size, 0);
+#endif
+	tapio_count(err ? TAPIO_STAT_LOST : TAPIO_STAT_EMITTED);
+}
+
+static __always_inline void tapio_fill_header(struct tapio_header *h, __u8 monitor, __u8 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	h->ts_ns = bpf_ktime_get_ns();
+	h->pid = (__u32)id;
+	h->tgid = id >> 32;
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	h->uid = (__u32)bpf_get_current_uid_gid();
+	h->monitor = monitor;
+	h->kind = kind;
+	h->_pad0 = 0;
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+#endif /* __TAPIO_TRANSPORT_BPF_H__ */
