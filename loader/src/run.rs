@@ -7,12 +7,15 @@ use std::{
     path::PathBuf,
 };
 
-use aya::Btf;
+use aya::{
+    maps::{MapData, RingBuf},
+    Btf,
+};
 use thiserror::Error;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::{info, warn};
 
@@ -128,42 +131,32 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
     };
     let mut sink = JsonLines::new(writer);
 
-    // Each monitor's buffer is drained by its own task; decoded batches meet here.
+    // Each monitor's buffer is drained by its own task; batches meet here. On shutdown every
+    // task drains its buffer one last time, so nothing emitted before the signal is lost.
     let (tx, mut rx) = mpsc::channel::<Vec<Vec<u8>>>(64);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut ebpfs = Vec::new();
     let mut tasks = Vec::new();
     for m in loaded {
         let LoadedMonitor { spec, ebpf, events, .. } = m;
         ebpfs.push((spec.name, ebpf));
-        let tx = tx.clone();
         // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
         // which happens only when this AsyncFd is dropped.
-        let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        let fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(|e| RunError::Reactor(e.into()))?;
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Ok(mut guard) = fd.readable_mut().await else { return };
-                let ring = guard.get_inner_mut();
-                let mut batch = Vec::new();
-                while let Some(item) = ring.next() {
-                    batch.push(item.to_vec());
-                }
-                guard.clear_ready();
-                if !batch.is_empty() && tx.send(batch).await.is_err() {
-                    return;
-                }
-            }
-        }));
+        tasks.push(tokio::spawn(drain(fd, tx.clone(), stop_rx.clone())));
     }
     drop(tx);
     eprintln!("tapio-load: attached {} monitor(s); streaming events to {output_name}", ebpfs.len());
 
     let mut summary = RunSummary::default();
+    let mut stopping = false;
     loop {
         tokio::select! {
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            _ = interrupt.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
+            _ = terminate.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
             batch = rx.recv() => {
+                // None: every drain task has finished its last pass.
                 let Some(batch) = batch else { break };
                 for record in &batch {
                     match events::decode(record, &options.decode) {
@@ -178,9 +171,6 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
             }
         }
     }
-    for task in &tasks {
-        task.abort();
-    }
     for task in tasks {
         let _ = task.await;
     }
@@ -193,4 +183,30 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
     }
     drop(ebpfs);
     Ok(summary)
+}
+
+/// Drains one ring buffer until told to stop, then once more, and hands batches to the writer.
+async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, tx: mpsc::Sender<Vec<Vec<u8>>>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            ready = fd.readable_mut() => {
+                let Ok(mut guard) = ready else { return };
+                guard.clear_ready();
+                false
+            }
+            _ = stop.changed() => true,
+        };
+        // Read after clearing readiness: a record committed meanwhile re-arms the fd.
+        let ring = fd.get_mut();
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            batch.push(item.to_vec());
+        }
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            return;
+        }
+        if stopping {
+            return;
+        }
+    }
 }

@@ -1,0 +1,31 @@
+# tapio-probes: the entry points a platform engineer runs. Every target sets the machine up first
+# (ci/setup.sh is a no-op once everything is installed).
+
+SHELL := /bin/bash
+# bpftool and libbpf-tools install under /usr/sbin, which non-login shells may not have on PATH.
+export PATH := $(PATH):/usr/sbin:/sbin
+CARGO ?= cargo
+
+.PHONY: setup build test matrix bench clean
+
+setup:
+	bash ci/setup.sh
+
+build: setup
+	$(CARGO) build --release --locked -p tapio-load
+
+# Every test: unit, real-kernel integration (needs root), then the verifier matrix on the
+# default kernels, which ends in its report.
+test: setup
+	$(CARGO) test --locked --workspace
+	$(CARGO) xtask verifier-matrix
+
+# The main job: boot each default kernel in QEMU, prove the bundle on it, print the report.
+matrix: setup
+	$(CARGO) xtask verifier-matrix
+
+bench: setup
+	$(CARGO) bench --locked -p tapio-load
+
+clean:
+	$(CARGO) clean

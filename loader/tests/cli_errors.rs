@@ -1,0 +1,85 @@
+//! Bad input and bad conditions: one clear line, a non-zero exit, no backtrace, nothing attached.
+
+mod common;
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use common::kernel_lock;
+use tapio_load::bundle::OBJECTS;
+
+fn tapio(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tapio-load")).args(args).output().expect("run tapio-load")
+}
+
+fn assert_clean_failure(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail; stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line expected:\n{stderr}");
+    for n in needles {
+        assert!(errors[0].contains(n), "error line lacks `{n}`: {}", errors[0]);
+    }
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn unknown_monitor() {
+    let out = tapio(&["run", "--monitors", "process,nope"]);
+    assert_clean_failure(&out, &["unknown monitor `nope`", "process"]);
+}
+
+#[test]
+fn corrupt_and_truncated_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = OBJECTS[0].bytes;
+    let truncated = dir.path().join("truncated.bpf.o");
+    std::fs::write(&truncated, &real[..real.len() / 3]).unwrap();
+    let garbage = dir.path().join("garbage.bpf.o");
+    std::fs::write(&garbage, b"this is not an ELF object at all").unwrap();
+    for path in [&truncated, &garbage] {
+        let p = path.to_str().unwrap();
+        let out = tapio(&["inspect", "--object", p]);
+        assert_clean_failure(&out, &[p]);
+    }
+    let whole = dir.path().join("whole.bpf.o");
+    std::fs::write(&whole, real).unwrap();
+    let out = tapio(&["inspect", "--json", "--object", whole.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v[0]["programs"].as_array().unwrap().len() >= 3);
+}
+
+/// Without privileges: the error names CAP_BPF and CAP_PERFMON, and nothing is left attached.
+#[test]
+fn without_privileges() {
+    let _serial = kernel_lock();
+    // setpriv drops to an unprivileged user with an empty capability set.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(env!("CARGO_BIN_EXE_tapio-load"))
+        .args(["run", "--monitors", "process"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_clean_failure(&out, &["CAP_BPF", "CAP_PERFMON", "root"]);
+    let left = common::programs_left_after("process_", Duration::from_secs(2));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn inspect_embedded_bundle() {
+    let out = tapio(&["inspect", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let process = v.as_array().unwrap().iter().find(|o| o["file"] == "process.bpf.o").expect("process object");
+    let exec = process["programs"].as_array().unwrap().iter().find(|p| p["name"] == "process_exec").unwrap();
+    assert_eq!(exec["program_type"], "tracepoint");
+    assert_eq!(exec["attach_target"], "sched/sched_process_exec");
+    assert!(exec["instructions"].as_u64().unwrap() > 10);
+    assert!(exec["helpers"].as_array().unwrap().iter().any(|h| h == "bpf_ringbuf_output"));
+    assert!(process["core_relocations"].as_u64().unwrap() > 0);
+    let maps = process["maps"].as_array().unwrap();
+    assert!(maps.iter().any(|m| m["name"] == "events" && m["map_type"] == "ringbuf"));
+}

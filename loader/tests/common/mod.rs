@@ -1,0 +1,176 @@
+//! Shared pieces of the real-kernel tests: a running `tapio-load` whose events can be awaited.
+
+#![allow(dead_code, reason = "each test file uses a different part of this module")]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Tests that load programs and then count what is loaded must not overlap: hold this.
+pub static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`KERNEL`], surviving a poisoned lock from a failed test.
+pub fn kernel_lock() -> std::sync::MutexGuard<'static, ()> {
+    KERNEL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Skips (returns true, printing why) when not root: these tests load into the running kernel.
+pub fn skip_unless_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP {test}: needs root (CAP_BPF and CAP_PERFMON) to load BPF programs");
+        return true;
+    }
+    false
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// An event line and the monotonic time it was read.
+pub struct Received {
+    pub event: Value,
+    pub read_ns: u64,
+}
+
+/// A `tapio-load run` child, started and attached.
+pub struct Loader {
+    child: Option<Child>,
+    rx: mpsc::Receiver<Received>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Loader {
+    /// Starts `tapio-load run` with `args` and returns once it says it is streaming.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tapio-load"))
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tapio-load");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let read_ns = monotonic_ns();
+                let event: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                if tx.send(Received { event, read_ns }).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let log2 = log.clone();
+        thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("streaming events") {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut loader = Self { child: Some(child), rx, stderr: log };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let out = loader.stop();
+            panic!("tapio-load did not start streaming; stderr:\n{out}");
+        }
+        loader
+    }
+
+    /// Waits up to `timeout` for an event matching `pred`; other events are kept in `seen`.
+    pub fn wait_for(&self, seen: &mut Vec<Value>, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let r = self.rx.recv_timeout(left).ok()?;
+            seen.push(r.event.clone());
+            if pred(&r.event) {
+                return Some(r);
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for exit, returns every event still buffered and stderr.
+    pub fn finish(mut self) -> (Vec<Value>, String, std::process::ExitStatus) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().expect("wait tapio-load");
+        let events: Vec<Value> = self.rx.try_iter().map(|r| r.event).collect();
+        // The reader threads end at EOF; give stderr's thread its last lines.
+        let events = {
+            let mut all = events;
+            while let Ok(r) = self.rx.recv_timeout(Duration::from_secs(2)) {
+                all.push(r.event);
+            }
+            all
+        };
+        let stderr = self.stderr.lock().unwrap().clone();
+        (events, stderr, status)
+    }
+
+    fn stop(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Names of BPF programs currently loaded in the kernel, from `bpftool prog show`.
+pub fn loaded_program_names() -> Vec<String> {
+    let bpftool = ["bpftool", "/usr/sbin/bpftool"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("version").output().is_ok())
+        .expect("bpftool installed (ci/setup.sh)");
+    let out = Command::new(bpftool).args(["-j", "prog", "show"]).output().expect("bpftool prog show");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v.as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Programs named `prefix*` still loaded once the kernel has had `timeout` to free them.
+///
+/// Closing the last fd of a program frees it after an RCU grace period, asynchronously; there is
+/// no event to wait on, so this polls the condition itself until it holds or time runs out.
+pub fn programs_left_after(prefix: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left: Vec<String> = loaded_program_names().into_iter().filter(|n| n.starts_with(prefix)).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}

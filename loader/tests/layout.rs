@@ -1,0 +1,84 @@
+//! Every Rust mirror of a C event struct has the layout recorded in each object's own BTF.
+
+use tapio_load::{
+    btf::StructLayout,
+    bundle::OBJECTS,
+    events::{process::{ProcessEvent, ProcessExecEvent}, TapioHeader},
+    inspect::object_btf,
+    layout::{check, LayoutError},
+    mirror_layout,
+};
+
+fn mirrors() -> Vec<(&'static str, StructLayout)> {
+    vec![
+        (
+            "process",
+            mirror_layout!("tapio_header", TapioHeader { ts_ns, pid, tgid, cgroup_id, uid, monitor, kind, _pad0, comm }),
+        ),
+        (
+            "process",
+            mirror_layout!("process_event", ProcessEvent {
+                hdr, ppid, child_tgid, pid_ns, exit_code, duration_ns, args_size, flags
+            }),
+        ),
+        ("process", mirror_layout!("process_exec_event", ProcessExecEvent { base, filename, args })),
+    ]
+}
+
+#[test]
+fn rust_mirrors_match_object_btf() {
+    let mut checked = 0;
+    for object in OBJECTS {
+        let btf = object_btf(object.file, object.bytes).expect("object BTF");
+        for (monitor, mirror) in mirrors() {
+            if monitor != object.monitor {
+                continue;
+            }
+            check(&btf, &mirror).unwrap_or_else(|e| panic!("{}: {e}", object.file));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "checked only {checked} struct layouts");
+}
+
+/// A mirror whose field drifted (exit_code widened to u64) is caught, naming the field.
+#[test]
+fn mismatched_mirror_is_caught() {
+    #[repr(C)]
+    struct DriftedProcessEvent {
+        hdr: TapioHeader,
+        ppid: u32,
+        child_tgid: u32,
+        pid_ns: u32,
+        exit_code: u64,
+        duration_ns: u64,
+        args_size: u32,
+        flags: u32,
+    }
+    let object = OBJECTS.iter().find(|o| o.monitor == "process").unwrap();
+    let btf = object_btf(object.file, object.bytes).unwrap();
+    let drifted = mirror_layout!("process_event", DriftedProcessEvent {
+        hdr, ppid, child_tgid, pid_ns, exit_code, duration_ns, args_size, flags
+    });
+    let err = check(&btf, &drifted).expect_err("a drifted mirror must not pass");
+    assert!(matches!(err, LayoutError::Size { .. } | LayoutError::Field { .. }), "{err}");
+    // With equal sizes the first differing field is named.
+    #[repr(C)]
+    struct SwappedProcessEvent {
+        hdr: TapioHeader,
+        child_tgid: u32,
+        ppid: u32,
+        pid_ns: u32,
+        exit_code: u32,
+        duration_ns: u64,
+        args_size: u32,
+        flags: u32,
+    }
+    let swapped = mirror_layout!("process_event", SwappedProcessEvent {
+        hdr, child_tgid, ppid, pid_ns, exit_code, duration_ns, args_size, flags
+    });
+    let err = check(&btf, &swapped).expect_err("swapped fields must not pass");
+    let msg = err.to_string();
+    assert!(matches!(err, LayoutError::Field { index: 1, .. }), "{msg}");
+    assert!(msg.contains("child_tgid") && msg.contains("ppid"), "{msg}");
+}
