@@ -1,0 +1,121 @@
+//! The checks the guest runs on its kernel: load and attach every monitor, then drive the process
+//! workload and verify the decoded events field by field.
+
+use std::{process::Command, time::Instant};
+
+use serde_json::{json, Value};
+use tapio_load::{
+    events::{self, DecodeOptions},
+    monitors::{self, LoadOptions, LoadedMonitor},
+    privileges, run, tracefs,
+};
+
+use crate::report::Reporter;
+
+/// One named pass/fail line.
+fn check(out: &mut Reporter, name: &str, pass: bool, detail: String) {
+    out.line(&json!({ "kind": "check", "name": name, "pass": pass, "detail": detail }));
+}
+
+pub fn run_all(out: &mut Reporter) {
+    privileges::raise_memlock();
+    if let Err(e) = tracefs::ensure_mounted() {
+        out.line(&json!({ "kind": "setup", "error": e.to_string() }));
+    }
+    let btf = match run::load_btf(None) {
+        Ok(btf) => Some(btf),
+        Err(e) => {
+            out.line(&json!({ "kind": "setup", "error": e.to_string() }));
+            None
+        }
+    };
+    let mut loaded: Vec<LoadedMonitor> = Vec::new();
+    for spec in monitors::MONITORS {
+        let started = Instant::now();
+        match monitors::load(spec, btf.as_ref(), &LoadOptions::default()) {
+            Ok(m) => {
+                for r in &m.reports {
+                    out.line(&json!({
+                        "kind": "program", "monitor": r.monitor, "program": r.program,
+                        "status": "attached", "path": r.path, "transport": m.transport,
+                        "load_us": r.load_time.as_micros() as u64,
+                    }));
+                }
+                loaded.push(m);
+            }
+            Err(e) => out.line(&json!({
+                "kind": "monitor", "monitor": spec.name, "status": "failed",
+                "error": e.to_string(), "load_us": started.elapsed().as_micros() as u64,
+            })),
+        }
+    }
+    if let Some(process) = loaded.iter_mut().find(|m| m.spec.name == "process") {
+        process_workload(out, process);
+    } else {
+        check(out, "process.lineage", false, "process monitor did not load".to_owned());
+    }
+}
+
+/// Runs `exe exit-with <code> <tag>` from the calling thread and returns the child's pid.
+fn leaf(exe: &str, code: u8, tag: &str) -> (u32, Option<i32>) {
+    let mut child = Command::new(exe)
+        .args(["exit-with", &code.to_string(), tag])
+        .spawn()
+        .expect("spawn the workload leaf");
+    let pid = child.id();
+    let status = child.wait().expect("wait for the leaf");
+    (pid, status.code())
+}
+
+fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
+    let me = std::process::id();
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "/init".to_owned());
+    let (leaf_pid, leaf_code) = leaf(&exe, 7, "tapio-leaf");
+    let exe2 = exe.clone();
+    let (thread_pid, thread_code, thread_tid) = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+        let (pid, code) = leaf(&exe2, 3, "tapio-thread-leaf");
+        (pid, code, tid)
+    })
+    .join()
+    .expect("workload thread");
+
+    // Every exit happened before wait() returned, so its record is already in the ring.
+    let options = DecodeOptions::default();
+    let mut decoded: Vec<Value> = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(item) = m.events.next() {
+        match events::decode(&item, &options) {
+            Ok(e) => decoded.push(serde_json::to_value(&e).expect("events serialize")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    check(out, "process.decode", errors.is_empty(), format!("{} events, errors: {errors:?}", decoded.len()));
+
+    let find = |event: &str, tgid: u32| {
+        decoded.iter().find(|e| e["event"] == event && e["tgid"] == tgid).cloned()
+    };
+    for (name, pid, code, want_code, tag) in [
+        ("process.leaf", leaf_pid, leaf_code, 7, "tapio-leaf"),
+        ("process.thread_leaf", thread_pid, thread_code, 3, "tapio-thread-leaf"),
+    ] {
+        let exec = find("exec", pid);
+        let exit = find("exit", pid);
+        let fork = decoded.iter().find(|e| e["event"] == "fork" && e["child_tgid"] == pid).cloned();
+        let want_argv = json!([exe, "exit-with", want_code.to_string(), tag]);
+        let pass = code == Some(want_code)
+            && exec.as_ref().is_some_and(|e| e["ppid"] == me && e["filename"] == exe.as_str() && e["argv"] == want_argv)
+            && exit.as_ref().is_some_and(|e| e["exit_code"] == want_code && e["ppid"] == me)
+            && fork.as_ref().is_some_and(|e| e["ppid"] == me);
+        check(
+            out,
+            name,
+            pass,
+            format!("pid {pid} (agent {me}, forking thread {thread_tid}); exec: {exec:?}; exit: {exit:?}; fork: {fork:?}"),
+        );
+    }
+    let lost = monitors::stat(&m.ebpf, 1).unwrap_or(0);
+    check(out, "process.no_loss", lost == 0, format!("{lost} records lost"));
+    out.line(&json!({ "kind": "events", "monitor": "process", "count": decoded.len() }));
+}

@@ -1,0 +1,39 @@
+//! The verifier matrix's guest agent.
+//!
+//! Inside a VM it is `/init`: it mounts what the loader needs, loads and attaches every monitor of
+//! the bundle, runs the process workload, checks the decoded events, writes one JSON line per
+//! result to the dedicated results port (`/dev/ttyS1`), and powers the VM off. On the host row it
+//! runs the same checks as a plain process and writes the lines to stdout.
+//!
+//! The workload needs no shell: the agent re-executes itself (`/proc/self/exe exit-with N tag`),
+//! so the initramfs holds nothing but this binary and the kernel modules the tests use.
+
+mod checks;
+mod report;
+mod setup;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    // `exit-with <code> <tag>`: the workload's leaf process; the tag only marks its argv.
+    if args.get(1).map(String::as_str) == Some("exit-with") {
+        let code = args.get(2).and_then(|c| c.parse::<u8>().ok()).unwrap_or(0);
+        return ExitCode::from(code);
+    }
+    let in_vm = std::process::id() == 1;
+    let mut out = if in_vm {
+        setup::prepare_vm();
+        report::Reporter::results_port()
+    } else {
+        report::Reporter::stdout()
+    };
+    out.line(&report::kernel_info());
+    checks::run_all(&mut out);
+    out.line(&serde_json::json!({ "kind": "done" }));
+    out.flush();
+    if in_vm {
+        setup::power_off();
+    }
+    ExitCode::SUCCESS
+}

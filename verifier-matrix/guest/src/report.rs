@@ -1,0 +1,69 @@
+//! The results channel: JSON lines to the dedicated serial port (VM) or stdout (host row).
+
+use std::{
+    fs::OpenOptions,
+    io::{self, Write},
+};
+
+use serde_json::{json, Value};
+
+/// Writes result lines to one sink.
+pub struct Reporter {
+    out: Box<dyn Write>,
+}
+
+impl Reporter {
+    /// The VM's second serial port, in raw mode so the host reads exactly the bytes written.
+    pub fn results_port() -> Self {
+        match OpenOptions::new().write(true).open("/dev/ttyS1") {
+            Ok(file) => {
+                use std::os::fd::AsRawFd;
+                let fd = file.as_raw_fd();
+                // SAFETY: fd is an open tty; termios is fully written by tcgetattr before use.
+                unsafe {
+                    let mut t: libc::termios = std::mem::zeroed();
+                    if libc::tcgetattr(fd, &mut t) == 0 {
+                        libc::cfmakeraw(&mut t);
+                        libc::tcsetattr(fd, libc::TCSANOW, &t);
+                    }
+                }
+                Self { out: Box::new(file) }
+            }
+            Err(e) => {
+                eprintln!("tapio-guest: open /dev/ttyS1: {e}; results go to the console");
+                Self { out: Box::new(io::stdout()) }
+            }
+        }
+    }
+
+    pub fn stdout() -> Self {
+        Self { out: Box::new(io::stdout()) }
+    }
+
+    pub fn line(&mut self, value: &Value) {
+        let _ = writeln!(self.out, "{value}");
+        let _ = self.out.flush();
+    }
+
+    pub fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+/// The running kernel's identity: release and whether it has BTF.
+pub fn kernel_info() -> Value {
+    // SAFETY: utsname is plain data written by uname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid utsname to write.
+    unsafe { libc::uname(&mut u) };
+    let field = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    json!({
+        "kind": "kernel",
+        "release": field(&u.release),
+        "version": field(&u.version),
+        "btf": std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+    })
+}

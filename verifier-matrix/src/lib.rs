@@ -1,0 +1,12 @@
+//! The verifier matrix: fetches real distribution kernels, boots each in QEMU with the
+//! tapio-probes bundle inside, and reports what loaded, attached and decoded on each.
+
+pub mod apt;
+pub mod console;
+pub mod deb;
+pub mod debindex;
+pub mod fetch;
+pub mod initramfs;
+pub mod manifest;
+pub mod qemu;
+pub mod runner;
