@@ -53,10 +53,7 @@ static __always_inline void read_args(struct process_exec_event *e, struct task_
 		e->base.flags |= PROCESS_F_ARGS_TRUNCATED;
 		len = PROCESS_ARGS_LEN;
 	}
-	/* Re-bound with a mask the oldest verifiers track through the register copy. */
-	len &= (PROCESS_ARGS_LEN << 1) - 1;
-	if (len == 0 || len > PROCESS_ARGS_LEN)
-		return;
+	TAPIO_BOUND_SIZE(len, PROCESS_ARGS_LEN);
 	if (bpf_probe_read_user(e->args, len, (void *)start) == 0)
 		e->base.args_size = len;
 }

@@ -52,6 +52,12 @@ macro_rules! embed {
 pub static OBJECTS: &[EmbeddedObject] = &[
     embed!("process", Transport::Ringbuf, "process.bpf.o"),
     embed!("process", Transport::Perf, "process.perf.bpf.o"),
+    embed!("dns", Transport::Ringbuf, "dns.bpf.o"),
+    embed!("dns", Transport::Perf, "dns.perf.bpf.o"),
+    embed!("network", Transport::Ringbuf, "network.bpf.o"),
+    embed!("network", Transport::Perf, "network.perf.bpf.o"),
+    embed!("kernel", Transport::Ringbuf, "kernel.bpf.o"),
+    embed!("kernel", Transport::Perf, "kernel.perf.bpf.o"),
 ];
 
 /// The names of the monitors in the bundle, in a stable order.

@@ -3,7 +3,9 @@
 
 pub mod btf;
 pub mod bundle;
+pub mod dns;
 pub mod events;
+pub mod features;
 pub mod helpers;
 pub mod inspect;
 pub mod layout;

@@ -43,9 +43,18 @@ enum Command {
         /// At most this many argv entries per exec event (more sets argv_truncated).
         #[arg(long, default_value_t = 32)]
         argv_max: usize,
+        /// Milliseconds a dns query waits for its response before a `timeout` event.
+        #[arg(long, default_value_t = 5000)]
+        dns_timeout_ms: u64,
         /// Ring buffer size in bytes (power of two, page multiple).
         #[arg(long)]
         ring_size: Option<u32>,
+    },
+    /// Probe every kernel feature gate on the running kernel by a real attempt.
+    Features {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Describe the embedded objects (or given object files) without loading anything.
     Inspect {
@@ -105,7 +114,7 @@ fn cmd_run(options: RunOptions) -> Result<()> {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { monitors, output: OutputFormat::Json, output_file, btf, argv_max, ring_size } => {
+        Command::Run { monitors, output: OutputFormat::Json, output_file, btf, argv_max, dns_timeout_ms, ring_size } => {
             let monitors = resolve_monitors(&monitors)?;
             if argv_max == 0 {
                 bail!("--argv-max must be at least 1");
@@ -114,11 +123,20 @@ fn real_main() -> Result<()> {
                 monitors,
                 btf,
                 output_file,
-                decode: DecodeOptions { argv_max },
+                decode: DecodeOptions { argv_max, dns_timeout: std::time::Duration::from_millis(dns_timeout_ms) },
                 load: LoadOptions { ring_size },
             })
         }
         Command::Inspect { json, objects } => cmd_inspect(json, &objects),
+        Command::Features { json } => {
+            let features = tapio_load::features::probe_all();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&features)?);
+            } else {
+                print!("{}", tapio_load::features::render_text(&features));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -151,16 +151,30 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
 
     let mut summary = RunSummary::default();
     let mut stopping = false;
+    // dns: responses are matched to queries here, and a periodic tick reports the queries whose
+    // window ran out as `timeout` events (see crate::dns).
+    let dns_on = options.monitors.iter().any(|m| m.name == "dns");
+    let mut dns = crate::dns::Correlator::new(options.decode.dns_timeout, crate::dns::DEFAULT_CAPACITY);
+    let mut dns_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tokio::select! {
             _ = interrupt.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
             _ = terminate.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
+            _ = dns_tick.tick(), if dns_on => {
+                for event in dns.expire(crate::dns::monotonic_ns()) {
+                    sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+                }
+                sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+            }
             batch = rx.recv() => {
                 // None: every drain task has finished its last pass.
                 let Some(batch) = batch else { break };
                 for record in &batch {
                     match events::decode(record, &options.decode) {
-                        Ok(event) => sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?,
+                        Ok(mut event) => {
+                            dns.observe(&mut event);
+                            sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+                        }
                         Err(e) => {
                             summary.decode_errors += 1;
                             warn!("{e}");

@@ -22,6 +22,49 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
             }),
         ),
         ("process", mirror_layout!("process_exec_event", ProcessExecEvent { base, filename, args })),
+        (
+            "dns",
+            mirror_layout!("tapio_flow", tapio_load::events::network::TapioFlow {
+                saddr, daddr, sport, dport, ip_version, protocol, _pad0
+            }),
+        ),
+        (
+            "dns",
+            mirror_layout!("dns_event", tapio_load::events::dns::DnsEvent {
+                hdr, flow, dns_id, dns_flags, qdcount, ancount, msg_len, cap_len, direction, _pad0, flags
+            }),
+        ),
+        ("dns", mirror_layout!("dns_msg_event", tapio_load::events::dns::DnsMsgEvent { base, msg })),
+        (
+            "network",
+            mirror_layout!("tapio_flow", tapio_load::events::network::TapioFlow {
+                saddr, daddr, sport, dport, ip_version, protocol, _pad0
+            }),
+        ),
+        (
+            "network",
+            mirror_layout!("network_event", tapio_load::events::network::NetworkEvent {
+                hdr, flow, bytes_sent, bytes_received, oldstate, newstate, _pad0, flags
+            }),
+        ),
+        (
+            "kernel",
+            mirror_layout!("tapio_flow", tapio_load::events::network::TapioFlow {
+                saddr, daddr, sport, dport, ip_version, protocol, _pad0
+            }),
+        ),
+        (
+            "kernel",
+            mirror_layout!("kernel_sock_event", tapio_load::events::kernel::KernelSockEvent {
+                hdr, flow, oldstate, newstate, _pad0, flags
+            }),
+        ),
+        (
+            "kernel",
+            mirror_layout!("kernel_oom_event", tapio_load::events::kernel::KernelOomEvent {
+                hdr, victim_cgroup_id, victim_pid, victim_tgid, victim_uid, flags, victim_comm
+            }),
+        ),
     ]
 }
 

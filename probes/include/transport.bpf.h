@@ -63,4 +63,15 @@ static __always_inline void tapio_fill_header(struct tapio_header *h, __u8 monit
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
+/*
+ * Re-bounds a copy size to [1, max] (max a power of two) right where it is used.
+ *
+ * Written in asm for two reasons: clang drops a C mask it can prove redundant, and a size spilled
+ * to the stack under register pressure comes back unbounded on verifiers before 5.16 ("R2 min
+ * value is negative"). The asm runs on the register the helper call then takes. `size` must
+ * already be at least 1.
+ */
+#define TAPIO_BOUND_SIZE(size, max)                                                                \
+	asm volatile("%0 += -1\n\t%0 &= %1\n\t%0 += 1" : "+r"(size) : "i"((max) - 1))
+
 #endif /* __TAPIO_TRANSPORT_BPF_H__ */

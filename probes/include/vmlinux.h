@@ -88,6 +88,128 @@ struct trace_event_raw_sched_process_exec {
 	char __data[0];
 };
 
+/* --- network and kernel monitors: sockets, cgroups, OOM --- */
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+};
+
+/*
+ * The kernel nests these in anonymous unions and structs; CO-RE finds a field by name through
+ * anonymous members, so a flat declaration relocates correctly.
+ */
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+};
+
+struct kernfs_node {
+	u64 id; /* u64 since 5.5; a union kernfs_node_id before */
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+};
+
+/* Since 5.15 a plain pointer to the socket's cgroup v2 (before: a tagged u64 `val`). */
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+};
+
+struct sock {
+	struct sock_common __sk_common;
+	struct sock_cgroup_data sk_cgrp_data;
+};
+
+/* inet_sport survives tcp_set_state(TCP_CLOSE), which zeroes skc_num when it releases the port. */
+struct inet_sock {
+	__be16 inet_sport;
+};
+
+/* RFC 4898 counters: bytes_received and bytes_acked since 4.1, bytes_sent since 4.19. */
+struct tcp_sock {
+	u64 bytes_received;
+	u64 bytes_acked;
+	u64 bytes_sent;
+};
+
+/* A second view of task_struct (CO-RE drops the ___ suffix) for fields the process probe lacks. */
+struct task_struct___tapio {
+	pid_t pid;
+	pid_t tgid;
+	char comm[16];
+	struct css_set *cgroups;
+};
+
+struct trace_event_raw_inet_sock_set_state {
+	struct trace_entry ent;
+	const void *skaddr;
+	int oldstate;
+	int newstate;
+	__u16 protocol;
+};
+
+/* Only for bpf_core_field_exists: `uid` arrived with the task-pointer prototype of mark_victim. */
+struct trace_event_raw_mark_victim {
+	struct trace_entry ent;
+	int pid;
+	u32 uid;
+};
+
+/* --- dns monitor: from a syscall's fd to its socket, and the syscall tracepoint contexts --- */
+
+struct inode {
+	unsigned short i_mode; /* umode_t */
+};
+
+struct file {
+	struct inode *f_inode;
+	void *private_data; /* a struct socket * when f_inode is a socket inode */
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct socket {
+	short type; /* SOCK_STREAM, SOCK_DGRAM, ... */
+	struct sock *sk;
+};
+
+/* A view of task_struct for the dns probe's one extra field (CO-RE drops the ___ suffix). */
+struct task_struct___dns {
+	struct files_struct *files;
+};
+
+/* syscalls/sys_enter_<name> and sys_exit_<name> share these layouts with raw_syscalls. */
+struct trace_event_raw_sys_enter {
+	struct trace_entry ent;
+	long id;
+	unsigned long args[6];
+};
+
+struct trace_event_raw_sys_exit {
+	struct trace_entry ent;
+	long id;
+	long ret;
+};
+
 #pragma clang attribute pop
 
 #endif /* __TAPIO_VMLINUX_H__ */

@@ -10,3 +10,8 @@ pub mod initramfs;
 pub mod manifest;
 pub mod qemu;
 pub mod runner;
+pub mod guest;
+pub mod matrix;
+pub mod report;
+pub mod results;
+pub mod ui;

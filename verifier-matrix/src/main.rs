@@ -1,2 +1,147 @@
-//! `cargo xtask`: the verifier matrix harness.
-fn main() {}
+//! `cargo xtask`: the verifier matrix and the kernel image lock.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use verifier_matrix::{
+    apt, debindex,
+    manifest::Manifest,
+    matrix::{self, Selection},
+    report::{self, render_markdown},
+    runner,
+    ui::Ui,
+};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "tapio-probes harness: prove the bundle on real kernels")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot each kernel in QEMU with the bundle inside and report what loaded, attached and decoded.
+    VerifierMatrix {
+        /// `default` (the lock's default lines and the host), `all`, or a comma list such as `6.1,host`.
+        #[arg(long, default_value = "default")]
+        kernels: String,
+        /// Parallel boots (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Wall-clock limit per boot, in seconds.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+        /// Boot this vmlinuz instead of (or, with --kernels, besides) the manifest's kernels.
+        #[arg(long)]
+        kernel_file: Option<PathBuf>,
+        /// Modules directory for --kernel-file.
+        #[arg(long, requires = "kernel_file")]
+        modules: Option<PathBuf>,
+        /// Boot the kernel in this Debian package.
+        #[arg(long)]
+        kernel_deb: Option<PathBuf>,
+        /// Print every console line.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Manage the kernel images the matrix boots.
+    VmImages {
+        #[command(subcommand)]
+        command: ImagesCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCmd {
+    /// Re-resolve vm-images/kernels.toml against the package indices into vm-images/kernels.lock.
+    Update,
+}
+
+fn workspace() -> PathBuf {
+    // CARGO_MANIFEST_DIR is verifier-matrix/; the workspace is its parent.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+fn update_images() -> Result<()> {
+    let dir = workspace().join("vm-images");
+    let manifest = Manifest::load(&dir.join("kernels.toml"))?;
+    let mirror = apt::discover_mirror()?;
+    let lock = debindex::update_lock(&manifest, &mirror)?;
+    lock.write(&dir.join("kernels.lock"))?;
+    for k in &lock.kernels {
+        match k.unavailable_reason() {
+            Some(why) => println!("{:<6} unavailable: {why}", k.line),
+            None => println!("{:<6} {}", k.line, k.pin.packages().iter().map(|p| format!("{} {}", p.package, p.version)).collect::<Vec<_>>().join(", ")),
+        }
+    }
+    Ok(())
+}
+
+fn verifier_matrix(options: matrix::Options, verbose: bool) -> Result<ExitCode> {
+    let ui = Ui::start(verbose);
+    let rows = matrix::run(&options, &ui);
+    ui.finish();
+    let rows = rows?;
+    let accel = runner::accel_detection()
+        .map(|d| format!("{} ({}, decided in {:.2} s)", d.accel.as_str(), d.reason, d.took.as_secs_f64()))
+        .unwrap_or_else(|| "none (no VM booted)".to_owned());
+    let md = render_markdown(&rows, &accel);
+    std::fs::write(options.out_dir.join("report.md"), &md).context("write report.md")?;
+    std::fs::write(options.out_dir.join("report.json"), serde_json::to_vec_pretty(&rows)?).context("write report.json")?;
+    println!("{md}");
+    println!("report: {}", options.out_dir.join("report.md").display());
+    let (pass, fail, boot_failed, _) = report::totals(&rows);
+    // A kernel that did not boot is told apart from a probe that failed to load (exit 2 vs 1).
+    Ok(if boot_failed > 0 {
+        ExitCode::from(2)
+    } else if fail > 0 || pass == 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::VmImages { command: ImagesCmd::Update } => update_images().map(|()| ExitCode::SUCCESS),
+        Cmd::VerifierMatrix { kernels, jobs, timeout, kernel_file, modules, kernel_deb, verbose } => {
+            let selection = match kernels.as_str() {
+                "default" => Selection::Default,
+                "all" => Selection::All,
+                list => Selection::Lines(list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
+            };
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+            let workspace = workspace();
+            let options = matrix::Options {
+                out_dir: workspace.join("target/verifier-matrix"),
+                workspace,
+                selection,
+                jobs,
+                timeout: Duration::from_secs(timeout),
+                kernel_file,
+                modules,
+                kernel_deb,
+            };
+            verifier_matrix(options, verbose)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TAPIO_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}

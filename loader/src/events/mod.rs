@@ -3,6 +3,9 @@
 //! Every record starts with `struct tapio_header` (probes/include/common.h). Decoding checks the
 //! length before reading, so a short or foreign record is an error, never a garbage event.
 
+pub mod dns;
+pub mod kernel;
+pub mod network;
 pub mod process;
 
 use serde::Serialize;
@@ -25,6 +28,9 @@ pub struct TapioHeader {
 
 /// Monitor ids carried in `tapio_header.monitor` (`enum tapio_monitor`).
 pub const MONITOR_PROCESS: u8 = 1;
+pub const MONITOR_DNS: u8 = 2;
+pub const MONITOR_NETWORK: u8 = 3;
+pub const MONITOR_KERNEL: u8 = 4;
 
 /// Why a record from the kernel could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -76,6 +82,9 @@ pub struct Event {
 #[serde(untagged)]
 pub enum Body {
     Process(process::ProcessBody),
+    Dns(dns::DnsBody),
+    Network(network::NetworkBody),
+    Kernel(kernel::KernelBody),
 }
 
 impl Event {
@@ -99,6 +108,9 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Event, DecodeErro
     let header: TapioHeader = read_record(bytes, "tapio_header")?;
     match header.monitor {
         MONITOR_PROCESS => process::decode(&header, bytes, options),
+        MONITOR_DNS => dns::decode(&header, bytes),
+        MONITOR_NETWORK => network::decode(&header, bytes),
+        MONITOR_KERNEL => kernel::decode(&header, bytes),
         other => Err(DecodeError::UnknownMonitor(other)),
     }
 }
@@ -108,10 +120,12 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Event, DecodeErro
 pub struct DecodeOptions {
     /// At most this many argv entries per exec; more sets `argv_truncated`.
     pub argv_max: usize,
+    /// A dns query with no response after this long is reported as a `timeout`.
+    pub dns_timeout: std::time::Duration,
 }
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        Self { argv_max: 32 }
+        Self { argv_max: 32, dns_timeout: crate::dns::DEFAULT_TIMEOUT }
     }
 }

@@ -1,6 +1,9 @@
 //! Loading and attaching monitors: one module per monitor says which programs it has and where
 //! each attaches; this module does the loading, attaching and reporting for all of them.
 
+pub mod dns;
+pub mod kernel;
+pub mod network;
 pub mod process;
 
 use std::time::Duration;
@@ -49,7 +52,7 @@ pub struct MonitorSpec {
 }
 
 /// Every monitor `tapio-load` knows.
-pub const MONITORS: &[MonitorSpec] = &[process::SPEC];
+pub const MONITORS: &[MonitorSpec] = &[process::SPEC, network::SPEC, kernel::SPEC, dns::SPEC];
 
 /// Finds a monitor by name.
 pub fn monitor(name: &str) -> Option<&'static MonitorSpec> {
@@ -87,6 +90,8 @@ pub enum MonitorError {
     },
     #[error("monitor {monitor}: map events: {detail}")]
     Events { monitor: &'static str, detail: String },
+    #[error("monitor {monitor}: map {map}: {detail}")]
+    Map { monitor: &'static str, map: &'static str, detail: String },
 }
 
 impl MonitorError {
@@ -157,6 +162,13 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         loader.set_max_entries("events", size);
     }
     let mut ebpf = loader.load(object.bytes).map_err(|source| MonitorError::Object { monitor, source })?;
+    // dns: the ports that mark DNS traffic are a map, not global data (4.19 has none); slot 0
+    // gets the default port before any program runs.
+    if let Some(map) = ebpf.map_mut(dns::DNS_PORTS_MAP) {
+        let map_error = |e: aya::maps::MapError| MonitorError::Map { monitor, map: dns::DNS_PORTS_MAP, detail: e.to_string() };
+        let mut ports = aya::maps::Array::<_, u32>::try_from(map).map_err(map_error)?;
+        ports.set(0, dns::DEFAULT_DNS_PORT, 0).map_err(map_error)?;
+    }
 
     let mut reports = Vec::new();
     for p in spec.programs {

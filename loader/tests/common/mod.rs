@@ -68,8 +68,8 @@ impl Loader {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let read_ns = monotonic_ns();
-                let event: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                let event: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
                 if tx.send(Received { event, read_ns }).is_err() {
                     break;
                 }
@@ -101,7 +101,12 @@ impl Loader {
     }
 
     /// Waits up to `timeout` for an event matching `pred`; other events are kept in `seen`.
-    pub fn wait_for(&self, seen: &mut Vec<Value>, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Received> {
+    pub fn wait_for(
+        &self,
+        seen: &mut Vec<Value>,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Received> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
@@ -155,9 +160,7 @@ pub fn loaded_program_names() -> Vec<String> {
         .expect("bpftool installed (ci/setup.sh)");
     let out = Command::new(bpftool).args(["-j", "prog", "show"]).output().expect("bpftool prog show");
     let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    v.as_array()
-        .map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect())
-        .unwrap_or_default()
+    v.as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
 }
 
 /// Programs named `prefix*` still loaded once the kernel has had `timeout` to free them.

@@ -1,0 +1,173 @@
+//! The network monitor's records (probes/include/network.h, probes/include/sock.h) and their
+//! decoding, plus the connection tuple the kernel monitor shares.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::Serialize;
+
+use super::{read_record, Body, DecodeError, Event, TapioHeader};
+
+pub const NETWORK_CONNECT: u8 = 1;
+pub const NETWORK_ACCEPT: u8 = 2;
+pub const NETWORK_CLOSE: u8 = 3;
+pub const NETWORK_STATE_CHANGE: u8 = 4;
+
+pub const NETWORK_F_BYTES: u32 = 0x1;
+pub const NETWORK_F_OWNER: u32 = 0x2;
+pub const NETWORK_F_SOCK_CGROUP: u32 = 0x4;
+
+/// Mirror of `union tapio_addr`: 16 bytes, IPv4 in the first 4 in network byte order.
+pub type TapioAddr = [u8; 16];
+
+/// Mirror of `struct tapio_flow` (probes/include/sock.h).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TapioFlow {
+    pub saddr: TapioAddr,
+    pub daddr: TapioAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub ip_version: u8,
+    pub protocol: u8,
+    pub _pad0: u16,
+}
+
+/// Mirror of `struct network_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NetworkEvent {
+    pub hdr: TapioHeader,
+    pub flow: TapioFlow,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub _pad0: u16,
+    pub flags: u32,
+}
+
+/// The connection fields every network and kernel socket record carries, as the contract names them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FlowFields {
+    /// `tcp` (the only protocol these probes report today) or the IP protocol number.
+    pub protocol: String,
+    pub ip_version: u8,
+    pub saddr: String,
+    pub sport: u16,
+    pub daddr: String,
+    pub dport: u16,
+}
+
+fn addr_text(addr: &TapioAddr, ip_version: u8) -> String {
+    match ip_version {
+        4 => Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string(),
+        _ => Ipv6Addr::from(*addr).to_string(),
+    }
+}
+
+fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        n => n.to_string(),
+    }
+}
+
+impl From<&TapioFlow> for FlowFields {
+    fn from(f: &TapioFlow) -> Self {
+        Self {
+            protocol: protocol_name(f.protocol),
+            ip_version: f.ip_version,
+            saddr: addr_text(&f.saddr, f.ip_version),
+            sport: f.sport,
+            daddr: addr_text(&f.daddr, f.ip_version),
+            dport: f.dport,
+        }
+    }
+}
+
+/// Names of the kernel's TCP states (include/net/tcp_states.h), as `ss` prints them.
+pub fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The network fields of an output record.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NetworkBody {
+    #[serde(flatten)]
+    pub flow: FlowFields,
+    pub oldstate: &'static str,
+    pub newstate: &'static str,
+    /// Bytes the peer acknowledged (`tcp_sock.bytes_acked`, as `ss -i` shows it: sequence space,
+    /// so an acknowledged SYN and FIN add 1 each to the payload); on `close` when readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_sent: Option<u64>,
+    /// Bytes received (`tcp_sock.bytes_received`, a received FIN adds 1); on `close` when readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
+    /// Whether pid/tgid/comm/uid name the socket's owner (remembered at connect() or close())
+    /// rather than the task a softirq happened to interrupt.
+    pub owner_known: bool,
+}
+
+/// Decodes a network record whose header is already read.
+pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
+    let e: NetworkEvent = read_record(bytes, "network_event")?;
+    let name = match h.kind {
+        NETWORK_CONNECT => "connect",
+        NETWORK_ACCEPT => "accept",
+        NETWORK_CLOSE => "close",
+        NETWORK_STATE_CHANGE => "state_change",
+        kind => return Err(DecodeError::UnknownKind { monitor: "network", kind }),
+    };
+    let has_bytes = e.flags & NETWORK_F_BYTES != 0;
+    let body = NetworkBody {
+        flow: FlowFields::from(&e.flow),
+        oldstate: tcp_state_name(e.oldstate),
+        newstate: tcp_state_name(e.newstate),
+        bytes_sent: has_bytes.then_some(e.bytes_sent),
+        bytes_received: has_bytes.then_some(e.bytes_received),
+        owner_known: e.flags & NETWORK_F_OWNER != 0,
+    };
+    Ok(Event::from_header(h, "network", name, Body::Network(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_as_text() {
+        let mut f = TapioFlow { ip_version: 4, protocol: 6, sport: 4242, dport: 80, ..Default::default() };
+        f.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        f.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let t = FlowFields::from(&f);
+        assert_eq!((t.saddr.as_str(), t.daddr.as_str(), t.protocol.as_str()), ("127.0.0.1", "10.1.2.3", "tcp"));
+        let mut f6 = TapioFlow { ip_version: 6, protocol: 6, ..Default::default() };
+        f6.saddr[15] = 1;
+        f6.daddr[10..16].copy_from_slice(&[0xff, 0xff, 192, 0, 2, 1]);
+        let t = FlowFields::from(&f6);
+        assert_eq!((t.saddr.as_str(), t.daddr.as_str()), ("::1", "::ffff:192.0.2.1"));
+    }
+
+    #[test]
+    fn short_record_is_refused() {
+        let h = TapioHeader { monitor: 3, kind: NETWORK_CLOSE, ..Default::default() };
+        let err = decode(&h, &[0u8; 60]).unwrap_err();
+        assert!(matches!(err, DecodeError::Short { what: "network_event", .. }), "{err}");
+    }
+}

@@ -1,0 +1,136 @@
+//! Real-kernel tests of the feature probes: known facts of any kernel with vmlinux BTF, the
+//! version check (a kernel newer than a gate must not report it absent), and that a permission
+//! error is reported as an error, not as "absent".
+
+use std::process::Command;
+
+use tapio_load::features::{self, Feature, FeatureStatus};
+
+mod common;
+
+/// Features a distribution may switch off even on a kernel newer than the gate.
+const MAY_BE_DISABLED: &[&str] = &["kprobe", "fentry", "tp_btf", "lsm", "kprobe_multi"];
+
+/// Set in the unprivileged child of [`permission_error_is_error_not_absent`].
+const CHILD_ENV: &str = "TAPIO_FEATURES_UNPRIVILEGED_CHILD";
+const CHILD_MARK: &str = "FEATURE_JSON ";
+
+/// `(major, minor)` of a version such as `6.18.44-fc` or `5.8`.
+fn parse_version(text: &str) -> (u32, u32) {
+    let mut parts = text.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+    let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (next(), next())
+}
+
+fn running_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("read osrelease");
+    parse_version(release.trim())
+}
+
+fn find<'a>(all: &'a [Feature], name: &str) -> &'a Feature {
+    all.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no probe named {name}"))
+}
+
+#[test]
+fn version_parsing() {
+    assert_eq!(parse_version("6.18.44-fc-v782"), (6, 18));
+    assert_eq!(parse_version("5.8"), (5, 8));
+    assert_eq!(parse_version("4.19.0-27-amd64"), (4, 19));
+    assert!(parse_version("5.10") > parse_version("5.9"));
+}
+
+#[test]
+fn every_name_probes() {
+    for name in features::names() {
+        assert_eq!(features::probe(name).map(|f| f.name), Some(name));
+    }
+    assert!(features::probe("no such feature").is_none());
+}
+
+#[test]
+fn known_facts_of_a_btf_kernel() {
+    if common::skip_unless_root("known_facts_of_a_btf_kernel") {
+        return;
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        println!("SKIP known_facts_of_a_btf_kernel: vmlinux btf unsupported (requires >= 5.4)");
+        return;
+    }
+    let all = features::probe_all();
+    let table = features::render_text(&all);
+    println!("{table}");
+    for name in ["btf", "vmlinux btf", "ring buffer", "lru hash", "perf event array", "raw tracepoint"] {
+        assert_eq!(find(&all, name).status, FeatureStatus::Present, "{name}\n{table}");
+    }
+}
+
+/// cilium's checkVersion: on a kernel at least as new as a gate, "absent" is a probe bug unless
+/// distributions are known to disable the feature.
+#[test]
+fn no_feature_absent_on_a_newer_kernel() {
+    if common::skip_unless_root("no_feature_absent_on_a_newer_kernel") {
+        return;
+    }
+    let running = running_version();
+    let all = features::probe_all();
+    let table = features::render_text(&all);
+    let wrong: Vec<_> = all
+        .iter()
+        .filter(|f| parse_version(f.since) <= running && !MAY_BE_DISABLED.contains(&f.name))
+        .filter(|f| matches!(f.status, FeatureStatus::Absent { .. }))
+        .map(|f| f.name)
+        .collect();
+    assert!(wrong.is_empty(), "absent although the kernel {running:?} is newer than the gate: {wrong:?}\n{table}");
+}
+
+/// The JSON form the `features --json` command prints is stable: `{name, since, status: {state, ..}}`.
+#[test]
+fn json_shape() {
+    let f =
+        Feature { name: "ring buffer", since: "5.8", status: FeatureStatus::Error { errno: 1, message: "m".into() } };
+    let v = serde_json::to_value(&f).expect("serialize");
+    assert_eq!(
+        v,
+        serde_json::json!({"name": "ring buffer", "since": "5.8", "status": {"state": "error", "errno": 1, "message": "m"}})
+    );
+}
+
+/// Runs one probe without privileges (in a child made by `setpriv`) and expects an EPERM error.
+#[test]
+fn permission_error_is_error_not_absent() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        // This is the unprivileged child: probe and report.
+        let feature = features::probe("lru hash").expect("probe exists");
+        println!("{CHILD_MARK}{}", serde_json::to_string(&feature).expect("serialize"));
+        return;
+    }
+    if common::skip_unless_root("permission_error_is_error_not_absent") {
+        return;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let out = match Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(&exe)
+        .args(["--exact", "permission_error_is_error_not_absent", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            println!("SKIP permission_error_is_error_not_absent: setpriv unavailable ({e})");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find_map(|l| l.split_once(CHILD_MARK).map(|(_, json)| json)).unwrap_or_else(|| {
+        panic!(
+            "child printed no result: status {}\nstdout:\n{stdout}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let value: serde_json::Value = serde_json::from_str(line).expect("child json");
+    assert_eq!(value["status"]["state"], "error", "unprivileged probe must be an error, not absent: {value}");
+    let errno = value["status"]["errno"].as_i64().expect("errno");
+    assert!(errno == libc::EPERM as i64 || errno == libc::EACCES as i64, "{value}");
+}

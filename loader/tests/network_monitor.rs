@@ -1,0 +1,267 @@
+//! The network and kernel monitors on the running kernel: real TCP connections over 127.0.0.1
+//! and ::1 with known byte counts, and (where a memory cgroup can be made) an OOM kill.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use common::{kernel_lock, skip_unless_root, Loader};
+use serde_json::Value;
+
+/// One connection made by the test: both ends' addresses and what each side wrote.
+struct Conn {
+    client: SocketAddr,
+    server: SocketAddr,
+    client_wrote: u64,
+    server_wrote: u64,
+}
+
+/// Connects to a listener on `ip`, sends `up` bytes one way and `down` back, then closes both ends
+/// in order (client first) so every byte is read and no RST cuts the counters short.
+fn exchange(ip: IpAddr, up: usize, down: usize) -> Conn {
+    let listener = TcpListener::bind((ip, 0)).expect("bind listener");
+    let server = listener.local_addr().unwrap();
+    let mut client = TcpStream::connect(server).expect("connect");
+    let (mut accepted, _) = listener.accept().expect("accept");
+    let client_addr = client.local_addr().unwrap();
+    client.write_all(&vec![b'u'; up]).unwrap();
+    let mut buf = vec![0u8; up];
+    accepted.read_exact(&mut buf).unwrap();
+    accepted.write_all(&vec![b'd'; down]).unwrap();
+    let mut buf = vec![0u8; down];
+    client.read_exact(&mut buf).unwrap();
+    drop(client);
+    // Wait for the client's FIN so the server's close is an orderly one.
+    let mut rest = Vec::new();
+    accepted.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    drop(accepted);
+    drop(listener);
+    Conn { client: client_addr, server, client_wrote: up as u64, server_wrote: down as u64 }
+}
+
+fn tuple_is(e: &Value, local: SocketAddr, peer: SocketAddr) -> bool {
+    e["saddr"] == local.ip().to_string()
+        && e["sport"] == local.port()
+        && e["daddr"] == peer.ip().to_string()
+        && e["dport"] == peer.port()
+}
+
+fn find<'a>(events: &'a [Value], monitor: &str, event: &str, local: SocketAddr, peer: SocketAddr) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["monitor"] == monitor && e["event"] == event && tuple_is(e, local, peer))
+        .unwrap_or_else(|| {
+            let ours: Vec<&Value> = events.iter().filter(|e| e["monitor"] == monitor).collect();
+            panic!("no {monitor} {event} for {local} -> {peer} among {} {monitor} events: {ours:#?}", ours.len())
+        })
+}
+
+/// A byte counter from `tcp_sock`: the payload plus at most a SYN and a FIN (sequence space).
+fn assert_bytes(e: &Value, field: &str, payload: u64) {
+    let got = e[field].as_u64().unwrap_or_else(|| panic!("{field} missing: {e}"));
+    assert!((payload..=payload + 2).contains(&got), "{field} = {got}, expected {payload} payload bytes (+ SYN/FIN): {e}");
+}
+
+fn check_connection(events: &[Value], c: &Conn, ip_version: u64) {
+    let me = std::process::id() as u64;
+    // Outbound: connect() ran in this process, which the probe remembers for later events.
+    let connect = find(events, "network", "connect", c.client, c.server);
+    assert_eq!(connect["ip_version"], ip_version, "{connect}");
+    assert_eq!(connect["protocol"], "tcp", "{connect}");
+    assert_eq!(connect["tgid"], me, "connect is attributed to the connecting process: {connect}");
+    assert_eq!(connect["owner_known"], true, "{connect}");
+    assert_eq!(connect["oldstate"], "SYN_SENT");
+    assert_eq!(connect["newstate"], "ESTABLISHED");
+    // Inbound: completed in softirq, so only the tuple is asserted, not the task.
+    let accept = find(events, "network", "accept", c.server, c.client);
+    assert_eq!(accept["ip_version"], ip_version, "{accept}");
+    assert_eq!(accept["oldstate"], "SYN_RECV");
+
+    let client_close = find(events, "network", "close", c.client, c.server);
+    assert_eq!(client_close["tgid"], me, "{client_close}");
+    assert_bytes(client_close, "bytes_sent", c.client_wrote);
+    assert_bytes(client_close, "bytes_received", c.server_wrote);
+    let server_close = find(events, "network", "close", c.server, c.client);
+    assert_eq!(server_close["tgid"], me, "the accepted socket's owner is remembered at close(): {server_close}");
+    assert_bytes(server_close, "bytes_sent", c.server_wrote);
+    assert_bytes(server_close, "bytes_received", c.client_wrote);
+
+    // The kernel monitor: the same lifecycle, attributed to the sockets' own cgroup, which is
+    // the cgroup this process (the connecting task) is in.
+    let cgroup = &connect["cgroup_id"];
+    for (event, local, peer) in [
+        ("connect", c.client, c.server),
+        ("accept", c.server, c.client),
+        ("close", c.client, c.server),
+        ("close", c.server, c.client),
+    ] {
+        let k = find(events, "kernel", event, local, peer);
+        assert_eq!(k["ip_version"], ip_version, "{k}");
+        assert_eq!(k["protocol"], "tcp", "{k}");
+        assert_eq!(k["sock_cgroup"], true, "this kernel (5.15+) has sk_cgrp_data.cgroup: {k}");
+        assert_eq!(&k["cgroup_id"], cgroup, "kernel {event} carries the socket's cgroup: {k}");
+    }
+}
+
+#[test]
+fn tcp_lifecycle_over_ipv4_and_ipv6() {
+    if skip_unless_root("tcp_lifecycle_over_ipv4_and_ipv6") {
+        return;
+    }
+    let _serial = kernel_lock();
+    let loader = Loader::start(&["--monitors", "network,kernel"]);
+    let v4 = exchange(IpAddr::V4(Ipv4Addr::LOCALHOST), 1000, 333);
+    let v6 = exchange(IpAddr::V6(Ipv6Addr::LOCALHOST), 4096, 77);
+
+    // The last record this test causes: the kernel monitor's close of the IPv6 server socket.
+    let mut events = Vec::new();
+    let last = loader.wait_for(&mut events, Duration::from_secs(5), |e| {
+        e["monitor"] == "kernel" && e["event"] == "close" && tuple_is(e, v6.server, v6.client)
+    });
+    let (rest, stderr, status) = loader.finish();
+    events.extend(rest);
+    assert!(last.is_some(), "the IPv6 server close never arrived; stderr:\n{stderr}");
+    assert!(status.success(), "tapio-load exits 0 on SIGTERM: {status}; stderr:\n{stderr}");
+    assert!(stderr.contains("tracepoint:sock/inet_sock_set_state"), "attach path logged: {stderr}");
+
+    check_connection(&events, &v4, 4);
+    check_connection(&events, &v6, 6);
+    for prefix in ["network_", "kernel_"] {
+        let left = common::programs_left_after(prefix, Duration::from_secs(2));
+        assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
+    }
+}
+
+/// A memory-limited cgroup made for one test, removed on drop.
+struct MemCgroup {
+    dir: std::path::PathBuf,
+    /// The victim's cgroup v2 id as the probe reads it (`task->cgroups->dfl_cgrp->kn->id`, the
+    /// inode number of the v2 directory), when it can be known.
+    expected_v2_id: Option<u64>,
+}
+
+/// Where cgroup v2 is mounted, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right.starts_with("cgroup2 ").then(|| left.split(' ').nth(4).map(Into::into))?
+    })
+}
+
+/// The inode of this process's cgroup v2 directory: its cgroup id.
+fn own_v2_cgroup_id(mount: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(std::fs::metadata(mount.join(path.trim_start_matches('/'))).ok()?.ino())
+}
+
+impl MemCgroup {
+    /// A cgroup v2 child with `memory.max = limit`; where v2 has no memory controller (a hybrid
+    /// host), a v1 memory cgroup with the same limit. None when neither can be made.
+    fn create(limit: u64) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let name = format!("tapio-oom-{}", std::process::id());
+        let v2 = cgroup2_mount();
+        if let Some(mount) = &v2 {
+            let controllers = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+            if controllers.split_whitespace().any(|c| c == "memory") {
+                let _ = std::fs::write(mount.join("cgroup.subtree_control"), "+memory");
+                let dir = mount.join(&name);
+                std::fs::create_dir(&dir).ok()?;
+                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+                if std::fs::write(dir.join("memory.max"), limit.to_string()).is_err() {
+                    let _ = std::fs::remove_dir(&dir);
+                    return None;
+                }
+                let id = std::fs::metadata(&dir).ok().map(|m| m.ino());
+                return Some(Self { dir, expected_v2_id: id });
+            }
+        }
+        let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+        if !v1.join("memory.limit_in_bytes").exists() {
+            return None;
+        }
+        let dir = v1.join(&name);
+        std::fs::create_dir(&dir).ok()?;
+        if std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).is_err() {
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
+        // The child stays in this process's v2 cgroup: that is the id the probe reports.
+        let id = v2.as_deref().and_then(own_v2_cgroup_id);
+        Some(Self { dir, expected_v2_id: id })
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // The killed child has been reaped by now; an empty cgroup can be removed.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `tail /dev/zero` (which buffers a line that never ends) inside an 8 MiB cgroup is OOM-killed;
+/// the kernel monitor reports the victim's pid, comm and cgroup.
+#[test]
+fn oom_kill_in_memory_limited_cgroup() {
+    if skip_unless_root("oom_kill_in_memory_limited_cgroup") {
+        return;
+    }
+    let _serial = kernel_lock();
+    let Some(cg) = MemCgroup::create(8 << 20) else {
+        println!("SKIP oom_kill_in_memory_limited_cgroup: no cgroup with a memory controller can be created here");
+        return;
+    };
+    let loader = Loader::start(&["--monitors", "kernel"]);
+    let procs = cg.dir.join("cgroup.procs");
+    // The shell moves itself into the cgroup, then becomes `tail`, so the victim is this pid.
+    let mut child = std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("echo $$ > {} && exec tail /dev/zero", procs.display())])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the memory hog");
+    let pid = child.id() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the memory hog was not OOM-killed within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL), "{status}");
+
+    let mut seen = Vec::new();
+    let got = loader.wait_for(&mut seen, Duration::from_secs(5), |e| e["event"] == "oom_kill" && e["victim_pid"] == pid);
+    let (_, stderr, exit) = loader.finish();
+    let got = got.unwrap_or_else(|| panic!("no oom_kill for pid {pid} among {seen:#?}; stderr:\n{stderr}"));
+    assert!(exit.success(), "{stderr}");
+    let e = &got.event;
+    assert_eq!(e["monitor"], "kernel");
+    // The task-pointer prototype of mark_victim is on this kernel (>= 6.8): all details present.
+    assert_eq!(e["victim_tgid"], pid, "{e}");
+    assert_eq!(e["victim_comm"], "tail", "{e}");
+    assert_eq!(e["victim_uid"], 0, "{e}");
+    if let Some(id) = cg.expected_v2_id {
+        assert_eq!(e["victim_cgroup_id"], id, "the victim's cgroup v2 id: {e}");
+    }
+    let left = common::programs_left_after("kernel_", Duration::from_secs(2));
+    assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
+}

@@ -1,0 +1,456 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/*
+ * dns: DNS queries and responses read from the user buffers of send and receive syscalls, UDP
+ * and TCP, IPv4 and IPv6.
+ *
+ * Why syscall tracepoints: they exist on every kernel we target and need neither kprobes nor
+ * fentry. From a syscall's fd the probe walks current->files to the struct socket and its sock
+ * (all through CO-RE) for the transport, both addresses and both ports; an unconnected UDP
+ * socket (a server, or sendto() with an address) takes the peer from the sockaddr the syscall
+ * carries. A message is DNS when either port is in `dns_ports`: source port 53 marks a response
+ * as surely as destination port 53 marks a query, so both are checked.
+ *
+ * Receives are read at the syscall's exit: the entry only records where the data will land, and
+ * the return value gives the real length. Sends are read at entry, where the data already is.
+ *
+ * Why the name is decoded in user space: decompressing a name with every label length and
+ * pointer checked takes up to 255 steps; unrolled without loops (4.19's verifier takes none) that
+ * is thousands of instructions per call site, past 4.19's 4096-instruction program limit. The
+ * probe parses the fixed header and copies up to DNS_MSG_MAX bytes with the real length beside
+ * them; the loader decodes the question against that real length (loader/src/dns/wire.rs).
+ *
+ * No loops, no global data: the port knob is a map the loader fills, as 4.19 has no .rodata maps.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "dns.h"
+#include "transport.bpf.h"
+#include "sock.bpf.h"
+
+/* Kernel constants (include/linux/net.h, include/uapi/linux/stat.h, include/uapi/linux/in.h). */
+#define DNS_SOCK_STREAM 1
+#define DNS_SOCK_DGRAM 2
+#define DNS_S_IFMT 00170000
+#define DNS_S_IFSOCK 0140000
+#define DNS_IPPROTO_TCP 6
+#define DNS_IPPROTO_UDP 17
+/* sendmmsg(): messages looked at per call; glibc sends its A and AAAA queries as two. */
+#define DNS_MMSG_MAX 2
+
+/*
+ * User-space ABI of LP64 targets, read from user memory with bpf_probe_read_user. These are not
+ * kernel types, so they are not CO-RE relocated: their layout is fixed by the syscall ABI.
+ */
+struct dns_user_iovec {
+	__u64 base;
+	__u64 len;
+};
+
+struct dns_user_msghdr {
+	__u64 name;
+	__u32 namelen;
+	__u32 _pad0;
+	__u64 iov;
+	__u64 iovlen;
+	__u64 control;
+	__u64 controllen;
+	__u32 flags;
+	__u32 _pad1;
+};
+_Static_assert(sizeof(struct dns_user_msghdr) == 56, "msghdr ABI");
+
+/* struct mmsghdr: a msghdr and the kernel-written length, padded to 64 bytes. */
+#define DNS_USER_MMSGHDR_SIZE 64
+
+/* sockaddr_in and sockaddr_in6 share family and port; v4 address or v6 flowinfo follows. */
+struct dns_user_sockaddr {
+	__u16 family;
+	__be16 port;
+	__u32 v4;       /* sockaddr_in.sin_addr, or sockaddr_in6.sin6_flowinfo */
+	__u8 v6[16];    /* sockaddr_in6.sin6_addr */
+};
+
+/* What a receive syscall's entry saw, for its exit. */
+struct dns_recv_args {
+	struct tapio_flow flow;
+	__u64 buf;      /* read()/recvfrom() buffer */
+	__u64 buf_len;  /* its size */
+	__u64 addr;     /* recvfrom() sockaddr, filled by the kernel */
+	__u64 msg;      /* recvmsg() msghdr */
+};
+
+/* Ports that mark DNS traffic, set by the loader (default 53 in slot 0); 0 is an unused slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DNS_PORTS_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} dns_ports SEC(".maps");
+
+/* In-flight receives by thread. LRU, so a thread killed inside recvmsg() leaves nothing behind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct dns_recv_args);
+} dns_recv_inflight SEC(".maps");
+
+/* The message-carrying record is too large for the 512-byte stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dns_msg_event);
+} dns_scratch SEC(".maps");
+
+static __always_inline int dns_port(__u16 port)
+{
+	__u32 i, *v;
+
+	if (port == 0)
+		return 0;
+#pragma unroll
+	for (i = 0; i < DNS_PORTS_MAX; i++) {
+		__u32 key = i;
+
+		v = bpf_map_lookup_elem(&dns_ports, &key);
+		if (v && *v == port)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int dns_wanted(struct tapio_flow *f)
+{
+	return dns_port(f->sport) || dns_port(f->dport);
+}
+
+/*
+ * The socket behind `fd` of the current task, as a flow. Returns 0 unless it is an AF_INET or
+ * AF_INET6 stream or datagram socket. The fd is checked against the table's max_fds before the
+ * slot is read, so a stale or hostile fd number reads nothing.
+ */
+static __always_inline int dns_flow_of_fd(__u64 fd, struct tapio_flow *f)
+{
+	struct task_struct___dns *task = (void *)bpf_get_current_task();
+	struct files_struct *files;
+	struct fdtable *fdt;
+	struct file **fds, *file = NULL;
+	struct inode *inode;
+	struct socket *sock;
+	struct sock *sk;
+	short type;
+
+	if (!task)
+		return 0;
+	files = BPF_CORE_READ(task, files);
+	if (!files)
+		return 0;
+	fdt = BPF_CORE_READ(files, fdt);
+	if (!fdt)
+		return 0;
+	if (fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (!fds)
+		return 0;
+	if (bpf_core_read(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	inode = BPF_CORE_READ(file, f_inode);
+	if (!inode || (BPF_CORE_READ(inode, i_mode) & DNS_S_IFMT) != DNS_S_IFSOCK)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return 0;
+	type = BPF_CORE_READ(sock, type);
+	if (type != DNS_SOCK_STREAM && type != DNS_SOCK_DGRAM)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return 0;
+	return tapio_read_flow(f, sk, type == DNS_SOCK_STREAM ? DNS_IPPROTO_TCP : DNS_IPPROTO_UDP);
+}
+
+/* An unconnected socket has no peer: take it from the sockaddr the syscall carries. */
+static __always_inline void dns_peer_from_sockaddr(struct tapio_flow *f, __u64 uaddr)
+{
+	struct dns_user_sockaddr sa = {};
+
+	if (!uaddr || f->dport != 0)
+		return;
+	/* sockaddr_in is 16 bytes: read that much first, the v6 address only for AF_INET6. */
+	if (bpf_probe_read_user(&sa, 8, (void *)uaddr))
+		return;
+	if (sa.family == TAPIO_AF_INET && f->ip_version == 4) {
+		f->daddr.v4 = sa.v4;
+	} else if (sa.family == TAPIO_AF_INET6 && f->ip_version == 6) {
+		if (bpf_probe_read_user(f->daddr.v6, sizeof(f->daddr.v6), (void *)(uaddr + 8)))
+			return;
+	} else {
+		return;
+	}
+	f->dport = bpf_ntohs(sa.port);
+}
+
+/*
+ * Emits one DNS message found at user address `buf`: `avail` bytes are in the buffer, `len` is
+ * the real length the syscall reported (larger than `avail` if the buffer was too small).
+ *
+ * TCP carries a 2-byte length before each message. A buffer that starts with a prefix whose value
+ * fits what was read is taken as prefixed; a bare 2-byte read is the prefix alone and is skipped;
+ * anything else is taken as a message read after its prefix (glibc reads the two apart).
+ */
+static __always_inline void dns_capture(void *ctx, struct tapio_flow *f, __u8 dir, __u64 buf, __u64 len,
+					__u64 avail)
+{
+	struct dns_event base = {};
+	struct dns_msg_event *e;
+	__u8 wire[DNS_HDR_LEN];
+	__u32 zero = 0, cap;
+	__u64 rd;
+	__u64 off = 0;
+
+	if (avail > len)
+		avail = len;
+	if (!buf || avail < DNS_HDR_LEN)
+		return;
+	if (f->protocol == DNS_IPPROTO_TCP) {
+		__u8 prefix[2];
+		__u64 plen;
+
+		if (bpf_probe_read_user(prefix, sizeof(prefix), (void *)buf))
+			return;
+		plen = ((__u64)prefix[0] << 8) | prefix[1];
+		if (plen >= DNS_HDR_LEN && plen + 2 <= avail) {
+			off = 2;
+			len = plen;
+			avail = plen;
+			base.flags |= DNS_F_TCP_PREFIX;
+		}
+	}
+	if (bpf_probe_read_user(wire, sizeof(wire), (void *)(buf + off)))
+		return;
+
+	base.dns_flags = ((__u16)wire[2] << 8) | wire[3];
+	tapio_fill_header(&base.hdr, TAPIO_MONITOR_DNS, (base.dns_flags & 0x8000) ? DNS_RESPONSE : DNS_QUERY);
+	base.flow = *f;
+	base.dns_id = ((__u16)wire[0] << 8) | wire[1];
+	base.qdcount = ((__u16)wire[4] << 8) | wire[5];
+	base.ancount = ((__u16)wire[6] << 8) | wire[7];
+	base.msg_len = len > 0xffffffff ? 0xffffffff : (__u32)len;
+	base.direction = dir;
+
+	e = bpf_map_lookup_elem(&dns_scratch, &zero);
+	if (!e) {
+		/* Under memory pressure the event still goes out, header only, marked. */
+		base.flags |= DNS_F_NO_SCRATCH;
+		tapio_emit(ctx, &base, sizeof(base));
+		return;
+	}
+	e->base = base;
+	cap = avail > DNS_MSG_MAX ? DNS_MSG_MAX : (__u32)avail;
+	if (cap < DNS_HDR_LEN)
+		return;
+	rd = cap;
+	TAPIO_BOUND_SIZE(rd, DNS_MSG_MAX);
+	if (bpf_probe_read_user(e->msg, rd, (void *)(buf + off))) {
+		e->base.flags |= DNS_F_READ_FAILED;
+		tapio_emit(ctx, &e->base, sizeof(e->base));
+		return;
+	}
+	e->base.cap_len = cap;
+	tapio_emit(ctx, e, sizeof(*e));
+}
+
+/* A send of one buffer (sendto, write) on `fd`, to `uaddr` if the socket is unconnected. */
+static __always_inline int dns_send_buf(void *ctx, __u64 fd, __u64 buf, __u64 len, __u64 uaddr)
+{
+	struct tapio_flow f = {};
+
+	if (!dns_flow_of_fd(fd, &f))
+		return 0;
+	dns_peer_from_sockaddr(&f, uaddr);
+	if (dns_wanted(&f))
+		dns_capture(ctx, &f, DNS_DIR_SEND, buf, len, len);
+	return 0;
+}
+
+/*
+ * A send from an iovec array (sendmsg, sendmmsg, writev). Only the first iovec is read, except
+ * that a 2-byte first iovec on TCP is the length prefix written apart (glibc and libuv clients
+ * do this) and the message is the second.
+ */
+static __always_inline void dns_send_iov(void *ctx, struct tapio_flow *f, __u64 uiov, __u64 iovlen)
+{
+	struct dns_user_iovec iov;
+
+	if (!uiov || iovlen == 0)
+		return;
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)uiov))
+		return;
+	if (f->protocol == DNS_IPPROTO_TCP && iov.len == 2 && iovlen >= 2) {
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(uiov + sizeof(iov))))
+			return;
+	}
+	dns_capture(ctx, f, DNS_DIR_SEND, iov.base, iov.len, iov.len);
+}
+
+static __always_inline void dns_send_msghdr(void *ctx, struct tapio_flow *sock_flow, __u64 umsg)
+{
+	struct dns_user_msghdr msg;
+	struct tapio_flow f = *sock_flow;
+
+	if (!umsg || bpf_probe_read_user(&msg, sizeof(msg), (void *)umsg))
+		return;
+	dns_peer_from_sockaddr(&f, msg.name);
+	if (dns_wanted(&f))
+		dns_send_iov(ctx, &f, msg.iov, msg.iovlen);
+}
+
+/* Receive entry: note where the data will land, if the socket may carry DNS. */
+static __always_inline int dns_recv_enter(__u64 fd, __u64 buf, __u64 buf_len, __u64 uaddr, __u64 umsg)
+{
+	struct dns_recv_args args = {};
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!dns_flow_of_fd(fd, &args.flow))
+		return 0;
+	/* An unconnected UDP socket learns its peer only at exit, from the sockaddr. */
+	if (!dns_wanted(&args.flow) && !(args.flow.dport == 0 && (uaddr || umsg)))
+		return 0;
+	args.buf = buf;
+	args.buf_len = buf_len;
+	args.addr = uaddr;
+	args.msg = umsg;
+	bpf_map_update_elem(&dns_recv_inflight, &id, &args, BPF_ANY);
+	return 0;
+}
+
+/* Receive exit: the return value is the real length; read the data the entry pointed at. */
+static __always_inline int dns_recv_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct dns_recv_args *args;
+	struct tapio_flow f;
+	__u64 buf, avail, uaddr;
+	long ret = ctx->ret;
+
+	args = bpf_map_lookup_elem(&dns_recv_inflight, &id);
+	if (!args)
+		return 0;
+	f = args->flow;
+	buf = args->buf;
+	avail = args->buf_len;
+	uaddr = args->addr;
+	if (args->msg) {
+		struct dns_user_msghdr msg;
+		struct dns_user_iovec iov;
+
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)args->msg) || !msg.iov || msg.iovlen == 0 ||
+		    bpf_probe_read_user(&iov, sizeof(iov), (void *)msg.iov)) {
+			bpf_map_delete_elem(&dns_recv_inflight, &id);
+			return 0;
+		}
+		/* Only the first iovec is read: DNS clients and servers receive into one buffer. */
+		buf = iov.base;
+		avail = iov.len;
+		uaddr = msg.name;
+	}
+	bpf_map_delete_elem(&dns_recv_inflight, &id);
+	if (ret <= 0)
+		return 0;
+	dns_peer_from_sockaddr(&f, uaddr);
+	if (dns_wanted(&f))
+		dns_capture(ctx, &f, DNS_DIR_RECV, buf, (__u64)ret, avail);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int dns_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	return dns_send_buf(ctx, ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[4]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int dns_write(struct trace_event_raw_sys_enter *ctx)
+{
+	return dns_send_buf(ctx, ctx->args[0], ctx->args[1], ctx->args[2], 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int dns_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct tapio_flow f = {};
+
+	if (dns_flow_of_fd(ctx->args[0], &f))
+		dns_send_msghdr(ctx, &f, ctx->args[1]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmmsg")
+int dns_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct tapio_flow f = {};
+	__u64 vec = ctx->args[1], vlen = ctx->args[2];
+	__u32 i;
+
+	if (!dns_flow_of_fd(ctx->args[0], &f))
+		return 0;
+#pragma unroll
+	for (i = 0; i < DNS_MMSG_MAX; i++) {
+		if (i < vlen)
+			dns_send_msghdr(ctx, &f, vec + i * DNS_USER_MMSGHDR_SIZE);
+	}
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int dns_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	struct tapio_flow f = {};
+
+	if (dns_flow_of_fd(ctx->args[0], &f) && dns_wanted(&f))
+		dns_send_iov(ctx, &f, ctx->args[1], ctx->args[2]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int dns_recvfrom_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return dns_recv_enter(ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[4], 0);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int dns_recvfrom_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return dns_recv_exit(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int dns_recvmsg_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return dns_recv_enter(ctx->args[0], 0, 0, 0, ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int dns_recvmsg_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return dns_recv_exit(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int dns_read_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return dns_recv_enter(ctx->args[0], ctx->args[1], ctx->args[2], 0, 0);
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int dns_read_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return dns_recv_exit(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

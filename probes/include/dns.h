@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * The dns monitor's records: one DNS message seen in a send or receive syscall, told apart by
+ * hdr.kind (query or response, from the QR bit). Timeouts are made by the loader's correlator.
+ */
+#ifndef __TAPIO_DNS_H__
+#define __TAPIO_DNS_H__
+
+#include "common.h"
+#include "sock.h"
+
+/* Bytes of each message copied into the event; a power of two. The question, the only part the
+ * decoder needs beyond the header, almost always fits: a 255-byte name plus 16 bytes. */
+#define DNS_MSG_MAX 512
+/* Slots of the dns_ports map; port 0 is an unused slot. */
+#define DNS_PORTS_MAX 4
+/* The fixed DNS header (RFC 1035 4.1.1). */
+#define DNS_HDR_LEN 12
+
+enum dns_kind {
+	DNS_QUERY = 1,
+	DNS_RESPONSE = 2,
+};
+
+/* dns_event.direction: which syscall saw the message, so which end of the flow sent it. */
+enum dns_direction {
+	DNS_DIR_SEND = 1, /* flow.s* sent it to flow.d* */
+	DNS_DIR_RECV = 2, /* flow.d* sent it to flow.s* */
+};
+
+/* Flags in dns_event.flags. */
+#define DNS_F_NO_SCRATCH 0x1 /* the per-CPU scratch lookup failed: no message bytes, header only */
+#define DNS_F_READ_FAILED 0x2 /* the user buffer could not be read: no message bytes */
+#define DNS_F_TCP_PREFIX 0x4 /* a TCP length prefix was stripped */
+
+/* Sent alone (the header-only record) when no message bytes could be captured. */
+struct dns_event {
+	struct tapio_header hdr;
+	struct tapio_flow flow; /* s* = this host's socket, d* = the peer; protocol = IPPROTO_UDP/TCP */
+	__u16 dns_id;
+	__u16 dns_flags;  /* QR, opcode, AA, TC, RD, RA, rcode */
+	__u16 qdcount;
+	__u16 ancount;
+	__u32 msg_len;    /* the real message length: the syscall's return value or the TCP prefix */
+	__u32 cap_len;    /* bytes valid in dns_msg_event.msg (0 in a header-only record) */
+	__u8 direction;   /* enum dns_direction */
+	__u8 _pad0[3];
+	__u32 flags;      /* DNS_F_* */
+};
+_Static_assert(sizeof(struct dns_event) == 112, "dns_event layout");
+
+struct dns_msg_event {
+	struct dns_event base;
+	__u8 msg[DNS_MSG_MAX]; /* the message from its header on, cap_len bytes valid */
+};
+_Static_assert(sizeof(struct dns_msg_event) == 112 + DNS_MSG_MAX, "dns_msg_event layout");
+
+#endif /* __TAPIO_DNS_H__ */
