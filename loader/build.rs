@@ -11,7 +11,7 @@ use std::{
 };
 
 /// The monitors whose `<name>.bpf.c` is compiled.
-const MONITORS: &[&str] = &["process", "network", "kernel", "dns"];
+const MONITORS: &[&str] = &["process", "network", "kernel", "dns", "security"];
 
 /// Exits the build with one line naming what is missing and how to get it.
 fn die(msg: &str) -> ! {

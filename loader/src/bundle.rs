@@ -58,6 +58,8 @@ pub static OBJECTS: &[EmbeddedObject] = &[
     embed!("network", Transport::Perf, "network.perf.bpf.o"),
     embed!("kernel", Transport::Ringbuf, "kernel.bpf.o"),
     embed!("kernel", Transport::Perf, "kernel.perf.bpf.o"),
+    embed!("security", Transport::Ringbuf, "security.bpf.o"),
+    embed!("security", Transport::Perf, "security.perf.bpf.o"),
 ];
 
 /// The names of the monitors in the bundle, in a stable order.

@@ -2,6 +2,8 @@
 //! kernel can run, decodes events into typed records and says plainly what it could not do.
 
 pub mod btf;
+pub mod config;
+pub mod check;
 pub mod bundle;
 pub mod dns;
 pub mod events;
@@ -11,6 +13,7 @@ pub mod inspect;
 pub mod layout;
 pub mod monitors;
 pub mod output;
+pub mod plan;
 pub mod privileges;
 pub mod run;
 pub mod tracefs;

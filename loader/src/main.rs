@@ -25,12 +25,24 @@ enum OutputFormat {
 }
 
 #[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a configuration file (with TAPIO_<KEY> overrides) without loading anything.
+    Check { file: PathBuf },
+    /// Print the configuration reference as Markdown (docs/operations.md holds this output).
+    Reference,
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Load and attach monitors, print their events until SIGINT or SIGTERM.
     Run {
-        /// Comma-separated monitors to run.
-        #[arg(long, value_delimiter = ',', default_value = "process")]
-        monitors: Vec<String>,
+        /// TOML configuration file (see `tapio-load config reference`); flags and TAPIO_<KEY>
+        /// environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Comma-separated monitors to run [default: process].
+        #[arg(long, value_delimiter = ',')]
+        monitors: Option<Vec<String>>,
         /// Output format.
         #[arg(long, value_enum, default_value = "json")]
         output: OutputFormat,
@@ -40,15 +52,53 @@ enum Command {
         /// BTF file to relocate against instead of /sys/kernel/btf/vmlinux.
         #[arg(long)]
         btf: Option<PathBuf>,
-        /// At most this many argv entries per exec event (more sets argv_truncated).
-        #[arg(long, default_value_t = 32)]
-        argv_max: usize,
-        /// Milliseconds a dns query waits for its response before a `timeout` event.
-        #[arg(long, default_value_t = 5000)]
-        dns_timeout_ms: u64,
+        /// Directory of `<uname -r>.btf` files, used when the kernel has no BTF.
+        #[arg(long)]
+        btf_dir: Option<PathBuf>,
+        /// At most this many argv entries per exec event (more sets argv_truncated) [default: 32].
+        #[arg(long)]
+        argv_max: Option<i64>,
+        /// Milliseconds a dns query waits for its response before a `timeout` event [default: 5000].
+        #[arg(long)]
+        dns_timeout_ms: Option<i64>,
+        /// Comma-separated ports the dns monitor parses [default: 53].
+        #[arg(long, value_delimiter = ',')]
+        dns_ports: Option<Vec<i64>>,
         /// Ring buffer size in bytes (power of two, page multiple).
         #[arg(long)]
-        ring_size: Option<u32>,
+        ring_size: Option<i64>,
+        /// Prometheus endpoint address, or `off` [default: 127.0.0.1:9464].
+        #[arg(long)]
+        metrics_address: Option<String>,
+    },
+    /// Validate or document the configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Show, for the running kernel, the attach path of every program or why it has none.
+    Plan {
+        /// Comma-separated monitors (default: all).
+        #[arg(long, value_delimiter = ',')]
+        monitors: Vec<String>,
+        /// BTF file to relocate against instead of the kernel's own.
+        #[arg(long)]
+        btf: Option<PathBuf>,
+        /// Directory of `<uname -r>.btf` files, used when the kernel has no BTF.
+        #[arg(long)]
+        btf_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load every planned program into the kernel's verifier without attaching; report verdicts.
+    Check {
+        /// Comma-separated monitors (default: all).
+        #[arg(long, value_delimiter = ',')]
+        monitors: Vec<String>,
+        #[arg(long)]
+        btf: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Probe every kernel feature gate on the running kernel by a real attempt.
     Features {
@@ -77,6 +127,15 @@ fn resolve_monitors(names: &[String]) -> Result<Vec<&'static monitors::MonitorSp
             })
         })
         .collect()
+}
+
+/// The named monitors, or every monitor when none is named.
+fn all_or(names: &[String]) -> Result<Vec<&'static monitors::MonitorSpec>> {
+    if names.is_empty() {
+        Ok(monitors::MONITORS.iter().collect())
+    } else {
+        resolve_monitors(names)
+    }
 }
 
 fn cmd_inspect(json: bool, objects: &[PathBuf]) -> Result<()> {
@@ -114,20 +173,90 @@ fn cmd_run(options: RunOptions) -> Result<()> {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { monitors, output: OutputFormat::Json, output_file, btf, argv_max, dns_timeout_ms, ring_size } => {
-            let monitors = resolve_monitors(&monitors)?;
-            if argv_max == 0 {
-                bail!("--argv-max must be at least 1");
-            }
-            cmd_run(RunOptions {
+        Command::Run {
+            config,
+            monitors,
+            output: OutputFormat::Json,
+            output_file,
+            btf,
+            btf_dir,
+            argv_max,
+            dns_timeout_ms,
+            dns_ports,
+            ring_size,
+            metrics_address,
+        } => {
+            let flags = tapio_load::config::Partial {
                 monitors,
+                output: output_file.map(|p| p.display().to_string()),
                 btf,
-                output_file,
-                decode: DecodeOptions { argv_max, dns_timeout: std::time::Duration::from_millis(dns_timeout_ms) },
-                load: LoadOptions { ring_size },
+                btf_dir,
+                argv_max,
+                dns_timeout_ms,
+                dns_ports,
+                ring_size,
+                metrics_address,
+                ..Default::default()
+            };
+            let overrides = tapio_load::config::from_env(std::env::vars())?.merge(flags);
+            let file = config.as_deref().map(tapio_load::config::read_file).transpose()?.unwrap_or_default();
+            let c = tapio_load::config::Config::from_partial(file.merge(overrides.clone()))?;
+            cmd_run(RunOptions {
+                btf: c.btf_path(&tapio_load::plan::kernel_release()),
+                output_file: match &c.output {
+                    tapio_load::config::Output::Stdout => None,
+                    tapio_load::config::Output::File(path) => Some(path.clone()),
+                },
+                decode: DecodeOptions { argv_max: c.argv_max, dns_timeout: std::time::Duration::from_millis(c.dns_timeout_ms) },
+                load: LoadOptions { ring_size: c.ring_size },
+                metrics: c.metrics_address.map(|address| tapio_load::output::metrics::MetricsOptions {
+                    address,
+                    required: c.metrics_address_explicit,
+                }),
+                dns_ports: c.dns_ports.clone(),
+                reload: config.map(|file| tapio_load::config::Reload { file, overrides }),
+                monitors: c.monitors,
             })
         }
+        Command::Config { action: ConfigAction::Check { file } } => {
+            tapio_load::config::resolve(Some(&file), std::env::vars(), Default::default())?;
+            println!("ok");
+            Ok(())
+        }
+        Command::Config { action: ConfigAction::Reference } => {
+            print!("{}", tapio_load::config::reference_markdown());
+            Ok(())
+        }
         Command::Inspect { json, objects } => cmd_inspect(json, &objects),
+        Command::Plan { monitors, btf, btf_dir, json } => {
+            let monitors = all_or(&monitors)?;
+            let source = tapio_load::plan::btf_source(btf.as_deref(), btf_dir.as_deref(), &tapio_load::plan::kernel_release());
+            let _ = tapio_load::tracefs::ensure_mounted();
+            let plan = tapio_load::plan::plan(&monitors, &source);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", tapio_load::plan::render_text(&plan));
+            }
+            Ok(())
+        }
+        Command::Check { monitors, btf, json } => {
+            let monitors = all_or(&monitors)?;
+            tapio_load::privileges::check()?;
+            tapio_load::privileges::raise_memlock();
+            let btf = tapio_load::run::load_btf(btf.as_ref())?;
+            let results = tapio_load::check::check(&monitors, Some(&btf));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                print!("{}", tapio_load::check::render_text(&results));
+            }
+            let rejected = results.iter().filter(|r| !r.accepted).count();
+            if rejected > 0 {
+                bail!("check: {rejected} of {} programs rejected by this kernel's verifier", results.len());
+            }
+            Ok(())
+        }
         Command::Features { json } => {
             let features = tapio_load::features::probe_all();
             if json {

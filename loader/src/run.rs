@@ -36,6 +36,12 @@ pub struct RunOptions {
     pub output_file: Option<PathBuf>,
     pub decode: DecodeOptions,
     pub load: LoadOptions,
+    /// The Prometheus endpoint; None: `metrics_address = "off"`.
+    pub metrics: Option<crate::output::metrics::MetricsOptions>,
+    /// Ports the dns monitor parses (at most 4, `DNS_PORTS_MAX` in probes/include/dns.h).
+    pub dns_ports: Vec<u16>,
+    /// The configuration file SIGHUP re-reads; None: SIGHUP only logs.
+    pub reload: Option<crate::config::Reload>,
 }
 
 /// Why a run could not start or went wrong.
@@ -70,6 +76,10 @@ pub enum RunError {
     Signal(#[source] io::Error),
     #[error("event loop: register ring buffer: {0}")]
     Reactor(#[source] io::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::output::metrics::MetricsError),
+    #[error("monitor dns: map dns_ports: {0}")]
+    DnsPorts(#[source] aya::maps::MapError),
 }
 
 /// Reads the BTF the loader relocates against: the given file, or the kernel's own.
@@ -111,11 +121,29 @@ pub struct RunSummary {
 
 /// Runs until SIGINT/SIGTERM. Loaded monitors are dropped before returning: no program, link or
 /// map outlives the run.
-pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
+pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
 
-    let loaded = load_all(&options)?;
+    let mut loaded = load_all(&options)?;
+    // --- operations (crate::output::metrics, crate::config): dns ports, attach reports ---
+    for m in &mut loaded {
+        if let Some(map) = m.ebpf.map_mut(monitors::dns::DNS_PORTS_MAP) {
+            let mut ports = aya::maps::Array::<_, u32>::try_from(map).map_err(RunError::DnsPorts)?;
+            for slot in 0..4u32 {
+                let port = options.dns_ports.get(slot as usize).copied().unwrap_or(0);
+                ports.set(slot, u32::from(port), 0).map_err(RunError::DnsPorts)?;
+            }
+        }
+    }
+    let attached: Vec<monitors::AttachReport> = loaded.iter().flat_map(|m| m.reports.iter().cloned()).collect();
+    let counters = std::sync::Arc::new(crate::output::metrics::Counters::default());
+    let metrics_listener = match &options.metrics {
+        Some(m) => crate::output::metrics::bind(m).await?,
+        None => None,
+    };
+    // --- end operations ---
     for m in &loaded {
         for r in &m.reports {
             info!(monitor = r.monitor, program = r.program, path = %r.path, transport = %m.transport, "attached");
@@ -147,6 +175,20 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
         tasks.push(tokio::spawn(drain(fd, tx.clone(), stop_rx.clone())));
     }
     drop(tx);
+    // --- operations: the metrics endpoint reads the objects while the run loop streams ---
+    let ebpfs: crate::output::metrics::SharedObjects = std::sync::Arc::new(ebpfs);
+    let metrics_task = metrics_listener.map(|listener| {
+        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint");
+        let state = crate::output::metrics::State {
+            objects: ebpfs.clone(),
+            attached,
+            planned: options.monitors.iter().map(|m| m.programs.len()).sum(),
+            counters: counters.clone(),
+            kernel_release: crate::plan::kernel_release(),
+        };
+        tokio::spawn(crate::output::metrics::serve(listener, std::sync::Arc::new(state)))
+    });
+    // --- end operations ---
     eprintln!("tapio-load: attached {} monitor(s); streaming events to {output_name}", ebpfs.len());
 
     let mut summary = RunSummary::default();
@@ -160,6 +202,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
         tokio::select! {
             _ = interrupt.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
             _ = terminate.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
+            _ = hangup.recv() => reload(&mut options.decode, &mut dns, options.reload.as_ref(), &counters),
             _ = dns_tick.tick(), if dns_on => {
                 for event in dns.expire(crate::dns::monotonic_ns()) {
                     sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
@@ -177,11 +220,13 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
                         }
                         Err(e) => {
                             summary.decode_errors += 1;
+                            counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             warn!("{e}");
                         }
                     }
                 }
                 sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+                counters.events_written.store(sink.written(), std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -190,13 +235,45 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
     }
     let _ = sink.flush();
     summary.written = sink.written();
-    for (name, ebpf) in &ebpfs {
+    // The endpoint holds a reference to the objects: stop it first so dropping ours detaches.
+    if let Some(task) = metrics_task {
+        task.abort();
+        let _ = task.await;
+    }
+    for (name, ebpf) in ebpfs.iter() {
         let emitted = monitors::stat(ebpf, 0).unwrap_or(0);
         let lost = monitors::stat(ebpf, 1).unwrap_or(0);
         info!(monitor = name, emitted, lost, "detaching");
     }
     drop(ebpfs);
     Ok(summary)
+}
+
+/// SIGHUP: re-reads the configuration file and applies what can change without reloading any
+/// program (argv_max, dns_timeout_ms). An invalid file is refused and the running values stay.
+fn reload(
+    decode: &mut DecodeOptions,
+    dns: &mut crate::dns::Correlator,
+    source: Option<&crate::config::Reload>,
+    counters: &crate::output::metrics::Counters,
+) {
+    let Some(source) = source else {
+        warn!("SIGHUP: no --config file to re-read; ignored");
+        return;
+    };
+    match source.load() {
+        Ok(config) => {
+            decode.argv_max = config.argv_max;
+            decode.dns_timeout = std::time::Duration::from_millis(config.dns_timeout_ms);
+            dns.set_window(decode.dns_timeout);
+            counters.config_reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(argv_max = config.argv_max, dns_timeout_ms = config.dns_timeout_ms, "SIGHUP: configuration reloaded");
+        }
+        Err(e) => {
+            counters.config_reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!("SIGHUP: {e}; keeping the running configuration");
+        }
+    }
 }
 
 /// Drains one ring buffer until told to stop, then once more, and hands batches to the writer.

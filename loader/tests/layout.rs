@@ -65,6 +65,24 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
                 hdr, victim_cgroup_id, victim_pid, victim_tgid, victim_uid, flags, victim_comm
             }),
         ),
+        (
+            "security",
+            mirror_layout!("security_event", tapio_load::events::security::SecurityEvent {
+                hdr, syscall, flags, ret, old_uid, old_euid, old_suid, old_gid, old_egid, old_sgid, new_id,
+                target_pid, old_cap_effective, old_cap_permitted, new_cap_effective, new_cap_permitted,
+                new_cap_inheritable, arg0, arg1, mnt_ns, pid_ns_level
+            }),
+        ),
+        (
+            "security",
+            mirror_layout!("security_mount_event", tapio_load::events::security::SecurityMountEvent {
+                base, source, target, fstype
+            }),
+        ),
+        (
+            "security",
+            mirror_layout!("security_config", tapio_load::monitors::security::SecurityConfig { init_mnt_ns, _pad0 }),
+        ),
     ]
 }
 

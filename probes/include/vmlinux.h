@@ -210,6 +210,47 @@ struct trace_event_raw_sys_exit {
 	long ret;
 };
 
+/* --- security monitor: credentials and namespaces of the current task --- */
+
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+typedef struct {
+	__u32 val;
+} kgid_t;
+
+/* `struct { u64 val; }` since 6.3, `struct { u32 cap[2]; }` before: both 8 bytes, read raw. */
+typedef struct {
+	u64 val;
+} kernel_cap_t;
+
+struct cred {
+	kuid_t uid;
+	kgid_t gid;
+	kuid_t suid;
+	kgid_t sgid;
+	kuid_t euid;
+	kgid_t egid;
+	kernel_cap_t cap_permitted;
+	kernel_cap_t cap_effective;
+};
+
+struct mnt_namespace {
+	struct ns_common ns;
+};
+
+struct nsproxy {
+	struct mnt_namespace *mnt_ns;
+};
+
+/* A view of task_struct for the security probe's fields (CO-RE drops the ___ suffix). */
+struct task_struct___security {
+	const struct cred *cred;
+	struct nsproxy *nsproxy;
+	struct pid *thread_pid;
+};
+
 #pragma clang attribute pop
 
 #endif /* __TAPIO_VMLINUX_H__ */

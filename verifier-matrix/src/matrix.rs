@@ -26,7 +26,7 @@ use crate::{
 /// Which kernels to run.
 #[derive(Debug, Clone)]
 pub enum Selection {
-    /// The lock's `default = true` lines plus the host.
+    /// The lock's `default = true` lines, the unavailable lines (as such), and the host.
     Default,
     /// Every line of the lock plus the host.
     All,
@@ -72,7 +72,10 @@ fn targets(options: &Options, lock: &Lock) -> Result<Vec<(String, Target)>> {
     let user_kernel = !out.is_empty();
     let (lines, host): (Vec<&LockedKernel>, bool) = match &options.selection {
         Selection::Default if user_kernel => (vec![], false),
-        Selection::Default => (lock.kernels.iter().filter(|k| k.default).collect(), true),
+        // Lines that cannot be had are listed too, as unavailable rows: the report must show them.
+        Selection::Default => {
+            (lock.kernels.iter().filter(|k| k.default || k.unavailable_reason().is_some()).collect(), true)
+        }
         Selection::All => (lock.kernels.iter().collect(), true),
         Selection::Lines(names) => {
             let mut picked = Vec::new();

@@ -69,6 +69,9 @@ pub fn judge(results: &GuestResults, splats: &[Splat]) -> Verdict {
     for e in &results.setup_errors {
         problems.push(format!("setup: {e}"));
     }
+    for v in results.verifier.iter().filter(|v| !v.accepted) {
+        problems.push(format!("verifier rejected {}/{}", v.monitor, v.program));
+    }
     for p in results.programs.iter().filter(|p| !p.attached) {
         problems.push(format!("{}/{}: {}", p.monitor, p.program, first_line(&p.detail)));
     }
@@ -107,9 +110,19 @@ pub fn totals(rows: &[Row]) -> (usize, usize, usize, usize) {
 pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Verifier matrix\n\nAccelerator: {accel_note}\n");
-    let _ = writeln!(out, "| kernel | release | verdict | programs attached | checks passed | events | wall (s) |");
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "| kernel | release | verdict | verifier accepted | verified insns | programs attached | checks passed | events | wall (s) |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for r in rows {
+        let (verified, insns) = match &r.results {
+            Some(res) if !res.verifier.is_empty() => (
+                format!("{}/{}", res.verifier.iter().filter(|v| v.accepted).count(), res.verifier.len()),
+                match res.verifier.iter().map(|v| v.verified_insns).sum::<Option<u64>>() {
+                    Some(total) => total.to_string(),
+                    None => "n/a (< 5.16)".to_owned(),
+                },
+            ),
+            _ => ("-".into(), "-".into()),
+        };
         let (progs, checks, events) = match &r.results {
             Some(res) => (
                 format!("{}/{}", res.programs.iter().filter(|p| p.attached).count(), res.programs.len()),
@@ -120,10 +133,12 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.line,
             r.release.as_deref().unwrap_or("-"),
             r.verdict.label(),
+            verified,
+            insns,
             progs,
             checks,
             events,

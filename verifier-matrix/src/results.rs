@@ -21,12 +21,24 @@ pub struct CheckResult {
     pub detail: String,
 }
 
+/// One program's pass through the kernel's verifier (loaded, not attached).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VerifierResult {
+    pub monitor: String,
+    pub program: String,
+    pub accepted: bool,
+    /// Instructions the verifier processed (kernels 5.16+ report it).
+    pub verified_insns: Option<u64>,
+    pub error: Option<String>,
+}
+
 /// Everything one guest (or the host row) reported.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GuestResults {
     pub release: Option<String>,
     pub btf: Option<bool>,
     pub programs: Vec<ProgramResult>,
+    pub verifier: Vec<VerifierResult>,
     pub checks: Vec<CheckResult>,
     pub setup_errors: Vec<String>,
     pub events: u64,
@@ -64,6 +76,13 @@ pub fn parse(lines: &[String]) -> GuestResults {
                 program: "*".to_owned(),
                 attached: false,
                 detail: s(&v, "error"),
+            }),
+            Some("verifier") => r.verifier.push(VerifierResult {
+                monitor: s(&v, "monitor"),
+                program: s(&v, "program"),
+                accepted: v["accepted"].as_bool().unwrap_or(false),
+                verified_insns: v["verified_insns"].as_u64(),
+                error: v["error"].as_str().map(str::to_owned),
             }),
             Some("check") => r.checks.push(CheckResult {
                 name: s(&v, "name"),

@@ -61,6 +61,14 @@ impl Correlator {
         }
     }
 
+    /// Changes the window for queries seen from now on (SIGHUP reload); waiting queries keep
+    /// their deadline. After a shrink, a new query's timeout may be reported up to one old
+    /// window late (the deadline queue is ordered by arrival), but is stamped with its own
+    /// deadline, so no event is lost or misdated.
+    pub fn set_window(&mut self, window: Duration) {
+        self.window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+    }
+
     /// Queries waiting for a response.
     pub fn pending(&self) -> usize {
         self.pending.len()

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod kernel;
 pub mod network;
 pub mod process;
+pub mod security;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -31,6 +32,7 @@ pub const MONITOR_PROCESS: u8 = 1;
 pub const MONITOR_DNS: u8 = 2;
 pub const MONITOR_NETWORK: u8 = 3;
 pub const MONITOR_KERNEL: u8 = 4;
+pub const MONITOR_SECURITY: u8 = 5;
 
 /// Why a record from the kernel could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -85,6 +87,7 @@ pub enum Body {
     Dns(dns::DnsBody),
     Network(network::NetworkBody),
     Kernel(kernel::KernelBody),
+    Security(security::SecurityBody),
 }
 
 impl Event {
@@ -111,6 +114,7 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Event, DecodeErro
         MONITOR_DNS => dns::decode(&header, bytes),
         MONITOR_NETWORK => network::decode(&header, bytes),
         MONITOR_KERNEL => kernel::decode(&header, bytes),
+        MONITOR_SECURITY => security::decode(&header, bytes),
         other => Err(DecodeError::UnknownMonitor(other)),
     }
 }

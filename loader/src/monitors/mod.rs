@@ -5,6 +5,7 @@ pub mod dns;
 pub mod kernel;
 pub mod network;
 pub mod process;
+pub mod security;
 
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ pub struct MonitorSpec {
 }
 
 /// Every monitor `tapio-load` knows.
-pub const MONITORS: &[MonitorSpec] = &[process::SPEC, network::SPEC, kernel::SPEC, dns::SPEC];
+pub const MONITORS: &[MonitorSpec] = &[process::SPEC, network::SPEC, kernel::SPEC, dns::SPEC, security::SPEC];
 
 /// Finds a monitor by name.
 pub fn monitor(name: &str) -> Option<&'static MonitorSpec> {
@@ -151,8 +152,9 @@ fn program_error(monitor: &'static str, program: &'static str, stage: &'static s
     }
 }
 
-/// Loads a monitor's object with `btf`, then loads and attaches each of its programs.
-pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<LoadedMonitor, MonitorError> {
+/// Creates a monitor's maps from its object (relocated against `btf`) and fills its config maps.
+/// No program is loaded yet: [`load_program`] and [`attach_program`] do that one at a time.
+pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<Ebpf, MonitorError> {
     let monitor = spec.name;
     let transport = Transport::Ringbuf;
     let object = bundle::object(monitor, transport).ok_or(MonitorError::NoObject { monitor, transport })?;
@@ -169,35 +171,74 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         let mut ports = aya::maps::Array::<_, u32>::try_from(map).map_err(map_error)?;
         ports.set(0, dns::DEFAULT_DNS_PORT, 0).map_err(map_error)?;
     }
+    // security: `in_container` compares each caller's mount namespace with the initial one, which
+    // has no fixed inode number before 6.18. Unreadable, it stays 0 and the probe flags that.
+    if let Some(map) = ebpf.map_mut(security::CONFIG_MAP) {
+        let map_error = |e: aya::maps::MapError| MonitorError::Map { monitor, map: security::CONFIG_MAP, detail: e.to_string() };
+        let mut config = aya::maps::Array::<_, security::SecurityConfig>::try_from(map).map_err(map_error)?;
+        match security::initial_mount_ns() {
+            Ok((inum, from)) => {
+                tracing::debug!(inum, from, "security: initial mount namespace");
+                config.set(0, security::SecurityConfig { init_mnt_ns: inum, _pad0: 0 }, 0).map_err(map_error)?;
+            }
+            Err(e) => tracing::warn!("{e}; in_container falls back to the pid namespace alone"),
+        }
+    }
+    Ok(ebpf)
+}
 
+/// Loads one program into the kernel's verifier (no attach). Returns the time the load took.
+pub fn load_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -> Result<Duration, MonitorError> {
+    let started = std::time::Instant::now();
+    let program = ebpf.program_mut(p.name).ok_or(MonitorError::MissingProgram { monitor, program: p.name })?;
+    match p.attach {
+        AttachPoint::TracePoint { .. } => {
+            let tp: &mut TracePoint =
+                program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            tp.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
+        }
+        AttachPoint::RawTracePoint { .. } => {
+            let tp: &mut RawTracePoint =
+                program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            tp.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Attaches a program [`load_program`] loaded.
+pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -> Result<(), MonitorError> {
+    let program = ebpf.program_mut(p.name).ok_or(MonitorError::MissingProgram { monitor, program: p.name })?;
+    match p.attach {
+        AttachPoint::TracePoint { category, name } => {
+            let tp: &mut TracePoint =
+                program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            tp.attach(category, name).map_err(|e| program_error(monitor, p.name, "attach", e))?;
+        }
+        AttachPoint::RawTracePoint { name } => {
+            let tp: &mut RawTracePoint =
+                program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            tp.attach(name).map_err(|e| program_error(monitor, p.name, "attach", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads a monitor's object with `btf`, then loads and attaches each of its programs.
+pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<LoadedMonitor, MonitorError> {
+    let monitor = spec.name;
+    let mut ebpf = open(spec, btf, options)?;
     let mut reports = Vec::new();
     for p in spec.programs {
-        let started = std::time::Instant::now();
-        let program = ebpf
-            .program_mut(p.name)
-            .ok_or(MonitorError::MissingProgram { monitor, program: p.name })?;
-        match p.attach {
-            AttachPoint::TracePoint { category, name } => {
-                let tp: &mut TracePoint =
-                    program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
-                tp.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
-                tp.attach(category, name).map_err(|e| program_error(monitor, p.name, "attach", e))?;
-            }
-            AttachPoint::RawTracePoint { name } => {
-                let tp: &mut RawTracePoint =
-                    program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
-                tp.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
-                tp.attach(name).map_err(|e| program_error(monitor, p.name, "attach", e))?;
-            }
-        }
-        reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time: started.elapsed() });
+        let load_time = load_program(&mut ebpf, monitor, p)?;
+        attach_program(&mut ebpf, monitor, p)?;
+        reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time });
     }
-
     let map = ebpf
         .take_map("events")
         .ok_or_else(|| MonitorError::Events { monitor, detail: "missing from the object".to_owned() })?;
     let events = RingBuf::try_from(map).map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
-    Ok(LoadedMonitor { spec, transport, ebpf, events, reports })
+    Ok(LoadedMonitor { spec, transport: Transport::Ringbuf, ebpf, events, reports })
 }
 
 /// Sums a per-CPU counter of the `stats` map (see probes/include/common.h `enum tapio_stat`).

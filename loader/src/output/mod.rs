@@ -1,3 +1,4 @@
 //! Where decoded events go.
 
 pub mod json;
+pub mod metrics;

@@ -29,6 +29,14 @@ pub fn run_all(out: &mut Reporter) {
             None
         }
     };
+    // The verifier pass first: every program loaded unattached, as `tapio-load check` does.
+    let all: Vec<_> = monitors::MONITORS.iter().collect();
+    for c in tapio_load::check::check(&all, btf.as_ref()) {
+        out.line(&json!({
+            "kind": "verifier", "monitor": c.monitor, "program": c.program, "accepted": c.accepted,
+            "verified_insns": c.verified_insns, "load_us": c.load_us, "error": c.error,
+        }));
+    }
     let mut loaded: Vec<LoadedMonitor> = Vec::new();
     for spec in monitors::MONITORS {
         let started = Instant::now();

@@ -1,0 +1,113 @@
+//! `tapio-load check`: every planned program through the running kernel's verifier, unattached.
+//!
+//! Per program: accepted or rejected, the verified instruction count the kernel reports, the load
+//! time; on rejection, the verifier log's tail and the instruction it stopped at. CI runs this on
+//! every kernel of the matrix.
+
+use aya::Btf;
+use serde::Serialize;
+
+use crate::monitors::{self, MonitorError, MonitorSpec};
+
+/// One program's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramCheck {
+    pub monitor: &'static str,
+    pub program: &'static str,
+    pub accepted: bool,
+    /// Instructions the verifier processed (kernel 5.16+ reports it; None before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_insns: Option<u32>,
+    pub load_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The instruction index the verifier's last message points at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_insn: Option<u32>,
+}
+
+/// The last `N: (op) ...` instruction line of a verifier log: where it stopped.
+pub fn failing_instruction(log: &str) -> Option<u32> {
+    log.lines().rev().find_map(|l| {
+        let (n, rest) = l.trim_start().split_once(": (")?;
+        if rest.is_empty() {
+            return None;
+        }
+        n.parse().ok()
+    })
+}
+
+fn rejected(monitor: &'static str, program: &'static str, e: &MonitorError) -> ProgramCheck {
+    let text = e.to_string();
+    ProgramCheck {
+        monitor,
+        program,
+        accepted: false,
+        verified_insns: None,
+        load_us: 0,
+        at_insn: failing_instruction(&text),
+        error: Some(text),
+    }
+}
+
+/// Loads every program of `monitors` (not attaching), reporting each; nothing stays loaded.
+pub fn check(monitors: &[&'static MonitorSpec], btf: Option<&Btf>) -> Vec<ProgramCheck> {
+    let mut out = Vec::new();
+    for spec in monitors {
+        let mut ebpf = match monitors::open(spec, btf, &monitors::LoadOptions::default()) {
+            Ok(ebpf) => ebpf,
+            Err(e) => {
+                out.extend(spec.programs.iter().map(|p| rejected(spec.name, p.name, &e)));
+                continue;
+            }
+        };
+        for p in spec.programs {
+            match monitors::load_program(&mut ebpf, spec.name, p) {
+                Ok(took) => {
+                    let verified_insns = ebpf
+                        .program(p.name)
+                        .and_then(|prog| prog.info().ok())
+                        .and_then(|info| info.verified_instruction_count());
+                    out.push(ProgramCheck {
+                        monitor: spec.name,
+                        program: p.name,
+                        accepted: true,
+                        verified_insns,
+                        load_us: took.as_micros() as u64,
+                        error: None,
+                        at_insn: None,
+                    });
+                }
+                Err(e) => out.push(rejected(spec.name, p.name, &e)),
+            }
+        }
+    }
+    out
+}
+
+/// The verdicts as a table.
+pub fn render_text(results: &[ProgramCheck]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for r in results {
+        let insns = r.verified_insns.map_or("-".to_owned(), |n| n.to_string());
+        if r.accepted {
+            let _ = writeln!(out, "{:<10} {:<22} accepted  verified_insns={:<7} load={}us", r.monitor, r.program, insns, r.load_us);
+        } else {
+            let _ = writeln!(out, "{:<10} {:<22} REJECTED  {}", r.monitor, r.program, r.error.as_deref().unwrap_or(""));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_instruction_the_verifier_stopped_at() {
+        let log = "724: (07) r0 += 112\n728: (85) call bpf_probe_read_user#112\nR2 min value is negative\nprocessed 1517 insns";
+        assert_eq!(failing_instruction(log), Some(728));
+        assert_eq!(failing_instruction("no instructions here"), None);
+    }
+}

@@ -1,0 +1,500 @@
+//! The `tapio-load run` configuration: a TOML file, overridden by `TAPIO_<KEY>` environment
+//! variables, overridden by command-line flags (defaults < file < environment < flags).
+//!
+//! Every layer is read into the same [`Partial`] (all keys optional, unknown keys refused), the
+//! layers are merged key by key, and the result is validated once into a [`Config`]. Errors name
+//! the key and say what was expected, because an operator reading a crash-looping pod's log has
+//! nothing else to go on.
+//!
+//! [`KEYS`] is the one table describing each key; `tapio-load config reference` prints it as the
+//! Markdown in docs/operations.md, and tests check the table, the struct and the document agree.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::monitors;
+
+/// Where `metrics_address` points when nothing says otherwise: loopback, so the endpoint is not
+/// exposed beyond the node unless an operator chooses to.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
+
+/// Why a configuration was refused. Every message starts with the key (or file) at fault.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config {path}: read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not TOML, has an unknown key or a value of the wrong type.
+    #[error("config {path}: {key}{message}")]
+    Parse { path: PathBuf, key: String, message: String },
+    /// An environment variable could not be read as its key's type.
+    #[error("environment {var}: expected {expected}, got `{value}`")]
+    Env { var: String, expected: &'static str, value: String },
+    /// A value of the right type that cannot work.
+    #[error("config key {key}: expected {expected}, got {got}")]
+    Invalid { key: String, expected: String, got: String },
+}
+
+/// The type of a key, as the reference prints it and as environment values are parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Integer,
+    String,
+    StringList,
+    IntegerList,
+    /// A table of monitor name to a rate in [0, 1].
+    RateTable,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Integer => "integer",
+            Kind::String => "string",
+            Kind::StringList => "list of strings",
+            Kind::IntegerList => "list of integers",
+            Kind::RateTable => "table of monitor = rate",
+        }
+    }
+}
+
+/// One configuration key, as documented.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    pub key: &'static str,
+    pub kind: Kind,
+    /// The default as it would be written in the file (`-` when unset means "none").
+    pub default: &'static str,
+    /// The `tapio-load run` flag, if there is one.
+    pub flag: Option<&'static str>,
+    /// A valid example value in TOML syntax (tests load every example).
+    pub example: &'static str,
+    pub doc: &'static str,
+}
+
+/// Every key the file accepts. The environment variable of a key is `TAPIO_` + its name in
+/// upper case; lists are comma-separated there, the rate table is `monitor=rate,...`.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc { key: "monitors", kind: Kind::StringList, default: "[\"process\"]", flag: Some("--monitors"), example: "[\"process\", \"dns\"]", doc: "Monitors to load and attach (process, network, kernel, dns)." },
+    KeyDoc { key: "dns_ports", kind: Kind::IntegerList, default: "[53]", flag: Some("--dns-ports"), example: "[53, 5353]", doc: "UDP/TCP ports whose traffic the dns monitor parses; at most 4, each 1-65535." },
+    KeyDoc { key: "argv_max", kind: Kind::Integer, default: "32", flag: Some("--argv-max"), example: "16", doc: "At most this many argv entries per exec event; more sets argv_truncated. At least 1. Reloaded on SIGHUP." },
+    KeyDoc { key: "dns_timeout_ms", kind: Kind::Integer, default: "5000", flag: Some("--dns-timeout-ms"), example: "2000", doc: "Milliseconds a dns query waits for its response before a timeout event. At least 1. Reloaded on SIGHUP." },
+    KeyDoc { key: "ring_size", kind: Kind::Integer, default: "-", flag: Some("--ring-size"), example: "262144", doc: "Ring buffer size in bytes per monitor: a power of two and a multiple of 4096. Unset keeps the object's size." },
+    KeyDoc { key: "btf", kind: Kind::String, default: "-", flag: Some("--btf"), example: "\"/var/lib/tapio/vmlinux.btf\"", doc: "BTF file to relocate against instead of /sys/kernel/btf/vmlinux." },
+    KeyDoc { key: "btf_dir", kind: Kind::String, default: "-", flag: Some("--btf-dir"), example: "\"/var/lib/tapio/btf\"", doc: "Directory of `<kernel release>.btf` files, used when the kernel has no /sys/kernel/btf/vmlinux and `btf` is unset." },
+    KeyDoc { key: "output", kind: Kind::String, default: "\"stdout\"", flag: Some("--output-file"), example: "\"/var/log/tapio/events.jsonl\"", doc: "Where JSON lines go: `stdout` or a file path." },
+    KeyDoc { key: "metrics_address", kind: Kind::String, default: "\"127.0.0.1:9464\"", flag: Some("--metrics-address"), example: "\"0.0.0.0:9464\"", doc: "Address of the Prometheus endpoint (/metrics, /healthz), or `off`." },
+    KeyDoc { key: "sampling", kind: Kind::RateTable, default: "{}", flag: None, example: "{ process = 1.0, dns = 0.25 }", doc: "Fraction of events kept per monitor, 0.0-1.0 (1.0 when absent). Validated; applies to the advanced monitor." },
+    KeyDoc { key: "dedup_window_ms", kind: Kind::Integer, default: "0", flag: None, example: "500", doc: "Identical events within this window are reported once; 0 disables. At most 60000. Validated; applies to the advanced monitor." },
+    KeyDoc { key: "batch_size", kind: Kind::Integer, default: "256", flag: None, example: "512", doc: "Events per output batch, 1-65536. Validated; applies to the advanced monitor." },
+    KeyDoc { key: "flush_interval_ms", kind: Kind::Integer, default: "100", flag: None, example: "50", doc: "Upper bound on how long a partial batch waits before it is written, 1-10000. Validated; applies to the advanced monitor." },
+];
+
+/// One layer (file, environment or flags): every key optional, unknown keys refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partial {
+    pub monitors: Option<Vec<String>>,
+    pub dns_ports: Option<Vec<i64>>,
+    pub argv_max: Option<i64>,
+    pub dns_timeout_ms: Option<i64>,
+    pub ring_size: Option<i64>,
+    pub btf: Option<PathBuf>,
+    pub btf_dir: Option<PathBuf>,
+    pub output: Option<String>,
+    pub metrics_address: Option<String>,
+    pub sampling: Option<BTreeMap<String, f64>>,
+    pub dedup_window_ms: Option<i64>,
+    pub batch_size: Option<i64>,
+    pub flush_interval_ms: Option<i64>,
+}
+
+impl Partial {
+    /// `over`'s keys win; the rate table merges per monitor.
+    pub fn merge(self, over: Partial) -> Partial {
+        let sampling = match (self.sampling, over.sampling) {
+            (Some(mut base), Some(top)) => {
+                base.extend(top);
+                Some(base)
+            }
+            (base, top) => top.or(base),
+        };
+        Partial {
+            monitors: over.monitors.or(self.monitors),
+            dns_ports: over.dns_ports.or(self.dns_ports),
+            argv_max: over.argv_max.or(self.argv_max),
+            dns_timeout_ms: over.dns_timeout_ms.or(self.dns_timeout_ms),
+            ring_size: over.ring_size.or(self.ring_size),
+            btf: over.btf.or(self.btf),
+            btf_dir: over.btf_dir.or(self.btf_dir),
+            output: over.output.or(self.output),
+            metrics_address: over.metrics_address.or(self.metrics_address),
+            sampling,
+            dedup_window_ms: over.dedup_window_ms.or(self.dedup_window_ms),
+            batch_size: over.batch_size.or(self.batch_size),
+            flush_interval_ms: over.flush_interval_ms.or(self.flush_interval_ms),
+        }
+    }
+}
+
+/// Where events are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    File(PathBuf),
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub monitors: Vec<&'static monitors::MonitorSpec>,
+    pub dns_ports: Vec<u16>,
+    pub argv_max: usize,
+    pub dns_timeout_ms: u64,
+    pub ring_size: Option<u32>,
+    pub btf: Option<PathBuf>,
+    pub btf_dir: Option<PathBuf>,
+    pub output: Output,
+    /// None: `off`.
+    pub metrics_address: Option<SocketAddr>,
+    /// Whether some layer set `metrics_address`: then failing to bind it is fatal, while a
+    /// busy default port only warns (several loaders on one host, as in tests, must coexist).
+    pub metrics_address_explicit: bool,
+    pub sampling: BTreeMap<String, f64>,
+    pub dedup_window_ms: u64,
+    pub batch_size: u32,
+    pub flush_interval_ms: u64,
+}
+
+fn invalid(key: &str, expected: impl Into<String>, got: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid { key: key.to_owned(), expected: expected.into(), got: got.to_string() }
+}
+
+fn in_range(key: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(invalid(key, format!("an integer from {min} to {max}"), v));
+    }
+    Ok(v)
+}
+
+fn known_monitors() -> String {
+    monitors::MONITORS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+}
+
+impl Config {
+    /// Validates a merged layer, filling defaults.
+    pub fn from_partial(p: Partial) -> Result<Config, ConfigError> {
+        let names = p.monitors.unwrap_or_else(|| vec!["process".to_owned()]);
+        if names.is_empty() {
+            return Err(invalid("monitors", format!("at least one of {}", known_monitors()), "[]"));
+        }
+        let monitors = names
+            .iter()
+            .map(|n| {
+                monitors::monitor(n)
+                    .ok_or_else(|| invalid("monitors", format!("one of {}", known_monitors()), format!("unknown monitor `{n}`")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let raw_ports = p.dns_ports.unwrap_or_else(|| vec![i64::from(monitors::dns::DEFAULT_DNS_PORT)]);
+        if raw_ports.is_empty() || raw_ports.len() > 4 {
+            return Err(invalid("dns_ports", "1 to 4 ports", format!("{} ports", raw_ports.len())));
+        }
+        let dns_ports = raw_ports
+            .iter()
+            .map(|&port| u16::try_from(port).ok().filter(|&p| p != 0).ok_or_else(|| invalid("dns_ports", "ports from 1 to 65535", port)))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let argv_max = in_range("argv_max", p.argv_max, 32, 1, 4096)? as usize;
+        let dns_timeout_ms = in_range("dns_timeout_ms", p.dns_timeout_ms, 5000, 1, 3_600_000)? as u64;
+        let ring_size = match p.ring_size {
+            None => None,
+            Some(size) => {
+                let ok = size >= 4096 && size <= i64::from(u32::MAX) && (size as u64).is_power_of_two();
+                if !ok {
+                    return Err(invalid("ring_size", "a power of two, at least 4096 (a page multiple), in bytes", size));
+                }
+                Some(size as u32)
+            }
+        };
+        let output = match p.output.as_deref() {
+            None | Some("stdout") | Some("-") => Output::Stdout,
+            Some("") => return Err(invalid("output", "`stdout` or a file path", "an empty string")),
+            Some(path) => Output::File(PathBuf::from(path)),
+        };
+        let metrics_address_explicit = p.metrics_address.is_some();
+        let metrics_address = match p.metrics_address.as_deref().unwrap_or(DEFAULT_METRICS_ADDRESS) {
+            "off" => None,
+            addr => Some(addr.parse::<SocketAddr>().map_err(|_| invalid("metrics_address", "host:port with an IP address (e.g. 127.0.0.1:9464) or `off`", format!("`{addr}`")))?),
+        };
+        let sampling = p.sampling.unwrap_or_default();
+        for (monitor, &rate) in &sampling {
+            let key = format!("sampling.{monitor}");
+            if monitors::monitor(monitor).is_none() {
+                return Err(invalid(&key, format!("a monitor name ({})", known_monitors()), format!("unknown monitor `{monitor}`")));
+            }
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(invalid(&key, "a rate from 0.0 to 1.0", rate));
+            }
+        }
+        Ok(Config {
+            monitors,
+            dns_ports,
+            argv_max,
+            dns_timeout_ms,
+            ring_size,
+            btf: p.btf,
+            btf_dir: p.btf_dir,
+            output,
+            metrics_address,
+            metrics_address_explicit,
+            sampling,
+            dedup_window_ms: in_range("dedup_window_ms", p.dedup_window_ms, 0, 0, 60_000)? as u64,
+            batch_size: in_range("batch_size", p.batch_size, 256, 1, 65_536)? as u32,
+            flush_interval_ms: in_range("flush_interval_ms", p.flush_interval_ms, 100, 1, 10_000)? as u64,
+        })
+    }
+
+    /// The BTF file to relocate against: `btf`, else `<btf_dir>/<release>.btf` when the kernel
+    /// has no BTF of its own, else None (the kernel's).
+    pub fn btf_path(&self, release: &str) -> Option<PathBuf> {
+        if let Some(btf) = &self.btf {
+            return Some(btf.clone());
+        }
+        let dir = self.btf_dir.as_ref()?;
+        if Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return None;
+        }
+        Some(dir.join(format!("{release}.btf")))
+    }
+}
+
+/// Turns a toml error into one line naming the key: the message, plus the key found at the
+/// error's position (toml reports a type error's position, not its key).
+fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().replace('\n', " ");
+    let key = e
+        .span()
+        .and_then(|span| key_at(text, span.start))
+        .filter(|key| !message.contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(key))))
+        .map(|key| format!("key {key}: "))
+        .unwrap_or_default();
+    ConfigError::Parse { path: path.to_owned(), key, message }
+}
+
+/// The dotted key whose value is at byte `offset`: the `key =` on that line, prefixed by the
+/// last `[table]` header above it.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset.min(text.len()))?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')).map(str::trim));
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+/// Reads one file layer.
+pub fn read_file(path: &Path) -> Result<Partial, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse_str(path, &text)
+}
+
+/// Parses one file layer from text (`path` only names it in errors).
+pub fn parse_str(path: &Path, text: &str) -> Result<Partial, ConfigError> {
+    toml::from_str(text).map_err(|e| parse_error(path, text, &e))
+}
+
+/// The environment layer: `TAPIO_<KEY>` for each key of [`KEYS`]; other variables are ignored
+/// (`TAPIO_LOG` belongs to logging).
+pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Partial, ConfigError> {
+    let mut table = toml::Table::new();
+    for (var, value) in vars {
+        let Some(doc) = var.strip_prefix("TAPIO_").and_then(|k| KEYS.iter().find(|d| d.key.eq_ignore_ascii_case(k))) else {
+            continue;
+        };
+        let bad = |expected: &'static str| ConfigError::Env { var: var.clone(), expected, value: value.clone() };
+        let int = |s: &str| s.trim().parse::<i64>().map(toml::Value::Integer);
+        let items = || value.split(',').map(str::trim).filter(|s| !s.is_empty());
+        let parsed = match doc.kind {
+            Kind::Integer => int(&value).map_err(|_| bad("an integer"))?,
+            Kind::String => toml::Value::String(value.clone()),
+            Kind::StringList => toml::Value::Array(items().map(|s| toml::Value::String(s.to_owned())).collect()),
+            Kind::IntegerList => toml::Value::Array(
+                items().map(int).collect::<Result<_, _>>().map_err(|_| bad("comma-separated integers"))?,
+            ),
+            Kind::RateTable => {
+                let mut rates = toml::Table::new();
+                for item in items() {
+                    let (monitor, rate) = item.split_once('=').ok_or_else(|| bad("monitor=rate,..."))?;
+                    let rate = rate.trim().parse::<f64>().map_err(|_| bad("monitor=rate,... with numeric rates"))?;
+                    rates.insert(monitor.trim().to_owned(), toml::Value::Float(rate));
+                }
+                toml::Value::Table(rates)
+            }
+        };
+        table.insert(doc.key.to_owned(), parsed);
+    }
+    Partial::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+        path: PathBuf::from("(environment)"),
+        key: String::new(),
+        message: e.to_string(),
+    })
+}
+
+/// Merges defaults < file < environment < flags and validates the result.
+pub fn resolve(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: Partial,
+) -> Result<Config, ConfigError> {
+    let file = file.map(read_file).transpose()?.unwrap_or_default();
+    Config::from_partial(file.merge(from_env(env)?).merge(flags))
+}
+
+/// What SIGHUP re-reads: the file, under the environment and flags captured at start (they
+/// keep precedence over the file after a reload, as they did at start).
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub file: PathBuf,
+    pub overrides: Partial,
+}
+
+impl Reload {
+    /// Reads and validates the file again; on error the caller keeps the previous values.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::from_partial(read_file(&self.file)?.merge(self.overrides.clone()))
+    }
+}
+
+/// The configuration reference as Markdown, generated from [`KEYS`]; docs/operations.md holds
+/// exactly this text (a test checks it).
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "| Key | Type | Default | Environment | Flag | Meaning |\n|---|---|---|---|---|---|\n",
+    );
+    for k in KEYS {
+        out.push_str(&format!(
+            "| `{}` | {} | `{}` | `TAPIO_{}` | {} | {} |\n",
+            k.key,
+            k.kind.describe(),
+            k.default,
+            k.key.to_ascii_uppercase(),
+            k.flag.map_or_else(|| "-".to_owned(), |f| format!("`{f}`")),
+            k.doc,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        Config::from_partial(parse_str(Path::new("t.toml"), text)?)
+    }
+
+    #[test]
+    fn every_documented_key_accepts_its_example() {
+        let text: String = KEYS.iter().map(|k| format!("{} = {}\n", k.key, k.example)).collect();
+        check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    }
+
+    #[test]
+    fn every_field_is_documented() {
+        // serde lists every field it accepts in the unknown-field message.
+        let e = parse_str(Path::new("t.toml"), "zzz = 1").unwrap_err().to_string();
+        let fields: Vec<&str> = e.split('`').skip(3).step_by(2).collect();
+        let keys: Vec<&str> = KEYS.iter().map(|k| k.key).collect();
+        assert_eq!(fields, keys, "{e}");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = check("").unwrap();
+        assert_eq!(c.argv_max, 32);
+        assert_eq!(c.dns_ports, vec![53]);
+        assert_eq!(c.metrics_address, Some(DEFAULT_METRICS_ADDRESS.parse().unwrap()));
+        assert!(!c.metrics_address_explicit);
+        assert_eq!(c.output, Output::Stdout);
+    }
+
+    #[test]
+    fn bad_configurations_name_their_key() {
+        let cases = [
+            ("colour = 1", "colour"),
+            ("argv_max = \"many\"", "argv_max"),
+            ("argv_max = 0", "argv_max"),
+            ("ring_size = -4096", "ring_size"),
+            ("ring_size = 5000", "ring_size"),
+            ("monitors = [\"nope\"]", "monitors"),
+            ("dns_ports = [0]", "dns_ports"),
+            ("metrics_address = \"localhost\"", "metrics_address"),
+            ("[sampling]\ndns = 1.5", "sampling.dns"),
+            ("[sampling]\nnope = 0.5", "sampling.nope"),
+            ("[sampling]\ndns = \"half\"", "sampling.dns"),
+            ("batch_size = 0", "batch_size"),
+            ("dedup_window_ms = -1", "dedup_window_ms"),
+        ];
+        for (text, key) in cases {
+            let e = check(text).expect_err(text).to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{text:?}: one line expected: {e}");
+        }
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env_flags() {
+        let file = parse_str(Path::new("t"), "argv_max = 4\ndns_timeout_ms = 10\nbatch_size = 7").unwrap();
+        let env = from_env([
+            ("TAPIO_ARGV_MAX".to_owned(), "5".to_owned()),
+            ("TAPIO_DNS_TIMEOUT_MS".to_owned(), "11".to_owned()),
+            ("TAPIO_LOG".to_owned(), "debug".to_owned()),
+        ])
+        .unwrap();
+        let flags = Partial { argv_max: Some(6), ..Partial::default() };
+        let c = Config::from_partial(file.merge(env).merge(flags)).unwrap();
+        assert_eq!((c.argv_max, c.dns_timeout_ms, c.batch_size, c.flush_interval_ms), (6, 11, 7, 100));
+    }
+
+    #[test]
+    fn env_lists_and_rates() {
+        let env = from_env([
+            ("TAPIO_MONITORS".to_owned(), "process,dns".to_owned()),
+            ("TAPIO_SAMPLING".to_owned(), "dns=0.5".to_owned()),
+        ])
+        .unwrap();
+        let c = Config::from_partial(env).unwrap();
+        assert_eq!(c.monitors.iter().map(|m| m.name).collect::<Vec<_>>(), ["process", "dns"]);
+        assert_eq!(c.sampling["dns"], 0.5);
+        let e = from_env([("TAPIO_ARGV_MAX".to_owned(), "x".to_owned())]).unwrap_err().to_string();
+        assert!(e.contains("TAPIO_ARGV_MAX"), "{e}");
+    }
+
+    #[test]
+    fn operations_doc_holds_the_generated_reference() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operations.md");
+        let doc = std::fs::read_to_string(path).expect("docs/operations.md");
+        assert!(
+            doc.contains(&reference_markdown()),
+            "docs/operations.md is out of date: replace its configuration table with `tapio-load config reference`"
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! The security monitor: credential changes, ptrace and process_vm_writev, setns and unshare,
+//! mounts and module loads, each flagged `in_container` (probes/security.bpf.c).
+//!
+//! Needs only syscall tracepoints: `syscalls/sys_enter_*` and `sys_exit_*` exist since 2.6.37
+//! (<https://github.com/torvalds/linux/blob/v2.6.37/include/trace/events/syscalls.h>, with
+//! `CONFIG_FTRACE_SYSCALLS`); user memory is read with `bpf_probe_read_user` (5.5,
+//! <https://github.com/torvalds/linux/commit/6ae08ae3dea2cfa03dd3665a3c8475c2d429ef47>). No loops
+//! and no global data. The tracepoints do not fire for 32-bit compat syscalls on a 64-bit kernel,
+//! nor does this monitor see the new mount API (fsopen/fsmount/move_mount).
+//!
+//! Not here: `capability` events. `cap_capable()` has no tracepoint, so they need a kprobe,
+//! fentry or a BPF-LSM hook ([`CAPABILITY_UNAVAILABLE`]).
+//!
+//! The loader writes the initial mount namespace into [`CONFIG_MAP`] after load (see
+//! [`initial_mount_ns`]); the probe compares each caller's against it.
+
+use std::{os::unix::fs::MetadataExt, path::Path};
+
+use thiserror::Error;
+
+use super::{AttachPoint, MonitorSpec, ProgramSpec};
+
+/// The one-slot array holding `struct security_config`.
+pub const CONFIG_MAP: &str = "security_config";
+
+/// Why the monitor has no `capability` events, for `plan` and the start-up log.
+pub const CAPABILITY_UNAVAILABLE: &str =
+    "capability checks need kprobe, fentry or BPF-LSM on cap_capable; syscall tracepoints cannot see them";
+
+/// Mirror of `struct security_config` (probes/include/security.h).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SecurityConfig {
+    pub init_mnt_ns: u32,
+    pub _pad0: u32,
+}
+
+// SAFETY: repr(C), two u32 fields, no padding: every bit pattern is valid.
+unsafe impl aya::Pod for SecurityConfig {}
+
+/// Why the initial mount namespace could not be read.
+#[derive(Debug, Error)]
+#[error("security: initial mount namespace: {path}: {source}")]
+pub struct NamespaceError {
+    path: &'static str,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Where the initial mount namespace is looked up, best first.
+///
+/// `/proc/1` is the initial namespace when the loader sees the host's pid namespace. Reading it
+/// needs ptrace access to pid 1, which a restricted root may lack; the loader's own namespace is
+/// then the reference, correct when the loader runs in the host's mount namespace (as a
+/// DaemonSet with `hostPID` and the host's mounts does).
+const MNT_NS_PATHS: [&str; 2] = ["/proc/1/ns/mnt", "/proc/self/ns/mnt"];
+
+/// The inode number of the initial mount namespace and the path it came from.
+pub fn initial_mount_ns() -> Result<(u32, &'static str), NamespaceError> {
+    let mut last = None;
+    for path in MNT_NS_PATHS {
+        match std::fs::metadata(Path::new(path)) {
+            // nsfs inode numbers are 32-bit (`ns_common.inum` is an unsigned int).
+            Ok(m) => return Ok((m.ino() as u32, path)),
+            Err(source) => last = Some(NamespaceError { path, source }),
+        }
+    }
+    Err(last.expect("MNT_NS_PATHS is not empty"))
+}
+
+const fn enter(program: &'static str, name: &'static str) -> ProgramSpec {
+    ProgramSpec { name: program, attach: AttachPoint::TracePoint { category: "syscalls", name } }
+}
+
+/// The security monitor's programs. Exits come first so that a record parked by an entry always
+/// has its exit attached.
+pub const SPEC: MonitorSpec = MonitorSpec {
+    name: "security",
+    programs: &[
+        enter("sec_exit_setuid", "sys_exit_setuid"),
+        enter("sec_exit_setgid", "sys_exit_setgid"),
+        enter("sec_exit_setreuid", "sys_exit_setreuid"),
+        enter("sec_exit_setregid", "sys_exit_setregid"),
+        enter("sec_exit_setresuid", "sys_exit_setresuid"),
+        enter("sec_exit_setresgid", "sys_exit_setresgid"),
+        enter("sec_exit_capset", "sys_exit_capset"),
+        enter("sec_exit_ptrace", "sys_exit_ptrace"),
+        enter("sec_exit_process_vm_writev", "sys_exit_process_vm_writev"),
+        enter("sec_exit_setns", "sys_exit_setns"),
+        enter("sec_exit_unshare", "sys_exit_unshare"),
+        enter("sec_exit_mount", "sys_exit_mount"),
+        enter("sec_exit_init_module", "sys_exit_init_module"),
+        enter("sec_exit_finit_module", "sys_exit_finit_module"),
+        enter("sec_enter_setuid", "sys_enter_setuid"),
+        enter("sec_enter_setgid", "sys_enter_setgid"),
+        enter("sec_enter_setreuid", "sys_enter_setreuid"),
+        enter("sec_enter_setregid", "sys_enter_setregid"),
+        enter("sec_enter_setresuid", "sys_enter_setresuid"),
+        enter("sec_enter_setresgid", "sys_enter_setresgid"),
+        enter("sec_enter_capset", "sys_enter_capset"),
+        enter("sec_enter_ptrace", "sys_enter_ptrace"),
+        enter("sec_enter_process_vm_writev", "sys_enter_process_vm_writev"),
+        enter("sec_enter_setns", "sys_enter_setns"),
+        enter("sec_enter_unshare", "sys_enter_unshare"),
+        enter("sec_enter_mount", "sys_enter_mount"),
+        enter("sec_enter_init_module", "sys_enter_init_module"),
+        enter("sec_enter_finit_module", "sys_enter_finit_module"),
+    ],
+};

@@ -1,0 +1,265 @@
+//! The Prometheus endpoint: `/metrics` in the text exposition format and `/healthz`.
+//!
+//! A hand-written HTTP/1.0 responder on a tokio `TcpListener`: the endpoint serves two fixed
+//! paths to a scraper and a kubelet probe, so a web framework would add dependencies and attack
+//! surface for nothing. Values are read at scrape time from the kernel (program statistics,
+//! the per-CPU `stats` map of each object) and from [`Counters`] the run loop updates, so a
+//! scrape never waits on the event path.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use aya::Ebpf;
+use thiserror::Error;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{debug, warn};
+
+use crate::monitors::{self, AttachReport};
+
+/// Where to serve, and whether failing to is fatal.
+#[derive(Debug, Clone)]
+pub struct MetricsOptions {
+    pub address: SocketAddr,
+    /// Set when the address was configured explicitly: an operator who asked for an endpoint
+    /// must not get a loader silently running without one. The default address only warns, so
+    /// two loaders on one host (tests, a debugging session) do not fight over the port.
+    pub required: bool,
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, Error)]
+pub enum MetricsError {
+    #[error("metrics {address}: bind: {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters kept in user space, updated by the run loop.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub events_written: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub config_reloads: AtomicU64,
+    pub config_reload_errors: AtomicU64,
+}
+
+/// The loaded objects, shared read-only between the run loop and the endpoint. The run loop
+/// stops the endpoint before dropping its handle, so the last reference detaches everything.
+pub type SharedObjects = Arc<Vec<(&'static str, Ebpf)>>;
+
+/// What a scrape reads.
+pub struct State {
+    pub objects: SharedObjects,
+    /// Every program that was attached, with its path.
+    pub attached: Vec<AttachReport>,
+    /// How many programs the chosen monitors have in total.
+    pub planned: usize,
+    pub counters: Arc<Counters>,
+    pub kernel_release: String,
+}
+
+/// Binds the listener; None when the default address is busy (see [`MetricsOptions::required`]).
+pub async fn bind(options: &MetricsOptions) -> Result<Option<TcpListener>, MetricsError> {
+    match TcpListener::bind(options.address).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(source) if !options.required => {
+            warn!(address = %options.address, "metrics endpoint disabled: bind: {source}");
+            Ok(None)
+        }
+        Err(source) => Err(MetricsError::Bind { address: options.address, source }),
+    }
+}
+
+/// Serves until the task is aborted; each connection is answered on its own task.
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(stream, &state).await {
+                        debug!(%peer, "metrics: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin.
+                warn!("metrics: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reads one request head (bounded in size and time) and writes one response.
+async fn answer(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 || head.len() + n > 8192 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read_head)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(state)),
+        ("GET" | "HEAD", "/healthz") => match unhealthy(state) {
+            None => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+            Some(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", format!("{why}\n")),
+        },
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "try /metrics or /healthz\n".to_owned()),
+        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "GET only\n".to_owned()),
+    };
+    let mut response = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        response.extend_from_slice(body.as_bytes());
+    }
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+/// Why the loader is not healthy, or None: every planned program attached and still loaded.
+pub fn unhealthy(state: &State) -> Option<String> {
+    if state.attached.len() != state.planned {
+        return Some(format!("{} of {} planned programs attached", state.attached.len(), state.planned));
+    }
+    for r in &state.attached {
+        let loaded = object(state, r.monitor).and_then(|ebpf| ebpf.program(r.program)).is_some_and(|p| p.info().is_ok());
+        if !loaded {
+            return Some(format!("monitor {}: program {}: not loaded", r.monitor, r.program));
+        }
+    }
+    None
+}
+
+fn object<'a>(state: &'a State, monitor: &str) -> Option<&'a Ebpf> {
+    state.objects.iter().find(|(name, _)| *name == monitor).map(|(_, ebpf)| ebpf)
+}
+
+/// Escapes a label value as the exposition format requires.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Writes a family header; samples follow.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Whether the kernel is counting program runs (`kernel.bpf_stats_enabled`, 5.1+).
+fn bpf_stats_enabled() -> Option<bool> {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok().map(|s| s.trim() == "1")
+}
+
+/// The metrics page. Every family is written even when empty of samples, so dashboards see
+/// the names.
+pub fn render(state: &State) -> String {
+    let mut out = String::with_capacity(4096);
+    family(&mut out, "tapio_build_info", "gauge", "Version of this tapio-load; always 1.");
+    let _ = writeln!(out, "tapio_build_info{{version=\"{}\"}} 1", label(env!("CARGO_PKG_VERSION")));
+    family(&mut out, "tapio_kernel_info", "gauge", "Release of the running kernel; always 1.");
+    let _ = writeln!(out, "tapio_kernel_info{{release=\"{}\"}} 1", label(&state.kernel_release));
+
+    family(&mut out, "tapio_bpf_stats_enabled", "gauge", "1 when kernel.bpf_stats_enabled=1, without which program run counts and times stay 0.");
+    let _ = writeln!(out, "tapio_bpf_stats_enabled {}", u8::from(bpf_stats_enabled().unwrap_or(false)));
+
+    family(&mut out, "tapio_programs_planned", "gauge", "Programs the configured monitors have in total.");
+    let _ = writeln!(out, "tapio_programs_planned {}", state.planned);
+    family(&mut out, "tapio_program_attached", "gauge", "1 when the program is attached at the labelled path.");
+    for r in &state.attached {
+        let loaded = object(state, r.monitor).and_then(|e| e.program(r.program)).is_some_and(|p| p.info().is_ok());
+        let _ = writeln!(
+            out,
+            "tapio_program_attached{{monitor=\"{}\",program=\"{}\",path=\"{}\"}} {}",
+            label(r.monitor),
+            label(r.program),
+            label(&r.path),
+            u8::from(loaded)
+        );
+    }
+
+    let infos: Vec<_> = state
+        .attached
+        .iter()
+        .filter_map(|r| {
+            let info = object(state, r.monitor)?.program(r.program)?.info().ok()?;
+            Some((r, info))
+        })
+        .collect();
+    family(&mut out, "tapio_program_id", "gauge", "The kernel's id of the program (unchanged across a SIGHUP reload).");
+    for (r, info) in &infos {
+        let _ = writeln!(out, "tapio_program_id{{monitor=\"{}\",program=\"{}\"}} {}", label(r.monitor), label(r.program), info.id());
+    }
+    family(&mut out, "tapio_program_runs_total", "counter", "Times the kernel ran the program (needs kernel.bpf_stats_enabled=1).");
+    for (r, info) in &infos {
+        let _ = writeln!(out, "tapio_program_runs_total{{monitor=\"{}\",program=\"{}\"}} {}", label(r.monitor), label(r.program), info.run_count());
+    }
+    family(&mut out, "tapio_program_run_seconds_total", "counter", "Time the kernel spent running the program (needs kernel.bpf_stats_enabled=1).");
+    for (r, info) in &infos {
+        let _ = writeln!(
+            out,
+            "tapio_program_run_seconds_total{{monitor=\"{}\",program=\"{}\"}} {}",
+            label(r.monitor),
+            label(r.program),
+            info.run_time().as_secs_f64()
+        );
+    }
+
+    family(&mut out, "tapio_events_emitted_total", "counter", "Events the monitor's programs put into their buffer (kernel stats map).");
+    for (name, ebpf) in state.objects.iter() {
+        let _ = writeln!(out, "tapio_events_emitted_total{{monitor=\"{}\"}} {}", label(name), monitors::stat(ebpf, 0).unwrap_or(0));
+    }
+    family(&mut out, "tapio_events_lost_total", "counter", "Events dropped in the kernel because the buffer was full or the perf output failed.");
+    for (name, ebpf) in state.objects.iter() {
+        let _ = writeln!(out, "tapio_events_lost_total{{monitor=\"{}\"}} {}", label(name), monitors::stat(ebpf, 1).unwrap_or(0));
+    }
+
+    let c = &state.counters;
+    family(&mut out, "tapio_events_written_total", "counter", "Events written to the output.");
+    let _ = writeln!(out, "tapio_events_written_total {}", c.events_written.load(Ordering::Relaxed));
+    family(&mut out, "tapio_decode_errors_total", "counter", "Records from the kernel that could not be decoded.");
+    let _ = writeln!(out, "tapio_decode_errors_total {}", c.decode_errors.load(Ordering::Relaxed));
+    family(&mut out, "tapio_config_reloads_total", "counter", "Configuration reloads applied on SIGHUP.");
+    let _ = writeln!(out, "tapio_config_reloads_total {}", c.config_reloads.load(Ordering::Relaxed));
+    family(&mut out, "tapio_config_reload_errors_total", "counter", "SIGHUP reloads refused because the file was invalid (the previous values stay).");
+    let _ = writeln!(out, "tapio_config_reload_errors_total {}", c.config_reload_errors.load(Ordering::Relaxed));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,161 @@
+//! `tapio-load plan`: what would run on this kernel, decided by probing, before anything loads.
+//!
+//! Per program: the attach path it would take, or `unavailable` with the reason. Per run: the
+//! event transport and where the BTF for CO-RE comes from.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::{
+    bundle::Transport,
+    features,
+    monitors::{AttachPoint, MonitorSpec},
+};
+
+const TRACEFS_EVENTS: &[&str] = &["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
+
+/// Where CO-RE relocations get the kernel's types from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum BtfSource {
+    /// `/sys/kernel/btf/vmlinux`.
+    Kernel,
+    /// An external file (`--btf`, or `<btf-dir>/<release>.btf`).
+    File(PathBuf),
+    /// None found: nothing can load.
+    Missing(String),
+}
+
+impl BtfSource {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Kernel => "kernel".to_owned(),
+            Self::File(p) => p.display().to_string(),
+            Self::Missing(why) => format!("missing: {why}"),
+        }
+    }
+}
+
+/// Picks the BTF source: an explicit file, the kernel's own, then `<dir>/<release>.btf`.
+pub fn btf_source(explicit: Option<&Path>, btf_dir: Option<&Path>, release: &str) -> BtfSource {
+    if let Some(file) = explicit {
+        return BtfSource::File(file.to_owned());
+    }
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return BtfSource::Kernel;
+    }
+    if let Some(dir) = btf_dir {
+        let candidate = dir.join(format!("{release}.btf"));
+        if candidate.exists() {
+            return BtfSource::File(candidate);
+        }
+        return BtfSource::Missing(format!(
+            "no /sys/kernel/btf/vmlinux and no {} (generate one with `tapio-load btf minimize`)",
+            candidate.display()
+        ));
+    }
+    BtfSource::Missing("no /sys/kernel/btf/vmlinux; pass --btf FILE or --btf-dir DIR".to_owned())
+}
+
+/// One program's planned attach path, or why it has none.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedProgram {
+    pub monitor: &'static str,
+    pub program: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+/// The whole plan for the running kernel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub kernel: String,
+    pub transport: Transport,
+    pub btf: String,
+    pub programs: Vec<PlannedProgram>,
+}
+
+/// Whether tracefs lists a tracepoint; `category` None searches every category (raw tracepoints).
+fn tracepoint_exists(category: Option<&str>, name: &str) -> bool {
+    TRACEFS_EVENTS.iter().map(Path::new).any(|events| match category {
+        Some(c) => events.join(c).join(name).is_dir(),
+        None => std::fs::read_dir(events)
+            .map(|dirs| dirs.flatten().any(|d| d.path().join(name).is_dir()))
+            .unwrap_or(false),
+    })
+}
+
+fn feature_gate(name: &str) -> Result<(), String> {
+    match features::probe(name) {
+        Some(f) => match f.status {
+            features::FeatureStatus::Present => Ok(()),
+            features::FeatureStatus::Absent { reason } => Err(format!("{name} unsupported (requires >= {}): {reason}", f.since)),
+            features::FeatureStatus::Error { message, .. } => Err(format!("{name} probe failed: {message}")),
+        },
+        None => Err(format!("no probe named {name}")),
+    }
+}
+
+/// The path one program takes here, or the reason it cannot attach.
+fn choose(attach: &AttachPoint) -> Result<String, String> {
+    match attach {
+        AttachPoint::TracePoint { category, name } => {
+            if tracepoint_exists(Some(category), name) {
+                Ok(attach.describe())
+            } else {
+                Err(format!("tracepoint {category}/{name} does not exist in this kernel"))
+            }
+        }
+        AttachPoint::RawTracePoint { name } => {
+            feature_gate("raw tracepoint")?;
+            if tracepoint_exists(None, name) {
+                Ok(attach.describe())
+            } else {
+                Err(format!("tracepoint {name} does not exist in this kernel"))
+            }
+        }
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// Plans `monitors` for the running kernel with the given BTF source.
+pub fn plan(monitors: &[&'static MonitorSpec], btf: &BtfSource) -> Plan {
+    let transport = if feature_gate("ring buffer").is_ok() { Transport::Ringbuf } else { Transport::Perf };
+    let mut programs = Vec::new();
+    for m in monitors {
+        for p in m.programs {
+            let choice = match btf {
+                BtfSource::Missing(why) => Err(format!("no BTF for CO-RE: {why}")),
+                _ => choose(&p.attach),
+            };
+            let (path, unavailable) = match choice {
+                Ok(path) => (Some(path), None),
+                Err(why) => (None, Some(why)),
+            };
+            programs.push(PlannedProgram { monitor: m.name, program: p.name, path, unavailable });
+        }
+    }
+    Plan { kernel: kernel_release(), transport, btf: btf.describe(), programs }
+}
+
+/// The plan as an aligned table.
+pub fn render_text(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut out = format!("kernel {}  transport {}  btf {}\n", plan.kernel, plan.transport, plan.btf);
+    for p in &plan.programs {
+        let what = match (&p.path, &p.unavailable) {
+            (Some(path), _) => path.clone(),
+            (None, Some(why)) => format!("unavailable: {why}"),
+            (None, None) => "unavailable".to_owned(),
+        };
+        let _ = writeln!(out, "  {:<10} {:<22} {}", p.monitor, p.program, what);
+    }
+    out
+}

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * The security monitor's records: credential changes, process injection, namespace changes,
+ * mounts and module loads, told apart by hdr.kind. The syscall is in `syscall`.
+ */
+#ifndef __TAPIO_SECURITY_H__
+#define __TAPIO_SECURITY_H__
+
+#include "common.h"
+
+#define SECURITY_SOURCE_LEN 128
+#define SECURITY_TARGET_LEN 256
+#define SECURITY_FSTYPE_LEN 32
+
+enum security_kind {
+	SECURITY_CRED_CHANGE = 1,
+	SECURITY_PTRACE = 2,
+	SECURITY_VM_WRITEV = 3,
+	SECURITY_SETNS = 4,
+	SECURITY_UNSHARE = 5,
+	SECURITY_MOUNT = 6,
+	SECURITY_MODULE_LOAD = 7,
+	/* 8 is kept for `capability`, which needs kprobe, fentry or BPF-LSM on cap_capable. */
+};
+
+/* The syscall behind a record, in security_event.syscall; mirrored in loader/src/events/security.rs. */
+enum security_syscall {
+	SECURITY_SYS_SETUID = 1,
+	SECURITY_SYS_SETGID = 2,
+	SECURITY_SYS_SETREUID = 3,
+	SECURITY_SYS_SETREGID = 4,
+	SECURITY_SYS_SETRESUID = 5,
+	SECURITY_SYS_SETRESGID = 6,
+	SECURITY_SYS_CAPSET = 7,
+	SECURITY_SYS_PTRACE = 8,
+	SECURITY_SYS_PROCESS_VM_WRITEV = 9,
+	SECURITY_SYS_SETNS = 10,
+	SECURITY_SYS_UNSHARE = 11,
+	SECURITY_SYS_MOUNT = 12,
+	SECURITY_SYS_INIT_MODULE = 13,
+	SECURITY_SYS_FINIT_MODULE = 14,
+};
+
+/* Flags in security_event.flags. */
+#define SECURITY_F_IN_CONTAINER 0x1    /* caller outside the initial mount or pid namespace */
+#define SECURITY_F_MNT_NS_UNKNOWN 0x2  /* the loader gave no initial mount namespace */
+#define SECURITY_F_CAPS_V1 0x4         /* capset with the 32-bit (version 1) ABI */
+#define SECURITY_F_CAPS_UNREAD 0x8     /* capset data could not be read from user memory */
+#define SECURITY_F_SOURCE_TRUNCATED 0x10
+#define SECURITY_F_TARGET_TRUNCATED 0x20
+#define SECURITY_F_FSTYPE_TRUNCATED 0x40
+
+/* "No change" as setre*id/setres*id take it: (uid_t)-1. */
+#define SECURITY_ID_UNCHANGED 0xffffffffu
+
+/*
+ * One record for every kind; fields a kind does not use are zero. Ids are the kernel's (initial
+ * user namespace) view, read from current->cred at the syscall's entry.
+ */
+struct security_event {
+	struct tapio_header hdr;
+	__u32 syscall;       /* enum security_syscall */
+	__u32 flags;         /* SECURITY_F_* */
+	__s64 ret;           /* the syscall's return value (0 or -errno), read at its exit */
+	__u32 old_uid;       /* cred: real, effective, saved */
+	__u32 old_euid;
+	__u32 old_suid;
+	__u32 old_gid;
+	__u32 old_egid;
+	__u32 old_sgid;
+	__u32 new_id[3];     /* requested (real, effective, saved) uid or gid; see the syscall */
+	__u32 target_pid;    /* ptrace, process_vm_writev, capset header pid */
+	__u64 old_cap_effective;
+	__u64 old_cap_permitted;
+	__u64 new_cap_effective;
+	__u64 new_cap_permitted;
+	__u64 new_cap_inheritable;
+	__u64 arg0;          /* ptrace request, setns nstype, unshare/mount flags, module len or fd */
+	__u64 arg1;          /* ptrace addr, setns fd, finit_module flags */
+	__u32 mnt_ns;        /* caller's mount namespace inode number */
+	__u32 pid_ns_level;  /* caller's pid namespace depth, 0 in the initial one */
+};
+_Static_assert(sizeof(struct security_event) == 168, "security_event layout");
+
+/* A mount sends this, which starts with a security_event. */
+struct security_mount_event {
+	struct security_event base;
+	char source[SECURITY_SOURCE_LEN];
+	char target[SECURITY_TARGET_LEN];
+	char fstype[SECURITY_FSTYPE_LEN];
+};
+_Static_assert(sizeof(struct security_mount_event) ==
+		       168 + SECURITY_SOURCE_LEN + SECURITY_TARGET_LEN + SECURITY_FSTYPE_LEN,
+	       "security_mount_event layout");
+
+/* The security_config array's one slot, filled by the loader after load. */
+struct security_config {
+	__u32 init_mnt_ns; /* inode of the initial mount namespace, 0 if unknown */
+	__u32 _pad0;
+};
+_Static_assert(sizeof(struct security_config) == 8, "security_config layout");
+
+#endif /* __TAPIO_SECURITY_H__ */
