@@ -165,38 +165,35 @@ static __always_inline int security_finish(struct trace_event_raw_sys_exit *ctx,
 	return 0;
 }
 
-static __always_inline __u64 arg(struct trace_event_raw_sys_enter *ctx, int i)
-{
-	return ctx->args[i];
-}
-
 /* setuid/setgid take one id; setre*id two, setres*id three; (id_t)-1 leaves one unchanged. */
 static __always_inline int security_setid(struct trace_event_raw_sys_enter *ctx, __u32 syscall, int n)
 {
+	/* Context reads first, at constant offsets: the verifier refuses a moved ctx pointer. */
+	__u32 a0 = ctx->args[0], a1 = ctx->args[1], a2 = ctx->args[2];
 	struct security_mount_event *e = security_begin(SECURITY_CRED_CHANGE, syscall);
 
 	if (!e)
 		return 0;
-	e->base.new_id[0] = (__u32)arg(ctx, 0);
+	e->base.new_id[0] = a0;
 	if (n > 1)
-		e->base.new_id[1] = (__u32)arg(ctx, 1);
+		e->base.new_id[1] = a1;
 	if (n > 2)
-		e->base.new_id[2] = (__u32)arg(ctx, 2);
+		e->base.new_id[2] = a2;
 	security_park(e);
 	return 0;
 }
 
 static __always_inline int security_capset(struct trace_event_raw_sys_enter *ctx)
 {
+	void *headerp = (void *)ctx->args[0], *datap = (void *)ctx->args[1];
 	struct security_mount_event *e = security_begin(SECURITY_CRED_CHANGE, SECURITY_SYS_CAPSET);
 	struct sec_user_cap_header header = {};
 	struct sec_user_cap_data data[2] = {};
-	void *datap = (void *)arg(ctx, 1);
 	long err;
 
 	if (!e)
 		return 0;
-	if (bpf_probe_read_user(&header, sizeof(header), (void *)arg(ctx, 0)) == 0)
+	if (bpf_probe_read_user(&header, sizeof(header), headerp) == 0)
 		e->base.target_pid = header.pid;
 	if (header.version == SEC_CAP_VERSION_1) {
 		e->base.flags |= SECURITY_F_CAPS_V1;
@@ -217,7 +214,7 @@ static __always_inline int security_capset(struct trace_event_raw_sys_enter *ctx
 
 static __always_inline int security_ptrace(struct trace_event_raw_sys_enter *ctx)
 {
-	__u64 request = arg(ctx, 0);
+	__u64 request = ctx->args[0], target = ctx->args[1], addr = ctx->args[2];
 	struct security_mount_event *e;
 
 	if (request != SEC_PTRACE_ATTACH && request != SEC_PTRACE_SEIZE && request != SEC_PTRACE_POKETEXT &&
@@ -227,40 +224,42 @@ static __always_inline int security_ptrace(struct trace_event_raw_sys_enter *ctx
 	if (!e)
 		return 0;
 	e->base.arg0 = request;
-	e->base.target_pid = (__u32)arg(ctx, 1);
-	e->base.arg1 = arg(ctx, 2); /* addr */
+	e->base.target_pid = (__u32)target;
+	e->base.arg1 = addr;
 	security_park(e);
 	return 0;
 }
 
 static __always_inline int security_vm_writev(struct trace_event_raw_sys_enter *ctx)
 {
+	__u64 target = ctx->args[0], liovcnt = ctx->args[2], riovcnt = ctx->args[4];
 	struct security_mount_event *e = security_begin(SECURITY_VM_WRITEV, SECURITY_SYS_PROCESS_VM_WRITEV);
 
 	if (!e)
 		return 0;
-	e->base.target_pid = (__u32)arg(ctx, 0);
-	e->base.arg0 = arg(ctx, 2); /* local iovec count */
-	e->base.arg1 = arg(ctx, 4); /* remote iovec count */
+	e->base.target_pid = (__u32)target;
+	e->base.arg0 = liovcnt;
+	e->base.arg1 = riovcnt;
 	security_park(e);
 	return 0;
 }
 
 static __always_inline int security_setns(struct trace_event_raw_sys_enter *ctx)
 {
+	__u64 fd = ctx->args[0], nstype = ctx->args[1];
 	struct security_mount_event *e = security_begin(SECURITY_SETNS, SECURITY_SYS_SETNS);
 
 	if (!e)
 		return 0;
-	e->base.arg0 = arg(ctx, 1); /* nstype: 0 or CLONE_NEW* */
-	e->base.arg1 = arg(ctx, 0); /* fd */
+	e->base.arg0 = nstype; /* 0 or CLONE_NEW* */
+	e->base.arg1 = fd;
 	security_park(e);
 	return 0;
 }
 
 static __always_inline int security_unshare(struct trace_event_raw_sys_enter *ctx)
 {
-	__u64 flags = arg(ctx, 0);
+	__u64 flags = ctx->args[0];
 	struct security_mount_event *e;
 
 	if (!(flags & SEC_CLONE_NEW_ANY))
@@ -275,6 +274,8 @@ static __always_inline int security_unshare(struct trace_event_raw_sys_enter *ct
 
 static __always_inline int security_mount(struct trace_event_raw_sys_enter *ctx)
 {
+	void *source = (void *)ctx->args[0], *target = (void *)ctx->args[1], *fstype = (void *)ctx->args[2];
+	__u64 flags = ctx->args[3];
 	struct security_mount_event *e = security_begin(SECURITY_MOUNT, SECURITY_SYS_MOUNT);
 	long n;
 
@@ -284,31 +285,32 @@ static __always_inline int security_mount(struct trace_event_raw_sys_enter *ctx)
 	e->source[0] = 0;
 	e->target[0] = 0;
 	e->fstype[0] = 0;
-	n = bpf_probe_read_user_str(e->source, sizeof(e->source), (void *)arg(ctx, 0));
+	n = bpf_probe_read_user_str(e->source, sizeof(e->source), source);
 	if (n == sizeof(e->source))
 		e->base.flags |= SECURITY_F_SOURCE_TRUNCATED;
-	n = bpf_probe_read_user_str(e->target, sizeof(e->target), (void *)arg(ctx, 1));
+	n = bpf_probe_read_user_str(e->target, sizeof(e->target), target);
 	if (n == sizeof(e->target))
 		e->base.flags |= SECURITY_F_TARGET_TRUNCATED;
-	n = bpf_probe_read_user_str(e->fstype, sizeof(e->fstype), (void *)arg(ctx, 2));
+	n = bpf_probe_read_user_str(e->fstype, sizeof(e->fstype), fstype);
 	if (n == sizeof(e->fstype))
 		e->base.flags |= SECURITY_F_FSTYPE_TRUNCATED;
-	e->base.arg0 = arg(ctx, 3); /* MS_* flags */
+	e->base.arg0 = flags; /* MS_* */
 	security_park(e);
 	return 0;
 }
 
 static __always_inline int security_module(struct trace_event_raw_sys_enter *ctx, __u32 syscall)
 {
+	__u64 a0 = ctx->args[0], a1 = ctx->args[1], a2 = ctx->args[2];
 	struct security_mount_event *e = security_begin(SECURITY_MODULE_LOAD, syscall);
 
 	if (!e)
 		return 0;
 	if (syscall == SECURITY_SYS_INIT_MODULE) {
-		e->base.arg0 = arg(ctx, 1); /* image length */
+		e->base.arg0 = a1; /* image length */
 	} else {
-		e->base.arg0 = arg(ctx, 0); /* fd */
-		e->base.arg1 = arg(ctx, 2); /* MODULE_INIT_* flags */
+		e->base.arg0 = a0; /* fd */
+		e->base.arg1 = a2; /* MODULE_INIT_* flags */
 	}
 	security_park(e);
 	return 0;

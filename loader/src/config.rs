@@ -84,7 +84,7 @@ pub struct KeyDoc {
 /// Every key the file accepts. The environment variable of a key is `TAPIO_` + its name in
 /// upper case; lists are comma-separated there, the rate table is `monitor=rate,...`.
 pub const KEYS: &[KeyDoc] = &[
-    KeyDoc { key: "monitors", kind: Kind::StringList, default: "[\"process\"]", flag: Some("--monitors"), example: "[\"process\", \"dns\"]", doc: "Monitors to load and attach (process, network, kernel, dns)." },
+    KeyDoc { key: "monitors", kind: Kind::StringList, default: "[\"process\"]", flag: Some("--monitors"), example: "[\"process\", \"dns\"]", doc: "Monitors to load and attach, by name; an unknown name is refused with the list of known ones." },
     KeyDoc { key: "dns_ports", kind: Kind::IntegerList, default: "[53]", flag: Some("--dns-ports"), example: "[53, 5353]", doc: "UDP/TCP ports whose traffic the dns monitor parses; at most 4, each 1-65535." },
     KeyDoc { key: "argv_max", kind: Kind::Integer, default: "32", flag: Some("--argv-max"), example: "16", doc: "At most this many argv entries per exec event; more sets argv_truncated. At least 1. Reloaded on SIGHUP." },
     KeyDoc { key: "dns_timeout_ms", kind: Kind::Integer, default: "5000", flag: Some("--dns-timeout-ms"), example: "2000", doc: "Milliseconds a dns query waits for its response before a timeout event. At least 1. Reloaded on SIGHUP." },
@@ -282,14 +282,24 @@ impl Config {
 /// Turns a toml error into one line naming the key: the message, plus the key found at the
 /// error's position (toml reports a type error's position, not its key).
 fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e.message().trim().replace('\n', " ");
+    let message = e
+        .message()
+        .trim()
+        .replace('\n', " ")
+        .replace("expected i64", "expected an integer")
+        .replace("expected f64", "expected a number");
+    let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
     let key = e
         .span()
         .and_then(|span| key_at(text, span.start))
         .filter(|key| !message.contains(&format!("`{}`", key.rsplit('.').next().unwrap_or(key))))
         .map(|key| format!("key {key}: "))
         .unwrap_or_default();
-    ConfigError::Parse { path: path.to_owned(), key, message }
+    let path = match line {
+        Some(line) => PathBuf::from(format!("{}:{line}", path.display())),
+        None => path.to_owned(),
+    };
+    ConfigError::Parse { path, key, message }
 }
 
 /// The dotted key whose value is at byte `offset`: the `key =` on that line, prefixed by the

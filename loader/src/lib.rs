@@ -16,4 +16,5 @@ pub mod output;
 pub mod plan;
 pub mod privileges;
 pub mod run;
+pub mod snapshot;
 pub mod tracefs;

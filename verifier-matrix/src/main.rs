@@ -42,6 +42,9 @@ enum Cmd {
         /// Boot the kernel in this Debian package.
         #[arg(long)]
         kernel_deb: Option<PathBuf>,
+        /// Store the decoded-event snapshots this run produces instead of comparing with them.
+        #[arg(long)]
+        accept_snapshots: bool,
         /// Print every console line.
         #[arg(long, short)]
         verbose: bool,
@@ -107,7 +110,7 @@ fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::VmImages { command: ImagesCmd::Update } => update_images().map(|()| ExitCode::SUCCESS),
-        Cmd::VerifierMatrix { kernels, jobs, timeout, kernel_file, modules, kernel_deb, verbose } => {
+        Cmd::VerifierMatrix { kernels, jobs, timeout, kernel_file, modules, kernel_deb, accept_snapshots, verbose } => {
             let selection = match kernels.as_str() {
                 "default" => Selection::Default,
                 "all" => Selection::All,
@@ -124,6 +127,7 @@ fn real_main() -> Result<ExitCode> {
                 kernel_file,
                 modules,
                 kernel_deb,
+                accept_snapshots,
             };
             verifier_matrix(options, verbose)
         }

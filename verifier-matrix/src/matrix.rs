@@ -45,6 +45,8 @@ pub struct Options {
     pub modules: Option<PathBuf>,
     pub kernel_deb: Option<PathBuf>,
     pub out_dir: PathBuf,
+    /// Store the snapshots this run produced instead of comparing with them.
+    pub accept_snapshots: bool,
 }
 
 /// A kernel to boot, once its artifacts are in hand.
@@ -274,5 +276,52 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
     for (index, row) in Arc::try_unwrap(done).expect("workers done").into_inner().expect("rows") {
         rows[index] = Some(row);
     }
-    Ok(rows.into_iter().flatten().collect())
+    let mut rows: Vec<Row> = rows.into_iter().flatten().collect();
+    check_snapshots(options, &mut rows);
+    Ok(rows)
+}
+
+/// Compares every row's snapshots with the stored ones; drift fails the row with the diff.
+/// Stored snapshots that no row produced fail the run (on the first row that booted).
+fn check_snapshots(options: &Options, rows: &mut [Row]) {
+    let mut referenced = std::collections::BTreeSet::new();
+    for row in rows.iter_mut() {
+        let Some(results) = &row.results else { continue };
+        let mut problems = Vec::new();
+        for snap in &results.snapshots {
+            referenced.insert((snap.monitor.clone(), snap.scenario.clone()));
+            let compared = crate::snapshots::compare(
+                &options.workspace,
+                &row.line,
+                &snap.monitor,
+                &snap.scenario,
+                &snap.body,
+                options.accept_snapshots,
+            );
+            if let Err(diff) = compared {
+                problems.push(diff);
+            }
+        }
+        add_problems(row, problems);
+    }
+    let stale = crate::snapshots::unreferenced(&options.workspace, &referenced);
+    // Only a run that produced snapshots can call others unreferenced.
+    if !stale.is_empty() && !referenced.is_empty() {
+        if let Some(row) = rows.iter_mut().find(|r| r.results.is_some()) {
+            let names: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
+            add_problems(row, vec![format!("unreferenced snapshots: {}", names.join(", "))]);
+        }
+    }
+}
+
+fn add_problems(row: &mut Row, problems: Vec<String>) {
+    if problems.is_empty() {
+        return;
+    }
+    let joined = problems.join("\n");
+    row.verdict = match std::mem::replace(&mut row.verdict, Verdict::Pass) {
+        Verdict::Pass => Verdict::Fail(joined),
+        Verdict::Fail(old) => Verdict::Fail(format!("{old}\n{joined}")),
+        other => other,
+    };
 }

@@ -32,6 +32,14 @@ pub struct VerifierResult {
     pub error: Option<String>,
 }
 
+/// A normalised event list the guest produced for one (monitor, scenario) snapshot.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SnapshotBody {
+    pub monitor: String,
+    pub scenario: String,
+    pub body: String,
+}
+
 /// Everything one guest (or the host row) reported.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GuestResults {
@@ -40,6 +48,7 @@ pub struct GuestResults {
     pub programs: Vec<ProgramResult>,
     pub verifier: Vec<VerifierResult>,
     pub checks: Vec<CheckResult>,
+    pub snapshots: Vec<SnapshotBody>,
     pub setup_errors: Vec<String>,
     pub events: u64,
     /// The agent reached its last line: nothing was cut off.
@@ -88,6 +97,11 @@ pub fn parse(lines: &[String]) -> GuestResults {
                 name: s(&v, "name"),
                 pass: v["pass"].as_bool().unwrap_or(false),
                 detail: s(&v, "detail"),
+            }),
+            Some("snapshot") => r.snapshots.push(SnapshotBody {
+                monitor: s(&v, "monitor"),
+                scenario: s(&v, "scenario"),
+                body: s(&v, "body"),
             }),
             Some("setup") => r.setup_errors.push(s(&v, "error")),
             Some("events") => r.events += v["count"].as_u64().unwrap_or(0),

@@ -230,6 +230,13 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     let mut ebpf = open(spec, btf, options)?;
     let mut reports = Vec::new();
     for p in spec.programs {
+        // security: the module-load programs have no tracepoint on a kernel without modules.
+        if monitor == security::SPEC.name {
+            if let Some(why) = security::unavailable(p) {
+                tracing::warn!("monitor {monitor}: program {}: unavailable: {why}", p.name);
+                continue;
+            }
+        }
         let load_time = load_program(&mut ebpf, monitor, p)?;
         attach_program(&mut ebpf, monitor, p)?;
         reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time });

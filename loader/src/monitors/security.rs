@@ -107,3 +107,22 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         enter("sec_enter_finit_module", "sys_enter_finit_module"),
     ],
 };
+
+/// Where tracefs publishes its events; the first that exists is used.
+const TRACEFS_EVENTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
+
+/// Why a program of this monitor cannot attach on this kernel, when it is one that may be missing.
+///
+/// Only the module programs may: a kernel built without `CONFIG_MODULES` has no
+/// `init_module`/`finit_module` syscalls (they are `sys_ni_syscall`), hence no tracepoints, and
+/// no module can be loaded there at all. The rest of the monitor runs without them.
+pub fn unavailable(p: &ProgramSpec) -> Option<String> {
+    let AttachPoint::TracePoint { category, name } = p.attach else { return None };
+    if !name.ends_with("init_module") {
+        return None;
+    }
+    let exists = TRACEFS_EVENTS.iter().any(|events| Path::new(events).join(category).join(name).is_dir());
+    (!exists).then(|| {
+        format!("tracepoint {category}/{name} does not exist in this kernel (built without CONFIG_MODULES: no module can be loaded)")
+    })
+}

@@ -118,6 +118,13 @@ impl Loader {
         }
     }
 
+    /// Sends `signal` to the running loader (SIGHUP to reload its configuration).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: signalling our own child, which has not been waited for.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// Sends SIGTERM, waits for exit, returns every event still buffered and stderr.
     pub fn finish(mut self) -> (Vec<Value>, String, std::process::ExitStatus) {
         let mut child = self.child.take().expect("running");

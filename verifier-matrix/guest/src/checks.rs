@@ -123,6 +123,27 @@ fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
             format!("pid {pid} (agent {me}, forking thread {thread_tid}); exec: {exec:?}; exit: {exit:?}; fork: {fork:?}"),
         );
     }
+    // The scenario's own events, normalised, for the snapshot shared by every kernel.
+    let ours = |e: &&Value| {
+        [leaf_pid, thread_pid].iter().any(|&p| e["tgid"] == p || e["child_tgid"] == p)
+    };
+    let scenario: Vec<Value> = decoded.iter().filter(ours).cloned().collect();
+    let roles = tapio_load::snapshot::Roles {
+        pids: vec![
+            (u64::from(me), "agent".to_owned()),
+            (u64::from(thread_tid), "agent_thread".to_owned()),
+            (u64::from(leaf_pid), "leaf".to_owned()),
+            (u64::from(thread_pid), "thread_leaf".to_owned()),
+        ],
+        exe: exe.clone(),
+    };
+    match tapio_load::snapshot::normalize(&scenario, &roles) {
+        Ok(events) => out.line(&json!({
+            "kind": "snapshot", "monitor": "process", "scenario": "exec_chain",
+            "body": tapio_load::snapshot::render(&events),
+        })),
+        Err(e) => check(out, "process.snapshot_normalize", false, e.to_string()),
+    }
     let lost = monitors::stat(&m.ebpf, 1).unwrap_or(0);
     check(out, "process.no_loss", lost == 0, format!("{lost} records lost"));
     out.line(&json!({ "kind": "events", "monitor": "process", "count": decoded.len() }));
