@@ -17,7 +17,7 @@ build: setup
 # Every test: unit, real-kernel integration (needs root), then the verifier matrix on the
 # default kernels, which ends in its report.
 test: setup
-	$(CARGO) test --locked --workspace
+	$(CARGO) test --locked --workspace --no-fail-fast
 	$(CARGO) xtask verifier-matrix
 
 # The main job: boot each default kernel in QEMU, prove the bundle on it, print the report.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-const DAEMONSET: &str = include_str!("../../deploy/kubernetes/daemonset.yaml");
+const DAEMONSET: &str = include_str!("../deploy/kubernetes/daemonset.yaml");
 const OPERATIONS: &str = include_str!("../../docs/operations.md");
 
 /// The block scalar under `tapio.toml: |`, de-indented.
