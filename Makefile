@@ -19,6 +19,8 @@ build: setup
 test: setup
 	$(CARGO) test --locked --workspace --no-fail-fast
 	$(CARGO) xtask verifier-matrix
+	# The runner's own boot tests (power-off, panic, hang) on a real kernel the matrix cached.
+	TAPIO_TEST_KERNEL="$$($(CARGO) xtask vm-images path 6.1)" $(CARGO) test --locked -p verifier-matrix --test boot
 
 # The main job: boot each default kernel in QEMU, prove the bundle on it, print the report.
 matrix: setup

@@ -60,6 +60,11 @@ enum Cmd {
 enum ImagesCmd {
     /// Re-resolve vm-images/kernels.toml against the package indices into vm-images/kernels.lock.
     Update,
+    /// Fetch one locked kernel line (if not cached) and print its vmlinuz path.
+    Path {
+        /// The kernel line, e.g. `6.1`.
+        line: String,
+    },
 }
 
 fn workspace() -> PathBuf {
@@ -110,6 +115,16 @@ fn real_main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::VmImages { command: ImagesCmd::Update } => update_images().map(|()| ExitCode::SUCCESS),
+        Cmd::VmImages { command: ImagesCmd::Path { line } } => {
+            let lock_path = workspace().join("vm-images/kernels.lock");
+            let lock = verifier_matrix::manifest::Lock::load(&lock_path)?;
+            let kernel = lock.get(&line).with_context(|| format!("no kernel line `{line}` in {}", lock_path.display()))?;
+            let mirror = apt::discover_mirror().unwrap_or_default();
+            let cache = verifier_matrix::fetch::kernel_cache_dir()?;
+            let artifacts = verifier_matrix::fetch::ensure_kernel(kernel, &mirror, &cache)?;
+            println!("{}", artifacts.vmlinuz.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::VerifierMatrix { kernels, jobs, timeout, kernel_file, modules, kernel_deb, accept_snapshots, verbose } => {
             let selection = match kernels.as_str() {
                 "default" => Selection::Default,
