@@ -125,7 +125,10 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
         };
         let (progs, checks, events) = match &r.results {
             Some(res) => (
-                format!("{}/{}", res.programs.iter().filter(|p| p.attached).count(), res.programs.len()),
+                match res.unavailable.len() {
+                    0 => format!("{}/{}", res.programs.iter().filter(|p| p.attached).count(), res.programs.len()),
+                    n => format!("{}/{} (+{n} unavailable)", res.programs.iter().filter(|p| p.attached).count(), res.programs.len()),
+                },
                 format!("{}/{}", res.checks.iter().filter(|c| c.pass).count(), res.checks.len()),
                 res.events.to_string(),
             ),
@@ -148,6 +151,9 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
     let (pass, fail, boot, unavailable) = totals(rows);
     let _ = writeln!(out, "\n{pass} passed, {fail} failed, {boot} failed to boot, {unavailable} unavailable (not counted as passed)\n");
     for r in rows {
+        for u in r.results.iter().flat_map(|res| &res.unavailable) {
+            let _ = writeln!(out, "- {}: {}/{} unavailable: {}", r.line, u.monitor, u.program, u.detail);
+        }
         match &r.verdict {
             Verdict::Pass => {}
             Verdict::Unavailable(why) => {

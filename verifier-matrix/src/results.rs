@@ -46,6 +46,8 @@ pub struct GuestResults {
     pub release: Option<String>,
     pub btf: Option<bool>,
     pub programs: Vec<ProgramResult>,
+    /// Programs the kernel cannot attach (a kernel fact, with the reason): not failures.
+    pub unavailable: Vec<ProgramResult>,
     pub verifier: Vec<VerifierResult>,
     pub checks: Vec<CheckResult>,
     pub snapshots: Vec<SnapshotBody>,
@@ -74,6 +76,12 @@ pub fn parse(lines: &[String]) -> GuestResults {
                 r.release = v["release"].as_str().map(str::to_owned);
                 r.btf = v["btf"].as_bool();
             }
+            Some("program") if v["status"] == "unavailable" => r.unavailable.push(ProgramResult {
+                monitor: s(&v, "monitor"),
+                program: s(&v, "program"),
+                attached: false,
+                detail: s(&v, "path"),
+            }),
             Some("program") => r.programs.push(ProgramResult {
                 monitor: s(&v, "monitor"),
                 program: s(&v, "program"),

@@ -131,6 +131,8 @@ pub struct LoadedMonitor {
     pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     pub reports: Vec<AttachReport>,
+    /// Programs left out because this kernel lacks what they attach to: (program, reason).
+    pub unavailable: Vec<(&'static str, String)>,
 }
 
 /// Options that shape how objects are loaded.
@@ -229,11 +231,13 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     let monitor = spec.name;
     let mut ebpf = open(spec, btf, options)?;
     let mut reports = Vec::new();
+    let mut unavailable = Vec::new();
     for p in spec.programs {
         // security: the module-load programs have no tracepoint on a kernel without modules.
         if monitor == security::SPEC.name {
             if let Some(why) = security::unavailable(p) {
                 tracing::warn!("monitor {monitor}: program {}: unavailable: {why}", p.name);
+                unavailable.push((p.name, why));
                 continue;
             }
         }
@@ -245,7 +249,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         .take_map("events")
         .ok_or_else(|| MonitorError::Events { monitor, detail: "missing from the object".to_owned() })?;
     let events = RingBuf::try_from(map).map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
-    Ok(LoadedMonitor { spec, transport: Transport::Ringbuf, ebpf, events, reports })
+    Ok(LoadedMonitor { spec, transport: Transport::Ringbuf, ebpf, events, reports, unavailable })
 }
 
 /// Sums a per-CPU counter of the `stats` map (see probes/include/common.h `enum tapio_stat`).

@@ -49,6 +49,12 @@ pub fn run_all(out: &mut Reporter) {
                         "load_us": r.load_time.as_micros() as u64,
                     }));
                 }
+                for (program, why) in &m.unavailable {
+                    out.line(&json!({
+                        "kind": "program", "monitor": m.spec.name, "program": program,
+                        "status": "unavailable", "path": why,
+                    }));
+                }
                 loaded.push(m);
             }
             Err(e) => out.line(&json!({
