@@ -11,7 +11,7 @@ use std::{
 };
 
 /// The monitors whose `<name>.bpf.c` is compiled.
-const MONITORS: &[&str] = &["process", "network", "kernel", "dns", "security"];
+const MONITORS: &[&str] = &["process", "network", "kernel", "dns", "security", "advanced", "xdp_filter"];
 
 /// Exits the build with one line naming what is missing and how to get it.
 fn die(msg: &str) -> ! {
@@ -77,4 +77,10 @@ fn main() {
         compile(&clang, &strip, &probes, &source, &out_dir.join(format!("{monitor}.bpf.o")), false);
         compile(&clang, &strip, &probes, &source, &out_dir.join(format!("{monitor}.perf.bpf.o")), true);
     }
+    // advanced: a third flavour with a BPF_MAP_TYPE_BLOOM_FILTER pre-filter (5.16+; ring buffer
+    // only, as every kernel with bloom maps has ring buffers). advanced_bloom.bpf.c includes
+    // advanced.bpf.c with TAPIO_ADVANCED_BLOOM defined; the loader picks it per kernel.
+    let bloom = probes.join("advanced_bloom.bpf.c");
+    println!("cargo:rerun-if-changed={}", bloom.display());
+    compile(&clang, &strip, &probes, &bloom, &out_dir.join("advanced.bloom.bpf.o"), false);
 }

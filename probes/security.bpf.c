@@ -354,4 +354,63 @@ SECURITY_EXIT(mount, SECURITY_SYS_MOUNT)
 SECURITY_EXIT(init_module, SECURITY_SYS_INIT_MODULE)
 SECURITY_EXIT(finit_module, SECURITY_SYS_FINIT_MODULE)
 
+/*
+ * capability: every capable() check, through fexit (5.5+, with the verdict) or kprobe (no
+ * verdict). cap_capable() runs constantly, so a (process, capability, verdict) is reported once a
+ * second at most: the first sighting is the signal, repeats are noise.
+ */
+struct capability_key {
+	__u32 tgid;
+	__s32 cap;
+	__s32 ret;
+	__u32 _pad0;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct capability_key);
+	__type(value, __u64);
+} capability_seen SEC(".maps");
+
+#define CAPABILITY_REPEAT_NS 1000000000ULL
+
+static __always_inline int security_capability(void *ctx, struct user_namespace *targ_ns, int cap,
+					       unsigned int opts, int ret, __u32 flags)
+{
+	struct capability_key key = { .tgid = bpf_get_current_pid_tgid() >> 32, .cap = cap, .ret = ret };
+	struct security_mount_event *e;
+	__u64 now = bpf_ktime_get_ns(), *last;
+
+	last = bpf_map_lookup_elem(&capability_seen, &key);
+	if (last && now - *last < CAPABILITY_REPEAT_NS)
+		return 0;
+	bpf_map_update_elem(&capability_seen, &key, &now, BPF_ANY);
+	e = security_begin(SECURITY_CAPABILITY, 0);
+	if (!e)
+		return 0;
+	e->base.arg0 = (__u32)cap;
+	e->base.arg1 = opts;
+	e->base.ret = ret;
+	e->base.flags |= flags;
+	if (targ_ns && BPF_CORE_READ(targ_ns, level) > 0)
+		e->base.flags |= SECURITY_F_USER_NS;
+	tapio_emit(ctx, &e->base, sizeof(e->base));
+	return 0;
+}
+
+SEC("fexit/cap_capable")
+int BPF_PROG(sec_capable_fexit, const struct cred *cred, struct user_namespace *targ_ns, int cap,
+	     unsigned int opts, int ret)
+{
+	return security_capability(ctx, targ_ns, cap, opts, ret, 0);
+}
+
+SEC("kprobe/cap_capable")
+int BPF_KPROBE(sec_capable_kprobe, const struct cred *cred, struct user_namespace *targ_ns, int cap,
+	       unsigned int opts)
+{
+	return security_capability(ctx, targ_ns, cap, opts, 0, SECURITY_F_RESULT_UNKNOWN);
+}
+
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

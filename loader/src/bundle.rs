@@ -60,6 +60,14 @@ pub static OBJECTS: &[EmbeddedObject] = &[
     embed!("kernel", Transport::Perf, "kernel.perf.bpf.o"),
     embed!("security", Transport::Ringbuf, "security.bpf.o"),
     embed!("security", Transport::Perf, "security.perf.bpf.o"),
+    // No events map: both builds are the same program (see probes/xdp_filter.bpf.c).
+    embed!("xdp_filter", Transport::Ringbuf, "xdp_filter.bpf.o"),
+    embed!("xdp_filter", Transport::Perf, "xdp_filter.perf.bpf.o"),
+    embed!("advanced", Transport::Ringbuf, "advanced.bpf.o"),
+    embed!("advanced", Transport::Perf, "advanced.perf.bpf.o"),
+    // advanced with a bloom-filter pre-filter (5.16+): after the hash build so `object()` returns
+    // the build every kernel can create; monitors::advanced::object picks this one where it can.
+    embed!("advanced", Transport::Ringbuf, "advanced.bloom.bpf.o"),
 ];
 
 /// The names of the monitors in the bundle, in a stable order.

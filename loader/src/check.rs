@@ -21,6 +21,9 @@ pub struct ProgramCheck {
     pub load_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// An alternative path this kernel lacks (a kernel fact), so it was not loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     /// The instruction index the verifier's last message points at.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_insn: Option<u32>,
@@ -47,6 +50,7 @@ fn rejected(monitor: &'static str, program: &'static str, e: &MonitorError) -> P
         load_us: 0,
         at_insn: failing_instruction(&text),
         error: Some(text),
+        skipped: None,
     }
 }
 
@@ -62,7 +66,23 @@ pub fn check(monitors: &[&'static MonitorSpec], btf: Option<&Btf>) -> Vec<Progra
             }
         };
         for p in spec.programs {
-            match monitors::load_program(&mut ebpf, spec.name, p) {
+            // An alternative path this kernel lacks is not a rejection: say why and move on.
+            if monitors::group_of(spec.name, p.name).is_some() {
+                if let Err(why) = crate::plan::attach_path(&p.attach) {
+                    out.push(ProgramCheck {
+                        monitor: spec.name,
+                        program: p.name,
+                        accepted: false,
+                        verified_insns: None,
+                        load_us: 0,
+                        error: None,
+                        skipped: Some(why),
+                        at_insn: None,
+                    });
+                    continue;
+                }
+            }
+            match monitors::load_program(&mut ebpf, spec.name, p, btf) {
                 Ok(took) => {
                     let verified_insns = ebpf
                         .program(p.name)
@@ -75,6 +95,7 @@ pub fn check(monitors: &[&'static MonitorSpec], btf: Option<&Btf>) -> Vec<Progra
                         verified_insns,
                         load_us: took.as_micros() as u64,
                         error: None,
+                        skipped: None,
                         at_insn: None,
                     });
                 }
@@ -91,7 +112,9 @@ pub fn render_text(results: &[ProgramCheck]) -> String {
     let mut out = String::new();
     for r in results {
         let insns = r.verified_insns.map_or("-".to_owned(), |n| n.to_string());
-        if r.accepted {
+        if let Some(why) = &r.skipped {
+            let _ = writeln!(out, "{:<10} {:<22} skipped   {why}", r.monitor, r.program);
+        } else if r.accepted {
             let _ = writeln!(out, "{:<10} {:<22} accepted  verified_insns={:<7} load={}us", r.monitor, r.program, insns, r.load_us);
         } else {
             let _ = writeln!(out, "{:<10} {:<22} REJECTED  {}", r.monitor, r.program, r.error.as_deref().unwrap_or(""));

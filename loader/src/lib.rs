@@ -2,6 +2,7 @@
 //! kernel can run, decodes events into typed records and says plainly what it could not do.
 
 pub mod btf;
+pub mod btf_minimize;
 pub mod config;
 pub mod check;
 pub mod bundle;
@@ -11,6 +12,7 @@ pub mod features;
 pub mod helpers;
 pub mod inspect;
 pub mod layout;
+pub mod lint;
 pub mod monitors;
 pub mod output;
 pub mod plan;

@@ -99,6 +99,19 @@ fn feature_gate(name: &str) -> Result<(), String> {
     }
 }
 
+/// Whether a kernel function can be attached to: listed in /proc/kallsyms.
+fn kernel_function_exists(function: &str) -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .map(|s| s.lines().any(|l| l.split_whitespace().nth(2) == Some(function)))
+        .unwrap_or(false)
+}
+
+/// The path one program takes here, or the reason it cannot attach (feature gates only; the
+/// load and attach themselves may still be refused).
+pub fn attach_path(attach: &AttachPoint) -> Result<String, String> {
+    choose(attach)
+}
+
 /// The path one program takes here, or the reason it cannot attach.
 fn choose(attach: &AttachPoint) -> Result<String, String> {
     match attach {
@@ -117,6 +130,14 @@ fn choose(attach: &AttachPoint) -> Result<String, String> {
                 Err(format!("tracepoint {name} does not exist in this kernel"))
             }
         }
+        AttachPoint::Fexit { function } | AttachPoint::Kprobe { function } => {
+            feature_gate(if matches!(attach, AttachPoint::Fexit { .. }) { "fentry" } else { "kprobe" })?;
+            if kernel_function_exists(function) {
+                Ok(attach.describe())
+            } else {
+                Err(format!("kernel function {function} not in /proc/kallsyms"))
+            }
+        }
     }
 }
 
@@ -133,6 +154,9 @@ pub fn plan(monitors: &[&'static MonitorSpec], btf: &BtfSource) -> Plan {
         for p in m.programs {
             let choice = match btf {
                 BtfSource::Missing(why) => Err(format!("no BTF for CO-RE: {why}")),
+                BtfSource::File(_) if matches!(p.attach, AttachPoint::Fexit { .. }) => {
+                    Err("fexit needs the kernel's own BTF, not a file".to_owned())
+                }
                 _ => choose(&p.attach),
             };
             let (path, unavailable) = match choice {

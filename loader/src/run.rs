@@ -202,7 +202,14 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         tokio::select! {
             _ = interrupt.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
             _ = terminate.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
-            _ = hangup.recv() => reload(&mut options.decode, &mut dns, options.reload.as_ref(), &counters),
+            _ = hangup.recv() => {
+                reload(&mut options.decode, &mut dns, options.reload.as_ref(), &counters);
+                // --- advanced: sampling, dedup window, batch size and flush bound follow the file ---
+                if let Some(source) = options.reload.as_ref() {
+                    monitors::advanced::on_reload(ebpfs.iter().map(|(_, ebpf)| ebpf), source);
+                }
+                // --- end advanced ---
+            }
             _ = dns_tick.tick(), if dns_on => {
                 for event in dns.expire(crate::dns::monotonic_ns()) {
                     sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
@@ -213,8 +220,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 // None: every drain task has finished its last pass.
                 let Some(batch) = batch else { break };
                 for record in &batch {
-                    match events::decode(record, &options.decode) {
-                        Ok(mut event) => {
+                    // decode_all: an advanced batch record expands into its events.
+                    match events::decode_all(record, &options.decode) {
+                        Ok(decoded) => for mut event in decoded {
                             dns.observe(&mut event);
                             sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
                         }

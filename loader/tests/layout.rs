@@ -83,6 +83,22 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
             "security",
             mirror_layout!("security_config", tapio_load::monitors::security::SecurityConfig { init_mnt_ns, _pad0 }),
         ),
+        (
+            "advanced",
+            mirror_layout!("advanced_entry", tapio_load::events::advanced::AdvancedEntry {
+                ts_ns, pid, tgid, cgroup_id, uid, nr, arg0, suppressed, numa_node, cpu, comm
+            }),
+        ),
+        (
+            "advanced",
+            mirror_layout!("advanced_batch", tapio_load::events::advanced::AdvancedBatch { hdr, count, cpu, first_ts_ns, events }),
+        ),
+        (
+            "advanced",
+            mirror_layout!("advanced_config", tapio_load::monitors::advanced::AdvancedConfig {
+                dedup_window_ns, flush_ns, batch_size, target_tgid, ignore_tgid, use_filter
+            }),
+        ),
     ]
 }
 

@@ -35,8 +35,11 @@ static __always_inline void tapio_count(__u32 stat)
 		*v += 1;
 }
 
-/* Sends one record; `size` must be a compile-time constant so the verifier can bound it. */
-static __always_inline void tapio_emit(void *ctx, void *data, __u64 size)
+/*
+ * Sends one record; `size` must be a compile-time constant or bounded right before the call, so
+ * the verifier can bound it. Returns the helper's result (0 sent, negative when lost).
+ */
+static __always_inline long tapio_emit(void *ctx, void *data, __u64 size)
 {
 	long err;
 
@@ -46,6 +49,7 @@ static __always_inline void tapio_emit(void *ctx, void *data, __u64 size)
 	err = bpf_ringbuf_output(&events, data, size, 0);
 #endif
 	tapio_count(err ? TAPIO_STAT_LOST : TAPIO_STAT_EMITTED);
+	return err;
 }
 
 static __always_inline void tapio_fill_header(struct tapio_header *h, __u8 monitor, __u8 kind)

@@ -10,6 +10,8 @@
  */
 #ifndef __TAPIO_VMLINUX_H__
 #define __TAPIO_VMLINUX_H__
+/* Tells bpf_tracing.h to use the kernel's pt_regs field names (di, si, ...), as ours are. */
+#define __VMLINUX_H__
 
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -249,6 +251,16 @@ struct task_struct___security {
 	const struct cred *cred;
 	struct nsproxy *nsproxy;
 	struct pid *thread_pid;
+};
+
+/* capability: the target namespace of a capability check, and kprobe register contexts. */
+struct user_namespace {
+	int level;
+};
+
+struct pt_regs {
+	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di;
+	unsigned long orig_ax, ip, cs, flags, sp, ss;
 };
 
 #pragma clang attribute pop

@@ -69,7 +69,7 @@ pub fn judge(results: &GuestResults, splats: &[Splat]) -> Verdict {
     for e in &results.setup_errors {
         problems.push(format!("setup: {e}"));
     }
-    for v in results.verifier.iter().filter(|v| !v.accepted) {
+    for v in results.verifier.iter().filter(|v| !v.accepted && v.skipped.is_none()) {
         problems.push(format!("verifier rejected {}/{}", v.monitor, v.program));
     }
     for p in results.programs.iter().filter(|p| !p.attached) {
@@ -115,8 +115,16 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
     for r in rows {
         let (verified, insns) = match &r.results {
             Some(res) if !res.verifier.is_empty() => (
-                format!("{}/{}", res.verifier.iter().filter(|v| v.accepted).count(), res.verifier.len()),
-                match res.verifier.iter().map(|v| v.verified_insns).sum::<Option<u64>>() {
+                {
+                    let loaded: Vec<_> = res.verifier.iter().filter(|v| v.skipped.is_none()).collect();
+                    let skipped = res.verifier.len() - loaded.len();
+                    let accepted = loaded.iter().filter(|v| v.accepted).count();
+                    match skipped {
+                        0 => format!("{accepted}/{}", loaded.len()),
+                        n => format!("{accepted}/{} (+{n} skipped)", loaded.len()),
+                    }
+                },
+                match res.verifier.iter().filter(|v| v.skipped.is_none()).map(|v| v.verified_insns).sum::<Option<u64>>() {
                     Some(total) => total.to_string(),
                     None => "n/a (< 5.16)".to_owned(),
                 },

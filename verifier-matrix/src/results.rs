@@ -30,6 +30,8 @@ pub struct VerifierResult {
     /// Instructions the verifier processed (kernels 5.16+ report it).
     pub verified_insns: Option<u64>,
     pub error: Option<String>,
+    /// An alternative path the kernel lacks, not loaded (a kernel fact, not a rejection).
+    pub skipped: Option<String>,
 }
 
 /// A normalised event list the guest produced for one (monitor, scenario) snapshot.
@@ -100,6 +102,7 @@ pub fn parse(lines: &[String]) -> GuestResults {
                 accepted: v["accepted"].as_bool().unwrap_or(false),
                 verified_insns: v["verified_insns"].as_u64(),
                 error: v["error"].as_str().map(str::to_owned),
+                skipped: v["skipped"].as_str().map(str::to_owned),
             }),
             Some("check") => r.checks.push(CheckResult {
                 name: s(&v, "name"),

@@ -3,6 +3,7 @@
 //! Every record starts with `struct tapio_header` (probes/include/common.h). Decoding checks the
 //! length before reading, so a short or foreign record is an error, never a garbage event.
 
+pub mod advanced;
 pub mod dns;
 pub mod kernel;
 pub mod network;
@@ -33,6 +34,7 @@ pub const MONITOR_DNS: u8 = 2;
 pub const MONITOR_NETWORK: u8 = 3;
 pub const MONITOR_KERNEL: u8 = 4;
 pub const MONITOR_SECURITY: u8 = 5;
+pub const MONITOR_ADVANCED: u8 = 7;
 
 /// Why a record from the kernel could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -43,6 +45,9 @@ pub enum DecodeError {
     UnknownMonitor(u8),
     #[error("decode: monitor {monitor}: unknown event kind {kind}")]
     UnknownKind { monitor: &'static str, kind: u8 },
+    /// An advanced batch record holds `count` events, not one: [`decode_all`] expands it.
+    #[error("decode: monitor advanced: a batch of {count} events needs decode_all")]
+    Batch { count: usize },
 }
 
 /// Reads a `#[repr(C)]` plain-data record from the front of `bytes`.
@@ -88,6 +93,7 @@ pub enum Body {
     Network(network::NetworkBody),
     Kernel(kernel::KernelBody),
     Security(security::SecurityBody),
+    Advanced(advanced::AdvancedBody),
 }
 
 impl Event {
@@ -115,8 +121,26 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Event, DecodeErro
         MONITOR_NETWORK => network::decode(&header, bytes),
         MONITOR_KERNEL => kernel::decode(&header, bytes),
         MONITOR_SECURITY => security::decode(&header, bytes),
+        // advanced: a record is a batch; one of one event decodes here, more need decode_all.
+        MONITOR_ADVANCED => {
+            let mut events = advanced::decode_batch(&header, bytes)?;
+            match events.len() {
+                1 => Ok(events.remove(0)),
+                count => Err(DecodeError::Batch { count }),
+            }
+        }
         other => Err(DecodeError::UnknownMonitor(other)),
     }
+}
+
+/// Decodes one record into every event it carries: an advanced batch gives `count` events, any
+/// other record one. The run loop calls this, so batching stays invisible in the output.
+pub fn decode_all(bytes: &[u8], options: &DecodeOptions) -> Result<Vec<Event>, DecodeError> {
+    let header: TapioHeader = read_record(bytes, "tapio_header")?;
+    if header.monitor == MONITOR_ADVANCED {
+        return advanced::decode_batch(&header, bytes);
+    }
+    decode(bytes, options).map(|event| vec![event])
 }
 
 /// User-space decoding choices.

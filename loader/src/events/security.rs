@@ -11,6 +11,7 @@ pub const SECURITY_SETNS: u8 = 4;
 pub const SECURITY_UNSHARE: u8 = 5;
 pub const SECURITY_MOUNT: u8 = 6;
 pub const SECURITY_MODULE_LOAD: u8 = 7;
+pub const SECURITY_CAPABILITY: u8 = 8;
 
 pub const SECURITY_F_IN_CONTAINER: u32 = 0x1;
 pub const SECURITY_F_MNT_NS_UNKNOWN: u32 = 0x2;
@@ -19,6 +20,8 @@ pub const SECURITY_F_CAPS_UNREAD: u32 = 0x8;
 pub const SECURITY_F_SOURCE_TRUNCATED: u32 = 0x10;
 pub const SECURITY_F_TARGET_TRUNCATED: u32 = 0x20;
 pub const SECURITY_F_FSTYPE_TRUNCATED: u32 = 0x40;
+pub const SECURITY_F_RESULT_UNKNOWN: u32 = 0x80;
+pub const SECURITY_F_USER_NS: u32 = 0x100;
 
 /// `(uid_t)-1`: the id the caller left unchanged.
 pub const SECURITY_ID_UNCHANGED: u32 = u32::MAX;
@@ -220,6 +223,9 @@ pub enum SecurityDetail {
     Unshare { flags: u64, namespaces: Vec<&'static str> },
     Mount { source: String, target: String, fstype: String, flags: u64, truncated: bool },
     InitModule { len: u64 },
+    /// A capable() check: the capability, whether it was checked against a non-initial user
+    /// namespace, and whether the verdict (`result`) was seen (fexit) or not (kprobe).
+    Capability { capability: String, user_ns: bool, verdict_known: bool, cap_opts: u64 },
     FinitModule { fd: i64, flags: u64 },
 }
 
@@ -241,6 +247,24 @@ pub struct SecurityBody {
 pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
     let e: SecurityEvent = read_record(bytes, "security_event")?;
     let unknown = DecodeError::UnknownKind { monitor: "security", kind: h.kind };
+    if h.kind == SECURITY_CAPABILITY {
+        let detail = SecurityDetail::Capability {
+            capability: capability_name(e.arg0 as u32),
+            user_ns: e.flags & SECURITY_F_USER_NS != 0,
+            verdict_known: e.flags & SECURITY_F_RESULT_UNKNOWN == 0,
+            cap_opts: e.arg1,
+        };
+        let body = SecurityBody {
+            // No syscall: the hook is the kernel's capability check itself.
+            syscall: "cap_capable",
+            result: e.ret,
+            in_container: e.flags & SECURITY_F_IN_CONTAINER != 0,
+            mnt_ns: e.mnt_ns,
+            pid_ns_level: e.pid_ns_level,
+            detail,
+        };
+        return Ok(Event::from_header(h, "security", "capability", Body::Security(body)));
+    }
     let syscall = SYSCALLS.get(e.syscall as usize).copied().filter(|s| !s.is_empty()).ok_or(unknown)?;
     let gid_call = matches!(syscall, "setgid" | "setregid" | "setresgid");
     let (name, detail) = match h.kind {
@@ -339,6 +363,21 @@ mod tests {
         // SAFETY: SecurityEvent is repr(C) plain data with no padding bytes.
         unsafe { std::slice::from_raw_parts((&e as *const SecurityEvent).cast::<u8>(), size_of::<SecurityEvent>()) }
             .to_vec()
+    }
+
+    #[test]
+    fn capability_names_the_capability() {
+        let bytes = record(SECURITY_CAPABILITY, 0, |e| {
+            e.arg0 = 21;
+            e.ret = -1;
+            e.flags = SECURITY_F_USER_NS;
+        });
+        let v = serde_json::to_value(decode(&read_record(&bytes, "h").unwrap(), &bytes).unwrap()).unwrap();
+        assert_eq!(v["event"], "capability");
+        assert_eq!(v["capability"], "CAP_SYS_ADMIN");
+        assert_eq!(v["result"], -1);
+        assert_eq!(v["user_ns"], true);
+        assert_eq!(v["verdict_known"], true);
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! Loading and attaching monitors: one module per monitor says which programs it has and where
 //! each attaches; this module does the loading, attaching and reporting for all of them.
 
+pub mod advanced;
 pub mod dns;
 pub mod kernel;
 pub mod network;
 pub mod process;
 pub mod security;
+pub mod xdp_filter;
 
 use std::time::Duration;
 
 use aya::{
     maps::{MapData, RingBuf},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
 use serde::Serialize;
@@ -26,6 +28,10 @@ pub enum AttachPoint {
     TracePoint { category: &'static str, name: &'static str },
     /// A raw tracepoint (4.17+): the tracepoint's own arguments, no tracefs format.
     RawTracePoint { name: &'static str },
+    /// fexit on a kernel function (5.5+, needs the kernel's own BTF): arguments and return value.
+    Fexit { function: &'static str },
+    /// kprobe on a kernel function (needs CONFIG_KPROBES): arguments only.
+    Kprobe { function: &'static str },
 }
 
 impl AttachPoint {
@@ -34,8 +40,29 @@ impl AttachPoint {
         match self {
             Self::TracePoint { category, name } => format!("tracepoint:{category}/{name}"),
             Self::RawTracePoint { name } => format!("raw_tracepoint:{name}"),
+            Self::Fexit { function } => format!("fexit:{function}"),
+            Self::Kprobe { function } => format!("kprobe:{function}"),
         }
     }
+}
+
+/// Programs that are alternative paths to one capability, tried in order; the first that loads
+/// and attaches wins, and the capability is unavailable only when every path is.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramGroup {
+    pub monitor: &'static str,
+    /// The capability's name, as reports show it (`capability`).
+    pub name: &'static str,
+    /// Program names, best path first.
+    pub programs: &'static [&'static str],
+}
+
+/// Every group of alternative programs.
+pub const GROUPS: &[ProgramGroup] = &[security::CAPABILITY_GROUP];
+
+/// The group a program belongs to, if it is one of several alternative paths.
+pub fn group_of(monitor: &str, program: &str) -> Option<&'static ProgramGroup> {
+    GROUPS.iter().find(|g| g.monitor == monitor && g.programs.contains(&program))
 }
 
 /// One program of a monitor and where it attaches.
@@ -53,7 +80,7 @@ pub struct MonitorSpec {
 }
 
 /// Every monitor `tapio-load` knows.
-pub const MONITORS: &[MonitorSpec] = &[process::SPEC, network::SPEC, kernel::SPEC, dns::SPEC, security::SPEC];
+pub const MONITORS: &[MonitorSpec] = &[process::SPEC, network::SPEC, kernel::SPEC, dns::SPEC, security::SPEC, advanced::SPEC];
 
 /// Finds a monitor by name.
 pub fn monitor(name: &str) -> Option<&'static MonitorSpec> {
@@ -77,6 +104,8 @@ pub enum MonitorError {
         #[source]
         source: EbpfError,
     },
+    #[error("monitor {monitor}: program {program}: needs the kernel's own BTF (fentry/fexit cannot use an external BTF file)")]
+    NeedsKernelBtf { monitor: &'static str, program: &'static str },
     #[error("monitor {monitor}: program {program}: missing from the object")]
     MissingProgram { monitor: &'static str, program: &'static str },
     #[error("monitor {monitor}: program {program}: verifier rejected it: {io_error}\nverifier log (tail):\n{log_tail}")]
@@ -140,6 +169,8 @@ pub struct LoadedMonitor {
 pub struct LoadOptions {
     /// Ring buffer size in bytes (a power of two, multiple of the page size); None keeps the default.
     pub ring_size: Option<u32>,
+    /// The advanced monitor's batching, dedup, sampling and pre-filter.
+    pub advanced: advanced::AdvancedOptions,
 }
 
 fn program_error(monitor: &'static str, program: &'static str, stage: &'static str, e: ProgramError) -> MonitorError {
@@ -159,7 +190,9 @@ fn program_error(monitor: &'static str, program: &'static str, stage: &'static s
 pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<Ebpf, MonitorError> {
     let monitor = spec.name;
     let transport = Transport::Ringbuf;
-    let object = bundle::object(monitor, transport).ok_or(MonitorError::NoObject { monitor, transport })?;
+    // advanced: the bloom-filter build where the kernel has bloom maps (advanced::object).
+    let object = if monitor == advanced::SPEC.name { advanced::object(transport) } else { bundle::object(monitor, transport) }
+        .ok_or(MonitorError::NoObject { monitor, transport })?;
     let mut loader = EbpfLoader::new();
     loader.btf(btf);
     if let Some(size) = options.ring_size {
@@ -186,11 +219,17 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
             Err(e) => tracing::warn!("{e}; in_container falls back to the pid namespace alone"),
         }
     }
+    // advanced: knobs, sampling rates and the pre-filter set are maps the loader fills (no global
+    // data), before any program runs.
+    if ebpf.map(advanced::CONFIG_MAP).is_some() {
+        advanced::configure(&mut ebpf, &options.advanced)
+            .map_err(|e| MonitorError::Map { monitor, map: advanced::CONFIG_MAP, detail: e.to_string() })?;
+    }
     Ok(ebpf)
 }
 
 /// Loads one program into the kernel's verifier (no attach). Returns the time the load took.
-pub fn load_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -> Result<Duration, MonitorError> {
+pub fn load_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf: Option<&Btf>) -> Result<Duration, MonitorError> {
     let started = std::time::Instant::now();
     let program = ebpf.program_mut(p.name).ok_or(MonitorError::MissingProgram { monitor, program: p.name })?;
     match p.attach {
@@ -203,6 +242,15 @@ pub fn load_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -> 
             let tp: &mut RawTracePoint =
                 program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
             tp.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
+        }
+        AttachPoint::Fexit { function } => {
+            let btf = btf.ok_or(MonitorError::NeedsKernelBtf { monitor, program: p.name })?;
+            let prog: &mut FExit = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            prog.load(function, btf).map_err(|e| program_error(monitor, p.name, "load", e))?;
+        }
+        AttachPoint::Kprobe { .. } => {
+            let prog: &mut KProbe = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            prog.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
         }
     }
     Ok(started.elapsed())
@@ -222,6 +270,14 @@ pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -
                 program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
             tp.attach(name).map_err(|e| program_error(monitor, p.name, "attach", e))?;
         }
+        AttachPoint::Fexit { .. } => {
+            let prog: &mut FExit = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            prog.attach().map_err(|e| program_error(monitor, p.name, "attach", e))?;
+        }
+        AttachPoint::Kprobe { function } => {
+            let prog: &mut KProbe = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            prog.attach(function, 0).map_err(|e| program_error(monitor, p.name, "attach", e))?;
+        }
     }
     Ok(())
 }
@@ -232,6 +288,8 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     let mut ebpf = open(spec, btf, options)?;
     let mut reports = Vec::new();
     let mut unavailable = Vec::new();
+    // Per group: whether a path attached, and why each earlier path did not.
+    let mut groups: Vec<(&'static ProgramGroup, bool, Vec<String>)> = Vec::new();
     for p in spec.programs {
         // security: the module-load programs have no tracepoint on a kernel without modules.
         if monitor == security::SPEC.name {
@@ -241,15 +299,67 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
                 continue;
             }
         }
-        let load_time = load_program(&mut ebpf, monitor, p)?;
-        attach_program(&mut ebpf, monitor, p)?;
-        reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time });
+        let Some(group) = group_of(monitor, p.name) else {
+            let load_time = load_program(&mut ebpf, monitor, p, btf)?;
+            attach_program(&mut ebpf, monitor, p)?;
+            reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time });
+            continue;
+        };
+        let entry = match groups.iter().position(|(g, ..)| g.name == group.name) {
+            Some(i) => i,
+            None => {
+                groups.push((group, false, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        if groups[entry].1 {
+            continue; // a better path of this group is attached already
+        }
+        match try_path(&mut ebpf, monitor, p, btf) {
+            Ok(load_time) => {
+                groups[entry].1 = true;
+                reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time });
+            }
+            Err(PathError::Bug(e)) => return Err(e),
+            Err(PathError::Unavailable(why)) => groups[entry].2.push(format!("{}: {why}", p.attach.describe())),
+        }
+    }
+    for (group, attached, reasons) in groups {
+        if !attached {
+            let why = reasons.join("; ");
+            tracing::warn!("monitor {monitor}: {}: unavailable: {why}", group.name);
+            unavailable.push((group.name, why));
+        }
     }
     let map = ebpf
         .take_map("events")
         .ok_or_else(|| MonitorError::Events { monitor, detail: "missing from the object".to_owned() })?;
     let events = RingBuf::try_from(map).map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
     Ok(LoadedMonitor { spec, transport: Transport::Ringbuf, ebpf, events, reports, unavailable })
+}
+
+/// Why one alternative path did not attach.
+pub enum PathError {
+    /// The kernel lacks it or refuses it (a kernel fact): try the next path.
+    Unavailable(String),
+    /// The verifier rejected our program: a bug of ours, never hidden behind a fallback.
+    Bug(MonitorError),
+}
+
+/// Tries one alternative path: the feature gate first, then load and attach.
+pub fn try_path(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf: Option<&Btf>) -> Result<Duration, PathError> {
+    crate::plan::attach_path(&p.attach).map_err(PathError::Unavailable)?;
+    let classify = |e: MonitorError| match &e {
+        MonitorError::Verifier { io_error, log_tail, .. }
+            if !log_tail.trim().is_empty() && io_error.raw_os_error() != Some(libc::EPERM) =>
+        {
+            PathError::Bug(e)
+        }
+        _ => PathError::Unavailable(e.to_string()),
+    };
+    let took = load_program(ebpf, monitor, p, btf).map_err(classify)?;
+    attach_program(ebpf, monitor, p).map_err(|e| PathError::Unavailable(e.to_string()))?;
+    Ok(took)
 }
 
 /// Sums a per-CPU counter of the `stats` map (see probes/include/common.h `enum tapio_stat`).

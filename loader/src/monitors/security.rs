@@ -8,8 +8,11 @@
 //! and no global data. The tracepoints do not fire for 32-bit compat syscalls on a 64-bit kernel,
 //! nor does this monitor see the new mount API (fsopen/fsmount/move_mount).
 //!
-//! Not here: `capability` events. `cap_capable()` has no tracepoint, so they need a kprobe,
-//! fentry or a BPF-LSM hook ([`CAPABILITY_UNAVAILABLE`]).
+//! `capability` events: `cap_capable()` has no tracepoint, so they come from fexit (5.5+, with
+//! the verdict; <https://github.com/torvalds/linux/commit/fec56f5890d93fc2ed74166c397dc186b1c25951>)
+//! or, failing that, a kprobe (no verdict). [`CAPABILITY_GROUP`] lists them best first; on a kernel
+//! with neither (this project's CI host: no kprobes, fentry refused) the loader reports the
+//! capability events unavailable with both reasons and runs the rest.
 //!
 //! The loader writes the initial mount namespace into [`CONFIG_MAP`] after load (see
 //! [`initial_mount_ns`]); the probe compares each caller's against it.
@@ -23,9 +26,12 @@ use super::{AttachPoint, MonitorSpec, ProgramSpec};
 /// The one-slot array holding `struct security_config`.
 pub const CONFIG_MAP: &str = "security_config";
 
-/// Why the monitor has no `capability` events, for `plan` and the start-up log.
-pub const CAPABILITY_UNAVAILABLE: &str =
-    "capability checks need kprobe, fentry or BPF-LSM on cap_capable; syscall tracepoints cannot see them";
+/// The alternative paths to `capability` events, best first.
+pub const CAPABILITY_GROUP: super::ProgramGroup = super::ProgramGroup {
+    monitor: "security",
+    name: "capability",
+    programs: &["sec_capable_fexit", "sec_capable_kprobe"],
+};
 
 /// Mirror of `struct security_config` (probes/include/security.h).
 #[repr(C)]
@@ -105,6 +111,8 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         enter("sec_enter_mount", "sys_enter_mount"),
         enter("sec_enter_init_module", "sys_enter_init_module"),
         enter("sec_enter_finit_module", "sys_enter_finit_module"),
+        ProgramSpec { name: "sec_capable_fexit", attach: AttachPoint::Fexit { function: "cap_capable" } },
+        ProgramSpec { name: "sec_capable_kprobe", attach: AttachPoint::Kprobe { function: "cap_capable" } },
     ],
 };
 

@@ -34,7 +34,7 @@ pub fn run_all(out: &mut Reporter) {
     for c in tapio_load::check::check(&all, btf.as_ref()) {
         out.line(&json!({
             "kind": "verifier", "monitor": c.monitor, "program": c.program, "accepted": c.accepted,
-            "verified_insns": c.verified_insns, "load_us": c.load_us, "error": c.error,
+            "verified_insns": c.verified_insns, "load_us": c.load_us, "error": c.error, "skipped": c.skipped,
         }));
     }
     let mut loaded: Vec<LoadedMonitor> = Vec::new();
@@ -68,6 +68,41 @@ pub fn run_all(out: &mut Reporter) {
     } else {
         check(out, "process.lineage", false, "process monitor did not load".to_owned());
     }
+    if let Some(security) = loaded.iter_mut().find(|m| m.spec.name == "security") {
+        capability_workload(out, security);
+    }
+}
+
+/// Decodes everything waiting in a monitor's ring.
+fn drain(m: &mut LoadedMonitor) -> (Vec<Value>, Vec<String>) {
+    let options = DecodeOptions::default();
+    let (mut events, mut errors) = (Vec::new(), Vec::new());
+    while let Some(item) = m.events.next() {
+        match events::decode(&item, &options) {
+            Ok(e) => events.push(serde_json::to_value(&e).expect("events serialize")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (events, errors)
+}
+
+/// When a capability path (fexit, else kprobe) attached: a CAP_SYS_ADMIN check must be seen.
+fn capability_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
+    let Some(path) = m.reports.iter().find(|r| r.program.starts_with("sec_capable_")).map(|r| r.path.clone()) else {
+        return; // reported as unavailable, with the kernel's reasons
+    };
+    let name = b"tapio-guest";
+    // SAFETY: name is a valid buffer of the given length. sethostname checks CAP_SYS_ADMIN.
+    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
+    let me = std::process::id();
+    let (decoded, errors) = drain(m);
+    let seen = decoded.iter().find(|e| {
+        e["event"] == "capability" && e["tgid"] == me && e["capability"] == "CAP_SYS_ADMIN"
+    });
+    let pass = rc == 0
+        && errors.is_empty()
+        && seen.is_some_and(|e| e["verdict_known"] == false || e["result"] == 0);
+    check(out, "security.capability", pass, format!("via {path}; sethostname rc {rc}; event: {seen:?}; errors: {errors:?}"));
 }
 
 /// Runs `exe exit-with <code> <tag>` from the calling thread and returns the child's pid.
