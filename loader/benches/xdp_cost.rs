@@ -124,15 +124,16 @@ impl XdpToolsFilter {
         run("ip", &["-n", &ns, "link", "add", &this.iface, "type", "veth", "peer", "name", "xbench1"])?;
         run("ip", &["-n", &ns, "link", "set", &this.iface, "up"])?;
         run("ip", &["-n", &ns, "link", "set", "xbench1", "up"])?;
-        let exec = |args: &[&str]| {
-            let mut full = vec!["netns", "exec", ns.as_str()];
-            full.extend_from_slice(args);
-            run("ip", &full)
-        };
-        exec(&["xdp-filter", "load", "--mode", "skb", "--features", "ipv4", &this.iface])?;
-        exec(&["xdp-filter", "ip", "--mode", "src,dst", RULE_ADDR])?;
-        let net: Value = serde_json::from_str(&exec(&["bpftool", "-j", "net", "show", "dev", &this.iface])?)
-            .context("bpftool net show: JSON")?;
+        // `ip netns exec` gives each command a fresh mount namespace without bpffs, and every
+        // bpffs mount is a new instance: so mount it, load, add the rule and ask bpftool in one
+        // shell. The attachment outlives the shell; deleting the namespace removes it.
+        let script = format!(
+            "mount -t bpf bpf /sys/fs/bpf && xdp-filter load --mode skb --features ipv4 {iface} \
+             && xdp-filter ip --mode src,dst {RULE_ADDR} && bpftool -j net show dev {iface}",
+            iface = this.iface
+        );
+        let out = run("ip", &["netns", "exec", &ns, "sh", "-c", &script])?;
+        let net: Value = serde_json::from_str(out.lines().last().unwrap_or("")).context("bpftool net show: JSON")?;
         let id = net[0]["xdp"][0]["id"]
             .as_u64()
             .with_context(|| format!("no XDP program on {} in bpftool's answer: {net}", this.iface))? as u32;
