@@ -54,6 +54,22 @@ fn rejected(monitor: &'static str, program: &'static str, e: &MonitorError) -> P
     }
 }
 
+/// The xdp_filter program, which attaches to interfaces rather than running as a monitor.
+pub fn check_xdp_filter(btf: Option<&Btf>) -> ProgramCheck {
+    let started = std::time::Instant::now();
+    let result = crate::monitors::xdp_filter::check_load(btf);
+    ProgramCheck {
+        monitor: "xdp_filter",
+        program: crate::monitors::xdp_filter::PROGRAM,
+        accepted: result.is_ok(),
+        verified_insns: result.as_ref().ok().copied().flatten(),
+        load_us: started.elapsed().as_micros() as u64,
+        at_insn: result.as_ref().err().and_then(|e| failing_instruction(e)),
+        error: result.err(),
+        skipped: None,
+    }
+}
+
 /// Loads every program of `monitors` (not attaching), reporting each; nothing stays loaded.
 pub fn check(monitors: &[&'static MonitorSpec], btf: Option<&Btf>) -> Vec<ProgramCheck> {
     let mut out = Vec::new();

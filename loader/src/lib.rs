@@ -20,3 +20,4 @@ pub mod privileges;
 pub mod run;
 pub mod snapshot;
 pub mod tracefs;
+pub mod transport;

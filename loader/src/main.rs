@@ -20,6 +20,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Ringbuf,
+    Perf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum OutputFormat {
     Json,
 }
@@ -70,6 +76,9 @@ enum Command {
         /// Prometheus endpoint address, or `off` [default: 127.0.0.1:9464].
         #[arg(long)]
         metrics_address: Option<String>,
+        /// Event transport: `ringbuf` (5.8+) or `perf` (4.4+) [default: the best this kernel has].
+        #[arg(long, value_enum)]
+        transport: Option<TransportArg>,
     },
     /// Validate or document the configuration file.
     Config {
@@ -232,6 +241,7 @@ fn real_main() -> Result<()> {
             dns_ports,
             ring_size,
             metrics_address,
+            transport,
         } => {
             let flags = tapio_load::config::Partial {
                 monitors,
@@ -255,7 +265,14 @@ fn real_main() -> Result<()> {
                     tapio_load::config::Output::File(path) => Some(path.clone()),
                 },
                 decode: DecodeOptions { argv_max: c.argv_max, dns_timeout: std::time::Duration::from_millis(c.dns_timeout_ms) },
-                load: LoadOptions { ring_size: c.ring_size, advanced: tapio_load::monitors::advanced::AdvancedOptions::from_config(&c) },
+                load: LoadOptions {
+                    ring_size: c.ring_size,
+                    advanced: tapio_load::monitors::advanced::AdvancedOptions::from_config(&c),
+                    transport: transport.map(|t| match t {
+                        TransportArg::Ringbuf => tapio_load::bundle::Transport::Ringbuf,
+                        TransportArg::Perf => tapio_load::bundle::Transport::Perf,
+                    }),
+                },
                 metrics: c.metrics_address.map(|address| tapio_load::output::metrics::MetricsOptions {
                     address,
                     required: c.metrics_address_explicit,
@@ -332,11 +349,15 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Check { monitors, btf, json } => {
+            let all_monitors = monitors.is_empty();
             let monitors = all_or(&monitors)?;
             tapio_load::privileges::check()?;
             tapio_load::privileges::raise_memlock();
             let btf = tapio_load::run::load_btf(btf.as_ref())?;
-            let results = tapio_load::check::check(&monitors, Some(&btf));
+            let mut results = tapio_load::check::check(&monitors, Some(&btf));
+            if all_monitors {
+                results.push(tapio_load::check::check_xdp_filter(Some(&btf)));
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {

@@ -7,10 +7,9 @@ use std::{
     path::PathBuf,
 };
 
-use aya::{
-    maps::{MapData, RingBuf},
-    Btf,
-};
+use aya::Btf;
+
+use crate::transport::EventBuffer;
 use thiserror::Error;
 use tokio::{
     io::unix::AsyncFd,
@@ -168,11 +167,14 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     for m in loaded {
         let LoadedMonitor { spec, ebpf, events, .. } = m;
         ebpfs.push((spec.name, ebpf));
-        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
-        // which happens only when this AsyncFd is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|e| RunError::Reactor(e.into()))?;
-        tasks.push(tokio::spawn(drain(fd, tx.clone(), stop_rx.clone())));
+        // One task per buffer: the ring, or each CPU's perf buffer.
+        for buffer in events.into_buffers() {
+            // SAFETY: the buffer owns its fd and keeps it open, unchanged, until it is dropped,
+            // which happens only when this AsyncFd is dropped.
+            let fd = unsafe { AsyncFd::register_with_interest(buffer, tokio::io::Interest::READABLE) }
+                .map_err(|e| RunError::Reactor(e.into()))?;
+            tasks.push(tokio::spawn(drain(fd, tx.clone(), stop_rx.clone())));
+        }
     }
     drop(tx);
     // --- operations: the metrics endpoint reads the objects while the run loop streams ---
@@ -285,7 +287,7 @@ fn reload(
 }
 
 /// Drains one ring buffer until told to stop, then once more, and hands batches to the writer.
-async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, tx: mpsc::Sender<Vec<Vec<u8>>>, mut stop: watch::Receiver<bool>) {
+async fn drain(mut fd: AsyncFd<EventBuffer>, tx: mpsc::Sender<Vec<Vec<u8>>>, mut stop: watch::Receiver<bool>) {
     loop {
         let stopping = tokio::select! {
             ready = fd.readable_mut() => {
@@ -296,10 +298,10 @@ async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, tx: mpsc::Sender<Vec<Vec<u8>>>
             _ = stop.changed() => true,
         };
         // Read after clearing readiness: a record committed meanwhile re-arms the fd.
-        let ring = fd.get_mut();
         let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            batch.push(item.to_vec());
+        let lost = fd.get_mut().drain(&mut batch);
+        if lost > 0 {
+            warn!(lost, "perf buffer overflowed: records lost");
         }
         if !batch.is_empty() && tx.send(batch).await.is_err() {
             return;

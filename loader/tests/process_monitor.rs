@@ -135,3 +135,30 @@ fn sigint_detaches_promptly() {
     let left = common::programs_left_after("process_", Duration::from_secs(2));
     assert!(left.is_empty(), "programs left loaded: {left:?}");
 }
+
+/// The perf-buffer transport (the fallback for kernels before 5.8) delivers the same events.
+#[test]
+fn perf_transport_delivers_exec() {
+    if skip_unless_root("perf_transport_delivers_exec") {
+        return;
+    }
+    let _serial = kernel_lock();
+    let loader = Loader::start(&["--monitors", "process", "--transport", "perf", "--metrics-address", "off"]);
+    let mut seen = Vec::new();
+    let mut child = Command::new("/bin/true").arg("over-perf").spawn().expect("spawn /bin/true");
+    let pid = child.id() as u64;
+    let got = loader
+        .wait_for(&mut seen, Duration::from_secs(5), |e| e["event"] == "exec" && e["tgid"] == pid)
+        .expect("exec over the perf transport never arrived");
+    assert_eq!(got.event["argv"], serde_json::json!(["/bin/true", "over-perf"]));
+    // Its exit is in a perf buffer once wait() returns; the loader drains them all on SIGTERM.
+    child.wait().expect("wait for /bin/true");
+    assert_eq!(got.event["ppid"], std::process::id() as u64);
+    let (events, stderr, status) = loader.finish();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("transport=perf"), "the run must say it used perf: {stderr}");
+    assert!(
+        events.iter().chain(&seen).any(|e| e["event"] == "exit" && e["tgid"] == pid),
+        "exit of /bin/true missing"
+    );
+}

@@ -12,7 +12,6 @@ pub mod xdp_filter;
 use std::time::Duration;
 
 use aya::{
-    maps::{MapData, RingBuf},
     programs::{FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
@@ -158,7 +157,7 @@ pub struct LoadedMonitor {
     pub spec: &'static MonitorSpec,
     pub transport: Transport,
     pub ebpf: Ebpf,
-    pub events: RingBuf<MapData>,
+    pub events: crate::transport::EventSource,
     pub reports: Vec<AttachReport>,
     /// Programs left out because this kernel lacks what they attach to: (program, reason).
     pub unavailable: Vec<(&'static str, String)>,
@@ -171,6 +170,21 @@ pub struct LoadOptions {
     pub ring_size: Option<u32>,
     /// The advanced monitor's batching, dedup, sampling and pre-filter.
     pub advanced: advanced::AdvancedOptions,
+    /// The event transport; None picks the ring buffer where the kernel has it (5.8), else perf.
+    pub transport: Option<Transport>,
+}
+
+impl LoadOptions {
+    /// The transport to load: the one asked for, or the best this kernel has (probed once).
+    pub fn transport(&self) -> Transport {
+        static AUTO: std::sync::OnceLock<Transport> = std::sync::OnceLock::new();
+        self.transport.unwrap_or_else(|| {
+            *AUTO.get_or_init(|| match crate::features::probe("ring buffer").map(|f| f.status) {
+                Some(crate::features::FeatureStatus::Present) => Transport::Ringbuf,
+                _ => Transport::Perf,
+            })
+        })
+    }
 }
 
 fn program_error(monitor: &'static str, program: &'static str, stage: &'static str, e: ProgramError) -> MonitorError {
@@ -189,13 +203,13 @@ fn program_error(monitor: &'static str, program: &'static str, stage: &'static s
 /// No program is loaded yet: [`load_program`] and [`attach_program`] do that one at a time.
 pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<Ebpf, MonitorError> {
     let monitor = spec.name;
-    let transport = Transport::Ringbuf;
+    let transport = options.transport();
     // advanced: the bloom-filter build where the kernel has bloom maps (advanced::object).
     let object = if monitor == advanced::SPEC.name { advanced::object(transport) } else { bundle::object(monitor, transport) }
         .ok_or(MonitorError::NoObject { monitor, transport })?;
     let mut loader = EbpfLoader::new();
     loader.btf(btf);
-    if let Some(size) = options.ring_size {
+    if let (Some(size), Transport::Ringbuf) = (options.ring_size, transport) {
         loader.set_max_entries("events", size);
     }
     let mut ebpf = loader.load(object.bytes).map_err(|source| MonitorError::Object { monitor, source })?;
@@ -334,8 +348,10 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     let map = ebpf
         .take_map("events")
         .ok_or_else(|| MonitorError::Events { monitor, detail: "missing from the object".to_owned() })?;
-    let events = RingBuf::try_from(map).map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
-    Ok(LoadedMonitor { spec, transport: Transport::Ringbuf, ebpf, events, reports, unavailable })
+    let transport = options.transport();
+    let events = crate::transport::EventSource::open(map, transport)
+        .map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
+    Ok(LoadedMonitor { spec, transport, ebpf, events, reports, unavailable })
 }
 
 /// Why one alternative path did not attach.

@@ -31,7 +31,9 @@ pub fn run_all(out: &mut Reporter) {
     };
     // The verifier pass first: every program loaded unattached, as `tapio-load check` does.
     let all: Vec<_> = monitors::MONITORS.iter().collect();
-    for c in tapio_load::check::check(&all, btf.as_ref()) {
+    let mut verdicts = tapio_load::check::check(&all, btf.as_ref());
+    verdicts.push(tapio_load::check::check_xdp_filter(btf.as_ref()));
+    for c in verdicts {
         out.line(&json!({
             "kind": "verifier", "monitor": c.monitor, "program": c.program, "accepted": c.accepted,
             "verified_insns": c.verified_insns, "load_us": c.load_us, "error": c.error, "skipped": c.skipped,
@@ -71,6 +73,7 @@ pub fn run_all(out: &mut Reporter) {
     if let Some(security) = loaded.iter_mut().find(|m| m.spec.name == "security") {
         capability_workload(out, security);
     }
+    crate::perf::check(out, btf.as_ref());
 }
 
 /// Decodes everything waiting in a monitor's ring.
