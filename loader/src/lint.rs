@@ -12,6 +12,17 @@
 //! ENUM64) before loading an object's BTF. Those are reported as [`Severity::Rewritten`] notes.
 //! A global-data map nothing uses is also a note (aya skips creating it); a program that reads
 //! global data is a failure, since aya then has no map to point the instruction at.
+//!
+//! Loops are found as the kernel finds them: `check_cfg` in kernel/bpf/verifier.c walks the
+//! program depth first and, before 5.3, rejects an edge to an instruction still on the walk's
+//! stack ("back-edge from insn X to Y"). A backward jump that closes no cycle (clang often places
+//! a shared `return` block before its users) is a cross edge there and loads on 4.19, so only
+//! real cycles are findings.
+//!
+//! A program that is one of several alternative paths to a capability (`monitors::GROUPS`) and
+//! whose program or attach type needs a newer kernel is not meant for that kernel when another
+//! path of its group is available there: the loader takes that path. It is reported once, as a
+//! [`Severity::Skipped`] note (`skipped: needs >= 5.5`), and not linted further.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -434,6 +445,9 @@ pub enum Severity {
     Missing,
     /// The kernel lacks it but aya rewrites or drops it at load time: fine, worth knowing.
     Rewritten,
+    /// The program is an alternative path for newer kernels; on this kernel the loader takes
+    /// another path of its group, so the program is not linted against it.
+    Skipped,
 }
 
 /// One thing a kernel lacks.
@@ -485,6 +499,92 @@ pub fn bundle_objects_for(min: KernelVersion) -> Vec<&'static EmbeddedObject> {
         .iter()
         .filter(|o| o.transport == transport && variant_since(o) <= min)
         .collect()
+}
+
+/// The kernel's `check_cfg` walk (kernel/bpf/verifier.c, 4.19): depth first from instruction 0,
+/// fall-through before branch; an edge to an instruction still on the stack is a back-edge, i.e.
+/// a loop, which verifiers before 5.3 reject. Returns each back-edge as (from, to).
+///
+/// `insns` are (opcode, offset) pairs of one function. Calls fall through (helpers and bpf-to-bpf
+/// callees return); `ld_imm64` takes two slots. Edges out of the function are ignored.
+fn loop_back_edges(insns: &[(u8, i16)]) -> Vec<(usize, usize)> {
+    const NEW: u8 = 0;
+    const ON_STACK: u8 = 1;
+    const DONE: u8 = 2;
+    let successors = |i: usize| -> [Option<usize>; 2] {
+        let (code, off) = insns[i];
+        let class = code & 0x07;
+        let op = code & 0xf0;
+        let target = || usize::try_from(i as i64 + 1 + i64::from(off)).ok();
+        if code == 0x18 {
+            [Some(i + 2), None]
+        } else if class == 0x05 || class == 0x06 {
+            match op {
+                0x90 => [None, None],         // exit
+                0x80 => [Some(i + 1), None], // call
+                0x00 => [target(), None],    // ja
+                _ => [Some(i + 1), target()],
+            }
+        } else {
+            [Some(i + 1), None]
+        }
+    };
+    let mut state = vec![NEW; insns.len()];
+    let mut edges = Vec::new();
+    if insns.is_empty() {
+        return edges;
+    }
+    // (instruction, index of the next successor to visit)
+    let mut stack = vec![(0usize, 0usize)];
+    state[0] = ON_STACK;
+    while let Some(top) = stack.last_mut() {
+        let (node, next) = *top;
+        let succ = successors(node);
+        if next >= succ.len() {
+            state[node] = DONE;
+            stack.pop();
+            continue;
+        }
+        top.1 += 1;
+        let Some(w) = succ[next].filter(|&w| w < insns.len()) else { continue };
+        match state[w] {
+            NEW => {
+                state[w] = ON_STACK;
+                stack.push((w, 0));
+            }
+            ON_STACK => edges.push((node, w)),
+            _ => {}
+        }
+    }
+    edges.sort_unstable();
+    edges
+}
+
+/// The monitor an object file belongs to: its name up to the first dot (`security.perf.bpf.o`).
+fn monitor_of(file: &str) -> &str {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    base.split('.').next().unwrap_or(base)
+}
+
+/// The first kernel a program's type and attach type both exist on, or None when unknown.
+fn program_needs(program_type: &str) -> Option<KernelVersion> {
+    program_type_since(program_type).map(|(since, attach)| attach.map_or(since, |(_, a)| since.max(a)))
+}
+
+/// Another path of `program`'s group (`monitors::GROUPS`) that kernel `min` can take, judged by
+/// `needs` (the first kernel each program of the object needs), or None.
+fn alternative_on(
+    monitor: &str,
+    program: &str,
+    needs: &BTreeMap<String, Option<KernelVersion>>,
+    min: KernelVersion,
+) -> Option<&'static str> {
+    let group = crate::monitors::group_of(monitor, program)?;
+    group
+        .programs
+        .iter()
+        .copied()
+        .find(|&other| other != program && matches!(needs.get(other), Some(Some(since)) if *since <= min))
 }
 
 const BPF_PSEUDO_CALL: u8 = 1;
@@ -558,14 +658,29 @@ pub fn lint_object(file: &str, bytes: &[u8], min: KernelVersion) -> Result<Vec<F
     // Per program.
     let mut programs: Vec<(&String, &aya_obj::Program)> = parsed.programs.iter().collect();
     programs.sort_by_key(|(name, _)| name.as_str());
+    let section_of = |program: &aya_obj::Program| {
+        let section = elf.section_by_index(object::SectionIndex(program.section_index)).ok();
+        let name = section.as_ref().and_then(|s| s.name().ok()).unwrap_or("").to_owned();
+        (section, name)
+    };
+    let needs: BTreeMap<String, Option<KernelVersion>> = programs
+        .iter()
+        .map(|(name, program)| ((*name).clone(), program_needs(&classify_section(&section_of(program).1).0)))
+        .collect();
     for (name, program) in programs {
         let p = Some(name.as_str());
-        let section = elf.section_by_index(object::SectionIndex(program.section_index)).ok();
-        let section_name = section.as_ref().and_then(|s| s.name().ok()).unwrap_or("").to_owned();
+        let (section, section_name) = section_of(program);
         let Some(function) = parsed.functions.get(&program.function_key()) else {
             return Err(elf_err(format!("program {name} has no code")));
         };
         let (program_type, _) = classify_section(&section_name);
+        if let Some(since) = needs[name.as_str()].filter(|since| *since > min) {
+            if let Some(other) = alternative_on(monitor_of(file), name, &needs, min) {
+                add(p, Gate::ProgramType, program_type.clone(), since, Severity::Skipped,
+                    format!("skipped: needs >= {since} (section {section_name}); on {min} the loader takes {other}, another path of its group"));
+                continue;
+            }
+        }
         match program_type_since(&program_type) {
             Some((since, attach)) => {
                 if since > min {
@@ -589,20 +704,15 @@ pub fn lint_object(file: &str, bytes: &[u8], min: KernelVersion) -> Result<Vec<F
                 format!("{} instructions, over the {OLD_MAX_INSNS} limit before 5.2", insns.len()));
         }
         let mut helpers: BTreeMap<i32, usize> = BTreeMap::new();
-        let mut back_edges = Vec::new();
         let mut calls = 0;
         let mut map_value_loads = 0;
-        for (i, insn) in insns.iter().enumerate() {
-            let class = insn.code & 0x07;
-            let op = insn.code & 0xf0;
+        for insn in insns {
             if insn.code == 0x85 {
                 match insn.src_reg() {
                     0 => *helpers.entry(insn.imm).or_default() += 1,
                     BPF_PSEUDO_CALL => calls += 1,
                     _ => {}
                 }
-            } else if (class == 0x05 || class == 0x06) && op != 0x80 && op != 0x90 && insn.off < 0 {
-                back_edges.push(i);
             } else if insn.code == 0x18 && insn.src_reg() == BPF_PSEUDO_MAP_VALUE {
                 map_value_loads += 1;
             }
@@ -622,11 +732,15 @@ pub fn lint_object(file: &str, bytes: &[u8], min: KernelVersion) -> Result<Vec<F
                     format!("{uses} calls to {helper} (requires >= {since})")),
             }
         }
-        if !back_edges.is_empty() && min < v(5, 3) {
-            let shown: Vec<String> = back_edges.iter().take(5).map(|i| i.to_string()).collect();
-            add(p, Gate::Loop, format!("{} back-edges", back_edges.len()), v(5, 3), Severity::Missing,
-                format!("backward jumps at instructions {}{} (bounded loops need >= 5.3)",
-                    shown.join(", "), if back_edges.len() > 5 { ", ..." } else { "" }));
+        if min < v(5, 3) {
+            let code: Vec<(u8, i16)> = insns.iter().map(|i| (i.code, i.off)).collect();
+            let back_edges = loop_back_edges(&code);
+            if !back_edges.is_empty() {
+                let shown: Vec<String> = back_edges.iter().take(5).map(|(f, t)| format!("{f} to {t}")).collect();
+                add(p, Gate::Loop, format!("{} back-edges", back_edges.len()), v(5, 3), Severity::Missing,
+                    format!("loops: back-edge from insn {}{} (bounded loops need >= 5.3)",
+                        shown.join(", "), if back_edges.len() > 5 { ", ..." } else { "" }));
+            }
         }
         if calls > 0 && min < v(4, 16) {
             add(p, Gate::BpfToBpfCall, format!("{calls} calls"), v(4, 16), Severity::Missing,
@@ -680,7 +794,7 @@ pub fn render_text(report: &LintReport) -> String {
     for f in &report.findings {
         let tag = match f.severity {
             Severity::Missing => "MISSING",
-            Severity::Rewritten => "note",
+            Severity::Rewritten | Severity::Skipped => "note",
         };
         let _ = writeln!(
             out,
@@ -767,6 +881,81 @@ mod tests {
             .collect();
         assert!(!rewritten.is_empty());
         assert!(rewritten.iter().all(|f| f.severity == Severity::Rewritten));
+    }
+
+    /// (opcode, offset) shorthands for [`loop_back_edges`].
+    const MOV: (u8, i16) = (0xb7, 0); // r = imm
+    const EXIT: (u8, i16) = (0x95, 0);
+    const fn jeq(off: i16) -> (u8, i16) {
+        (0x15, off) // if r == imm goto off
+    }
+    const fn ja(off: i16) -> (u8, i16) {
+        (0x05, off)
+    }
+
+    #[test]
+    fn a_backward_jump_that_closes_no_cycle_is_not_a_loop() {
+        // 0: if r1 == 0 goto 3   1: r0 = 0   2: exit   3: r0 = 1   4: goto 1 (back to the shared
+        // return block: a backward jump, as clang lays out `return` blocks, but no cycle)
+        let code = [jeq(2), MOV, EXIT, MOV, ja(-4)];
+        assert_eq!(loop_back_edges(&code), vec![]);
+        // ld_imm64 takes two slots; the second is never a jump target.
+        // 0-1: r1 = imm64   2: if r1 == 0 goto 4   3: exit   4: goto 3
+        assert_eq!(loop_back_edges(&[(0x18, 0), (0, 0), jeq(1), EXIT, ja(-2)]), vec![]);
+    }
+
+    #[test]
+    fn a_cycle_is_a_loop_as_the_kernel_reports_it() {
+        // 0: r0 = 0   1: r0 += 1   2: if r0 == 8 goto 4   3: goto 1   4: exit
+        let code = [MOV, (0x07, 0), jeq(1), ja(-3), EXIT];
+        assert_eq!(loop_back_edges(&code), vec![(3, 1)]);
+        // clang's layout of `for (i = 0; i < 8; i++)` with unroll(disable): the body sits after
+        // the latch, so the edge that closes the loop is a forward jump (3 to 5), and the two
+        // backward jumps (6 and 7 to 2) close nothing the kernel has not walked already.
+        // 0: r = 0  1: goto 5  2: r += 1  3: if r == 8 goto 5  4: exit  5: body  6: if r == 0 goto 2  7: goto 2
+        let code = [MOV, ja(3), (0x07, 0), jeq(1), EXIT, MOV, jeq(-5), ja(-6)];
+        assert_eq!(loop_back_edges(&code), vec![(3, 5)]);
+        // A conditional loop back to itself.
+        assert_eq!(loop_back_edges(&[MOV, jeq(-1), EXIT]), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn an_alternative_for_newer_kernels_is_skipped_when_its_group_has_a_path() {
+        let needs: BTreeMap<String, Option<KernelVersion>> = [
+            ("sec_capable_fexit".to_owned(), Some(v(5, 5))),
+            ("sec_capable_kprobe".to_owned(), Some(v(4, 1))),
+            ("sec_enter_setuid".to_owned(), Some(v(4, 7))),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(alternative_on("security", "sec_capable_fexit", &needs, v(4, 19)), Some("sec_capable_kprobe"));
+        // No path of the group exists on the kernel: nothing to take instead.
+        assert_eq!(alternative_on("security", "sec_capable_fexit", &needs, v(4, 0)), None);
+        // Programs outside every group have no alternative.
+        assert_eq!(alternative_on("security", "sec_enter_setuid", &needs, v(4, 19)), None);
+        assert_eq!(alternative_on("process", "sec_capable_fexit", &needs, v(4, 19)), None);
+        assert_eq!(monitor_of("/tmp/x/security.perf.bpf.o"), "security");
+    }
+
+    #[test]
+    fn the_fexit_capability_path_is_a_note_at_4_19_and_linted_from_5_5() {
+        let obj = bundle::object("security", Transport::Perf).unwrap();
+        let at_4_19 = lint_object(obj.file, obj.bytes, v(4, 19)).unwrap();
+        let fexit: Vec<_> = at_4_19.iter().filter(|f| f.program.as_deref() == Some("sec_capable_fexit")).collect();
+        assert_eq!(fexit.len(), 1, "{fexit:?}");
+        assert_eq!((fexit[0].severity, fexit[0].since), (Severity::Skipped, v(5, 5)));
+        assert!(fexit[0].detail.starts_with("skipped: needs >= 5.5"), "{}", fexit[0].detail);
+        assert!(!at_4_19
+            .iter()
+            .any(|f| f.program.as_deref() == Some("sec_capable_kprobe") && f.severity == Severity::Missing));
+        let at_5_5 = lint_object(obj.file, obj.bytes, v(5, 5)).unwrap();
+        assert!(!at_5_5.iter().any(|f| f.severity == Severity::Skipped));
+    }
+
+    #[test]
+    fn legacy_variants_are_clean_at_4_19() {
+        let report = bundle_report("4.19");
+        assert_eq!(report.missing(), 0, "{}", render_text(&report));
     }
 
     #[test]

@@ -77,7 +77,7 @@ enum Command {
         #[arg(long)]
         metrics_address: Option<String>,
         /// Event transport: `ringbuf` (5.8+) or `perf` (4.4+) [default: the best this kernel has].
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, alias = "force-transport")]
         transport: Option<TransportArg>,
     },
     /// Validate or document the configuration file.

@@ -162,6 +162,9 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
         for u in r.results.iter().flat_map(|res| &res.unavailable) {
             let _ = writeln!(out, "- {}: {}/{} unavailable: {}", r.line, u.monitor, u.program, u.detail);
         }
+        for skip in r.results.iter().flat_map(|res| &res.skips) {
+            let _ = writeln!(out, "- {}: SKIP {}: {}", r.line, skip.name, skip.detail);
+        }
         match &r.verdict {
             Verdict::Pass => {}
             Verdict::Unavailable(why) => {

@@ -53,6 +53,8 @@ pub struct GuestResults {
     pub verifier: Vec<VerifierResult>,
     pub checks: Vec<CheckResult>,
     pub snapshots: Vec<SnapshotBody>,
+    /// Checks the kernel cannot run (the reason is a kernel fact): listed, never counted as passed.
+    pub skips: Vec<CheckResult>,
     pub setup_errors: Vec<String>,
     pub events: u64,
     /// The agent reached its last line: nothing was cut off.
@@ -114,6 +116,7 @@ pub fn parse(lines: &[String]) -> GuestResults {
                 scenario: s(&v, "scenario"),
                 body: s(&v, "body"),
             }),
+            Some("skip") => r.skips.push(CheckResult { name: s(&v, "name"), pass: false, detail: s(&v, "reason") }),
             Some("setup") => r.setup_errors.push(s(&v, "error")),
             Some("events") => r.events += v["count"].as_u64().unwrap_or(0),
             Some("done") => r.done = true,

@@ -73,7 +73,10 @@ pub fn run_all(out: &mut Reporter) {
     if let Some(security) = loaded.iter_mut().find(|m| m.spec.name == "security") {
         capability_workload(out, security);
     }
-    crate::perf::check(out, btf.as_ref());
+    // Drop the attached monitors first: the fallback checks load their own copies.
+    drop(loaded);
+    crate::fallbacks::perf_transport(out, btf.as_ref());
+    crate::fallbacks::kprobe_capability(out, btf.as_ref());
 }
 
 /// Decodes everything waiting in a monitor's ring.

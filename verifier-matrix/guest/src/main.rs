@@ -9,7 +9,7 @@
 //! so the initramfs holds nothing but this binary and the kernel modules the tests use.
 
 mod checks;
-mod perf;
+mod fallbacks;
 mod report;
 mod setup;
 
