@@ -19,8 +19,9 @@ build: setup
 test: setup
 	$(CARGO) test --locked --workspace --no-fail-fast
 	$(CARGO) xtask verifier-matrix
-	# The runner's own boot tests (power-off, panic, hang) on a real kernel the matrix cached.
-	TAPIO_TEST_KERNEL="$$($(CARGO) xtask vm-images path 6.1)" $(CARGO) test --locked -p verifier-matrix --test boot
+	# On a real kernel the matrix cached: the runner (power-off, panic, hang) and the harness under
+	# faults (a verifier rejection, a panic, a hang, a --kernel-file kernel), each reported as such.
+	TAPIO_TEST_KERNEL="$$($(CARGO) xtask vm-images path 6.1)" $(CARGO) test --locked -p verifier-matrix --test boot --test faults
 
 # The main job: boot each default kernel in QEMU, prove the bundle on it, print the report.
 matrix: setup

@@ -71,6 +71,10 @@ fn main() {
 
     let clang = find_tool("clang", "clang");
     let strip = find_tool("llvm-strip", "llvm");
+    // Test fixtures: objects that exist to be refused (see probes/fixtures/).
+    let fixture = probes.join("fixtures/rejected.bpf.c");
+    println!("cargo:rerun-if-changed={}", fixture.display());
+    compile(&clang, &strip, &probes, &fixture, &out_dir.join("fixture_rejected.bpf.o"), false);
     for monitor in MONITORS {
         let source = probes.join(format!("{monitor}.bpf.c"));
         println!("cargo:rerun-if-changed={}", source.display());

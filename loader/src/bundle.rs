@@ -81,3 +81,7 @@ pub fn monitor_names() -> Vec<&'static str> {
 pub fn object(monitor: &str, transport: Transport) -> Option<&'static EmbeddedObject> {
     OBJECTS.iter().find(|o| o.monitor == monitor && o.transport == transport)
 }
+
+/// A fixture the verifier must reject (probes/fixtures/rejected.bpf.c): the verifier matrix
+/// loads it on request to prove rejections are reported with the log and the run goes on.
+pub static FIXTURE_REJECTED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_rejected.bpf.o"));

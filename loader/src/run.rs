@@ -199,6 +199,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     // window ran out as `timeout` events (see crate::dns).
     let dns_on = options.monitors.iter().any(|m| m.name == "dns");
     let mut dns = crate::dns::Correlator::new(options.decode.dns_timeout, crate::dns::DEFAULT_CAPACITY);
+    dns.publish(&counters); // metrics: tapio_dns_inflight*
     let mut dns_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -216,6 +217,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 for event in dns.expire(crate::dns::monotonic_ns()) {
                     sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
                 }
+                dns.publish(&counters); // metrics: tapio_dns_inflight*
                 sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
             }
             batch = rx.recv() => {
@@ -237,6 +239,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 }
                 sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
                 counters.events_written.store(sink.written(), std::sync::atomic::Ordering::Relaxed);
+                dns.publish(&counters); // metrics: tapio_dns_inflight*
             }
         }
     }

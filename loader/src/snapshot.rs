@@ -17,24 +17,57 @@ pub struct NormalizeError {
     pub event: String,
 }
 
-/// How to name the processes of one scenario run.
+/// How to name the processes and ports of one scenario run.
 #[derive(Debug, Clone, Default)]
 pub struct Roles {
     /// (process id, role) pairs: the scenario's own processes.
     pub pids: Vec<(u64, String)>,
     /// The workload's executable path, shown as `[exe]` in filename and argv.
     pub exe: String,
+    /// (port, role) pairs: the ephemeral ports the scenario bound or was given, shown as
+    /// `[port:role]` in `sport`/`dport`. Ports not listed (53, 0 of an unconnected socket) stay as
+    /// they are: they are fixed by the scenario, and an unexpected one must show up as drift.
+    pub ports: Vec<(u16, String)>,
 }
 
 impl Roles {
-    fn role(&self, pid: u64) -> String {
-        self.pids.iter().find(|(p, _)| *p == pid).map_or_else(|| "[pid:other]".to_owned(), |(_, r)| format!("[pid:{r}]"))
+    fn role(&self, pid: u64) -> Value {
+        // Pid 0 is not a process of the scenario but a fact (no target, the idle task): kept.
+        if pid == 0 {
+            return Value::from(0);
+        }
+        Value::String(
+            self.pids.iter().find(|(p, _)| *p == pid).map_or_else(|| "[pid:other]".to_owned(), |(_, r)| format!("[pid:{r}]")),
+        )
+    }
+
+    fn port(&self, port: u16) -> Value {
+        self.ports.iter().find(|(p, _)| *p == port).map_or_else(|| Value::from(port), |(_, r)| Value::String(format!("[port:{r}]")))
     }
 }
 
-const ID_FIELDS: &[&str] = &["pid", "tgid", "ppid", "child_tgid"];
+const ID_FIELDS: &[&str] = &["pid", "tgid", "ppid", "child_tgid", "target_pid"];
+const PORT_FIELDS: &[&str] = &["sport", "dport"];
 const POSITIVE_FIELDS: &[&str] = &["duration_ns", "latency_ns"];
-const INTEGER_FIELDS: &[&str] = &["cgroup_id", "pid_ns"];
+/// Namespace inode numbers are allocated at run time (only the initial ones are fixed, and only
+/// since 6.18), so they are checked and redacted like cgroup ids.
+const INTEGER_FIELDS: &[&str] = &["cgroup_id", "pid_ns", "mnt_ns"];
+/// User-space addresses (ptrace's `addr`) move with ASLR: non-zero ones are redacted; 0 (the
+/// requests that take no address) is kept.
+const ADDRESS_FIELDS: &[&str] = &["addr"];
+/// The task fields of an event whose task is not attributable (see [`unattributed`]).
+const TASK_FIELDS: &[&str] = &["pid", "tgid", "comm", "uid"];
+
+/// Whether an event's task fields name whatever task the kernel happened to be running rather than
+/// the owner of what the event describes: a network event without a known owner
+/// (`owner_known: false`, e.g. an accept completed in softirq), or a kernel-monitor socket event
+/// (that monitor attributes sockets by their cgroup, never by task). Which task that is depends
+/// on scheduling (the caller, another thread, ksoftirqd), so its fields are checked, then shown as
+/// `[task:interrupted]`.
+fn unattributed(obj: &Map<String, Value>) -> bool {
+    obj.get("owner_known") == Some(&Value::Bool(false))
+        || (obj.get("monitor").and_then(Value::as_str) == Some("kernel") && obj.contains_key("sock_cgroup"))
+}
 
 /// Normalises `events` (output-contract JSON objects) and sorts them into a stable order.
 pub fn normalize(events: &[Value], roles: &Roles) -> Result<Vec<Value>, NormalizeError> {
@@ -46,12 +79,27 @@ pub fn normalize(events: &[Value], roles: &Roles) -> Result<Vec<Value>, Normaliz
             return Err(fail("", "not an object"));
         };
         let mut n = Map::new();
+        let unowned = unattributed(obj);
         for (k, v) in obj {
             let k = k.as_str();
             let value = if k == "ts_ns" {
                 continue;
+            } else if unowned && TASK_FIELDS.contains(&k) {
+                if k != "comm" {
+                    v.as_u64().ok_or_else(|| fail(k, "id is not an integer"))?;
+                }
+                Value::String("[task:interrupted]".to_owned())
             } else if ID_FIELDS.contains(&k) {
-                Value::String(roles.role(v.as_u64().ok_or_else(|| fail(k, "id is not an integer"))?))
+                roles.role(v.as_u64().ok_or_else(|| fail(k, "id is not an integer"))?)
+            } else if PORT_FIELDS.contains(&k) {
+                let port = v.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(|| fail(k, "port is not a 16-bit integer"))?;
+                roles.port(port)
+            } else if ADDRESS_FIELDS.contains(&k) {
+                match v.as_u64() {
+                    Some(0) => Value::from(0),
+                    Some(_) => Value::String(format!("[{k}]")),
+                    None => return Err(fail(k, "address is not an integer")),
+                }
             } else if POSITIVE_FIELDS.contains(&k) {
                 match v.as_u64() {
                     Some(x) if x > 0 => Value::String(format!("[{k}]")),
@@ -95,7 +143,11 @@ mod tests {
     use super::*;
 
     fn roles() -> Roles {
-        Roles { pids: vec![(10, "agent".into()), (11, "leaf".into())], exe: "/init".into() }
+        Roles {
+            pids: vec![(10, "agent".into()), (11, "leaf".into())],
+            exe: "/init".into(),
+            ports: vec![(40001, "client".into())],
+        }
     }
 
     #[test]
@@ -113,5 +165,25 @@ mod tests {
         assert_eq!(normalize(&zero, &roles()).unwrap_err().field, "duration_ns");
         let text = vec![json!({"pid": "12"})];
         assert_eq!(normalize(&text, &roles()).unwrap_err().problem, "id is not an integer");
+    }
+
+    #[test]
+    fn ports_become_roles_and_unowned_tasks_are_redacted() {
+        let owned = json!({"monitor": "network", "owner_known": true, "pid": 10, "tgid": 10, "comm": "init", "uid": 0,
+            "sport": 40001, "dport": 53, "addr": 0});
+        let unowned = json!({"monitor": "network", "owner_known": false, "pid": 99, "tgid": 99, "comm": "ksoftirqd/0",
+            "uid": 0, "sport": 0, "dport": 40001, "target_pid": 0});
+        let n = normalize(&[owned, unowned], &roles()).unwrap();
+        assert_eq!(n[1], json!({"monitor": "network", "owner_known": false, "pid": "[task:interrupted]",
+            "tgid": "[task:interrupted]", "comm": "[task:interrupted]", "uid": "[task:interrupted]", "sport": 0,
+            "dport": "[port:client]", "target_pid": 0}));
+        assert_eq!(n[0], json!({"monitor": "network", "owner_known": true, "pid": "[pid:agent]", "tgid": "[pid:agent]",
+            "comm": "[exe]", "uid": 0, "sport": "[port:client]", "dport": 53, "addr": 0}));
+        let bad_port = vec![json!({"sport": 70000})];
+        assert_eq!(normalize(&bad_port, &roles()).unwrap_err().problem, "port is not a 16-bit integer");
+        let text_pid = vec![json!({"monitor": "kernel", "sock_cgroup": true, "pid": "x"})];
+        assert_eq!(normalize(&text_pid, &roles()).unwrap_err().field, "pid");
+        let addr = vec![json!({"addr": 140_000_000_u64})];
+        assert_eq!(normalize(&addr, &roles()).unwrap()[0], json!({"addr": "[addr]"}));
     }
 }

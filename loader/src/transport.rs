@@ -129,6 +129,26 @@ impl EventSource {
         self.pending.pop_front()
     }
 
+    /// Blocks until a record is waiting in some buffer or `timeout` passes; true if one is.
+    ///
+    /// For callers that drain synchronously and must wait for an event the kernel emits
+    /// asynchronously (a TCP state change completed in softirq after the syscall returned):
+    /// they wait on the buffers' own readiness rather than guessing a delay.
+    pub fn wait(&self, timeout: std::time::Duration) -> std::io::Result<bool> {
+        if !self.pending.is_empty() {
+            return Ok(true);
+        }
+        let mut fds: Vec<libc::pollfd> =
+            self.buffers.iter().map(|b| libc::pollfd { fd: b.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: fds is a valid array of fds.len() pollfd entries for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        match n {
+            n if n < 0 => Err(std::io::Error::last_os_error()),
+            n => Ok(n > 0),
+        }
+    }
+
     /// The buffers, for one async task each.
     pub fn into_buffers(self) -> Vec<EventBuffer> {
         self.buffers

@@ -23,7 +23,7 @@ fn load(mut options: AdvancedOptions) -> LoadedMonitor {
     options.target_tgid = std::process::id();
     options.syscalls = vec![GETPPID];
     let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
-    monitors::load(&advanced::SPEC, Some(&btf), &LoadOptions { advanced: options, ring_size: Some(16 << 20) })
+    monitors::load(&advanced::SPEC, Some(&btf), &LoadOptions { advanced: options, ring_size: Some(16 << 20), ..Default::default() })
         .unwrap_or_else(|e| panic!("load advanced: {e}"))
 }
 

@@ -67,7 +67,7 @@ fn capture(extra: &[&str]) -> Vec<String> {
             }
         }
     }
-    let roles = Roles { pids: vec![(me, "test".to_owned()), (sh, "sh".to_owned())], exe: "/bin/sh".to_owned() };
+    let roles = Roles { pids: vec![(me, "test".to_owned()), (sh, "sh".to_owned())], exe: "/bin/sh".to_owned(), ..Default::default() };
     normalize(&picked, &roles).expect("normalise").iter().map(Value::to_string).collect()
 }
 

@@ -45,6 +45,9 @@ enum Cmd {
         /// Store the decoded-event snapshots this run produces instead of comparing with them.
         #[arg(long)]
         accept_snapshots: bool,
+        /// Inject a fault into every VM (to prove the harness reports it and goes on).
+        #[arg(long, value_enum, hide = true)]
+        fault: Option<matrix::Fault>,
         /// Print every console line.
         #[arg(long, short)]
         verbose: bool,
@@ -125,7 +128,7 @@ fn real_main() -> Result<ExitCode> {
             println!("{}", artifacts.vmlinuz.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::VerifierMatrix { kernels, jobs, timeout, kernel_file, modules, kernel_deb, accept_snapshots, verbose } => {
+        Cmd::VerifierMatrix { kernels, jobs, timeout, kernel_file, modules, kernel_deb, accept_snapshots, fault, verbose } => {
             let selection = match kernels.as_str() {
                 "default" => Selection::Default,
                 "all" => Selection::All,
@@ -143,6 +146,7 @@ fn real_main() -> Result<ExitCode> {
                 modules,
                 kernel_deb,
                 accept_snapshots,
+                fault,
             };
             verifier_matrix(options, verbose)
         }

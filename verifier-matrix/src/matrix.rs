@@ -47,6 +47,29 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// Store the snapshots this run produced instead of comparing with them.
     pub accept_snapshots: bool,
+    /// A fault to inject into every VM, to prove the harness reports it and goes on.
+    pub fault: Option<Fault>,
+}
+
+/// Faults the harness can inject (through the guest's kernel command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fault {
+    /// The guest loads a program the verifier must reject.
+    Rejected,
+    /// The kernel finds no init and panics.
+    Panic,
+    /// The guest never finishes; the boot timeout ends it.
+    Hang,
+}
+
+impl Fault {
+    fn cmdline(self) -> &'static str {
+        match self {
+            Self::Rejected => "tapio.fixture=rejected",
+            Self::Panic => "rdinit=/no-such-init",
+            Self::Hang => "tapio.hang",
+        }
+    }
 }
 
 /// A kernel to boot, once its artifacts are in hand.
@@ -124,7 +147,10 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
     }
     let accel = runner::detect_accel(&b.artifacts.vmlinuz, &initrd);
     let _ = ui.send(Progress::BootStart { line: b.line.clone(), accel: accel.as_str().to_owned() });
-    let cfg = QemuConfig::new(&b.artifacts.vmlinuz, &initrd, accel, dir.join("console.log"), dir.join("results.jsonl"));
+    let mut cfg = QemuConfig::new(&b.artifacts.vmlinuz, &initrd, accel, dir.join("console.log"), dir.join("results.jsonl"));
+    if let Some(fault) = options.fault {
+        cfg.append_extra.push(fault.cmdline().to_owned());
+    }
     let line = b.line.clone();
     let outcome = runner::run_guest(&cfg, options.timeout, |text| {
         let _ = ui.send(Progress::Boot { line: line.clone(), text: text.to_owned() });

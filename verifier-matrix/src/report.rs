@@ -70,7 +70,8 @@ pub fn judge(results: &GuestResults, splats: &[Splat]) -> Verdict {
         problems.push(format!("setup: {e}"));
     }
     for v in results.verifier.iter().filter(|v| !v.accepted && v.skipped.is_none()) {
-        problems.push(format!("verifier rejected {}/{}", v.monitor, v.program));
+        let why = v.error.as_deref().unwrap_or("no error text");
+        problems.push(format!("verifier rejected {}/{}: {why}", v.monitor, v.program));
     }
     for p in results.programs.iter().filter(|p| !p.attached) {
         problems.push(format!("{}/{}: {}", p.monitor, p.program, first_line(&p.detail)));

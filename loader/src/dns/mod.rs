@@ -79,6 +79,20 @@ impl Correlator {
         self.evicted
     }
 
+    /// The bound on queries waiting at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Copies the table's size, bound and evictions into the metrics counters, so a scrape
+    /// reads them without touching the correlator (which lives on the run loop's task).
+    pub fn publish(&self, counters: &crate::output::metrics::Counters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        counters.dns_inflight.store(self.pending.len() as u64, Relaxed);
+        counters.dns_inflight_capacity.store(self.capacity as u64, Relaxed);
+        counters.dns_inflight_evicted.store(self.evicted, Relaxed);
+    }
+
     /// Looks at one decoded event: a dns query is remembered, a dns response gets its
     /// `latency_ns` from the matching query. Other events pass untouched.
     pub fn observe(&mut self, event: &mut Event) {

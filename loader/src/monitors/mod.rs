@@ -12,7 +12,10 @@ pub mod xdp_filter;
 use std::time::Duration;
 
 use aya::{
-    programs::{FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
+    programs::{
+        fexit::FExitLinkId, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, FExit,
+        KProbe, ProgramError, RawTracePoint, TracePoint,
+    },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
 use serde::Serialize;
@@ -161,6 +164,19 @@ pub struct LoadedMonitor {
     pub reports: Vec<AttachReport>,
     /// Programs left out because this kernel lacks what they attach to: (program, reason).
     pub unavailable: Vec<(&'static str, String)>,
+    /// Each attached program's link id; the links stay owned by `ebpf` until [`crate::pin`]
+    /// takes them out to pin them.
+    pub links: Vec<(&'static str, LinkId)>,
+}
+
+/// The id of a link `ebpf` owns, by program type: what `take_link` needs to hand the link over
+/// (to be pinned). Dropping an id detaches nothing.
+#[derive(Debug)]
+pub enum LinkId {
+    TracePoint(TracePointLinkId),
+    RawTracePoint(RawTracePointLinkId),
+    Fexit(FExitLinkId),
+    Kprobe(KProbeLinkId),
 }
 
 /// Options that shape how objects are loaded.
@@ -270,30 +286,30 @@ pub fn load_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf
     Ok(started.elapsed())
 }
 
-/// Attaches a program [`load_program`] loaded.
-pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -> Result<(), MonitorError> {
+/// Attaches a program [`load_program`] loaded. The link stays owned by `ebpf` (dropping it
+/// detaches); the returned id lets [`crate::pin`] take it out.
+pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -> Result<LinkId, MonitorError> {
     let program = ebpf.program_mut(p.name).ok_or(MonitorError::MissingProgram { monitor, program: p.name })?;
     match p.attach {
         AttachPoint::TracePoint { category, name } => {
             let tp: &mut TracePoint =
                 program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
-            tp.attach(category, name).map_err(|e| program_error(monitor, p.name, "attach", e))?;
+            tp.attach(category, name).map(LinkId::TracePoint).map_err(|e| program_error(monitor, p.name, "attach", e))
         }
         AttachPoint::RawTracePoint { name } => {
             let tp: &mut RawTracePoint =
                 program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
-            tp.attach(name).map_err(|e| program_error(monitor, p.name, "attach", e))?;
+            tp.attach(name).map(LinkId::RawTracePoint).map_err(|e| program_error(monitor, p.name, "attach", e))
         }
         AttachPoint::Fexit { .. } => {
             let prog: &mut FExit = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
-            prog.attach().map_err(|e| program_error(monitor, p.name, "attach", e))?;
+            prog.attach().map(LinkId::Fexit).map_err(|e| program_error(monitor, p.name, "attach", e))
         }
         AttachPoint::Kprobe { function } => {
             let prog: &mut KProbe = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
-            prog.attach(function, 0).map_err(|e| program_error(monitor, p.name, "attach", e))?;
+            prog.attach(function, 0).map(LinkId::Kprobe).map_err(|e| program_error(monitor, p.name, "attach", e))
         }
     }
-    Ok(())
 }
 
 /// Loads a monitor's object with `btf`, then loads and attaches each of its programs.
@@ -302,6 +318,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     let mut ebpf = open(spec, btf, options)?;
     let mut reports = Vec::new();
     let mut unavailable = Vec::new();
+    let mut links = Vec::new();
     // Per group: whether a path attached, and why each earlier path did not.
     let mut groups: Vec<(&'static ProgramGroup, bool, Vec<String>)> = Vec::new();
     for p in spec.programs {
@@ -315,7 +332,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         }
         let Some(group) = group_of(monitor, p.name) else {
             let load_time = load_program(&mut ebpf, monitor, p, btf)?;
-            attach_program(&mut ebpf, monitor, p)?;
+            links.push((p.name, attach_program(&mut ebpf, monitor, p)?));
             reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time });
             continue;
         };
@@ -330,8 +347,9 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
             continue; // a better path of this group is attached already
         }
         match try_path(&mut ebpf, monitor, p, btf) {
-            Ok(load_time) => {
+            Ok((load_time, link)) => {
                 groups[entry].1 = true;
+                links.push((p.name, link));
                 reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time });
             }
             Err(PathError::Bug(e)) => return Err(e),
@@ -351,7 +369,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     let transport = options.transport();
     let events = crate::transport::EventSource::open(map, transport)
         .map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
-    Ok(LoadedMonitor { spec, transport, ebpf, events, reports, unavailable })
+    Ok(LoadedMonitor { spec, transport, ebpf, events, reports, unavailable, links })
 }
 
 /// Why one alternative path did not attach.
@@ -362,8 +380,9 @@ pub enum PathError {
     Bug(MonitorError),
 }
 
-/// Tries one alternative path: the feature gate first, then load and attach.
-pub fn try_path(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf: Option<&Btf>) -> Result<Duration, PathError> {
+/// Tries one alternative path: the feature gate first, then load and attach. Returns the load
+/// time and the link's id.
+pub fn try_path(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf: Option<&Btf>) -> Result<(Duration, LinkId), PathError> {
     crate::plan::attach_path(&p.attach).map_err(PathError::Unavailable)?;
     let classify = |e: MonitorError| match &e {
         MonitorError::Verifier { io_error, log_tail, .. }
@@ -374,8 +393,8 @@ pub fn try_path(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf: Op
         _ => PathError::Unavailable(e.to_string()),
     };
     let took = load_program(ebpf, monitor, p, btf).map_err(classify)?;
-    attach_program(ebpf, monitor, p).map_err(|e| PathError::Unavailable(e.to_string()))?;
-    Ok(took)
+    let link = attach_program(ebpf, monitor, p).map_err(|e| PathError::Unavailable(e.to_string()))?;
+    Ok((took, link))
 }
 
 /// Sums a per-CPU counter of the `stats` map (see probes/include/common.h `enum tapio_stat`).

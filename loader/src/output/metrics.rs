@@ -54,6 +54,14 @@ pub struct Counters {
     pub decode_errors: AtomicU64,
     pub config_reloads: AtomicU64,
     pub config_reload_errors: AtomicU64,
+    // --- dns correlator (crate::dns::Correlator), stored by the run loop after each batch ---
+    /// Queries waiting for their response now.
+    pub dns_inflight: AtomicU64,
+    /// Queries dropped unanswered because the table was full (the oldest go first).
+    pub dns_inflight_evicted: AtomicU64,
+    /// The table's bound, so an alert can compare the gauge with it.
+    pub dns_inflight_capacity: AtomicU64,
+    // --- end dns correlator ---
 }
 
 /// The loaded objects, shared read-only between the run loop and the endpoint. The run loop
@@ -251,6 +259,15 @@ pub fn render(state: &State) -> String {
     let _ = writeln!(out, "tapio_config_reloads_total {}", c.config_reloads.load(Ordering::Relaxed));
     family(&mut out, "tapio_config_reload_errors_total", "counter", "SIGHUP reloads refused because the file was invalid (the previous values stay).");
     let _ = writeln!(out, "tapio_config_reload_errors_total {}", c.config_reload_errors.load(Ordering::Relaxed));
+    // --- dns correlator: a flood of unanswered queries shows here as inflight at capacity and
+    // a climbing evicted count, while the loader's memory stays flat ---
+    family(&mut out, "tapio_dns_inflight", "gauge", "DNS queries waiting for a response in the loader's correlator.");
+    let _ = writeln!(out, "tapio_dns_inflight {}", c.dns_inflight.load(Ordering::Relaxed));
+    family(&mut out, "tapio_dns_inflight_capacity", "gauge", "Bound on DNS queries waiting at once; beyond it the oldest is dropped.");
+    let _ = writeln!(out, "tapio_dns_inflight_capacity {}", c.dns_inflight_capacity.load(Ordering::Relaxed));
+    family(&mut out, "tapio_dns_inflight_evicted_total", "counter", "DNS queries dropped unanswered (no timeout event) because the correlator was full.");
+    let _ = writeln!(out, "tapio_dns_inflight_evicted_total {}", c.dns_inflight_evicted.load(Ordering::Relaxed));
+    // --- end dns correlator ---
     out
 }
 

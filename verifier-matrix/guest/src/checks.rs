@@ -31,6 +31,7 @@ pub fn run_all(out: &mut Reporter) {
     };
     // The verifier pass first: every program loaded unattached, as `tapio-load check` does.
     let all: Vec<_> = monitors::MONITORS.iter().collect();
+    crate::faults::rejected_fixture_if_asked(out, btf.as_ref());
     let mut verdicts = tapio_load::check::check(&all, btf.as_ref());
     verdicts.push(tapio_load::check::check_xdp_filter(btf.as_ref()));
     for c in verdicts {
@@ -73,6 +74,7 @@ pub fn run_all(out: &mut Reporter) {
     if let Some(security) = loaded.iter_mut().find(|m| m.spec.name == "security") {
         capability_workload(out, security);
     }
+    crate::scenarios::run_all(out, &mut loaded);
     // Drop the attached monitors first: the fallback checks load their own copies.
     drop(loaded);
     crate::fallbacks::perf_transport(out, btf.as_ref());
@@ -183,6 +185,7 @@ fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
             (u64::from(thread_pid), "thread_leaf".to_owned()),
         ],
         exe: exe.clone(),
+        ..Default::default()
     };
     match tapio_load::snapshot::normalize(&scenario, &roles) {
         Ok(events) => out.line(&json!({

@@ -10,7 +10,9 @@
 
 mod checks;
 mod fallbacks;
+mod faults;
 mod report;
+mod scenarios;
 mod setup;
 
 use std::process::ExitCode;
@@ -22,6 +24,10 @@ fn main() -> ExitCode {
         let code = args.get(2).and_then(|c| c.parse::<u8>().ok()).unwrap_or(0);
         return ExitCode::from(code);
     }
+    // `security-actor`: the security scenario's single-threaded actor (scenarios/security.rs).
+    if args.get(1).map(String::as_str) == Some("security-actor") {
+        return scenarios::security::actor();
+    }
     let in_vm = std::process::id() == 1;
     let mut out = if in_vm {
         setup::prepare_vm();
@@ -30,6 +36,7 @@ fn main() -> ExitCode {
         report::Reporter::stdout()
     };
     out.line(&report::kernel_info());
+    faults::hang_if_asked();
     checks::run_all(&mut out);
     out.line(&serde_json::json!({ "kind": "done" }));
     out.flush();

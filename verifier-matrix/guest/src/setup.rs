@@ -22,6 +22,37 @@ pub fn prepare_vm() {
     mount("debugfs", "/sys/kernel/debug", "debugfs");
     mount("bpf", "/sys/fs/bpf", "bpf");
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2");
+    loopback_up();
+}
+
+/// Brings `lo` up: no init did, and the network and dns scenarios talk over 127.0.0.1 and ::1.
+/// Setting IFF_UP is enough: the kernel gives the loopback device 127.0.0.1 and ::1 itself.
+fn loopback_up() {
+    // SAFETY: socket takes integers; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        eprintln!("tapio-guest: lo up: socket: {}", std::io::Error::last_os_error());
+        return;
+    }
+    // SAFETY: ifreq is plain data; the name is NUL-terminated within IFNAMSIZ; both ioctls read
+    // and write only the ifreq they are given.
+    let rc = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req);
+        }
+        rc
+    };
+    if rc != 0 {
+        eprintln!("tapio-guest: lo up: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
 }
 
 /// Powers the VM off; with `-no-reboot` QEMU then exits.

@@ -1,0 +1,124 @@
+//! Deterministic traffic scenarios for the network, kernel, dns and security monitors (issue 7).
+//!
+//! Each scenario drives known traffic from the agent, collects its own monitors' events, checks
+//! the key fields with explicit `check` lines, and sends the normalised events as one snapshot
+//! line that the harness compares with `snapshots/<monitor>/<scenario>.snap`. The process
+//! scenario stays in `checks.rs`.
+//!
+//! Every scenario first throws away what earlier work left in its rings and then keeps only the
+//! events of its own processes or ports, so one scenario's traffic (or, on the host row, the rest
+//! of the machine's) never reaches another's snapshot.
+
+pub mod dns;
+pub mod network;
+pub mod security;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tapio_load::{
+    events::{self, DecodeOptions, Event},
+    monitors::{self, LoadedMonitor},
+    snapshot::{self, Roles},
+};
+
+use crate::report::Reporter;
+
+/// The longest any scenario waits for an event the kernel emits after a syscall returned.
+pub const EVENT_WAIT: Duration = Duration::from_secs(5);
+
+/// One named pass/fail line for the report's "checks passed" column.
+pub fn check(out: &mut Reporter, name: &str, pass: bool, detail: String) {
+    out.line(&json!({ "kind": "check", "name": name, "pass": pass, "detail": detail }));
+}
+
+/// Runs every scenario whose monitors loaded; a missing monitor is a failed check, not a skip,
+/// because every monitor must load on every kernel of the matrix.
+pub fn run_all(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+    network::run(out, loaded);
+    dns::run(out, loaded);
+    security::run(out, loaded);
+}
+
+/// The loaded monitor called `name`, or a failed check naming the scenario that needed it.
+pub fn monitor<'a>(out: &mut Reporter, loaded: &'a mut [LoadedMonitor], name: &str, scenario: &str) -> Option<&'a mut LoadedMonitor> {
+    let found = loaded.iter_mut().find(|m| m.spec.name == name);
+    if found.is_none() {
+        check(out, &format!("{scenario}.monitor_{name}"), false, format!("monitor {name} did not load"));
+    }
+    found
+}
+
+/// Records lost so far: the ring's own counter plus perf's lost samples.
+pub fn lost(m: &LoadedMonitor) -> u64 {
+    monitors::stat(&m.ebpf, 1).unwrap_or(0) + m.events.lost
+}
+
+/// Drops whatever earlier work left waiting in a monitor's buffer.
+pub fn discard(m: &mut LoadedMonitor) {
+    while m.events.next().is_some() {}
+}
+
+/// Decoded events of one monitor: what was kept, and the decode errors.
+#[derive(Default)]
+pub struct Collected {
+    pub events: Vec<Event>,
+    pub errors: Vec<String>,
+}
+
+impl Collected {
+    pub fn values(&self) -> Vec<Value> {
+        self.events.iter().map(|e| serde_json::to_value(e).expect("events serialize")).collect()
+    }
+}
+
+/// Drains `m`, keeping the events `keep` accepts, until `done` holds for what was kept or
+/// `timeout` passes. Between drains it blocks on the buffer's readiness, not on a guessed delay.
+pub fn collect(
+    m: &mut LoadedMonitor,
+    keep: impl Fn(&Event) -> bool,
+    done: impl Fn(&[Event]) -> bool,
+    timeout: Duration,
+) -> Collected {
+    let deadline = Instant::now() + timeout;
+    let options = DecodeOptions::default();
+    let mut c = Collected::default();
+    loop {
+        while let Some(record) = m.events.next() {
+            match events::decode_all(&record, &options) {
+                Ok(decoded) => c.events.extend(decoded.into_iter().filter(|e| keep(e))),
+                Err(e) => c.errors.push(e.to_string()),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done(&c.events) || left.is_zero() {
+            return c;
+        }
+        if let Err(e) = m.events.wait(left) {
+            c.errors.push(format!("wait for events: {e}"));
+            return c;
+        }
+    }
+}
+
+/// Normalises `events` with `roles` and sends them as the snapshot of (monitor, scenario); a
+/// failed redaction check is a failed check line instead.
+pub fn snapshot(out: &mut Reporter, monitor: &str, scenario: &str, events: &[Value], roles: &Roles) {
+    match snapshot::normalize(events, roles) {
+        Ok(n) => out.line(&json!({
+            "kind": "snapshot", "monitor": monitor, "scenario": scenario, "body": snapshot::render(&n),
+        })),
+        Err(e) => check(out, &format!("{monitor}.{scenario}.snapshot_normalize"), false, e.to_string()),
+    }
+}
+
+/// The agent's executable, as the process scenario names it.
+pub fn current_exe() -> String {
+    std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "/init".to_owned())
+}
+
+/// The calling thread's id.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}

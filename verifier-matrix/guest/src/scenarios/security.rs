@@ -1,0 +1,228 @@
+//! security/cred_ns: credential changes, process injection and a mount in a new mount namespace,
+//! done by an actor process (the agent re-executed as `security-actor`, so it is single-threaded
+//! and may fork and change its credentials freely) on a grandchild it forked.
+//!
+//! What the actor does, in order: ptrace-attaches to the grandchild and pokes a word into it,
+//! writes another word with process_vm_writev (the grandchild exits 0 only if both landed), moves
+//! its effective gid and uid to 1234, fails to unshare there (no CAP_SYS_ADMIN: EPERM), moves them
+//! back, then unshares its mount namespace, makes its mounts private and mounts a tmpfs, the last
+//! two inside the new namespace (`in_container`).
+//!
+//! `capability` events are left out of the snapshot: fexit gives the check's verdict and the
+//! kprobe path does not, and the number of capable() calls a syscall makes is the kernel's own
+//! business, so they differ by kernel without any defect. `checks.rs` checks one capability
+//! event on its own.
+
+use std::{
+    ffi::CString,
+    io,
+    process::{Command, ExitCode, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use serde_json::{json, Value};
+use tapio_load::{monitors::LoadedMonitor, snapshot::Roles};
+
+use super::{check, collect, current_exe, discard, lost, monitor, snapshot, EVENT_WAIT};
+use crate::report::Reporter;
+
+const SCENARIO: &str = "cred_ns";
+/// Where the actor mounts its tmpfs: the same path in every guest and on the host, so the
+/// snapshot is too. Created by the agent; the mount lives only in the actor's namespace.
+const MOUNT_TARGET: &str = "/tmp/tapio-cred-ns";
+const OTHER_ID: u32 = 1234;
+/// The words the actor puts into the grandchild.
+const POKED: u64 = 0x7461_7069_6f50_4f4b;
+const WRITTEN: u64 = 0x7461_7069_6f56_4d57;
+/// The actor and its grandchild give up (SIGALRM) after this many seconds, so a stuck ptrace
+/// stop cannot hang the guest.
+const ALARM_SECS: u32 = 10;
+
+/// Targets of the injection; the grandchild, a fork of the actor, has them at the same address.
+static POKE_TARGET: AtomicU64 = AtomicU64::new(0);
+static WRITEV_TARGET: AtomicU64 = AtomicU64::new(0);
+
+/// Integer arguments of the variadic `syscall()` must be full registers: a bare literal is an
+/// `int`, whose upper half the callee may read as garbage (process_vm_writev then sees flags).
+const ZERO: libc::c_long = 0;
+const ONE: libc::c_long = 1;
+
+fn sys(what: &str, rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::other(format!("{what}: {}", io::Error::last_os_error())))
+    } else {
+        Ok(rc)
+    }
+}
+
+/// The actor: runs the scenario and prints one JSON line with its results for the agent.
+pub fn actor() -> ExitCode {
+    match actor_steps() {
+        Ok(v) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}", json!({ "error": e.to_string() }));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn actor_steps() -> io::Result<Value> {
+    // SAFETY: alarm has no preconditions.
+    unsafe { libc::alarm(ALARM_SECS) };
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for the two descriptors pipe writes.
+    sys("pipe", unsafe { libc::pipe(fds.as_mut_ptr()) }.into())?;
+    // SAFETY: the actor is single-threaded (a fresh exec), so the child may run any code.
+    let target = unsafe { libc::fork() };
+    if target == 0 {
+        // SAFETY: alarm, read, close and _exit have no preconditions beyond valid fds.
+        unsafe {
+            libc::alarm(ALARM_SECS);
+            libc::close(fds[1]);
+            // Waits for the go (or end-of-file if the actor died); EINTR from the ptrace stop
+            // is restarted by the kernel.
+            let mut b = 0u8;
+            libc::read(fds[0], (&mut b as *mut u8).cast(), 1);
+            let ok = POKE_TARGET.load(Ordering::SeqCst) == POKED && WRITEV_TARGET.load(Ordering::SeqCst) == WRITTEN;
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+    }
+    sys("fork", target.into())?;
+    // SAFETY: fds[0] is ours to close.
+    unsafe { libc::close(fds[0]) };
+    let pid = target as libc::c_long;
+    let poke_addr = POKE_TARGET.as_ptr() as libc::c_long;
+    let writev_addr = WRITEV_TARGET.as_ptr() as libc::c_long;
+    let mut status = 0;
+    // SAFETY: raw ptrace and waitpid on our own child; POKEDATA writes one word at an address
+    // that is mapped in the child (the same static as ours, inherited by fork).
+    unsafe {
+        sys("ptrace attach", libc::syscall(libc::SYS_ptrace, libc::c_long::from(libc::PTRACE_ATTACH as i32), pid, ZERO, ZERO))?;
+        sys("waitpid", libc::waitpid(target, &mut status, 0).into())?;
+        sys("ptrace poke", libc::syscall(libc::SYS_ptrace, libc::c_long::from(libc::PTRACE_POKEDATA as i32), pid, poke_addr, POKED as libc::c_long))?;
+        sys("ptrace detach", libc::syscall(libc::SYS_ptrace, libc::c_long::from(libc::PTRACE_DETACH as i32), pid, ZERO, ZERO))?;
+    }
+    let word = WRITTEN;
+    let local = libc::iovec { iov_base: (&word as *const u64).cast_mut().cast(), iov_len: 8 };
+    let remote = libc::iovec { iov_base: writev_addr as *mut libc::c_void, iov_len: 8 };
+    // SAFETY: both iovecs describe 8 valid bytes (ours readable, the child's mapped).
+    let written = sys("process_vm_writev", unsafe {
+        libc::syscall(libc::SYS_process_vm_writev, pid, &local as *const libc::iovec, ONE, &remote as *const libc::iovec, ONE, ZERO)
+    })?;
+    // SAFETY: fds[1] is the pipe's write end; waitpid on our own child.
+    let target_exit = unsafe {
+        libc::write(fds[1], [1u8].as_ptr().cast(), 1);
+        libc::close(fds[1]);
+        sys("waitpid", libc::waitpid(target, &mut status, 0).into())?;
+        if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 }
+    };
+
+    // Effective ids away and back: the real and saved ids stay 0, so the way back is allowed.
+    let unchanged = libc::c_long::from(-1i32);
+    let other = libc::c_long::from(OTHER_ID);
+    // SAFETY: set*id and unshare take integers only.
+    let denied = unsafe {
+        sys("setresgid", libc::syscall(libc::SYS_setresgid, unchanged, other, unchanged))?;
+        sys("setresuid", libc::syscall(libc::SYS_setresuid, unchanged, other, unchanged))?;
+        // Without CAP_SYS_ADMIN (dropped with euid 0): must fail with EPERM.
+        let rc = libc::unshare(libc::CLONE_NEWNS);
+        let errno = io::Error::last_os_error().raw_os_error();
+        sys("setresuid back", libc::syscall(libc::SYS_setresuid, unchanged, ZERO, unchanged))?;
+        sys("setresgid back", libc::syscall(libc::SYS_setresgid, unchanged, ZERO, unchanged))?;
+        (rc, errno)
+    };
+
+    let c = |s: &str| CString::new(s).expect("no NUL");
+    let (root, target_dir, tmpfs, source, data) = (c("/"), c(MOUNT_TARGET), c("tmpfs"), c("tapio-tmpfs"), c("size=1m"));
+    // SAFETY: valid NUL-terminated strings; unshare takes flags only.
+    unsafe {
+        sys("unshare", libc::unshare(libc::CLONE_NEWNS).into())?;
+        // Private first: a shared root would carry the tmpfs back into the initial namespace.
+        sys(
+            "mount private",
+            libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()).into(),
+        )?;
+        sys(
+            "mount tmpfs",
+            libc::mount(source.as_ptr(), target_dir.as_ptr(), tmpfs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, data.as_ptr().cast())
+                .into(),
+        )?;
+    }
+    Ok(json!({
+        "actor": std::process::id(), "target": target, "target_exit": target_exit, "written": written,
+        "poke_addr": poke_addr, "denied_rc": denied.0, "denied_errno": denied.1,
+    }))
+}
+
+pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+    let Some(m) = monitor(out, loaded, "security", "security.cred_ns") else { return };
+    discard(m);
+    let lost_before = lost(m);
+    if let Err(e) = std::fs::create_dir_all(MOUNT_TARGET) {
+        return check(out, "security.cred_ns.actor", false, format!("create {MOUNT_TARGET}: {e}"));
+    }
+    let exe = current_exe();
+    // The actor ends by itself, or by its own alarm: output() cannot wait forever.
+    let output = Command::new(&exe).arg("security-actor").stdin(Stdio::null()).stderr(Stdio::inherit()).output();
+    let _ = std::fs::remove_dir(MOUNT_TARGET);
+    let report: Value = match &output {
+        Ok(o) => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({ "error": format!("actor output: {e}") })),
+        Err(e) => json!({ "error": format!("spawn the actor: {e}") }),
+    };
+    let ok = output.as_ref().is_ok_and(|o| o.status.success()) && report.get("error").is_none();
+    check(out, "security.cred_ns.actor", ok, report.to_string());
+    if !ok {
+        return;
+    }
+    let (actor, target) = (report["actor"].as_u64().unwrap_or(0), report["target"].as_u64().unwrap_or(0));
+    check(
+        out,
+        "security.cred_ns.injection_landed",
+        report["target_exit"] == 0 && report["written"] == 8,
+        format!("grandchild exit {} (0: both words arrived), process_vm_writev wrote {}", report["target_exit"], report["written"]),
+    );
+    check(
+        out,
+        "security.cred_ns.unshare_denied",
+        report["denied_rc"] == -1 && report["denied_errno"] == libc::EPERM,
+        format!("unshare as euid {OTHER_ID}: rc {}, errno {}", report["denied_rc"], report["denied_errno"]),
+    );
+
+    // Each event is sent at its syscall's exit, before the actor went on: all are in the ring.
+    let ours = |e: &tapio_load::events::Event| (u64::from(e.tgid) == actor || u64::from(e.tgid) == target) && e.event != "capability";
+    let c = collect(m, ours, |_| true, EVENT_WAIT);
+    let dropped = lost(m) - lost_before;
+    let values = c.values();
+    check(out, "security.cred_ns.decode", c.errors.is_empty() && dropped == 0, format!("{} events, {dropped} lost, errors: {:?}", values.len(), c.errors));
+    key_checks(out, &values, actor, target, report["poke_addr"].as_u64().unwrap_or(0));
+    let roles = Roles {
+        pids: vec![(actor, "actor".to_owned()), (target, "target".to_owned())],
+        exe,
+        ports: Vec::new(),
+    };
+    snapshot(out, "security", SCENARIO, &values, &roles);
+}
+
+fn key_checks(out: &mut Reporter, values: &[Value], actor: u64, target: u64, poke_addr: u64) {
+    let one = |f: &dyn Fn(&Value) -> bool| values.iter().filter(|v| v["tgid"] == actor && f(v)).count() == 1;
+    let unchanged_real = |v: &Value| v["old_uid"] == 0 && v["old_suid"] == 0 && v.get("new_uid").is_none() && v.get("new_suid").is_none();
+    let cases: [(&str, bool); 9] = [
+        ("ptrace_attach", one(&|v| v["event"] == "ptrace" && v["request"] == "PTRACE_ATTACH" && v["target_pid"] == target && v["result"] == 0)),
+        ("ptrace_poke", one(&|v| v["event"] == "ptrace" && v["request"] == "PTRACE_POKEDATA" && v["target_pid"] == target && v["addr"] == poke_addr && v["result"] == 0)),
+        ("process_vm_writev", one(&|v| v["event"] == "process_vm_writev" && v["target_pid"] == target && v["local_iovcnt"] == 1 && v["remote_iovcnt"] == 1 && v["result"] == 8)),
+        ("setresgid", one(&|v| v["syscall"] == "setresgid" && v["new_egid"] == OTHER_ID && v["old_egid"] == 0 && v.get("new_gid").is_none() && v["result"] == 0)),
+        ("setresuid", one(&|v| v["syscall"] == "setresuid" && v["new_euid"] == OTHER_ID && v["old_euid"] == 0 && unchanged_real(v) && v["old_egid"] == OTHER_ID && v["result"] == 0)),
+        ("setresuid_back", one(&|v| v["syscall"] == "setresuid" && v["new_euid"] == 0 && v["old_euid"] == OTHER_ID && unchanged_real(v) && v["result"] == 0)),
+        ("unshare_denied", one(&|v| v["event"] == "unshare" && v["namespaces"] == json!(["mnt"]) && v["result"] == -i64::from(libc::EPERM))),
+        ("unshare", one(&|v| v["event"] == "unshare" && v["namespaces"] == json!(["mnt"]) && v["result"] == 0 && v["in_container"] == false)),
+        ("mount_in_container", one(&|v| v["event"] == "mount" && v["target"] == MOUNT_TARGET && v["fstype"] == "tmpfs" && v["source"] == "tapio-tmpfs" && v["in_container"] == true && v["result"] == 0)),
+    ];
+    for (name, pass) in cases {
+        check(out, &format!("security.cred_ns.{name}"), pass, format!("{} events of the actor", values.len()));
+    }
+    let quiet = values.iter().all(|v| v["tgid"] != target);
+    check(out, "security.cred_ns.target_quiet", quiet, "the grandchild makes no security call".to_owned());
+}
