@@ -93,6 +93,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "btf_dir", kind: Kind::String, default: "-", flag: Some("--btf-dir"), example: "\"/var/lib/tapio/btf\"", doc: "Directory of `<kernel release>.btf` files, used when the kernel has no /sys/kernel/btf/vmlinux and `btf` is unset." },
     KeyDoc { key: "output", kind: Kind::String, default: "\"stdout\"", flag: Some("--output-file"), example: "\"/var/log/tapio/events.jsonl\"", doc: "Where JSON lines go: `stdout` or a file path." },
     KeyDoc { key: "metrics_address", kind: Kind::String, default: "\"127.0.0.1:9464\"", flag: Some("--metrics-address"), example: "\"0.0.0.0:9464\"", doc: "Address of the Prometheus endpoint (/metrics, /healthz), or `off`." },
+    KeyDoc { key: "pin_path", kind: Kind::String, default: "-", flag: Some("--pin-path"), example: "\"/sys/fs/bpf/tapio\"", doc: "bpffs directory where links and maps are pinned so programs stay attached across restarts; a start that finds pins there adopts them. Unset: nothing outlives the loader." },
     KeyDoc { key: "sampling", kind: Kind::RateTable, default: "{}", flag: None, example: "{ process = 1.0, dns = 0.25 }", doc: "Fraction of events kept per monitor, 0.0-1.0 (1.0 when absent). Validated; applies to the advanced monitor." },
     KeyDoc { key: "dedup_window_ms", kind: Kind::Integer, default: "0", flag: None, example: "500", doc: "Identical events within this window are reported once; 0 disables. At most 60000. Validated; applies to the advanced monitor." },
     KeyDoc { key: "batch_size", kind: Kind::Integer, default: "256", flag: None, example: "512", doc: "Events per output batch, 1-65536. Validated; applies to the advanced monitor." },
@@ -112,6 +113,7 @@ pub struct Partial {
     pub btf_dir: Option<PathBuf>,
     pub output: Option<String>,
     pub metrics_address: Option<String>,
+    pub pin_path: Option<PathBuf>,
     pub sampling: Option<BTreeMap<String, f64>>,
     pub dedup_window_ms: Option<i64>,
     pub batch_size: Option<i64>,
@@ -138,6 +140,7 @@ impl Partial {
             btf_dir: over.btf_dir.or(self.btf_dir),
             output: over.output.or(self.output),
             metrics_address: over.metrics_address.or(self.metrics_address),
+            pin_path: over.pin_path.or(self.pin_path),
             sampling,
             dedup_window_ms: over.dedup_window_ms.or(self.dedup_window_ms),
             batch_size: over.batch_size.or(self.batch_size),
@@ -169,6 +172,8 @@ pub struct Config {
     /// Whether some layer set `metrics_address`: then failing to bind it is fatal, while a
     /// busy default port only warns (several loaders on one host, as in tests, must coexist).
     pub metrics_address_explicit: bool,
+    /// `--pin-path`: see crate::pin.
+    pub pin_path: Option<PathBuf>,
     pub sampling: BTreeMap<String, f64>,
     pub dedup_window_ms: u64,
     pub batch_size: u32,
@@ -258,6 +263,10 @@ impl Config {
             output,
             metrics_address,
             metrics_address_explicit,
+            pin_path: match p.pin_path {
+                Some(path) if path.as_os_str().is_empty() => return Err(invalid("pin_path", "a directory on a bpffs", "an empty string")),
+                other => other,
+            },
             sampling,
             dedup_window_ms: in_range("dedup_window_ms", p.dedup_window_ms, 0, 0, 60_000)? as u64,
             batch_size: in_range("batch_size", p.batch_size, 256, 1, 65_536)? as u32,

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod lint;
 pub mod monitors;
 pub mod output;
+pub mod pin;
 pub mod plan;
 pub mod privileges;
 pub mod run;

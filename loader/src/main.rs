@@ -79,6 +79,15 @@ enum Command {
         /// Event transport: `ringbuf` (5.8+) or `perf` (4.4+) [default: the best this kernel has].
         #[arg(long, value_enum, alias = "force-transport")]
         transport: Option<TransportArg>,
+        /// Pin links and maps under this bpffs directory so they survive the loader, or adopt
+        /// the ones pinned there by a previous run (see `unpin`).
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+    },
+    /// Remove the links and maps pinned by `run --pin-path`, which detaches those programs.
+    Unpin {
+        #[arg(long)]
+        pin_path: PathBuf,
     },
     /// Validate or document the configuration file.
     Config {
@@ -242,6 +251,7 @@ fn real_main() -> Result<()> {
             ring_size,
             metrics_address,
             transport,
+            pin_path,
         } => {
             let flags = tapio_load::config::Partial {
                 monitors,
@@ -253,6 +263,7 @@ fn real_main() -> Result<()> {
                 dns_ports,
                 ring_size,
                 metrics_address,
+                pin_path,
                 ..Default::default()
             };
             let overrides = tapio_load::config::from_env(std::env::vars())?.merge(flags);
@@ -279,6 +290,7 @@ fn real_main() -> Result<()> {
                 }),
                 dns_ports: c.dns_ports.clone(),
                 reload: config.map(|file| tapio_load::config::Reload { file, overrides }),
+                pin_path: c.pin_path.clone(),
                 monitors: c.monitors,
             })
         }
@@ -292,6 +304,12 @@ fn real_main() -> Result<()> {
             Ok(())
         }
         Command::Inspect { json, objects } => cmd_inspect(json, &objects),
+        Command::Unpin { pin_path } => {
+            for dir in tapio_load::pin::unpin(&pin_path)? {
+                println!("unpinned {}", dir.display());
+            }
+            Ok(())
+        }
         Command::Xdp { action: tapio_load::monitors::xdp_filter::XdpCommand::Attach(args) } => {
             tapio_load::privileges::check()?;
             tapio_load::privileges::raise_memlock();

@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub dns_ports: Vec<u16>,
     /// The configuration file SIGHUP re-reads; None: SIGHUP only logs.
     pub reload: Option<crate::config::Reload>,
+    /// `--pin-path`: pin links and maps here (they outlive the run), or adopt the pins found
+    /// here instead of loading (see crate::pin). None: nothing outlives the run.
+    pub pin_path: Option<PathBuf>,
 }
 
 /// Why a run could not start or went wrong.
@@ -79,6 +82,8 @@ pub enum RunError {
     Metrics(#[from] crate::output::metrics::MetricsError),
     #[error("monitor dns: map dns_ports: {0}")]
     DnsPorts(#[source] aya::maps::MapError),
+    #[error(transparent)]
+    Pin(#[from] crate::pin::PinError),
 }
 
 /// Reads the BTF the loader relocates against: the given file, or the kernel's own.
@@ -125,7 +130,16 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
 
-    let mut loaded = load_all(&options)?;
+    // --- pin (crate::pin): adopt a previous run's pinned monitors, or pin what is loaded ---
+    let adopted = match &options.pin_path {
+        Some(dir) => crate::pin::adopt(dir, &options.monitors)?,
+        None => None,
+    };
+    let mut loaded = if adopted.is_some() { Vec::new() } else { load_all(&options)? };
+    if let (Some(dir), None) = (&options.pin_path, &adopted) {
+        crate::pin::pin_all(dir, &mut loaded)?;
+    }
+    // --- end pin ---
     // --- operations (crate::output::metrics, crate::config): dns ports, attach reports ---
     for m in &mut loaded {
         if let Some(map) = m.ebpf.map_mut(monitors::dns::DNS_PORTS_MAP) {
@@ -176,6 +190,16 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             tasks.push(tokio::spawn(drain(fd, tx.clone(), stop_rx.clone())));
         }
     }
+    // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
+    for adopted in adopted.into_iter().flatten() {
+        for buffer in adopted.events.into_buffers() {
+            // SAFETY: as above, the buffer keeps its fd open until this AsyncFd is dropped.
+            let fd = unsafe { AsyncFd::register_with_interest(buffer, tokio::io::Interest::READABLE) }
+                .map_err(|e| RunError::Reactor(e.into()))?;
+            tasks.push(tokio::spawn(drain(fd, tx.clone(), stop_rx.clone())));
+        }
+    }
+    // --- end pin ---
     drop(tx);
     // --- operations: the metrics endpoint reads the objects while the run loop streams ---
     let ebpfs: crate::output::metrics::SharedObjects = std::sync::Arc::new(ebpfs);
@@ -259,6 +283,11 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         info!(monitor = name, emitted, lost, "detaching");
     }
     drop(ebpfs);
+    // --- pin: the pins keep programs attached after this process ---
+    if let Some(dir) = &options.pin_path {
+        crate::pin::report_kept(dir);
+    }
+    // --- end pin ---
     Ok(summary)
 }
 

@@ -125,8 +125,9 @@ fn empty_row(line: &str, verdict: Verdict) -> Row {
     Row { line: line.to_owned(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
 }
 
-/// Packs the guest agent (and the kernel config, for the record) into a newc initramfs.
-fn pack(guest: &Path, artifacts: &KernelArtifacts, out: &Path) -> Result<()> {
+/// Packs the guest agent (and the kernel config, for the record) into a newc initramfs. Public
+/// so the matrix benchmark boots exactly the image the matrix boots.
+pub fn pack(guest: &Path, artifacts: &KernelArtifacts, out: &Path) -> Result<()> {
     let mut image = Initramfs::new()
         .char_dev("/dev/console", 0o600, 5, 1)
         .file_from_path("/init", guest, 0o755)

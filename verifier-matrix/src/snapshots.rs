@@ -1,6 +1,10 @@
 //! Snapshot checks of decoded events: one `snapshots/<monitor>/<scenario>.snap` shared by every
 //! kernel, in insta's file format so `cargo insta review` handles the `.snap.new` files written
 //! on drift.
+//!
+//! Where a kernel legitimately differs, `snapshots/<monitor>/<scenario>@<kernel-line>.snap` holds
+//! that kernel's events, and its header must say why (`info: reason: ...`): a difference is
+//! explained where it is stored, never absorbed by loosening the shared snapshot.
 
 use std::{
     collections::BTreeSet,
@@ -13,6 +17,28 @@ const HEADER: &str = "---\nsource: verifier-matrix/src/snapshots.rs\nexpression:
 /// The snapshot file of one (monitor, scenario).
 pub fn snap_path(workspace: &Path, monitor: &str, scenario: &str) -> PathBuf {
     workspace.join("snapshots").join(monitor).join(format!("{scenario}.snap"))
+}
+
+/// The per-kernel variant of one (monitor, scenario): used instead of the shared file when present.
+pub fn variant_path(workspace: &Path, monitor: &str, scenario: &str, kernel: &str) -> PathBuf {
+    workspace.join("snapshots").join(monitor).join(format!("{scenario}@{kernel}.snap"))
+}
+
+/// The `reason:` of a variant's header, if it has a non-empty one.
+fn variant_reason(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("---\n")?;
+    let header = &rest[..rest.find("\n---\n")?];
+    header
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("reason:"))
+        .map(|r| r.trim().trim_matches('"'))
+        .filter(|r| !r.is_empty())
+}
+
+/// The header of `text`, kept when a variant is rewritten so its reason stays.
+fn stored_header(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("---\n")?;
+    rest.find("\n---\n").map(|i| &text[..i + 4 + 5])
 }
 
 /// The stored body: everything after insta's YAML header.
@@ -40,9 +66,17 @@ fn diff(old: &str, new: &str) -> String {
 /// Compares `body` with the stored snapshot. On drift (or no snapshot yet) writes `.snap.new`
 /// beside it, or with `accept` rewrites the `.snap`, and returns the readable difference.
 pub fn compare(workspace: &Path, kernel: &str, monitor: &str, scenario: &str, body: &str, accept: bool) -> Result<(), String> {
-    let path = snap_path(workspace, monitor, scenario);
+    let variant = variant_path(workspace, monitor, scenario, kernel);
+    let variant_text = std::fs::read_to_string(&variant).ok();
+    let path = if variant_text.is_some() { variant.clone() } else { snap_path(workspace, monitor, scenario) };
+    if let Some(text) = &variant_text {
+        if variant_reason(text).is_none() {
+            return Err(format!("snapshot {monitor}/{scenario}: variant {} has no `reason:` in its header", variant.display()));
+        }
+    }
+    let name = if variant_text.is_some() { format!("{monitor}/{scenario}@{kernel}") } else { format!("{monitor}/{scenario}") };
     let body = format!("{}\n", body.trim_end());
-    let stored = std::fs::read_to_string(&path).ok();
+    let stored = variant_text.or_else(|| std::fs::read_to_string(&path).ok());
     if stored.as_deref().map(stored_body) == Some(body.as_str()) {
         return Ok(());
     }
@@ -50,15 +84,17 @@ pub fn compare(workspace: &Path, kernel: &str, monitor: &str, scenario: &str, bo
     if let Some(dir) = target.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let _ = std::fs::write(&target, format!("{HEADER}{body}"));
+    let header = stored.as_deref().and_then(stored_header).unwrap_or(HEADER);
+    let _ = std::fs::write(&target, format!("{header}{body}"));
     if accept {
         return Ok(());
     }
     Err(match stored {
-        None => format!("snapshot {monitor}/{scenario}: none stored yet (kernel {kernel}); wrote {}", target.display()),
+        None => format!("snapshot {name}: none stored yet (kernel {kernel}); wrote {}", target.display()),
         Some(old) => format!(
-            "snapshot {monitor}/{scenario} drifted on kernel {kernel} (review: cargo insta review; new: {}):\n{}",
+            "snapshot {name} drifted on kernel {kernel} (review: cargo insta review; new: {}; a legitimate kernel difference goes in {} with a `reason:`):\n{}",
             target.display(),
+            variant.display(),
             diff(stored_body(&old), &body)
         ),
     })
@@ -75,7 +111,9 @@ pub fn unreferenced(workspace: &Path, referenced: &BTreeSet<(String, String)>) -
             if path.extension().and_then(|e| e.to_str()) != Some("snap") {
                 continue;
             }
-            let scenario = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            // A per-kernel variant belongs to its scenario.
+            let scenario = stem.split_once('@').map_or(stem.as_str(), |(s, _)| s).to_owned();
             if !referenced.contains(&(monitor.clone(), scenario)) {
                 out.push(path);
             }
@@ -99,6 +137,24 @@ mod tests {
         let mut seen = BTreeSet::new();
         assert_eq!(unreferenced(dir.path(), &seen).len(), 1);
         seen.insert(("process".to_owned(), "s".to_owned()));
+        assert!(unreferenced(dir.path(), &seen).is_empty());
+    }
+
+    #[test]
+    fn a_kernel_variant_needs_a_reason_and_is_used_for_its_kernel_only() {
+        let dir = tempfile::tempdir().unwrap();
+        compare(dir.path(), "6.1", "network", "s", "[1]", true).unwrap();
+        let variant = variant_path(dir.path(), "network", "s", "5.10");
+        std::fs::write(&variant, "---\nsource: x\n---\n[2]\n").unwrap();
+        let err = compare(dir.path(), "5.10", "network", "s", "[2]", false).unwrap_err();
+        assert!(err.contains("no `reason:`"), "{err}");
+        std::fs::write(&variant, "---\nsource: x\ninfo:\n  reason: \"old layout\"\n---\n[2]\n").unwrap();
+        assert!(compare(dir.path(), "5.10", "network", "s", "[2]", false).is_ok());
+        assert!(compare(dir.path(), "6.1", "network", "s", "[1]", false).is_ok());
+        let err = compare(dir.path(), "5.10", "network", "s", "[3]", false).unwrap_err();
+        assert!(err.contains("network/s@5.10 drifted on kernel 5.10"), "{err}");
+        let mut seen = BTreeSet::new();
+        seen.insert(("network".to_owned(), "s".to_owned()));
         assert!(unreferenced(dir.path(), &seen).is_empty());
     }
 }

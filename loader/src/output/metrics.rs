@@ -250,6 +250,22 @@ pub fn render(state: &State) -> String {
         let _ = writeln!(out, "tapio_events_lost_total{{monitor=\"{}\"}} {}", label(name), monitors::stat(ebpf, 1).unwrap_or(0));
     }
 
+    // The advanced monitor samples and deduplicates in the kernel; the other monitors do neither,
+    // so they have no sample rather than a misleading 0.
+    let advanced: Vec<_> = state
+        .objects
+        .iter()
+        .filter_map(|(name, ebpf)| monitors::advanced::stats(ebpf).ok().map(|s| (name, s)))
+        .collect();
+    family(&mut out, "tapio_events_sampled_out_total", "counter", "Events dropped in the kernel by sampling (the `sampling` rate), before the buffer.");
+    for (name, s) in &advanced {
+        let _ = writeln!(out, "tapio_events_sampled_out_total{{monitor=\"{}\"}} {}", label(name), s.sampled);
+    }
+    family(&mut out, "tapio_events_deduplicated_total", "counter", "Events suppressed in the kernel as repeats within `dedup_window_ms`.");
+    for (name, s) in &advanced {
+        let _ = writeln!(out, "tapio_events_deduplicated_total{{monitor=\"{}\"}} {}", label(name), s.deduped);
+    }
+
     let c = &state.counters;
     family(&mut out, "tapio_events_written_total", "counter", "Events written to the output.");
     let _ = writeln!(out, "tapio_events_written_total {}", c.events_written.load(Ordering::Relaxed));
