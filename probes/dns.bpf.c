@@ -196,6 +196,24 @@ static __always_inline void dns_peer_from_sockaddr(struct tapio_flow *f, __u64 u
 }
 
 /*
+ * A datagram on a DNS port too short to hold the DNS header: reported, marked, never dropped and
+ * never parsed. Whether it is a query or a response follows from which end owns the DNS port.
+ */
+static __always_inline void dns_runt(void *ctx, struct tapio_flow *f, __u8 dir, __u64 len)
+{
+	struct dns_event base = {};
+	bool server = dns_port(f->sport);
+	bool response = (dir == DNS_DIR_SEND) == server;
+
+	tapio_fill_header(&base.hdr, TAPIO_MONITOR_DNS, response ? DNS_RESPONSE : DNS_QUERY);
+	base.flow = *f;
+	base.msg_len = len > 0xffffffff ? 0xffffffff : (__u32)len;
+	base.direction = dir;
+	base.flags = DNS_F_RUNT;
+	tapio_emit(ctx, &base, sizeof(base));
+}
+
+/*
  * Emits one DNS message found at user address `buf`: `avail` bytes are in the buffer, `len` is
  * the real length the syscall reported (larger than `avail` if the buffer was too small).
  *
@@ -215,8 +233,14 @@ static __always_inline void dns_capture(void *ctx, struct tapio_flow *f, __u8 di
 
 	if (avail > len)
 		avail = len;
-	if (!buf || avail < DNS_HDR_LEN)
+	if (!buf || avail == 0)
 		return;
+	if (avail < DNS_HDR_LEN) {
+		/* TCP reads come in pieces (a prefix alone, say): only a UDP datagram is a whole runt. */
+		if (f->protocol != DNS_IPPROTO_TCP)
+			dns_runt(ctx, f, dir, len);
+		return;
+	}
 	if (f->protocol == DNS_IPPROTO_TCP) {
 		__u8 prefix[2];
 		__u64 plen;

@@ -77,12 +77,6 @@ impl Mode {
             Self::FlatOut => "flat_out",
         }
     }
-    fn describe(self) -> String {
-        match self {
-            Self::Paced => format!("{RATE}/s paced by deadline for {:?}", PACED),
-            Self::FlatOut => format!("flat out for {:?}", FLAT_OUT),
-        }
-    }
 }
 
 /// What one (mode, batch size) run measured.

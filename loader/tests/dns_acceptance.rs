@@ -149,6 +149,21 @@ fn long_name_and_runt_header_responses() {
         assert_eq!(r["qname"], Value::Null, "a runt header must not borrow a name from stale bytes: {r}");
         assert_eq!(r["truncated"], true, "{r}");
     }
+    // The 11-byte answer itself is reported on both ends, marked truncated with the reason,
+    // never dropped and never parsed (its id and flags cannot be trusted).
+    let runts: Vec<&Value> = seen
+        .iter()
+        .filter(|e| {
+            e["tgid"] == me
+                && e["event"] == "response"
+                && e["malformed"].as_str().is_some_and(|m| m.contains("11 bytes is shorter than the 12-byte DNS header"))
+        })
+        .collect();
+    assert_eq!(runts.len(), 2, "the runt response, sent and received: {seen:?}");
+    for r in &runts {
+        assert_eq!(r["truncated"], true, "{r}");
+        assert_eq!(r["qname"], Value::Null, "{r}");
+    }
     let stale: Vec<_> = seen
         .iter()
         .filter(|e| e["tgid"] == me && e["qname"] == "before.tapio.test" && e["dns_id"] != 0x6102)

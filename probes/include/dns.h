@@ -32,6 +32,7 @@ enum dns_direction {
 #define DNS_F_NO_SCRATCH 0x1 /* the per-CPU scratch lookup failed: no message bytes, header only */
 #define DNS_F_READ_FAILED 0x2 /* the user buffer could not be read: no message bytes */
 #define DNS_F_TCP_PREFIX 0x4 /* a TCP length prefix was stripped */
+#define DNS_F_RUNT 0x8 /* a UDP message shorter than the 12-byte header: msg_len bytes, no fields */
 
 /* Sent alone (the header-only record) when no message bytes could be captured. */
 struct dns_event {

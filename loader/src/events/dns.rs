@@ -20,6 +20,8 @@ pub const DNS_DIR_RECV: u8 = 2;
 
 pub const DNS_F_NO_SCRATCH: u32 = 0x1;
 pub const DNS_F_READ_FAILED: u32 = 0x2;
+/// A UDP message shorter than the 12-byte DNS header: no field of it can be trusted.
+pub const DNS_F_RUNT: u32 = 0x8;
 pub const DNS_F_TCP_PREFIX: u32 = 0x4;
 
 /// Bytes of message in a full record (`DNS_MSG_MAX`).
@@ -142,7 +144,11 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
         answers: response.then_some(base.ancount),
         latency_ns: response.then_some(None),
         truncated: !full || q.cut || q.malformed.is_some(),
-        malformed: q.malformed.map(|e| e.to_string()),
+        malformed: if base.flags & DNS_F_RUNT != 0 {
+            Some(format!("message of {} bytes is shorter than the 12-byte DNS header", base.msg_len))
+        } else {
+            q.malformed.map(|e| e.to_string())
+        },
         peer,
         peer_port: f.dport,
     };
