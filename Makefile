@@ -33,6 +33,8 @@ matrix: setup
 bench: setup
 	@test "$$(id -u)" = 0 || echo "make bench: not root: only the user-space figures will be measured"
 	$(CARGO) bench --locked -p tapio-load
+	# Matrix wall time per cached default kernel beside its bare boot (docs/benchmarks-matrix.md).
+	$(CARGO) bench --locked -p verifier-matrix --bench matrix_overhead
 
 clean:
 	$(CARGO) clean

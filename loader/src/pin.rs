@@ -42,6 +42,9 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Subdirectory of `DIR/<monitor>` holding the pinned links, one per program.
 const LINKS: &str = "links";
+/// Subdirectory of `DIR/<monitor>` holding the pinned programs: an adopting loader reads their
+/// ids and statistics there (the links alone do not name their program in aya 0.13).
+const PROGRAMS: &str = "programs";
 /// Subdirectory of `DIR/<monitor>` holding the pinned maps, by map name.
 const MAPS: &str = "maps";
 /// The map every monitor's programs write their records to.
@@ -207,6 +210,15 @@ fn pin_monitor(dir: &Path, m: &mut LoadedMonitor) -> Result<(), PinError> {
         link.pin(&path).map_err(|source| PinError::Pin { monitor, path: path.clone(), source })?;
         tracing::debug!(monitor, program, path = %path.display(), "link pinned");
     }
+    let programs_dir = monitor_dir(dir, monitor).join(PROGRAMS);
+    std::fs::create_dir_all(&programs_dir).map_err(io_err(&programs_dir))?;
+    for (name, program) in m.ebpf.programs_mut() {
+        if program.fd().is_err() {
+            continue; // left unloaded: this kernel lacks its attach point
+        }
+        let path = programs_dir.join(name);
+        program.pin(&path).map_err(|source| PinError::Pin { monitor, path: path.clone(), source })?;
+    }
     // The maps the object still holds, by their full names (the kernel keeps 15 characters).
     let mut pinned_ids = Vec::new();
     for (name, map) in m.ebpf.maps() {
@@ -245,6 +257,31 @@ pub struct Adopted {
     pub events: EventSource,
     /// How many pinned links (attached programs) the monitor has.
     pub links: usize,
+    /// Its pinned programs, for the metrics endpoint.
+    pub programs: Vec<PinnedProgram>,
+}
+
+/// A program an adopting loader did not load: the metrics endpoint reads it through its pin.
+#[derive(Debug, Clone)]
+pub struct PinnedProgram {
+    pub monitor: &'static str,
+    pub program: String,
+    /// `DIR/<monitor>/programs/<program>`.
+    pub path: PathBuf,
+    /// `DIR/<monitor>/links/<program>`: while it exists, the program is attached.
+    pub link: PathBuf,
+}
+
+impl PinnedProgram {
+    /// The program's kernel info, or None once it is gone (unpinned by someone else).
+    pub fn info(&self) -> Option<aya::programs::ProgramInfo> {
+        aya::programs::ProgramInfo::from_pin(&self.path).ok()
+    }
+
+    /// Whether its link is still pinned and its program still loaded.
+    pub fn attached(&self) -> bool {
+        self.link.exists() && self.info().is_some()
+    }
 }
 
 /// Adopts the monitors pinned under `dir`, if any: None when `dir` holds no pins (load and pin
@@ -285,14 +322,27 @@ fn adopt_monitor(dir: &Path, monitor: &'static str) -> Result<Adopted, PinError>
     let path = monitor_dir(dir, monitor).join(MAPS).join(EVENTS);
     let data = MapData::from_pin(&path).map_err(|e| adopt_err(&path, e.to_string()))?;
     let kind = data.info().and_then(|i| i.map_type()).map_err(|e| adopt_err(&path, e.to_string()))?;
-    let (map, transport) = match kind {
-        MapType::RingBuf => (Map::RingBuf(data), Transport::Ringbuf),
-        MapType::PerfEventArray => (Map::PerfEventArray(data), Transport::Perf),
+    let events = match kind {
+        MapType::RingBuf => EventSource::from_pinned_ring(PinnedRing::new(data).map_err(|e| adopt_err(&path, e.to_string()))?),
+        MapType::PerfEventArray => {
+            EventSource::open(Map::PerfEventArray(data), Transport::Perf).map_err(|e| adopt_err(&path, e.to_string()))?
+        }
         other => return Err(adopt_err(&path, format!("a {other:?} map, expected a ring buffer or perf event array"))),
     };
-    let events = EventSource::open(map, transport).map_err(|e| adopt_err(&path, e.to_string()))?;
+    let transport = events.transport;
+    let programs_dir = monitor_dir(dir, monitor).join(PROGRAMS);
+    let mut programs = Vec::new();
+    for entry in std::fs::read_dir(&programs_dir).map_err(io_err(&programs_dir))? {
+        let entry = entry.map_err(io_err(&programs_dir))?;
+        let program = entry.file_name().to_string_lossy().into_owned();
+        let link = links_dir.join(&program);
+        if link.exists() {
+            programs.push(PinnedProgram { monitor, program, path: entry.path(), link });
+        }
+    }
+    programs.sort_by(|a, b| a.program.cmp(&b.program));
     tracing::info!(monitor, links, %transport, dir = %monitor_dir(dir, monitor).display(), "adopted pinned monitor");
-    Ok(Adopted { monitor, events, links })
+    Ok(Adopted { monitor, events, links, programs })
 }
 
 /// The advanced monitor skips the loader's own syscalls (`ignore_tgid`), or its output writes
@@ -332,4 +382,141 @@ pub fn report_kept(dir: &Path) {
         "pinned programs, links and maps stay attached under the pin path; `tapio-load unpin --pin-path {}` removes them",
         dir.display()
     );
+}
+
+/// `BPF_RINGBUF_BUSY_BIT` (include/uapi/linux/bpf.h): the record is still being written.
+const RINGBUF_BUSY: u32 = 1 << 31;
+/// `BPF_RINGBUF_DISCARD_BIT`: the program discarded the record; skip it.
+const RINGBUF_DISCARD: u32 = 1 << 30;
+/// `BPF_RINGBUF_HDR_SZ`: the header before each record.
+const RINGBUF_HEADER: usize = 8;
+
+/// A consumer of a ring buffer a previous loader already read from.
+///
+/// aya 0.13.1's `RingBuf` starts its cache of the producer position at 0, so when the consumer
+/// position is not 0 - always, for a ring adopted after a run - it takes every stale byte for a
+/// record and never stops (aya 0.14 reads the producer position first). This reader follows the
+/// kernel's protocol (kernel/bpf/ringbuf.c) itself: the consumer page is mapped read-write, the
+/// producer page and the data pages (mapped twice, so a record never wraps) read-only.
+pub struct PinnedRing {
+    map: MapData,
+    consumer: std::ptr::NonNull<libc::c_void>,
+    producer: std::ptr::NonNull<libc::c_void>,
+    page: usize,
+    size: usize,
+}
+
+// SAFETY: the mappings belong to this value alone and are only touched through &mut self.
+unsafe impl Send for PinnedRing {}
+
+/// Why an adopted ring could not be mapped.
+#[derive(Debug, Error)]
+pub enum RingError {
+    #[error("ring buffer: {0}")]
+    Info(#[source] aya::maps::MapError),
+    #[error("ring buffer: size {0} is not a power of two")]
+    Size(u32),
+    #[error("ring buffer: mmap: {0}")]
+    Mmap(#[source] io::Error),
+}
+
+impl PinnedRing {
+    /// Maps the ring's pages.
+    pub fn new(map: MapData) -> Result<Self, RingError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let size = map.info().map_err(RingError::Info)?.max_entries();
+        if !size.is_power_of_two() {
+            return Err(RingError::Size(size));
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let fd = map.fd().as_fd().as_raw_fd();
+        let map_pages = |len: usize, prot: libc::c_int, offset: usize| {
+            // SAFETY: a fresh shared mapping of the ring's fd; the kernel checks len and offset.
+            let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, offset as libc::off_t) };
+            if ptr == libc::MAP_FAILED {
+                return Err(RingError::Mmap(io::Error::last_os_error()));
+            }
+            Ok(std::ptr::NonNull::new(ptr).expect("mmap succeeded"))
+        };
+        let consumer = map_pages(page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        let producer = match map_pages(page + 2 * size as usize, libc::PROT_READ, page) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: unmapping the mapping made just above.
+                unsafe { libc::munmap(consumer.as_ptr(), page) };
+                return Err(e);
+            }
+        };
+        Ok(Self { map, consumer, producer, page, size: size as usize })
+    }
+
+    fn consumer_pos(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: the consumer page starts with the kernel's `unsigned long consumer_pos`,
+        // 8-byte aligned (page aligned), valid while the mapping lives.
+        unsafe { &*self.consumer.as_ptr().cast::<std::sync::atomic::AtomicU64>() }
+    }
+
+    fn producer_pos(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: as above, for the producer page's `producer_pos`.
+        unsafe { &*self.producer.as_ptr().cast::<std::sync::atomic::AtomicU64>() }
+    }
+
+    /// Moves every committed record into `out`.
+    pub fn drain(&mut self, out: &mut Vec<Vec<u8>>) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let mask = (self.size - 1) as u64;
+        let mut cons = self.consumer_pos().load(Ordering::Acquire);
+        loop {
+            // Acquire pairs with the kernel's release of producer_pos: record headers before it
+            // are visible.
+            let prod = self.producer_pos().load(Ordering::Acquire);
+            if cons == prod {
+                return;
+            }
+            if cons > prod {
+                // Only a broken consumer (aya 0.13.1's, see above) gets ahead of the producer,
+                // and then the kernel refuses every reservation: catch up to resume the flow.
+                tracing::warn!(consumer = cons, producer = prod, "ring buffer consumer ahead of producer; resetting it");
+                self.consumer_pos().store(prod, Ordering::Release);
+                return;
+            }
+            let offset = self.page + (cons & mask) as usize;
+            // SAFETY: offset + 8 lies within the first copy of the data pages; headers are
+            // 8-byte aligned.
+            let header = unsafe { &*self.producer.as_ptr().cast::<u8>().add(offset).cast::<AtomicU32>() }.load(Ordering::Acquire);
+            if header & RINGBUF_BUSY != 0 {
+                return; // the next record is not committed yet; its commit wakes us again
+            }
+            let len = (header & !(RINGBUF_BUSY | RINGBUF_DISCARD)) as usize;
+            if header & RINGBUF_DISCARD == 0 && len <= self.size {
+                // SAFETY: the data pages are mapped twice, so a record of at most `size` bytes
+                // starting in the first copy is contiguous.
+                let data = unsafe {
+                    std::slice::from_raw_parts(self.producer.as_ptr().cast::<u8>().add(offset + RINGBUF_HEADER), len)
+                };
+                out.push(data.to_vec());
+            }
+            cons += ((RINGBUF_HEADER + len + 7) & !7) as u64;
+            // Release: the kernel may reuse the space once it sees the new position.
+            self.consumer_pos().store(cons, Ordering::Release);
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for PinnedRing {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.map.fd().as_fd().as_raw_fd()
+    }
+}
+
+impl Drop for PinnedRing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the two mappings `new` made.
+        unsafe {
+            libc::munmap(self.consumer.as_ptr(), self.page);
+            libc::munmap(self.producer.as_ptr(), self.page + 2 * self.size);
+        }
+    }
 }

@@ -191,6 +191,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         }
     }
     // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
+    let pinned: Vec<crate::pin::PinnedProgram> = adopted.iter().flatten().flat_map(|a| a.programs.iter().cloned()).collect();
     for adopted in adopted.into_iter().flatten() {
         for buffer in adopted.events.into_buffers() {
             // SAFETY: as above, the buffer keeps its fd open until this AsyncFd is dropped.
@@ -207,10 +208,13 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint");
         let state = crate::output::metrics::State {
             objects: ebpfs.clone(),
+            // The plan for this kernel: every program that attached at start. Alternatives not
+            // taken and programs this kernel cannot run (reported at start) are not owed.
+            planned: attached.len(),
             attached,
-            planned: options.monitors.iter().map(|m| m.programs.len()).sum(),
             counters: counters.clone(),
             kernel_release: crate::plan::kernel_release(),
+            pinned, // --- pin ---
         };
         tokio::spawn(crate::output::metrics::serve(listener, std::sync::Arc::new(state)))
     });

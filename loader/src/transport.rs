@@ -39,6 +39,8 @@ pub enum TransportError {
 pub enum EventBuffer {
     Ring(RingBuf<MapData>),
     Perf(PerfEventArrayBuffer<MapData>),
+    /// A ring adopted from pins (crate::pin): read by our own consumer, see its docs.
+    Pinned(crate::pin::PinnedRing),
 }
 
 impl AsRawFd for EventBuffer {
@@ -46,6 +48,7 @@ impl AsRawFd for EventBuffer {
         match self {
             Self::Ring(r) => r.as_raw_fd(),
             Self::Perf(p) => p.as_raw_fd(),
+            Self::Pinned(r) => r.as_raw_fd(),
         }
     }
 }
@@ -81,6 +84,10 @@ impl EventBuffer {
                 }
                 lost
             }
+            Self::Pinned(ring) => {
+                ring.drain(out);
+                0
+            }
         }
     }
 }
@@ -114,6 +121,11 @@ impl EventSource {
             }
         };
         Ok(Self { transport, buffers, pending: VecDeque::new(), lost: 0 })
+    }
+
+    /// A source reading one ring buffer adopted from its pin (crate::pin).
+    pub fn from_pinned_ring(ring: crate::pin::PinnedRing) -> Self {
+        Self { transport: Transport::Ringbuf, buffers: vec![EventBuffer::Pinned(ring)], pending: VecDeque::new(), lost: 0 }
     }
 
     /// The next waiting record, without blocking.

@@ -78,21 +78,56 @@ fn left_after(programs: &BTreeSet<u64>, timeout: Duration) -> (BTreeSet<u64>, BT
     }
 }
 
+/// Which of `links` bpftool still lists.
+fn links_still_listed(links: &BTreeSet<u64>) -> BTreeSet<u64> {
+    bpftool_json(&["link", "show"])
+        .as_array()
+        .expect("bpftool link show: an array")
+        .iter()
+        .filter_map(|l| l["id"].as_u64())
+        .filter(|id| links.contains(id))
+        .collect()
+}
+
 fn all_monitors() -> String {
     MONITORS.iter().map(|m| m.name).collect::<Vec<_>>().join(",")
 }
 
-/// Our programs that appeared since `before`, polled until `count` are there (the loader
-/// prints "streaming" after attaching, so this normally holds at once).
-fn new_programs(before: &BTreeSet<u64>, count: usize) -> BTreeSet<u64> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now: BTreeSet<u64> = our_program_ids().difference(before).copied().collect();
-        if now.len() >= count || Instant::now() >= deadline {
-            return now;
+/// The pid of this test's running `tapio-load` child (tests hold the kernel lock, so there is
+/// one at a time).
+fn loader_pid() -> u32 {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...
+            let Some((comm, rest)) = stat.split_once(") ") else { return false };
+            comm.ends_with("(tapio-load") && rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(me)
+        })
+        .expect("a running tapio-load child")
+}
+
+/// Ids of the programs and links `pid` holds file descriptors for, from `/proc/<pid>/fdinfo`
+/// (a program fd shows `prog_id:`, a link fd `link_id:` and its program's `prog_id:`). Other
+/// sessions may load the same probes at the same time: ids, not names, say which are ours.
+fn held_by(pid: u32) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let (mut programs, mut links) = (BTreeSet::new(), BTreeSet::new());
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("read fdinfo").flatten() {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        for line in info.lines() {
+            let id = |key: &str| line.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(id) = id("prog_id:") {
+                programs.insert(id);
+            }
+            if let Some(id) = id("link_id:") {
+                links.insert(id);
+            }
         }
-        thread::sleep(Duration::from_millis(20));
     }
+    (programs, links)
 }
 
 /// How many programs the loader attaches on this kernel: the planned ones, less what `plan`
@@ -107,7 +142,6 @@ fn sigkill_leaves_no_program_or_link() {
         return;
     }
     let _kernel = common::kernel_lock();
-    let before = our_program_ids();
     let loader = common::Loader::start(&[
         "--monitors",
         &all_monitors(),
@@ -118,14 +152,16 @@ fn sigkill_leaves_no_program_or_link() {
         "/dev/null",
     ]);
     let expected = attached_count(&loader.stderr.lock().unwrap());
-    let ours = new_programs(&before, expected);
-    assert!(expected > 0 && ours.len() >= expected, "expected {expected} programs of ours, bpftool shows {ours:?}");
-    let links = links_of(&ours);
-    assert!(!links.is_empty(), "no link for our programs {ours:?}: are they attached through bpf_link?");
+    let (ours, links) = held_by(loader_pid());
+    let named: BTreeSet<u64> = our_program_ids().intersection(&ours).copied().collect();
+    assert!(expected > 0 && named.len() == expected, "expected {expected} programs of ours, the loader holds {ours:?}, bpftool names {named:?} ours");
+    assert_eq!(links_of(&ours), links, "bpftool link show disagrees with the loader's link fds");
+    assert_eq!(links.len(), expected, "one bpf_link per attached program");
 
     loader.signal(libc::SIGKILL);
     drop(loader); // reaps the child
     let (programs_left, links_left) = left_after(&ours, FREE_TIMEOUT);
+    let links_left: BTreeSet<u64> = links_left.union(&links_still_listed(&links)).copied().collect();
     assert!(
         programs_left.is_empty() && links_left.is_empty(),
         "after SIGKILL, {FREE_TIMEOUT:?} later: programs {programs_left:?} and links {links_left:?} of ours remain"
@@ -159,6 +195,19 @@ fn pin_dir() -> PathBuf {
     bpffs.join(format!("tapio-test-{}", std::process::id()))
 }
 
+/// A plain HTTP GET to the loader's metrics endpoint: status and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to metrics port {port}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {response:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line: {head}"));
+    (status, body.to_owned())
+}
+
 fn exec_marker(loader: &common::Loader, marker: &str) -> Option<Value> {
     let mut seen = Vec::new();
     loader
@@ -180,13 +229,17 @@ fn pinned_programs_survive_restart_and_are_adopted() {
     // tracepoints, raw tracepoints and the security monitor's alternative paths all get pinned.
     let monitors: Vec<&str> = MONITORS.iter().map(|m| m.name).filter(|&m| m != "advanced").collect();
     let monitors = monitors.join(",");
-    let args = ["--monitors", monitors.as_str(), "--metrics-address", "off", "--pin-path", dir.as_str()];
+    let args = |metrics: &str| -> Vec<String> {
+        ["--monitors", monitors.as_str(), "--metrics-address", metrics, "--pin-path", dir.as_str()].map(str::to_owned).to_vec()
+    };
+    let args_off = args("off");
+    let args_off: Vec<&str> = args_off.iter().map(String::as_str).collect();
 
-    let before = our_program_ids();
-    let first = common::Loader::start(&args);
+    let first = common::Loader::start(&args_off);
     let expected = attached_count(&first.stderr.lock().unwrap());
-    let ids = new_programs(&before, expected);
-    assert!(expected > 0 && ids.len() == expected, "expected {expected} new programs of ours, bpftool shows {ids:?}");
+    let (ids, _) = held_by(loader_pid());
+    let named: BTreeSet<u64> = our_program_ids().intersection(&ids).copied().collect();
+    assert!(expected > 0 && named.len() == expected && ids == named, "expected {expected} programs of ours, the loader holds {ids:?}");
     Command::new("/bin/echo").arg("tapio-pin-first").stdout(Stdio::null()).status().expect("run echo");
     assert!(exec_marker(&first, "tapio-pin-first").is_some(), "no exec reported by the pinning loader");
     let (_, stderr, status) = first.finish();
@@ -202,10 +255,28 @@ fn pinned_programs_survive_restart_and_are_adopted() {
     // An exec while no loader runs: the ring buffer holds it for the next one.
     Command::new("/bin/echo").arg("tapio-pin-gap").stdout(Stdio::null()).status().expect("run echo");
 
-    let second = common::Loader::start(&args);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let args_metrics = args(&format!("127.0.0.1:{port}"));
+    let args_metrics: Vec<&str> = args_metrics.iter().map(String::as_str).collect();
+    let second = common::Loader::start(&args_metrics);
     let log = second.stderr.lock().unwrap().clone();
+    // The adopting loader reports the pinned programs as attached, with their unchanged ids.
+    // (/healthz compares with every planned program, the security monitor's alternatives and
+    // module programs this kernel lacks included, so it is 503 here with or without pins.)
+    let (_, health) = http_get(port, "/healthz");
+    assert!(health.starts_with(&format!("{expected} of ")) || health.starts_with("ok"), "/healthz of the adopting loader: {health}");
+    let (_, page) = http_get(port, "/metrics");
+    let attached = page.lines().filter(|l| l.starts_with("tapio_program_attached{") && l.contains("path=\"pinned:") && l.ends_with(" 1")).count();
+    assert_eq!(attached, expected, "tapio_program_attached of the adopting loader:\n{page}");
+    let reported: BTreeSet<u64> = page
+        .lines()
+        .filter(|l| l.starts_with("tapio_program_id{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(reported, ids, "tapio_program_id of the adopting loader:\n{page}");
     assert!(log.contains("adopted pinned monitor"), "second loader did not adopt:\n{log}");
-    assert_eq!(our_program_ids().difference(&before).copied().collect::<BTreeSet<_>>(), ids, "the restart loaded new programs:\n{log}");
+    let (held, _) = held_by(loader_pid());
+    assert!(held.is_subset(&ids), "the restart loaded new programs {:?}:\n{log}", held.difference(&ids));
     assert!(exec_marker(&second, "tapio-pin-gap").is_some(), "the exec run between the loaders was lost");
     Command::new("/bin/echo").arg("tapio-pin-after").stdout(Stdio::null()).status().expect("run echo");
     assert!(exec_marker(&second, "tapio-pin-after").is_some(), "no exec reported by the adopting loader");

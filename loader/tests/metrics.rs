@@ -159,3 +159,70 @@ fn sighup_reloads_without_detaching() {
     let (_, stderr, exit) = loader.finish();
     assert!(exit.success(), "tapio-load failed: {stderr}");
 }
+
+#[test]
+fn sighup_sampling_rate_changes_sampled_out_rate() {
+    if common::skip_unless_root("sighup_sampling_rate_changes_sampled_out_rate") {
+        return;
+    }
+    let _kernel = common::kernel_lock();
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tapio.toml");
+    // The advanced monitor reports every read, write, openat and close on the node: to
+    // /dev/null, so the test's own pipe reads do not feed it.
+    let write = |rate: f64| {
+        std::fs::write(
+            &config,
+            format!("monitors = [\"advanced\"]\nmetrics_address = \"127.0.0.1:{port}\"\noutput = \"/dev/null\"\n\n[sampling]\nadvanced = {rate:?}\n"),
+        )
+        .expect("write config")
+    };
+    write(1.0);
+    let loader = common::Loader::start(&["--config", config.to_str().expect("utf-8 path")]);
+    let ids = |page: &str| -> Vec<String> { page.lines().filter(|l| l.starts_with("tapio_program_id{")).map(str::to_owned).collect() };
+    let sampled = |page: &str| sample(page, "tapio_events_sampled_out_total{monitor=\"advanced\"}");
+    // close(-1) enters the syscall (and its tracepoint) and fails at once: a cheap, watched
+    // syscall. The kernel counts it at entry, before close returns, so no wait is needed.
+    const CALLS: u32 = 20_000;
+    let burst = || {
+        for _ in 0..CALLS {
+            // SAFETY: closing an invalid fd only returns EBADF.
+            unsafe { libc::close(-1) };
+        }
+    };
+
+    let (_, before) = get(port, "/metrics");
+    promtool_check(&before);
+    assert!(before.contains("tapio_events_deduplicated_total{monitor=\"advanced\"}"), "{before}");
+    burst();
+    let (_, kept_all) = get(port, "/metrics");
+    let at_full_rate = sampled(&kept_all) - sampled(&before);
+    assert_eq!(at_full_rate, 0.0, "sampling = 1.0 sampled events out:\n{kept_all}");
+
+    write(0.25);
+    loader.signal(libc::SIGHUP);
+    // The reload and the rate change happen together when the loader handles the signal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reloaded = loop {
+        let (_, page) = get(port, "/metrics");
+        if sample(&page, "tapio_config_reloads_total") >= 1.0 || Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(sample(&reloaded, "tapio_config_reloads_total"), 1.0, "SIGHUP not applied:\n{reloaded}");
+    burst();
+    let (_, after) = get(port, "/metrics");
+    promtool_check(&after);
+    let at_quarter_rate = sampled(&after) - sampled(&reloaded);
+    // 3 in 4 of our calls are dropped (15000 expected); other processes' calls only add.
+    assert!(
+        at_quarter_rate >= f64::from(CALLS) * 0.6,
+        "sampling = 0.25 sampled out {at_quarter_rate} of at least {CALLS} events:\n{after}"
+    );
+    assert_eq!(ids(&before), ids(&after), "program ids changed across SIGHUP");
+    assert!(!ids(&after).is_empty(), "{after}");
+    let (_, stderr, exit) = loader.finish();
+    assert!(exit.success(), "tapio-load failed: {stderr}");
+}

@@ -391,8 +391,9 @@ fn markdown(results: &Value, figures: &[KernelFigures], skipped: &[String], acce
         let bare_agent = b.init_at_s.zip(b.end_at_s).map(|(i, e)| e - i);
         let _ = writeln!(
             s,
-            "- {}: {:.2}x, {:.2} s over the 2x budget of {:.2} s. The kernel reaches `/init` at about the \
-             same guest time in both boots ({} / {} s), so the difference is the agent's own run: \
+            "- {}: {:.2}x, {:.2} s over the 2x budget of {:.2} s. The kernel reaches `/init` at {} s \
+             (bare) and {} s (full) of guest time, a difference that is noise of an emulated clock on \
+             a shared host, so the gap is the agent's own run: \
              {} s of guest time from `/init` to power-off (bare: {} s), of which {:.2} s is inside \
              `BPF_PROG_LOAD` (verifier + JIT, every program of the bundle, under {accel} emulation). \
              The rest is the checks' workloads and scenarios (process spawns, DNS and TCP exchanges, \

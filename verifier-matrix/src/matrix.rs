@@ -319,7 +319,7 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
             referenced.insert((snap.monitor.clone(), snap.scenario.clone()));
             let compared = crate::snapshots::compare(
                 &options.workspace,
-                &row.line,
+                &variant_key(row),
                 &snap.monitor,
                 &snap.scenario,
                 &snap.body,
@@ -339,6 +339,22 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
             add_problems(row, vec![format!("unreferenced snapshots: {}", names.join(", "))]);
         }
     }
+}
+
+/// The kernel line a row's per-kernel snapshot variants are named by: the manifest line, or for
+/// a user-supplied kernel (`file:...`, `deb:...`) and the host, the release's `major.minor`, so
+/// a brought 6.1 kernel meets the same reasoned variants as the manifest's 6.1.
+fn variant_key(row: &Row) -> String {
+    if row.line.starts_with(|c: char| c.is_ascii_digit()) {
+        return row.line.clone();
+    }
+    row.release
+        .as_deref()
+        .and_then(|r| {
+            let mut parts = r.split(|c: char| !c.is_ascii_digit());
+            Some(format!("{}.{}", parts.next()?, parts.next()?))
+        })
+        .unwrap_or_else(|| row.line.clone())
 }
 
 fn add_problems(row: &mut Row, problems: Vec<String>) {

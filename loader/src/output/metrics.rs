@@ -77,6 +77,9 @@ pub struct State {
     pub planned: usize,
     pub counters: Arc<Counters>,
     pub kernel_release: String,
+    /// Programs adopted from `--pin-path` pins instead of loaded (see crate::pin): no object
+    /// holds them, so they are read through their pins.
+    pub pinned: Vec<crate::pin::PinnedProgram>,
 }
 
 /// Binds the listener; None when the default address is busy (see [`MetricsOptions::required`]).
@@ -156,8 +159,12 @@ async fn answer(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
 
 /// Why the loader is not healthy, or None: every planned program attached and still loaded.
 pub fn unhealthy(state: &State) -> Option<String> {
-    if state.attached.len() != state.planned {
-        return Some(format!("{} of {} planned programs attached", state.attached.len(), state.planned));
+    let attached = state.attached.len() + state.pinned.len();
+    if attached != state.planned {
+        return Some(format!("{attached} of {} planned programs attached", state.planned));
+    }
+    if let Some(p) = state.pinned.iter().find(|p| !p.attached()) {
+        return Some(format!("monitor {}: program {}: pinned link or program gone", p.monitor, p.program));
     }
     for r in &state.attached {
         let loaded = object(state, r.monitor).and_then(|ebpf| ebpf.program(r.program)).is_some_and(|p| p.info().is_ok());
@@ -170,6 +177,12 @@ pub fn unhealthy(state: &State) -> Option<String> {
 
 fn object<'a>(state: &'a State, monitor: &str) -> Option<&'a Ebpf> {
     state.objects.iter().find(|(name, _)| *name == monitor).map(|(_, ebpf)| ebpf)
+}
+
+/// The `monitor` and `program` labels of a program's samples.
+struct Labels<'a> {
+    monitor: &'a str,
+    program: &'a str,
 }
 
 /// Escapes a label value as the exposition format requires.
@@ -199,7 +212,7 @@ pub fn render(state: &State) -> String {
     family(&mut out, "tapio_bpf_stats_enabled", "gauge", "1 when kernel.bpf_stats_enabled=1, without which program run counts and times stay 0.");
     let _ = writeln!(out, "tapio_bpf_stats_enabled {}", u8::from(bpf_stats_enabled().unwrap_or(false)));
 
-    family(&mut out, "tapio_programs_planned", "gauge", "Programs the configured monitors have in total.");
+    family(&mut out, "tapio_programs_planned", "gauge", "Programs planned for this kernel: those attached at start (alternatives not taken and programs the kernel cannot run are not counted).");
     let _ = writeln!(out, "tapio_programs_planned {}", state.planned);
     family(&mut out, "tapio_program_attached", "gauge", "1 when the program is attached at the labelled path.");
     for r in &state.attached {
@@ -214,13 +227,25 @@ pub fn render(state: &State) -> String {
         );
     }
 
+    for p in &state.pinned {
+        let _ = writeln!(
+            out,
+            "tapio_program_attached{{monitor=\"{}\",program=\"{}\",path=\"pinned:{}\"}} {}",
+            label(p.monitor),
+            label(&p.program),
+            label(&p.link.display().to_string()),
+            u8::from(p.attached())
+        );
+    }
+
     let infos: Vec<_> = state
         .attached
         .iter()
         .filter_map(|r| {
             let info = object(state, r.monitor)?.program(r.program)?.info().ok()?;
-            Some((r, info))
+            Some((Labels { monitor: r.monitor, program: r.program }, info))
         })
+        .chain(state.pinned.iter().filter_map(|p| Some((Labels { monitor: p.monitor, program: &p.program }, p.info()?))))
         .collect();
     family(&mut out, "tapio_program_id", "gauge", "The kernel's id of the program (unchanged across a SIGHUP reload).");
     for (r, info) in &infos {
