@@ -59,15 +59,12 @@ fn capture(extra: &[&str]) -> Vec<String> {
         (e["monitor"] == "process" && (e["tgid"] == sh || e["child_tgid"] == sh))
             || (e["monitor"] == "network" && port_of("sport") && port_of("dport"))
     };
-    let mut picked: Vec<Value> = seen.iter().filter(ours).cloned().collect();
-    for e in &mut picked {
-        for k in ["sport", "dport"] {
-            if let Some(p) = e[k].as_u64() {
-                e[k] = Value::String(if p as u16 == server_port { "[port:server]" } else { "[port:client]" }.to_owned());
-            }
-        }
-    }
-    let roles = Roles { pids: vec![(me, "test".to_owned()), (sh, "sh".to_owned())], exe: "/bin/sh".to_owned(), ..Default::default() };
+    let picked: Vec<Value> = seen.iter().filter(ours).cloned().collect();
+    let roles = Roles {
+        pids: vec![(me, "test".to_owned()), (sh, "sh".to_owned())],
+        exe: "/bin/sh".to_owned(),
+        ports: vec![(server_port, "server".to_owned()), (client_port, "client".to_owned())],
+    };
     normalize(&picked, &roles).expect("normalise").iter().map(Value::to_string).collect()
 }
 
