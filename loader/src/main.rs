@@ -400,6 +400,11 @@ fn real_main() -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so `tapio-load inspect | head` would panic in println!. Restore the
+    // default: a closed reader ends the process quietly, and the kernel frees everything it held
+    // (pins, when asked for, stay by design).
+    // SAFETY: signal() with SIG_DFL installs no handler code; called before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
