@@ -71,10 +71,13 @@ fn main() {
 
     let clang = find_tool("clang", "clang");
     let strip = find_tool("llvm-strip", "llvm");
-    // Test fixtures: objects that exist to be refused (see probes/fixtures/).
-    let fixture = probes.join("fixtures/rejected.bpf.c");
-    println!("cargo:rerun-if-changed={}", fixture.display());
-    compile(&clang, &strip, &probes, &fixture, &out_dir.join("fixture_rejected.bpf.o"), false);
+    // Test and benchmark fixtures (see probes/fixtures/): an object that exists to be refused, and
+    // the synthetic ring-buffer producer of benches/ring_decode.rs. Neither is a monitor.
+    for (source, object) in [("rejected", "fixture_rejected"), ("bench_producer", "fixture_bench_producer")] {
+        let fixture = probes.join(format!("fixtures/{source}.bpf.c"));
+        println!("cargo:rerun-if-changed={}", fixture.display());
+        compile(&clang, &strip, &probes, &fixture, &out_dir.join(format!("{object}.bpf.o")), false);
+    }
     for monitor in MONITORS {
         let source = probes.join(format!("{monitor}.bpf.c"));
         println!("cargo:rerun-if-changed={}", source.display());

@@ -85,3 +85,9 @@ pub fn object(monitor: &str, transport: Transport) -> Option<&'static EmbeddedOb
 /// A fixture the verifier must reject (probes/fixtures/rejected.bpf.c): the verifier matrix
 /// loads it on request to prove rejections are reported with the log and the run goes on.
 pub static FIXTURE_REJECTED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_rejected.bpf.o"));
+
+/// The synthetic producer of `benches/ring_decode.rs` (probes/fixtures/bench_producer.bpf.c): an
+/// XDP program that, under `BPF_PROG_TEST_RUN`, fills a ring buffer with process records, so the
+/// drain and decode path can be measured through the real ring. Not a monitor, not in [`OBJECTS`].
+pub static FIXTURE_BENCH_PRODUCER: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_bench_producer.bpf.o"));
