@@ -7,14 +7,12 @@ mod common;
 
 use std::{
     cell::Cell,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
-    process::{Child, Command, Stdio},
-    thread,
     time::{Duration, Instant},
 };
 
-use common::{kernel_lock, skip_unless_root, Loader};
+use common::{dnsmasq::Dnsmasq, kernel_lock, skip_unless_root, Loader};
 use serde_json::Value;
 
 /// A DNS query for `name` with id `id`, type `qtype`, recursion desired.
@@ -180,54 +178,6 @@ fn long_name_and_runt_header_responses() {
     }
 }
 
-/// A `dnsmasq` on port 53 of 127.0.0.1 and ::1 answering `www.tapio.test` with a CNAME to
-/// `tapio.test` and that name's A and AAAA records. Killed on drop.
-struct Dnsmasq(Child);
-
-impl Dnsmasq {
-    fn start() -> Self {
-        let mut child = Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--port=53",
-                "--listen-address=127.0.0.1",
-                "--listen-address=::1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--pid-file=",
-                "--host-record=tapio.test,10.1.2.3,fd00::1",
-                "--cname=www.tapio.test,tapio.test",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn dnsmasq (Debian package dnsmasq-base)");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let mut seen = String::new();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("cleared cache") || (line.contains("started") && line.contains("cachesize")) {
-                break;
-            }
-            if line.contains("failed") {
-                let _ = child.kill();
-                panic!("dnsmasq could not start (is port 53 taken?):\n{seen}");
-            }
-        }
-        thread::spawn(move || for _ in lines {});
-        Self(child)
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Offsets of every compression pointer in the answer section of `msg` (after the one question),
 /// in owner names and in CNAME data: proof that the answer really is compressed.
@@ -275,7 +225,7 @@ fn compressed_cname_answers_over_ipv4_and_ipv6() {
         return;
     }
     let _serial = kernel_lock();
-    let _server = Dnsmasq::start();
+    let _server = Dnsmasq::start(&["--host-record=tapio.test,10.1.2.3,fd00::1", "--cname=www.tapio.test,tapio.test"]);
     let loader = Loader::start(&["--monitors", "dns"]);
     let cases = [("127.0.0.1", "127.0.0.1:0", 0x7101u16, 1u16, "A", 4u64), ("::1", "[::1]:0", 0x7102, 28, "AAAA", 6)];
     let mut ports = Vec::new();

@@ -4,66 +4,14 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     net::UdpSocket,
-    process::{Child, Command, Stdio},
-    thread,
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{kernel_lock, skip_unless_root, Loader};
+use common::{dnsmasq::Dnsmasq, kernel_lock, skip_unless_root, Loader};
 use serde_json::Value;
 
-/// A `dnsmasq` answering `tapio.test` (A 10.1.2.3, AAAA fd00::1) and NXDOMAIN for `nx.test`, on
-/// port 53 of 127.0.0.1 and ::1 (the monitor's default port). Killed on drop.
-struct Dnsmasq(Child);
-
-impl Dnsmasq {
-    fn start() -> Self {
-        let mut child = Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--port=53",
-                "--listen-address=127.0.0.1",
-                "--listen-address=::1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--pid-file=",
-                "--address=/tapio.test/10.1.2.3",
-                "--address=/tapio.test/fd00::1",
-                "--address=/nx.test/",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn dnsmasq (Debian package dnsmasq-base)");
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let mut seen = String::new();
-        for line in lines.by_ref() {
-            let Ok(line) = line else { break };
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("cleared cache") || (line.contains("started") && line.contains("cachesize")) {
-                break;
-            }
-            if line.contains("failed") {
-                let _ = child.kill();
-                panic!("dnsmasq could not start (is port 53 taken?):\n{seen}");
-            }
-        }
-        // Keep draining its stderr so it never blocks on a full pipe.
-        thread::spawn(move || for _ in lines {});
-        Self(child)
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs `dig` with `args`; returns its pid (the tgid of its events) and its short answer.
 fn dig(args: &[&str]) -> (u64, String) {
@@ -103,7 +51,7 @@ fn dig_queries_and_responses_are_matched() {
         return;
     }
     let _serial = kernel_lock();
-    let _server = Dnsmasq::start();
+    let _server = Dnsmasq::start(&["--address=/tapio.test/10.1.2.3", "--address=/tapio.test/fd00::1", "--address=/nx.test/"]);
     let loader = Loader::start(&["--monitors", "dns"]);
     let cases = [
         Case { args: &["@127.0.0.1", "-p", "53", "tapio.test", "A", "+short"], qname: "tapio.test", qtype: "A", rcode: "NOERROR", answers: 1, transport: "udp", ip_version: 4, server: "127.0.0.1", answer: "10.1.2.3" },

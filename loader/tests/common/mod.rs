@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test file uses a different part of this module")]
 
+pub mod dnsmasq;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
