@@ -129,11 +129,11 @@ pub fn render_text(results: &[ProgramCheck]) -> String {
     for r in results {
         let insns = r.verified_insns.map_or("-".to_owned(), |n| n.to_string());
         if let Some(why) = &r.skipped {
-            let _ = writeln!(out, "{:<10} {:<22} skipped   {why}", r.monitor, r.program);
+            let _ = writeln!(out, "{:<10} {:<24} skipped   {why}", r.monitor, r.program);
         } else if r.accepted {
-            let _ = writeln!(out, "{:<10} {:<22} accepted  verified_insns={:<7} load={}us", r.monitor, r.program, insns, r.load_us);
+            let _ = writeln!(out, "{:<10} {:<24} accepted  verified_insns={:<7} load={}us", r.monitor, r.program, insns, r.load_us);
         } else {
-            let _ = writeln!(out, "{:<10} {:<22} REJECTED  {}", r.monitor, r.program, r.error.as_deref().unwrap_or(""));
+            let _ = writeln!(out, "{:<10} {:<24} REJECTED  {}", r.monitor, r.program, r.error.as_deref().unwrap_or(""));
         }
     }
     out

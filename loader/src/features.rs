@@ -305,6 +305,14 @@ struct ProgLoadAttr {
     attach_btf_id: u32,
 }
 
+// Every attribute struct spells out its padding as a field, so `Default` zeroes it. The kernel
+// refuses a command with EINVAL when any byte past the command's last field is not zero
+// (`CHECK_ATTR` in kernel/bpf/syscall.c), and Rust leaves implicit padding undefined: whatever the
+// stack held. That made the fentry and raw tracepoint probes fail now and then on 5.10 and 6.1,
+// where `raw_tracepoint.prog_fd` is the last field and the 4 padding bytes after it are checked
+// (6.10 added `cookie` behind a named hole, so later kernels no longer look at them).
+// `attrs_have_no_implicit_padding` below keeps it so.
+
 #[repr(C)]
 #[derive(Default)]
 struct BtfLoadAttr {
@@ -313,6 +321,7 @@ struct BtfLoadAttr {
     btf_size: u32,
     btf_log_size: u32,
     btf_log_level: u32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -320,6 +329,7 @@ struct BtfLoadAttr {
 struct RawTpOpenAttr {
     name: u64,
     prog_fd: u32,
+    _pad: u32,
 }
 
 /// `link_create` with the `kprobe_multi` arm of its union (the other arms are a prefix of it).
@@ -736,6 +746,7 @@ fn load_btf(blob: &[u8]) -> Result<OwnedFd, ProbeError> {
         btf_log_buf: log.as_mut_ptr() as u64,
         btf_log_size: log.len() as u32,
         btf_log_level: 1,
+        _pad: 0,
     };
     match sys_bpf(BPF_BTF_LOAD, &mut attr) {
         // SAFETY: the kernel just returned this descriptor to us and nobody else owns it.
@@ -830,7 +841,7 @@ fn is_alias(t: &Type) -> bool {
 
 /// Attaches a BTF-attached tracing program the 5.5 way: `BPF_RAW_TRACEPOINT_OPEN` with no name.
 fn attach_btf_program(prog: &OwnedFd) -> ProbeResult {
-    let mut attr = RawTpOpenAttr { name: 0, prog_fd: prog.as_raw_fd() as u32 };
+    let mut attr = RawTpOpenAttr { name: 0, prog_fd: prog.as_raw_fd() as u32, _pad: 0 };
     sys_bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &mut attr, "attach").map(drop)
 }
 
@@ -895,7 +906,7 @@ fn probe_lsm() -> ProbeResult {
 fn probe_raw_tracepoint() -> ProbeResult {
     let prog = load_simple(PROG_RAW_TRACEPOINT, &RETURN_0)?;
     let name = c"sched_process_fork";
-    let mut attr = RawTpOpenAttr { name: name.as_ptr() as u64, prog_fd: prog.as_raw_fd() as u32 };
+    let mut attr = RawTpOpenAttr { name: name.as_ptr() as u64, prog_fd: prog.as_raw_fd() as u32, _pad: 0 };
     sys_bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &mut attr, "raw tracepoint open").map(drop)
 }
 
@@ -1151,6 +1162,33 @@ mod tests {
         let ProbeError::Sys { ref log, .. } = err else { panic!("{err}") };
         assert!(log.contains("unknown func") || log.contains("invalid func"), "{log}");
         assert!(matches!(classify(Err(err)), FeatureStatus::Absent { .. }));
+    }
+
+    /// The size of each attribute struct is the sum of its fields: no padding byte is left
+    /// undefined for the kernel's zero check to trip on (see the note above `BtfLoadAttr`).
+    #[test]
+    fn attrs_have_no_implicit_padding() {
+        macro_rules! no_padding {
+            ($t:ident { $($f:ident),* $(,)? }) => {{
+                let v = $t::default();
+                let fields = 0 $(+ std::mem::size_of_val(&v.$f))*;
+                assert_eq!(std::mem::size_of::<$t>(), fields, "{} has implicit padding", stringify!($t));
+            }};
+        }
+        no_padding!(MapCreateAttr { map_type, key_size, value_size, max_entries, map_flags });
+        no_padding!(MapUpdateAttr { map_fd, _pad, key, value, flags });
+        no_padding!(ProgLoadAttr {
+            prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version, prog_flags, prog_name,
+            prog_ifindex, expected_attach_type, prog_btf_fd, func_info_rec_size, func_info, func_info_cnt,
+            line_info_rec_size, line_info, line_info_cnt, attach_btf_id,
+        });
+        no_padding!(BtfLoadAttr { btf, btf_log_buf, btf_size, btf_log_size, btf_log_level, _pad });
+        no_padding!(RawTpOpenAttr { name, prog_fd, _pad });
+        no_padding!(LinkCreateAttr {
+            prog_fd, target_fd, attach_type, flags, multi_flags, multi_cnt, multi_syms, multi_addrs, multi_cookies,
+        });
+        no_padding!(IdAttr { id, next_id });
+        no_padding!(InfoAttr { bpf_fd, info_len, info });
     }
 
     #[test]

@@ -130,7 +130,8 @@ fn choose(attach: &AttachPoint) -> Result<String, String> {
                 Err(format!("tracepoint {name} does not exist in this kernel"))
             }
         }
-        AttachPoint::Fexit { function } | AttachPoint::Kprobe { function } => {
+        AttachPoint::Fexit { function } | AttachPoint::Kprobe { function } | AttachPoint::Kretprobe { function } => {
+            // kretprobes come with kprobes (CONFIG_KPROBES): one gate for both.
             feature_gate(if matches!(attach, AttachPoint::Fexit { .. }) { "fentry" } else { "kprobe" })?;
             if kernel_function_exists(function) {
                 Ok(attach.describe())
@@ -179,7 +180,7 @@ pub fn render_text(plan: &Plan) -> String {
             (None, Some(why)) => format!("unavailable: {why}"),
             (None, None) => "unavailable".to_owned(),
         };
-        let _ = writeln!(out, "  {:<10} {:<22} {}", p.monitor, p.program, what);
+        let _ = writeln!(out, "  {:<10} {:<24} {}", p.monitor, p.program, what);
     }
     out
 }

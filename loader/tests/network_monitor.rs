@@ -11,6 +11,7 @@ use std::{
 
 use common::{kernel_lock, skip_unless_root, Loader};
 use serde_json::Value;
+use tapio_load::monitors::{self, AttachPoint};
 
 /// One connection made by the test: both ends' addresses and what each side wrote.
 struct Conn {
@@ -65,6 +66,49 @@ fn find<'a>(events: &'a [Value], monitor: &str, event: &str, local: SocketAddr, 
 fn assert_bytes(e: &Value, field: &str, payload: u64) {
     let got = e[field].as_u64().unwrap_or_else(|| panic!("{field} missing: {e}"));
     assert!((payload..=payload + 2).contains(&got), "{field} = {got}, expected {payload} payload bytes (+ SYN/FIN): {e}");
+}
+
+/// Which path of a network program group this kernel allows, by the loader's own feature gates:
+/// Ok(the program's attach path) for the first that passes, Err(each path's reason) when none does.
+fn group_path(group: &str) -> Result<(&'static str, String), Vec<(String, String)>> {
+    let group = monitors::GROUPS.iter().find(|g| g.monitor == "network" && g.name == group).expect("a network group");
+    let spec = monitors::monitor("network").expect("the network monitor");
+    let mut reasons = Vec::new();
+    for name in group.programs {
+        let p = spec.programs.iter().find(|p| p.name == *name).expect("a group program is in the monitor");
+        match tapio_load::plan::attach_path(&p.attach) {
+            Ok(path) => return Ok((p.name, path)),
+            Err(why) => reasons.push((p.attach.describe(), why)),
+        }
+    }
+    Err(reasons)
+}
+
+/// The optional events of one connection: `connect_attempt` and `accept_return` where this kernel
+/// has a path for them (fexit or kprobe), and the acceptor as the owner of the inbound socket.
+fn check_call_events(events: &[Value], c: &Conn, ip_version: u64) {
+    let me = std::process::id() as u64;
+    if let Ok((program, _)) = group_path("connect_attempt") {
+        let e = find(events, "network", "connect_attempt", c.client, c.server);
+        assert_eq!((e["tgid"].as_u64(), &e["owner_known"], &e["ip_version"]), (Some(me), &Value::Bool(true), &ip_version.into()), "{e}");
+        assert!(e.get("newstate").is_none(), "a call, not a transition: {e}");
+        if program.ends_with("fexit") {
+            assert_eq!(e["result"], 0, "fexit sees tcp_connect's return: {e}");
+        } else {
+            assert!(e.get("result").is_none(), "a kprobe cannot see the return value: {e}");
+        }
+    }
+    if group_path("accept_return").is_ok() {
+        let e = find(events, "network", "accept_return", c.server, c.client);
+        assert_eq!((e["tgid"].as_u64(), &e["owner_known"], &e["ip_version"]), (Some(me), &Value::Bool(true), &ip_version.into()), "{e}");
+        // From accept() on, the inbound socket's softirq transitions carry the acceptor: the
+        // client's FIN (ESTABLISHED -> CLOSE_WAIT) arrives after this test's accept() returned.
+        let wait = events
+            .iter()
+            .find(|x| x["event"] == "state_change" && x["newstate"] == "CLOSE_WAIT" && tuple_is(x, c.server, c.client))
+            .unwrap_or_else(|| panic!("no CLOSE_WAIT for {} -> {}", c.server, c.client));
+        assert_eq!((wait["tgid"].as_u64(), &wait["owner_known"]), (Some(me), &Value::Bool(true)), "{wait}");
+    }
 }
 
 fn check_connection(events: &[Value], c: &Conn, ip_version: u64) {
@@ -128,12 +172,73 @@ fn tcp_lifecycle_over_ipv4_and_ipv6() {
     assert!(last.is_some(), "the IPv6 server close never arrived; stderr:\n{stderr}");
     assert!(status.success(), "tapio-load exits 0 on SIGTERM: {status}; stderr:\n{stderr}");
     assert!(stderr.contains("tracepoint:sock/inet_sock_set_state"), "attach path logged: {stderr}");
+    // connect_attempt and accept_return: the start-up log names the path taken, or says the event
+    // is unavailable with each path's reason (on a kernel without fentry and kprobes, e.g. this
+    // project's CI host: fexit refused with EPERM, no CONFIG_KPROBES), and then no such event comes.
+    for (group, event) in [("connect_attempt", "connect_attempt"), ("accept_return", "accept_return")] {
+        match group_path(group) {
+            Ok((program, path)) => {
+                assert!(stderr.contains(&format!("program=\"{program}\" path={path}")), "{group} via {path} logged: {stderr}")
+            }
+            Err(reasons) => {
+                let why = reasons.iter().map(|(path, why)| format!("{path}: {why}")).collect::<Vec<_>>().join("; ");
+                let line = format!("monitor network: {group}: unavailable: {why}");
+                assert!(stderr.contains(&line), "expected `{line}` in stderr:\n{stderr}");
+                assert!(!events.iter().any(|e| e["event"] == event), "no {event} without a path");
+                println!("SKIP {event} events: unavailable on this kernel: {why}");
+            }
+        }
+    }
 
     check_connection(&events, &v4, 4);
     check_connection(&events, &v6, 6);
+    check_call_events(&events, &v4, 4);
+    check_call_events(&events, &v6, 6);
     for prefix in ["network_", "kernel_"] {
         let left = common::programs_left_after(prefix, Duration::from_secs(2));
         assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
+    }
+}
+
+/// `plan` names, for each alternative network program, the path it would take or why it cannot:
+/// what the kernel itself answered (an errno or the absence of the kprobe PMU), never a guess.
+#[test]
+fn plan_names_each_network_path_or_the_kernel_reason() {
+    if skip_unless_root("plan_names_each_network_path_or_the_kernel_reason") {
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tapio-load"))
+        .args(["plan", "--json", "--monitors", "network"])
+        .output()
+        .expect("run tapio-load plan");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan --json is JSON");
+    let programs = plan["programs"].as_array().expect("programs");
+    let entry = |name: &str| {
+        programs.iter().find(|p| p["program"] == name).unwrap_or_else(|| panic!("{name} missing from the plan: {plan}"))
+    };
+    assert_eq!(entry("network_set_state")["path"], "tracepoint:sock/inet_sock_set_state");
+    let fentry = tapio_load::features::probe("fentry").expect("an fentry gate").status;
+    let kprobe = tapio_load::features::probe("kprobe").expect("a kprobe gate").status;
+    for (name, attach) in [
+        ("network_connect_fexit", AttachPoint::Fexit { function: "tcp_connect" }),
+        ("network_connect_kprobe", AttachPoint::Kprobe { function: "tcp_connect" }),
+        ("network_accept_fexit", AttachPoint::Fexit { function: "inet_csk_accept" }),
+        ("network_accept_kretprobe", AttachPoint::Kretprobe { function: "inet_csk_accept" }),
+    ] {
+        let e = entry(name);
+        let gate = if matches!(attach, AttachPoint::Fexit { .. }) { &fentry } else { &kprobe };
+        match gate {
+            tapio_load::features::FeatureStatus::Present => assert_eq!(e["path"], attach.describe(), "{e}"),
+            tapio_load::features::FeatureStatus::Absent { reason } => {
+                let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: absent gate, yet a path: {e}"));
+                assert!(why.contains("unsupported") && why.contains(reason.as_str()), "{name}: {why}");
+            }
+            tapio_load::features::FeatureStatus::Error { message, .. } => {
+                let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: failed gate, yet a path: {e}"));
+                assert!(why.contains("probe failed") && why.contains(message.as_str()), "{name}: {why}");
+            }
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 OR MIT */
-/* The network monitor's record: TCP connect, accept, close and state changes, told apart by hdr.kind. */
+/*
+ * The network monitor's record: TCP connect, accept, close and state changes, plus the connect
+ * attempt and accept's return seen in the calling process, told apart by hdr.kind.
+ */
 #ifndef __TAPIO_NETWORK_H__
 #define __TAPIO_NETWORK_H__
 
@@ -11,12 +14,15 @@ enum network_kind {
 	NETWORK_ACCEPT = 2,       /* SYN_RECV -> ESTABLISHED: an inbound connection is up */
 	NETWORK_CLOSE = 3,        /* any -> CLOSE */
 	NETWORK_STATE_CHANGE = 4, /* every other transition */
+	NETWORK_CONNECT_ATTEMPT = 5, /* tcp_connect(): the SYN goes out, in the connecting process */
+	NETWORK_ACCEPT_RETURN = 6,   /* inet_csk_accept() returned a socket, in the accepting process */
 };
 
 /* Flags in network_event.flags. */
 #define NETWORK_F_BYTES 0x1 /* bytes_sent/bytes_received were read from tcp_sock */
 #define NETWORK_F_OWNER 0x2 /* the identity in hdr is the socket's owner, not the interrupted task */
 #define NETWORK_F_SOCK_CGROUP 0x4 /* hdr.cgroup_id is the socket's cgroup (sk_cgrp_data) */
+#define NETWORK_F_RESULT_UNKNOWN 0x8 /* connect_attempt via kprobe: tcp_connect's return is not seen */
 
 /* Sockets whose owner is remembered between connect() and close(); LRU so it cannot fill up. */
 #define NETWORK_OWNERS_MAX 16384
@@ -30,12 +36,18 @@ struct network_event {
 	 */
 	__u64 bytes_sent;
 	__u64 bytes_received;
+	/*
+	 * connect_attempt and accept_return: both hold the socket's state when the probe ran (the
+	 * loader leaves it out of its output: at accept's return it races with the handshake's end).
+	 */
 	__u8 oldstate;        /* enum tapio_tcp_state */
 	__u8 newstate;
 	__u16 _pad0;
 	__u32 flags;          /* NETWORK_F_* */
+	__s32 result;         /* connect_attempt: tcp_connect's return (0 or -errno), unless RESULT_UNKNOWN */
+	__u32 _pad1;
 };
-_Static_assert(sizeof(struct network_event) == 48 + 40 + 24, "network_event layout");
+_Static_assert(sizeof(struct network_event) == 48 + 40 + 32, "network_event layout");
 
 /* Who a socket belongs to, remembered in process context for events that run in softirq. */
 struct network_owner {

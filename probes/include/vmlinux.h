@@ -108,6 +108,7 @@ struct sock_common {
 	__be16 skc_dport;
 	__u16 skc_num;
 	unsigned short skc_family;
+	unsigned char skc_state; /* volatile unsigned char in the kernel */
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
 };
@@ -132,6 +133,16 @@ struct sock_cgroup_data {
 struct sock {
 	struct sock_common __sk_common;
 	struct sock_cgroup_data sk_cgrp_data;
+	u16 sk_protocol; /* a u16 since 5.6, an 8-bit bitfield before: read with BPF_CORE_READ_BITFIELD_PROBED */
+};
+
+/*
+ * Only for bpf_core_type_exists: since 6.10 inet_csk_accept(sk, arg) takes this instead of
+ * (sk, flags, err, kern), which moves its return value in an fexit context.
+ */
+struct proto_accept_arg {
+	int flags;
+	int err;
 };
 
 /* inet_sport survives tcp_set_state(TCP_CLOSE), which zeroes skc_num when it releases the port. */

@@ -125,13 +125,45 @@ fn empty_row(line: &str, verdict: Verdict) -> Row {
     Row { line: line.to_owned(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
 }
 
-/// Packs the guest agent (and the kernel config, for the record) into a newc initramfs. Public
-/// so the matrix benchmark boots exactly the image the matrix boots.
+/// The kernel modules the guest's scenarios load, as (directory in the release's module tree,
+/// module name): veth for the veth-pair scenarios (network/tcp_veth, xdp/veth_prefixes).
+pub const GUEST_MODULES: &[(&str, &str)] = &[("kernel/drivers/net", "veth")];
+
+/// The booted kernel's own build of module `name` under `dir` of its modules directory, in any
+/// of the compressions `Initramfs::add_module` reads; or why there is none, in words the guest
+/// reports when the module's scenarios cannot run.
+pub fn find_module(modules_dir: Option<&Path>, dir: &str, name: &str) -> Result<PathBuf, String> {
+    let Some(modules) = modules_dir else {
+        return Err("the kernel came without a modules directory (a --kernel-file run without --modules)".to_owned());
+    };
+    for ext in [".ko", ".ko.xz", ".ko.zst", ".ko.gz"] {
+        let path = modules.join(dir).join(format!("{name}{ext}"));
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    let builtin = std::fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
+    if builtin.lines().any(|l| l.trim() == format!("{dir}/{name}.ko")) {
+        return Err(format!("{name} is built into the kernel (modules.builtin), no module to load"));
+    }
+    Err(format!("{name}.ko is neither in {dir}/ of the kernel's modules nor in modules.builtin"))
+}
+
+/// Packs the guest agent, the modules its scenarios load (`/lib/modules/<name>.ko`, or a
+/// `/lib/modules/<name>.missing` holding the reason there is none) and the kernel config, for
+/// the record, into a newc initramfs. Public so the matrix benchmark boots exactly the image the
+/// matrix boots.
 pub fn pack(guest: &Path, artifacts: &KernelArtifacts, out: &Path) -> Result<()> {
     let mut image = Initramfs::new()
         .char_dev("/dev/console", 0o600, 5, 1)
         .file_from_path("/init", guest, 0o755)
         .context("initramfs: add the guest agent")?;
+    for (dir, name) in GUEST_MODULES {
+        image = match find_module(artifacts.modules_dir.as_deref(), dir, name) {
+            Ok(path) => image.add_module(&path).with_context(|| format!("initramfs: add module {}", path.display()))?,
+            Err(why) => image.file(&format!("/{}/{name}.missing", crate::initramfs::MODULE_DIR), why, 0o644),
+        };
+    }
     if let Some(config) = &artifacts.config {
         image = image.file_from_path("/boot/config", config, 0o644).context("initramfs: add the kernel config")?;
     }
@@ -309,11 +341,19 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
 }
 
 /// Compares every row's snapshots with the stored ones; drift fails the row with the diff.
-/// Stored snapshots that no row produced fail the run (on the first row that booted).
+/// Stored snapshots that no row produced fail the run (on the first row that booted), unless a
+/// row skipped their scenario: a skip line named `<monitor>.<scenario>` carries the kernel's
+/// reason, and the report lists it (never as a pass).
 fn check_snapshots(options: &Options, rows: &mut [Row]) {
     let mut referenced = std::collections::BTreeSet::new();
+    let mut skipped = std::collections::BTreeSet::new();
     for row in rows.iter_mut() {
         let Some(results) = &row.results else { continue };
+        for skip in &results.skips {
+            if let Some((monitor, scenario)) = skip.name.split_once('.') {
+                skipped.insert((monitor.to_owned(), scenario.to_owned()));
+            }
+        }
         let mut problems = Vec::new();
         for snap in &results.snapshots {
             referenced.insert((snap.monitor.clone(), snap.scenario.clone()));
@@ -331,7 +371,8 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
         }
         add_problems(row, problems);
     }
-    let stale = crate::snapshots::unreferenced(&options.workspace, &referenced);
+    let accounted: std::collections::BTreeSet<_> = referenced.union(&skipped).cloned().collect();
+    let stale = crate::snapshots::unreferenced(&options.workspace, &accounted);
     // Only a run that produced snapshots can call others unreferenced.
     if !stale.is_empty() && !referenced.is_empty() {
         if let Some(row) = rows.iter_mut().find(|r| r.results.is_some()) {
@@ -367,4 +408,95 @@ fn add_problems(row: &mut Row, problems: Vec<String>) {
         Verdict::Fail(old) => Verdict::Fail(format!("{old}\n{joined}")),
         other => other,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_are_found_compressed_or_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path();
+        let net = modules.join("kernel/drivers/net");
+        std::fs::create_dir_all(&net).unwrap();
+        let why = find_module(None, "kernel/drivers/net", "veth").unwrap_err();
+        assert!(why.contains("without a modules directory"), "{why}");
+        let why = find_module(Some(modules), "kernel/drivers/net", "veth").unwrap_err();
+        assert!(why.contains("neither in kernel/drivers/net/"), "{why}");
+        std::fs::write(modules.join("modules.builtin"), "kernel/drivers/net/dummy.ko\nkernel/drivers/net/veth.ko\n").unwrap();
+        let why = find_module(Some(modules), "kernel/drivers/net", "veth").unwrap_err();
+        assert!(why.contains("built into the kernel"), "{why}");
+        std::fs::write(net.join("veth.ko.xz"), b"").unwrap();
+        assert_eq!(find_module(Some(modules), "kernel/drivers/net", "veth").unwrap(), net.join("veth.ko.xz"));
+        std::fs::write(net.join("veth.ko"), b"").unwrap();
+        assert_eq!(find_module(Some(modules), "kernel/drivers/net", "veth").unwrap(), net.join("veth.ko"));
+    }
+
+    /// A stored snapshot no row produced fails the run, unless a row skipped its scenario.
+    #[test]
+    fn a_skipped_scenario_accounts_for_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
+        crate::snapshots::compare(dir.path(), "6.1", "xdp", "veth_prefixes", "[2]", true).unwrap();
+        let options = Options {
+            workspace: dir.path().to_owned(),
+            selection: Selection::Default,
+            jobs: 1,
+            timeout: Duration::from_secs(1),
+            kernel_file: None,
+            modules: None,
+            kernel_deb: None,
+            out_dir: dir.path().to_owned(),
+            accept_snapshots: false,
+            fault: None,
+        };
+        let row = |skip: Option<&str>| {
+            let mut results = results::GuestResults::default();
+            results.snapshots.push(results::SnapshotBody {
+                monitor: "process".to_owned(),
+                scenario: "exec_chain".to_owned(),
+                body: "[1]".to_owned(),
+            });
+            if let Some(name) = skip {
+                results.skips.push(results::CheckResult { name: name.to_owned(), pass: false, detail: "no veth".to_owned() });
+            }
+            let mut r = empty_row("6.1", Verdict::Pass);
+            r.results = Some(results);
+            r
+        };
+        let mut rows = [row(None)];
+        check_snapshots(&options, &mut rows);
+        assert!(matches!(&rows[0].verdict, Verdict::Fail(why) if why.contains("unreferenced snapshots") && why.contains("veth_prefixes")), "{:?}", rows[0].verdict);
+        let mut rows = [row(Some("xdp.veth_prefixes"))];
+        check_snapshots(&options, &mut rows);
+        assert_eq!(rows[0].verdict, Verdict::Pass);
+    }
+
+    /// The image holds the module where the guest loads it from, or the reason it has none.
+    #[test]
+    fn pack_adds_the_guest_modules_or_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let guest = dir.path().join("agent");
+        std::fs::write(&guest, b"agent").unwrap();
+        let modules = dir.path().join("lib/modules/9.9.9");
+        std::fs::create_dir_all(modules.join("kernel/drivers/net")).unwrap();
+        std::fs::write(modules.join("kernel/drivers/net/veth.ko"), b"\x7fELF-veth").unwrap();
+        let mut artifacts = KernelArtifacts {
+            release: "9.9.9".to_owned(),
+            vmlinuz: dir.path().join("vmlinuz"),
+            config: None,
+            modules_dir: Some(modules),
+        };
+        let has = |image: &Path, needle: &[u8]| std::fs::read(image).unwrap().windows(needle.len()).any(|w| w == needle);
+        let image = dir.path().join("with.cpio");
+        pack(&guest, &artifacts, &image).unwrap();
+        assert!(has(&image, b"lib/modules/veth.ko\0") && has(&image, b"\x7fELF-veth"));
+        assert!(!has(&image, b"veth.missing"));
+        artifacts.modules_dir = None;
+        let image = dir.path().join("without.cpio");
+        pack(&guest, &artifacts, &image).unwrap();
+        assert!(has(&image, b"lib/modules/veth.missing\0") && has(&image, b"without a modules directory"));
+        assert!(!has(&image, b"lib/modules/veth.ko\0"));
+    }
 }

@@ -126,6 +126,9 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
         ((local, f.sport), (peer, f.dport))
     };
     let response = h.kind == DNS_RESPONSE;
+    // A runt's header was never read (the probe leaves its fields zero): no rcode or answer
+    // count is reported for it rather than a NOERROR and 0 nobody sent.
+    let runt = base.flags & DNS_F_RUNT != 0;
     let q = question.unwrap_or_default();
     let body = DnsBody {
         transport: if f.protocol == 6 { "tcp" } else { "udp" },
@@ -137,14 +140,14 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
         dns_id: base.dns_id,
         qname: q.name,
         qtype: q.qtype.map(|t| wire::qtype_name(t).map_or(DnsCode::Number(t), DnsCode::Name)),
-        rcode: response.then(|| {
+        rcode: (response && !runt).then(|| {
             let rc = (base.dns_flags & 0xf) as u8;
             wire::rcode_name(rc).map_or(DnsCode::Number(rc.into()), DnsCode::Name)
         }),
-        answers: response.then_some(base.ancount),
+        answers: (response && !runt).then_some(base.ancount),
         latency_ns: response.then_some(None),
         truncated: !full || q.cut || q.malformed.is_some(),
-        malformed: if base.flags & DNS_F_RUNT != 0 {
+        malformed: if runt {
             Some(format!("message of {} bytes is shorter than the 12-byte DNS header", base.msg_len))
         } else {
             q.malformed.map(|e| e.to_string())
@@ -255,6 +258,24 @@ mod tests {
         assert_eq!(v["dns_id"], 0x1234);
         assert_eq!(v["qname"], serde_json::Value::Null);
         assert!(v.get("rcode").is_none() && v.get("latency_ns").is_none());
+    }
+
+    #[test]
+    fn runt_reports_no_header_fields() {
+        let mut bytes = record(DNS_RESPONSE, MSG, 11, false);
+        // The probe's runt record: header-only, its DNS fields zero, flagged.
+        let mut base: DnsEvent = read_record(&bytes, "dns_event").unwrap();
+        (base.dns_id, base.dns_flags, base.qdcount, base.ancount, base.flags) = (0, 0, 0, 0, DNS_F_RUNT);
+        // SAFETY: DnsEvent is repr(C) plain data; reading its bytes is sound.
+        bytes.copy_from_slice(unsafe {
+            std::slice::from_raw_parts((&base as *const DnsEvent).cast::<u8>(), std::mem::size_of::<DnsEvent>())
+        });
+        let h: TapioHeader = read_record(&bytes, "h").unwrap();
+        let v = serde_json::to_value(decode(&h, &bytes).unwrap()).unwrap();
+        assert_eq!(v["event"], "response");
+        assert!(v.get("rcode").is_none() && v.get("answers").is_none(), "{v}");
+        assert_eq!((v["qname"].is_null(), &v["truncated"]), (true, &serde_json::json!(true)));
+        assert_eq!(v["malformed"], "message of 11 bytes is shorter than the 12-byte DNS header");
     }
 
     #[test]

@@ -11,10 +11,16 @@ pub const NETWORK_CONNECT: u8 = 1;
 pub const NETWORK_ACCEPT: u8 = 2;
 pub const NETWORK_CLOSE: u8 = 3;
 pub const NETWORK_STATE_CHANGE: u8 = 4;
+/// tcp_connect() sent the SYN, seen in the connecting process (fexit or kprobe).
+pub const NETWORK_CONNECT_ATTEMPT: u8 = 5;
+/// inet_csk_accept() returned the new socket, seen in the accepting process (fexit or kretprobe).
+pub const NETWORK_ACCEPT_RETURN: u8 = 6;
 
 pub const NETWORK_F_BYTES: u32 = 0x1;
 pub const NETWORK_F_OWNER: u32 = 0x2;
 pub const NETWORK_F_SOCK_CGROUP: u32 = 0x4;
+/// connect_attempt through the kprobe path: tcp_connect's return value was not seen.
+pub const NETWORK_F_RESULT_UNKNOWN: u32 = 0x8;
 
 /// Mirror of `union tapio_addr`: 16 bytes, IPv4 in the first 4 in network byte order.
 pub type TapioAddr = [u8; 16];
@@ -44,6 +50,8 @@ pub struct NetworkEvent {
     pub newstate: u8,
     pub _pad0: u16,
     pub flags: u32,
+    pub result: i32,
+    pub _pad1: u32,
 }
 
 /// The connection fields every network and kernel socket record carries, as the contract names them.
@@ -110,8 +118,14 @@ pub fn tcp_state_name(state: u8) -> &'static str {
 pub struct NetworkBody {
     #[serde(flatten)]
     pub flow: FlowFields,
-    pub oldstate: &'static str,
-    pub newstate: &'static str,
+    /// The transition's states; absent on `connect_attempt` and `accept_return`, which are calls,
+    /// not transitions. (The probe records the socket's state there, but at accept's return it is
+    /// a race: the kernel queues a new socket for accept() in SYN_RECV and moves it to ESTABLISHED
+    /// an instant later, so an accept() on another CPU can catch either.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldstate: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newstate: Option<&'static str>,
     /// Bytes the peer acknowledged (`tcp_sock.bytes_acked`, as `ss -i` shows it: sequence space,
     /// so an acknowledged SYN and FIN add 1 each to the payload); on `close` when readable.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,9 +133,13 @@ pub struct NetworkBody {
     /// Bytes received (`tcp_sock.bytes_received`, a received FIN adds 1); on `close` when readable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_received: Option<u64>,
-    /// Whether pid/tgid/comm/uid name the socket's owner (remembered at connect() or close())
-    /// rather than the task a softirq happened to interrupt.
+    /// Whether pid/tgid/comm/uid name the socket's owner (remembered at connect(), accept() or
+    /// close()) rather than the task a softirq happened to interrupt.
     pub owner_known: bool,
+    /// `connect_attempt` only: tcp_connect's return value (0, or -errno when the SYN could not be
+    /// sent), when the fexit path saw it; absent through the kprobe path, which cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<i32>,
 }
 
 /// Decodes a network record whose header is already read.
@@ -132,16 +150,20 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
         NETWORK_ACCEPT => "accept",
         NETWORK_CLOSE => "close",
         NETWORK_STATE_CHANGE => "state_change",
+        NETWORK_CONNECT_ATTEMPT => "connect_attempt",
+        NETWORK_ACCEPT_RETURN => "accept_return",
         kind => return Err(DecodeError::UnknownKind { monitor: "network", kind }),
     };
     let has_bytes = e.flags & NETWORK_F_BYTES != 0;
+    let call = matches!(h.kind, NETWORK_CONNECT_ATTEMPT | NETWORK_ACCEPT_RETURN);
     let body = NetworkBody {
         flow: FlowFields::from(&e.flow),
-        oldstate: tcp_state_name(e.oldstate),
-        newstate: tcp_state_name(e.newstate),
+        oldstate: (!call).then(|| tcp_state_name(e.oldstate)),
+        newstate: (!call).then(|| tcp_state_name(e.newstate)),
         bytes_sent: has_bytes.then_some(e.bytes_sent),
         bytes_received: has_bytes.then_some(e.bytes_received),
         owner_known: e.flags & NETWORK_F_OWNER != 0,
+        result: (h.kind == NETWORK_CONNECT_ATTEMPT && e.flags & NETWORK_F_RESULT_UNKNOWN == 0).then_some(e.result),
     };
     Ok(Event::from_header(h, "network", name, Body::Network(body)))
 }
@@ -162,6 +184,54 @@ mod tests {
         f6.daddr[10..16].copy_from_slice(&[0xff, 0xff, 192, 0, 2, 1]);
         let t = FlowFields::from(&f6);
         assert_eq!((t.saddr.as_str(), t.daddr.as_str()), ("::1", "::ffff:192.0.2.1"));
+    }
+
+    fn record(kind: u8, flags: u32, result: i32) -> Vec<u8> {
+        let e = NetworkEvent {
+            hdr: TapioHeader { monitor: 3, kind, ..Default::default() },
+            flow: TapioFlow { ip_version: 4, protocol: 6, sport: 40000, dport: 80, ..Default::default() },
+            oldstate: 2,
+            newstate: 2,
+            flags,
+            result,
+            ..Default::default()
+        };
+        // SAFETY: NetworkEvent is repr(C) plain data without implicit padding.
+        unsafe { std::slice::from_raw_parts((&e as *const NetworkEvent).cast::<u8>(), std::mem::size_of::<NetworkEvent>()) }
+            .to_vec()
+    }
+
+    fn body(kind: u8, flags: u32, result: i32) -> (&'static str, NetworkBody) {
+        let bytes = record(kind, flags, result);
+        let h: TapioHeader = read_record(&bytes, "tapio_header").unwrap();
+        let e = decode(&h, &bytes).unwrap();
+        match e.body {
+            Body::Network(b) => (e.event, b),
+            other => panic!("not a network body: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn connect_attempt_carries_the_result_only_when_it_was_seen() {
+        let (name, b) = body(NETWORK_CONNECT_ATTEMPT, NETWORK_F_OWNER, -111);
+        assert_eq!((name, b.result, b.owner_known, b.newstate), ("connect_attempt", Some(-111), true, None));
+        let (_, b) = body(NETWORK_CONNECT_ATTEMPT, NETWORK_F_OWNER | NETWORK_F_RESULT_UNKNOWN, 0);
+        assert_eq!(b.result, None, "the kprobe path does not see tcp_connect's return");
+        let json = serde_json::to_value(&b).unwrap();
+        assert!(json.get("result").is_none(), "{json}");
+        let (name, b) = body(NETWORK_ACCEPT_RETURN, NETWORK_F_OWNER, 0);
+        assert_eq!((name, b.result), ("accept_return", None));
+        assert!(json.get("oldstate").is_none() && json.get("newstate").is_none(), "a call is no transition: {json}");
+        let (_, b) = body(NETWORK_CLOSE, 0, 7);
+        assert_eq!(b.result, None, "only connect_attempt has a result");
+        assert_eq!((b.oldstate, b.newstate), (Some("SYN_SENT"), Some("SYN_SENT")));
+    }
+
+    #[test]
+    fn unknown_kind_is_an_error() {
+        let bytes = record(7, 0, 0);
+        let h: TapioHeader = read_record(&bytes, "tapio_header").unwrap();
+        assert_eq!(decode(&h, &bytes).unwrap_err(), DecodeError::UnknownKind { monitor: "network", kind: 7 });
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum AttachPoint {
     Fexit { function: &'static str },
     /// kprobe on a kernel function (needs CONFIG_KPROBES): arguments only.
     Kprobe { function: &'static str },
+    /// kretprobe on a kernel function (CONFIG_KPROBES, as kprobes): the return value only.
+    Kretprobe { function: &'static str },
 }
 
 impl AttachPoint {
@@ -44,6 +46,7 @@ impl AttachPoint {
             Self::RawTracePoint { name } => format!("raw_tracepoint:{name}"),
             Self::Fexit { function } => format!("fexit:{function}"),
             Self::Kprobe { function } => format!("kprobe:{function}"),
+            Self::Kretprobe { function } => format!("kretprobe:{function}"),
         }
     }
 }
@@ -53,14 +56,15 @@ impl AttachPoint {
 #[derive(Debug, Clone, Copy)]
 pub struct ProgramGroup {
     pub monitor: &'static str,
-    /// The capability's name, as reports show it (`capability`).
+    /// The capability's name, as reports show it (`capability`, `connect_attempt`, ...).
     pub name: &'static str,
     /// Program names, best path first.
     pub programs: &'static [&'static str],
 }
 
 /// Every group of alternative programs.
-pub const GROUPS: &[ProgramGroup] = &[security::CAPABILITY_GROUP];
+pub const GROUPS: &[ProgramGroup] =
+    &[security::CAPABILITY_GROUP, network::CONNECT_ATTEMPT_GROUP, network::ACCEPT_RETURN_GROUP];
 
 /// The group a program belongs to, if it is one of several alternative paths.
 pub fn group_of(monitor: &str, program: &str) -> Option<&'static ProgramGroup> {
@@ -278,7 +282,9 @@ pub fn load_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf
             let prog: &mut FExit = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
             prog.load(function, btf).map_err(|e| program_error(monitor, p.name, "load", e))?;
         }
-        AttachPoint::Kprobe { .. } => {
+        // The object's section (`kprobe/` or `kretprobe/`) says which: aya reads it into the
+        // program's kind, and attach uses it.
+        AttachPoint::Kprobe { .. } | AttachPoint::Kretprobe { .. } => {
             let prog: &mut KProbe = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
             prog.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
         }
@@ -305,7 +311,7 @@ pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -
             let prog: &mut FExit = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
             prog.attach().map(LinkId::Fexit).map_err(|e| program_error(monitor, p.name, "attach", e))
         }
-        AttachPoint::Kprobe { function } => {
+        AttachPoint::Kprobe { function } | AttachPoint::Kretprobe { function } => {
             let prog: &mut KProbe = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
             prog.attach(function, 0).map(LinkId::Kprobe).map_err(|e| program_error(monitor, p.name, "attach", e))
         }
@@ -403,4 +409,46 @@ pub fn stat(ebpf: &Ebpf, index: u32) -> Option<u64> {
     let array = aya::maps::PerCpuArray::<_, u64>::try_from(map).ok()?;
     let values = array.get(&index, 0).ok()?;
     Some(values.iter().sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every program's attach point agrees with its object's section: aya takes a kprobe's kind
+    /// (entry or return) from the section, so a `Kretprobe` spec on a `kprobe/` section would
+    /// attach to the wrong end of the function without any error.
+    #[test]
+    fn attach_points_match_the_object_sections() {
+        for spec in MONITORS {
+            let object = if spec.name == advanced::SPEC.name {
+                advanced::object(Transport::Ringbuf)
+            } else {
+                bundle::object(spec.name, Transport::Ringbuf)
+            }
+            .unwrap_or_else(|| panic!("no object for {}", spec.name));
+            let info = crate::inspect::inspect(object.file, object.bytes).expect("inspect the embedded object");
+            for p in spec.programs {
+                let section = &info.programs.iter().find(|i| i.name == p.name).unwrap_or_else(|| panic!("{} missing", p.name)).section;
+                let want = match p.attach {
+                    AttachPoint::TracePoint { category, name } => format!("tracepoint/{category}/{name}"),
+                    AttachPoint::RawTracePoint { name } => format!("raw_tracepoint/{name}"),
+                    AttachPoint::Fexit { function } => format!("fexit/{function}"),
+                    AttachPoint::Kprobe { function } => format!("kprobe/{function}"),
+                    AttachPoint::Kretprobe { function } => format!("kretprobe/{function}"),
+                };
+                assert_eq!(section, &want, "{}/{}", spec.name, p.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_group_program_is_in_its_monitor() {
+        for g in GROUPS {
+            let spec = monitor(g.monitor).unwrap_or_else(|| panic!("group {}: no monitor {}", g.name, g.monitor));
+            for name in g.programs {
+                assert!(spec.programs.iter().any(|p| p.name == *name), "group {}: {name} not in {}", g.name, g.monitor);
+            }
+        }
+    }
 }

@@ -4,14 +4,55 @@
 //! Needs one classic tracepoint, `sock/inet_sock_set_state`, added in 4.16
 //! (<https://github.com/torvalds/linux/blob/v4.16/include/trace/events/sock.h>), plus an LRU hash
 //! map (4.10+); no kprobes or fentry, so it runs where those are disabled.
+//!
+//! Where the kernel allows more, two events come from kernel functions that have no tracepoint,
+//! each with alternative paths tried best first (see [`super::ProgramGroup`]):
+//! - `connect_attempt` ([`CONNECT_ATTEMPT_GROUP`]): `tcp_connect()` sending the SYN, in the
+//!   connecting process, with the full tuple (`tcp_v4_connect` binds the source port through
+//!   `inet_hash_connect` before it calls `tcp_connect`,
+//!   <https://github.com/torvalds/linux/blob/v5.10/net/ipv4/tcp_ipv4.c>). fexit (5.5+,
+//!   <https://github.com/torvalds/linux/commit/fec56f5890d93fc2ed74166c397dc186b1c25951>) also
+//!   gives its return value; the kprobe fallback does not, and flags the record so.
+//! - `accept_return` ([`ACCEPT_RETURN_GROUP`]): `inet_csk_accept()` returning the new socket, in
+//!   the accepting process: fexit, else a kretprobe. Its arguments changed in 6.10
+//!   from `(sk, flags, err, kern)`
+//!   (<https://github.com/torvalds/linux/blob/v6.9/net/ipv4/inet_connection_sock.c>) to
+//!   `(sk, arg)` (<https://github.com/torvalds/linux/blob/v6.10/net/ipv4/inet_connection_sock.c>), which
+//!   moves the return value in the fexit context; the probe picks the slot by whether the kernel's
+//!   BTF has `struct proto_accept_arg`.
+//!
+//! Both remember the calling process as the socket's owner, so an accepted socket's later state
+//! changes carry the acceptor. On a kernel with neither fentry nor kprobes (this project's CI
+//! host: no `CONFIG_KPROBES`, fentry refused with EPERM) both events are reported unavailable
+//! with each path's reason, and the tracepoint program runs alone.
 
-use super::{AttachPoint, MonitorSpec, ProgramSpec};
+use super::{AttachPoint, MonitorSpec, ProgramGroup, ProgramSpec};
+
+/// The alternative paths to `connect_attempt` events, best first.
+pub const CONNECT_ATTEMPT_GROUP: ProgramGroup = ProgramGroup {
+    monitor: "network",
+    name: "connect_attempt",
+    programs: &["network_connect_fexit", "network_connect_kprobe"],
+};
+
+/// The alternative paths to `accept_return` events, best first.
+pub const ACCEPT_RETURN_GROUP: ProgramGroup = ProgramGroup {
+    monitor: "network",
+    name: "accept_return",
+    programs: &["network_accept_fexit", "network_accept_kretprobe"],
+};
 
 /// The network monitor's programs.
 pub const SPEC: MonitorSpec = MonitorSpec {
     name: "network",
-    programs: &[ProgramSpec {
-        name: "network_set_state",
-        attach: AttachPoint::TracePoint { category: "sock", name: "inet_sock_set_state" },
-    }],
+    programs: &[
+        ProgramSpec {
+            name: "network_set_state",
+            attach: AttachPoint::TracePoint { category: "sock", name: "inet_sock_set_state" },
+        },
+        ProgramSpec { name: "network_connect_fexit", attach: AttachPoint::Fexit { function: "tcp_connect" } },
+        ProgramSpec { name: "network_connect_kprobe", attach: AttachPoint::Kprobe { function: "tcp_connect" } },
+        ProgramSpec { name: "network_accept_fexit", attach: AttachPoint::Fexit { function: "inet_csk_accept" } },
+        ProgramSpec { name: "network_accept_kretprobe", attach: AttachPoint::Kretprobe { function: "inet_csk_accept" } },
+    ],
 };

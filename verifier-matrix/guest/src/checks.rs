@@ -79,6 +79,7 @@ pub fn run_all(out: &mut Reporter) {
     drop(loaded);
     crate::fallbacks::perf_transport(out, btf.as_ref());
     crate::fallbacks::kprobe_capability(out, btf.as_ref());
+    crate::fallbacks::kprobe_network(out, btf.as_ref());
 }
 
 /// Decodes everything waiting in a monitor's ring.

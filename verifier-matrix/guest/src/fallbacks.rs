@@ -1,6 +1,7 @@
 //! Fallback paths the normal run does not take on this kernel, each proved here on purpose:
-//! the perf-buffer transport (taken before 5.8) and the kprobe capability path (taken where
-//! fentry is missing). Where a kernel cannot run a path at all, the check says so and is skipped.
+//! the perf-buffer transport (taken before 5.8), and the kprobe paths of the capability and of the
+//! network monitor's connect_attempt / accept_return events (taken where fentry is missing).
+//! Where a kernel cannot run a path at all, the check says so and is skipped.
 
 use serde_json::json;
 use tapio_load::{
@@ -79,4 +80,64 @@ pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
         Err(e) => (false, e),
     };
     out.line(&json!({ "kind": "check", "name": "fallback.kprobe", "pass": pass, "detail": detail }));
+}
+
+/// The network monitor's `connect_attempt` and `accept_return` through `kprobe:tcp_connect` and
+/// `kretprobe:inet_csk_accept` alone, even where fexit would win: one loopback connection, whose
+/// two records are in the buffer once connect() and accept() have returned (both probes run
+/// inside those calls).
+pub fn kprobe_network(out: &mut Reporter, btf: Option<&aya::Btf>) {
+    const NAME: &str = "fallback.kprobe_network";
+    let Some(spec) = monitors::monitor("network") else { return };
+    let programs: Vec<_> =
+        spec.programs.iter().filter(|p| matches!(p.name, "network_connect_kprobe" | "network_accept_kretprobe")).collect();
+    for p in &programs {
+        if let Err(why) = tapio_load::plan::attach_path(&p.attach) {
+            out.line(&json!({ "kind": "skip", "name": NAME, "reason": format!("{}: {why}", p.attach.describe()) }));
+            return;
+        }
+    }
+    let result = (|| -> Result<(bool, String), String> {
+        let options = LoadOptions::default();
+        let mut ebpf = monitors::open(spec, btf, &options).map_err(|e| e.to_string())?;
+        for p in &programs {
+            monitors::load_program(&mut ebpf, spec.name, p, btf).map_err(|e| e.to_string())?;
+            monitors::attach_program(&mut ebpf, spec.name, p).map_err(|e| e.to_string())?;
+        }
+        let map = ebpf.take_map("events").ok_or("no events map")?;
+        let mut source = tapio_load::transport::EventSource::open(map, options.transport()).map_err(|e| e.to_string())?;
+        let io = |e: std::io::Error| format!("loopback connection: {e}");
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).map_err(io)?;
+        let server = listener.local_addr().map_err(io)?.port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", server)).map_err(io)?;
+        let (_conn, _) = listener.accept().map_err(io)?;
+        let client_port = client.local_addr().map_err(io)?.port();
+        let me = std::process::id();
+        let decode = DecodeOptions::default();
+        let mut seen = Vec::new();
+        while let Some(record) = source.next() {
+            if let Ok(e) = events::decode(&record, &decode) {
+                seen.push(serde_json::to_value(&e).expect("events serialize"));
+            }
+        }
+        let ours = |e: &&serde_json::Value, event: &str, sport: u16, dport: u16| {
+            e["event"] == event && e["sport"] == sport && e["dport"] == dport && e["tgid"] == me && e["owner_known"] == true
+        };
+        // The kprobe runs before tcp_connect, so no return value: `result` must be absent.
+        let connect = seen.iter().find(|e| ours(e, "connect_attempt", client_port, server) && e.get("result").is_none());
+        let accept = seen.iter().find(|e| ours(e, "accept_return", server, client_port));
+        let pass = connect.is_some() && accept.is_some();
+        let mut detail = format!(
+            "{} records through kprobe:tcp_connect and kretprobe:inet_csk_accept (client port {client_port}, server port {server}); connect_attempt {}; accept_return {}",
+            seen.len(),
+            connect.map_or("missing".to_owned(), ToString::to_string),
+            accept.map_or("missing".to_owned(), ToString::to_string),
+        );
+        if !pass {
+            detail.push_str(&format!("; every record: {seen:?}"));
+        }
+        Ok((pass, detail))
+    })();
+    let (pass, detail) = result.unwrap_or_else(|e| (false, e));
+    out.line(&json!({ "kind": "check", "name": NAME, "pass": pass, "detail": detail }));
 }

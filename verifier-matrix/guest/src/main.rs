@@ -11,6 +11,7 @@
 mod checks;
 mod fallbacks;
 mod faults;
+mod netlink;
 mod report;
 mod scenarios;
 mod setup;
@@ -27,6 +28,13 @@ fn main() -> ExitCode {
     // `security-actor`: the security scenario's single-threaded actor (scenarios/security.rs).
     if args.get(1).map(String::as_str) == Some("security-actor") {
         return scenarios::security::actor();
+    }
+    // `security-ns-actor` and `advanced-flood`: the actors of security/ns_caps_module and
+    // advanced/flood_dedup (scenarios/security_ns.rs, scenarios/advanced.rs).
+    match args.get(1).map(String::as_str) {
+        Some("security-ns-actor") => return scenarios::security_ns::actor(),
+        Some("advanced-flood") => return scenarios::advanced::flooder(),
+        _ => {}
     }
     let in_vm = std::process::id() == 1;
     let mut out = if in_vm {

@@ -81,25 +81,31 @@ const SCRIPT: &[Exchange] = &[
 ];
 
 fn query(x: &Exchange) -> Vec<u8> {
+    encode_query(x.id, x.name, x.qtype)
+}
+
+/// A query with id `id` for (`name`, `qtype`, class IN), recursion desired.
+pub(super) fn encode_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut m = Vec::with_capacity(64);
-    m.extend_from_slice(&x.id.to_be_bytes());
+    m.extend_from_slice(&id.to_be_bytes());
     m.extend_from_slice(&0x0100u16.to_be_bytes()); // RD
     m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // one question
-    for label in x.name.split('.') {
+    for label in name.split('.') {
         m.push(label.len() as u8);
         m.extend_from_slice(label.as_bytes());
     }
     m.push(0);
-    m.extend_from_slice(&x.qtype.to_be_bytes());
+    m.extend_from_slice(&qtype.to_be_bytes());
     m.extend_from_slice(&1u16.to_be_bytes()); // IN
     m
 }
 
-/// The answer to `q` (the query's bytes): its question echoed, each answer's name a compression
-/// pointer to that question (offset 12).
-fn response(x: &Exchange, q: &[u8], rcode: u16, answers: &[&[u8]]) -> Vec<u8> {
+/// The answer to `q` (the query's bytes): its id and question echoed, each answer's name a
+/// compression pointer to that question (offset 12) and its type the question's.
+pub(super) fn encode_response(q: &[u8], rcode: u16, answers: &[&[u8]]) -> Vec<u8> {
+    let qtype = &q[q.len() - 4..q.len() - 2];
     let mut m = Vec::with_capacity(128);
-    m.extend_from_slice(&x.id.to_be_bytes());
+    m.extend_from_slice(&q[..2]);
     m.extend_from_slice(&(0x8180u16 | rcode).to_be_bytes()); // QR, RD, RA
     m.extend_from_slice(&1u16.to_be_bytes());
     m.extend_from_slice(&(answers.len() as u16).to_be_bytes());
@@ -107,7 +113,7 @@ fn response(x: &Exchange, q: &[u8], rcode: u16, answers: &[&[u8]]) -> Vec<u8> {
     m.extend_from_slice(&q[12..]);
     for rdata in answers {
         m.extend_from_slice(&[0xc0, 0x0c]);
-        m.extend_from_slice(&x.qtype.to_be_bytes());
+        m.extend_from_slice(qtype);
         m.extend_from_slice(&1u16.to_be_bytes());
         m.extend_from_slice(&60u32.to_be_bytes());
         m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
@@ -162,10 +168,8 @@ impl Responder {
                     let mut buf = [0u8; 512];
                     let (n, peer) = udp.recv_from(&mut buf)?;
                     udp_seen += 1;
-                    if let Some(x) = exchange_of(&buf[..n]) {
-                        if let Some((rcode, answers)) = x.reply {
-                            udp.send_to(&response(x, &buf[..n], rcode, answers), peer)?;
-                        }
+                    if let Some((rcode, answers)) = exchange_of(&buf[..n]).and_then(|x| x.reply) {
+                        udp.send_to(&encode_response(&buf[..n], rcode, answers), peer)?;
                     }
                 }
             }
@@ -178,8 +182,8 @@ impl Responder {
                 conn.read_exact(&mut prefix)?;
                 let mut msg = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
                 conn.read_exact(&mut msg)?;
-                if let Some((x, Some((rcode, answers)))) = exchange_of(&msg).map(|x| (x, x.reply)) {
-                    let r = response(x, &msg, rcode, answers);
+                if let Some((rcode, answers)) = exchange_of(&msg).and_then(|x| x.reply) {
+                    let r = encode_response(&msg, rcode, answers);
                     let mut framed = (r.len() as u16).to_be_bytes().to_vec();
                     framed.extend_from_slice(&r);
                     conn.write_all(&framed)?;
@@ -274,7 +278,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         let x = SCRIPT.iter().find(|x| x.id == *id).expect("script id");
         let pass = match (x.reply, reply) {
             (None, None) => true,
-            (Some((rcode, answers)), Some(r)) => *r == response(x, &query(x), rcode, answers),
+            (Some((rcode, answers)), Some(r)) => *r == encode_response(&query(x), rcode, answers),
             _ => false,
         };
         check(out, &format!("dns.udp_tcp.reply_{}", x.name.split('.').next().unwrap_or("")), pass, format!("id {id:#x}: reply {reply:?}"));

@@ -1,4 +1,5 @@
-//! Deterministic traffic scenarios for the network, kernel, dns and security monitors (issue 7).
+//! Deterministic traffic scenarios for the network, kernel, dns, security and advanced monitors
+//! (issue 7).
 //!
 //! Each scenario drives known traffic from the agent, collects its own monitors' events, checks
 //! the key fields with explicit `check` lines, and sends the normalised events as one snapshot
@@ -9,9 +10,15 @@
 //! events of its own processes or ports, so one scenario's traffic (or, on the host row, the rest
 //! of the machine's) never reaches another's snapshot.
 
+pub mod advanced;
 pub mod dns;
+pub mod dns_hostile;
 pub mod network;
 pub mod security;
+pub mod security_ns;
+pub mod tcp_veth;
+pub mod veth;
+pub mod xdp;
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +45,11 @@ pub fn run_all(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     network::run(out, loaded);
     dns::run(out, loaded);
     security::run(out, loaded);
+    security_ns::run(out, loaded);
+    dns_hostile::run(out, loaded);
+    advanced::run(out, loaded);
+    tcp_veth::run(out, loaded);
+    xdp::run(out);
 }
 
 /// The loaded monitor called `name`, or a failed check naming the scenario that needed it.

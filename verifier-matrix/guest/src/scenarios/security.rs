@@ -44,10 +44,11 @@ static WRITEV_TARGET: AtomicU64 = AtomicU64::new(0);
 
 /// Integer arguments of the variadic `syscall()` must be full registers: a bare literal is an
 /// `int`, whose upper half the callee may read as garbage (process_vm_writev then sees flags).
-const ZERO: libc::c_long = 0;
+pub(super) const ZERO: libc::c_long = 0;
 const ONE: libc::c_long = 1;
 
-fn sys(what: &str, rc: libc::c_long) -> io::Result<libc::c_long> {
+/// `rc`, or the OS error it stands for, named by `what`.
+pub(super) fn sys(what: &str, rc: libc::c_long) -> io::Result<libc::c_long> {
     if rc < 0 {
         Err(io::Error::other(format!("{what}: {}", io::Error::last_os_error())))
     } else {
@@ -57,7 +58,12 @@ fn sys(what: &str, rc: libc::c_long) -> io::Result<libc::c_long> {
 
 /// The actor: runs the scenario and prints one JSON line with its results for the agent.
 pub fn actor() -> ExitCode {
-    match actor_steps() {
+    actor_result(actor_steps())
+}
+
+/// Prints an actor's results (or its error) as the one JSON line its agent reads.
+pub(super) fn actor_result(result: io::Result<Value>) -> ExitCode {
+    match result {
         Ok(v) => {
             println!("{v}");
             ExitCode::SUCCESS
