@@ -29,49 +29,11 @@
 #include "dns.h"
 #include "transport.bpf.h"
 #include "sock.bpf.h"
+#include "sockfd.bpf.h"
+#include "dns_ports.bpf.h"
 
-/* Kernel constants (include/linux/net.h, include/uapi/linux/stat.h, include/uapi/linux/in.h). */
-#define DNS_SOCK_STREAM 1
-#define DNS_SOCK_DGRAM 2
-#define DNS_S_IFMT 00170000
-#define DNS_S_IFSOCK 0140000
-#define DNS_IPPROTO_TCP 6
-#define DNS_IPPROTO_UDP 17
 /* sendmmsg(): messages looked at per call; glibc sends its A and AAAA queries as two. */
 #define DNS_MMSG_MAX 2
-
-/*
- * User-space ABI of LP64 targets, read from user memory with bpf_probe_read_user. These are not
- * kernel types, so they are not CO-RE relocated: their layout is fixed by the syscall ABI.
- */
-struct dns_user_iovec {
-	__u64 base;
-	__u64 len;
-};
-
-struct dns_user_msghdr {
-	__u64 name;
-	__u32 namelen;
-	__u32 _pad0;
-	__u64 iov;
-	__u64 iovlen;
-	__u64 control;
-	__u64 controllen;
-	__u32 flags;
-	__u32 _pad1;
-};
-_Static_assert(sizeof(struct dns_user_msghdr) == 56, "msghdr ABI");
-
-/* struct mmsghdr: a msghdr and the kernel-written length, padded to 64 bytes. */
-#define DNS_USER_MMSGHDR_SIZE 64
-
-/* sockaddr_in and sockaddr_in6 share family and port; v4 address or v6 flowinfo follows. */
-struct dns_user_sockaddr {
-	__u16 family;
-	__be16 port;
-	__u32 v4;       /* sockaddr_in.sin_addr, or sockaddr_in6.sin6_flowinfo */
-	__u8 v6[16];    /* sockaddr_in6.sin6_addr */
-};
 
 /* What a receive syscall's entry saw, for its exit. */
 struct dns_recv_args {
@@ -81,14 +43,6 @@ struct dns_recv_args {
 	__u64 addr;     /* recvfrom() sockaddr, filled by the kernel */
 	__u64 msg;      /* recvmsg() msghdr */
 };
-
-/* Ports that mark DNS traffic, set by the loader (default 53 in slot 0); 0 is an unused slot. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, DNS_PORTS_MAX);
-	__type(key, __u32);
-	__type(value, __u32);
-} dns_ports SEC(".maps");
 
 /* In-flight receives by thread. LRU, so a thread killed inside recvmsg() leaves nothing behind. */
 struct {
@@ -106,95 +60,6 @@ struct {
 	__type(value, struct dns_msg_event);
 } dns_scratch SEC(".maps");
 
-static __always_inline int dns_port(__u16 port)
-{
-	__u32 i, *v;
-
-	if (port == 0)
-		return 0;
-#pragma unroll
-	for (i = 0; i < DNS_PORTS_MAX; i++) {
-		__u32 key = i;
-
-		v = bpf_map_lookup_elem(&dns_ports, &key);
-		if (v && *v == port)
-			return 1;
-	}
-	return 0;
-}
-
-static __always_inline int dns_wanted(struct tapio_flow *f)
-{
-	return dns_port(f->sport) || dns_port(f->dport);
-}
-
-/*
- * The socket behind `fd` of the current task, as a flow. Returns 0 unless it is an AF_INET or
- * AF_INET6 stream or datagram socket. The fd is checked against the table's max_fds before the
- * slot is read, so a stale or hostile fd number reads nothing.
- */
-static __always_inline int dns_flow_of_fd(__u64 fd, struct tapio_flow *f)
-{
-	struct task_struct___dns *task = (void *)bpf_get_current_task();
-	struct files_struct *files;
-	struct fdtable *fdt;
-	struct file **fds, *file = NULL;
-	struct inode *inode;
-	struct socket *sock;
-	struct sock *sk;
-	short type;
-
-	if (!task)
-		return 0;
-	files = BPF_CORE_READ(task, files);
-	if (!files)
-		return 0;
-	fdt = BPF_CORE_READ(files, fdt);
-	if (!fdt)
-		return 0;
-	if (fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (!fds)
-		return 0;
-	if (bpf_core_read(&file, sizeof(file), &fds[fd]) || !file)
-		return 0;
-	inode = BPF_CORE_READ(file, f_inode);
-	if (!inode || (BPF_CORE_READ(inode, i_mode) & DNS_S_IFMT) != DNS_S_IFSOCK)
-		return 0;
-	sock = BPF_CORE_READ(file, private_data);
-	if (!sock)
-		return 0;
-	type = BPF_CORE_READ(sock, type);
-	if (type != DNS_SOCK_STREAM && type != DNS_SOCK_DGRAM)
-		return 0;
-	sk = BPF_CORE_READ(sock, sk);
-	if (!sk)
-		return 0;
-	return tapio_read_flow(f, sk, type == DNS_SOCK_STREAM ? DNS_IPPROTO_TCP : DNS_IPPROTO_UDP);
-}
-
-/* An unconnected socket has no peer: take it from the sockaddr the syscall carries. */
-static __always_inline void dns_peer_from_sockaddr(struct tapio_flow *f, __u64 uaddr)
-{
-	struct dns_user_sockaddr sa = {};
-
-	if (!uaddr || f->dport != 0)
-		return;
-	/* sockaddr_in is 16 bytes: read that much first, the v6 address only for AF_INET6. */
-	if (bpf_probe_read_user(&sa, 8, (void *)uaddr))
-		return;
-	if (sa.family == TAPIO_AF_INET && f->ip_version == 4) {
-		f->daddr.v4 = sa.v4;
-	} else if (sa.family == TAPIO_AF_INET6 && f->ip_version == 6) {
-		if (bpf_probe_read_user(f->daddr.v6, sizeof(f->daddr.v6), (void *)(uaddr + 8)))
-			return;
-	} else {
-		return;
-	}
-	f->dport = bpf_ntohs(sa.port);
-}
-
 /*
  * A datagram on a DNS port too short to hold the DNS header: reported, marked, never dropped and
  * never parsed. Whether it is a query or a response follows from which end owns the DNS port.
@@ -202,7 +67,7 @@ static __always_inline void dns_peer_from_sockaddr(struct tapio_flow *f, __u64 u
 static __always_inline void dns_runt(void *ctx, struct tapio_flow *f, __u8 dir, __u64 len)
 {
 	struct dns_event base = {};
-	bool server = dns_port(f->sport);
+	bool server = tapio_dns_port(f->sport);
 	bool response = (dir == DNS_DIR_SEND) == server;
 
 	tapio_fill_header(&base.hdr, TAPIO_MONITOR_DNS, response ? DNS_RESPONSE : DNS_QUERY);
@@ -237,11 +102,11 @@ static __always_inline void dns_capture(void *ctx, struct tapio_flow *f, __u8 di
 		return;
 	if (avail < DNS_HDR_LEN) {
 		/* TCP reads come in pieces (a prefix alone, say): only a UDP datagram is a whole runt. */
-		if (f->protocol != DNS_IPPROTO_TCP)
+		if (f->protocol != TAPIO_IPPROTO_TCP)
 			dns_runt(ctx, f, dir, len);
 		return;
 	}
-	if (f->protocol == DNS_IPPROTO_TCP) {
+	if (f->protocol == TAPIO_IPPROTO_TCP) {
 		__u8 prefix[2];
 		__u64 plen;
 
@@ -294,10 +159,10 @@ static __always_inline int dns_send_buf(void *ctx, __u64 fd, __u64 buf, __u64 le
 {
 	struct tapio_flow f = {};
 
-	if (!dns_flow_of_fd(fd, &f))
+	if (!tapio_flow_of_fd(fd, &f))
 		return 0;
-	dns_peer_from_sockaddr(&f, uaddr);
-	if (dns_wanted(&f))
+	tapio_peer_from_sockaddr(&f, uaddr);
+	if (tapio_dns_flow(&f))
 		dns_capture(ctx, &f, DNS_DIR_SEND, buf, len, len);
 	return 0;
 }
@@ -309,13 +174,13 @@ static __always_inline int dns_send_buf(void *ctx, __u64 fd, __u64 buf, __u64 le
  */
 static __always_inline void dns_send_iov(void *ctx, struct tapio_flow *f, __u64 uiov, __u64 iovlen)
 {
-	struct dns_user_iovec iov;
+	struct tapio_user_iovec iov;
 
 	if (!uiov || iovlen == 0)
 		return;
 	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)uiov))
 		return;
-	if (f->protocol == DNS_IPPROTO_TCP && iov.len == 2 && iovlen >= 2) {
+	if (f->protocol == TAPIO_IPPROTO_TCP && iov.len == 2 && iovlen >= 2) {
 		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(uiov + sizeof(iov))))
 			return;
 	}
@@ -324,13 +189,13 @@ static __always_inline void dns_send_iov(void *ctx, struct tapio_flow *f, __u64 
 
 static __always_inline void dns_send_msghdr(void *ctx, struct tapio_flow *sock_flow, __u64 umsg)
 {
-	struct dns_user_msghdr msg;
+	struct tapio_user_msghdr msg;
 	struct tapio_flow f = *sock_flow;
 
 	if (!umsg || bpf_probe_read_user(&msg, sizeof(msg), (void *)umsg))
 		return;
-	dns_peer_from_sockaddr(&f, msg.name);
-	if (dns_wanted(&f))
+	tapio_peer_from_sockaddr(&f, msg.name);
+	if (tapio_dns_flow(&f))
 		dns_send_iov(ctx, &f, msg.iov, msg.iovlen);
 }
 
@@ -340,10 +205,10 @@ static __always_inline int dns_recv_enter(__u64 fd, __u64 buf, __u64 buf_len, __
 	struct dns_recv_args args = {};
 	__u64 id = bpf_get_current_pid_tgid();
 
-	if (!dns_flow_of_fd(fd, &args.flow))
+	if (!tapio_flow_of_fd(fd, &args.flow))
 		return 0;
 	/* An unconnected UDP socket learns its peer only at exit, from the sockaddr. */
-	if (!dns_wanted(&args.flow) && !(args.flow.dport == 0 && (uaddr || umsg)))
+	if (!tapio_dns_flow(&args.flow) && !(args.flow.dport == 0 && (uaddr || umsg)))
 		return 0;
 	args.buf = buf;
 	args.buf_len = buf_len;
@@ -370,8 +235,8 @@ static __always_inline int dns_recv_exit(struct trace_event_raw_sys_exit *ctx)
 	avail = args->buf_len;
 	uaddr = args->addr;
 	if (args->msg) {
-		struct dns_user_msghdr msg;
-		struct dns_user_iovec iov;
+		struct tapio_user_msghdr msg;
+		struct tapio_user_iovec iov;
 
 		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)args->msg) || !msg.iov || msg.iovlen == 0 ||
 		    bpf_probe_read_user(&iov, sizeof(iov), (void *)msg.iov)) {
@@ -386,8 +251,8 @@ static __always_inline int dns_recv_exit(struct trace_event_raw_sys_exit *ctx)
 	bpf_map_delete_elem(&dns_recv_inflight, &id);
 	if (ret <= 0)
 		return 0;
-	dns_peer_from_sockaddr(&f, uaddr);
-	if (dns_wanted(&f))
+	tapio_peer_from_sockaddr(&f, uaddr);
+	if (tapio_dns_flow(&f))
 		dns_capture(ctx, &f, DNS_DIR_RECV, buf, (__u64)ret, avail);
 	return 0;
 }
@@ -409,7 +274,7 @@ int dns_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
 	struct tapio_flow f = {};
 
-	if (dns_flow_of_fd(ctx->args[0], &f))
+	if (tapio_flow_of_fd(ctx->args[0], &f))
 		dns_send_msghdr(ctx, &f, ctx->args[1]);
 	return 0;
 }
@@ -421,12 +286,12 @@ int dns_sendmmsg(struct trace_event_raw_sys_enter *ctx)
 	__u64 vec = ctx->args[1], vlen = ctx->args[2];
 	__u32 i;
 
-	if (!dns_flow_of_fd(ctx->args[0], &f))
+	if (!tapio_flow_of_fd(ctx->args[0], &f))
 		return 0;
 #pragma unroll
 	for (i = 0; i < DNS_MMSG_MAX; i++) {
 		if (i < vlen)
-			dns_send_msghdr(ctx, &f, vec + i * DNS_USER_MMSGHDR_SIZE);
+			dns_send_msghdr(ctx, &f, vec + i * TAPIO_USER_MMSGHDR_SIZE);
 	}
 	return 0;
 }
@@ -436,7 +301,7 @@ int dns_writev(struct trace_event_raw_sys_enter *ctx)
 {
 	struct tapio_flow f = {};
 
-	if (dns_flow_of_fd(ctx->args[0], &f) && dns_wanted(&f))
+	if (tapio_flow_of_fd(ctx->args[0], &f) && tapio_dns_flow(&f))
 		dns_send_iov(ctx, &f, ctx->args[1], ctx->args[2]);
 	return 0;
 }

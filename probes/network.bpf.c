@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 /*
- * network: TCP connect, accept, close (with byte counts) and state changes, IPv4 and IPv6.
+ * network: TCP connect, accept, close (with byte counts) and state changes, and UDP flows to and
+ * from the DNS ports, IPv4 and IPv6.
  *
  * One stable tracepoint, sock/inet_sock_set_state (4.16+), sees every TCP state transition with
  * the socket pointer; addresses, ports and family are then read from the socket through CO-RE.
@@ -25,6 +26,18 @@
  * interrupted task as is, and the socket's own cgroup where the kernel has it
  * (NETWORK_F_SOCK_CGROUP).
  *
+ * UDP flows (udp_flow): a datagram whose source or destination port is one of `dns_ports` (the
+ * same ports the dns monitor parses, filled by the loader) is reported in the process that sent
+ * or received it, on syscall tracepoints only, as the dns probe does and with its helpers
+ * (sockfd.bpf.h): sends at the entry of sendto, sendmsg and sendmmsg (the data and the address are
+ * there; the return value is not), receives at the exit of recvfrom and recvmsg, with the fd and
+ * the sockaddr pointer captured at entry, since only the exit knows whether a datagram came in
+ * and who sent it. An unconnected socket's peer comes from the syscall's sockaddr. A resolver
+ * sends a datagram or two a lookup and a busy server thousands a second, so each flow (process,
+ * tuple, direction) is reported once a window (NETWORK_UDP_WINDOW_NS): repeats inside it are
+ * counted in an LRU hash, whose bound is the state's bound, and the count goes out with that
+ * flow's next event (`repeats`). write(), read() and recvmmsg() on a UDP socket are not seen.
+ *
  * No loops, no global data: the same object passes a 4.19 verifier.
  */
 #include "vmlinux.h"
@@ -35,6 +48,18 @@
 #include "network.h"
 #include "transport.bpf.h"
 #include "sock.bpf.h"
+#include "sockfd.bpf.h"
+#include "dns_ports.bpf.h"
+
+/* sendmmsg(): messages looked at per call, as in the dns probe. */
+#define NETWORK_MMSG_MAX 2
+
+/* What a UDP receive's entry saw, for its exit. */
+struct network_udp_recv {
+	struct tapio_flow flow;
+	__u64 addr; /* recvfrom() sockaddr, filled by the kernel */
+	__u64 msg;  /* recvmsg() msghdr, whose msg_name the kernel fills */
+};
 
 /*
  * The record is built in a per-CPU slot rather than on the stack: naming struct network_event as a
@@ -55,6 +80,22 @@ struct {
 	__type(key, __u64);
 	__type(value, struct network_owner);
 } network_owners SEC(".maps");
+
+/* udp_flow dedup: (process, tuple, direction) -> window start and repeats. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NETWORK_UDP_FLOWS_MAX);
+	__type(key, struct network_udp_key);
+	__type(value, struct network_udp_seen);
+} network_udp_seen SEC(".maps");
+
+/* In-flight UDP receives by thread. LRU: a thread killed inside recvmsg() leaves nothing behind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct network_udp_recv);
+} network_udp_inflight SEC(".maps");
 
 static __always_inline void remember_owner(__u64 key, const struct tapio_header *h)
 {
@@ -187,6 +228,114 @@ static __always_inline int handle_state(void *ctx, struct sock *sk, int oldstate
 	return 0;
 }
 
+/*
+ * One datagram of flow `f` (s* this socket, d* the peer) sent or received by the current process:
+ * a udp_flow record if either port is a DNS port and the flow's window is not open yet.
+ */
+static __always_inline void udp_flow(void *ctx, const struct tapio_flow *f, __u32 direction)
+{
+	struct network_udp_key key = {};
+	struct network_udp_seen fresh = {}, *seen;
+	struct network_event e = {};
+	__u64 now = bpf_ktime_get_ns();
+	__u32 repeats = 0;
+
+	if (f->protocol != TAPIO_IPPROTO_UDP || !tapio_dns_flow(f))
+		return;
+	key.flow = *f;
+	key.tgid = bpf_get_current_pid_tgid() >> 32;
+	key.direction = direction;
+	seen = bpf_map_lookup_elem(&network_udp_seen, &key);
+	if (seen) {
+		if (now - seen->window_start_ns < NETWORK_UDP_WINDOW_NS) {
+			__sync_fetch_and_add(&seen->repeats, 1);
+			return;
+		}
+		/* A new window. A datagram of this flow on another CPU right now may count in either. */
+		repeats = seen->repeats;
+		seen->window_start_ns = now;
+		seen->repeats = 0;
+	} else {
+		fresh.window_start_ns = now;
+		/* Another CPU inserted it first: that one reports the flow. */
+		if (bpf_map_update_elem(&network_udp_seen, &key, &fresh, BPF_NOEXIST))
+			return;
+	}
+	tapio_fill_header(&e.hdr, TAPIO_MONITOR_NETWORK, NETWORK_UDP_FLOW);
+	e.flow = *f;
+	e.flags = direction | NETWORK_F_OWNER;
+	e.repeats = repeats;
+	tapio_emit(ctx, &e, sizeof(e));
+}
+
+/* A send on `fd` (sendto), to `uaddr` if the socket is unconnected. */
+static __always_inline int udp_send(void *ctx, __u64 fd, __u64 uaddr)
+{
+	struct tapio_flow f = {};
+
+	if (!tapio_flow_of_fd(fd, &f) || f.protocol != TAPIO_IPPROTO_UDP)
+		return 0;
+	tapio_peer_from_sockaddr(&f, uaddr);
+	udp_flow(ctx, &f, NETWORK_F_SEND);
+	return 0;
+}
+
+/* A send of one msghdr (sendmsg, each of sendmmsg's): msg_name, its first field, is the peer. */
+static __always_inline void udp_send_msghdr(void *ctx, const struct tapio_flow *sock_flow, __u64 umsg)
+{
+	struct tapio_flow f = *sock_flow;
+	__u64 name = 0;
+
+	if (!umsg || bpf_probe_read_user(&name, sizeof(name), (void *)umsg))
+		return;
+	tapio_peer_from_sockaddr(&f, name);
+	udp_flow(ctx, &f, NETWORK_F_SEND);
+}
+
+/* Receive entry: note the flow and where the sender's address will land, if it may be DNS. */
+static __always_inline int udp_recv_enter(__u64 fd, __u64 uaddr, __u64 umsg)
+{
+	struct network_udp_recv args = {};
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!tapio_flow_of_fd(fd, &args.flow) || args.flow.protocol != TAPIO_IPPROTO_UDP)
+		return 0;
+	/* An unconnected socket learns its peer only at exit, from the sockaddr. */
+	if (!tapio_dns_flow(&args.flow) && !(args.flow.dport == 0 && (uaddr || umsg)))
+		return 0;
+	args.addr = uaddr;
+	args.msg = umsg;
+	bpf_map_update_elem(&network_udp_inflight, &id, &args, BPF_ANY);
+	return 0;
+}
+
+/*
+ * Receive exit: a positive return is a datagram that came in. An error is no flow, and neither
+ * is 0: a zero-length datagram carries no DNS message, and 0 is also what a receive on a shut-down
+ * socket returns.
+ */
+static __always_inline int udp_recv_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct network_udp_recv *args;
+	struct tapio_flow f;
+	__u64 uaddr;
+
+	args = bpf_map_lookup_elem(&network_udp_inflight, &id);
+	if (!args)
+		return 0;
+	f = args->flow;
+	uaddr = args->addr;
+	if (args->msg && bpf_probe_read_user(&uaddr, sizeof(uaddr), (void *)args->msg))
+		uaddr = 0;
+	bpf_map_delete_elem(&network_udp_inflight, &id);
+	if (ctx->ret <= 0)
+		return 0;
+	tapio_peer_from_sockaddr(&f, uaddr);
+	udp_flow(ctx, &f, NETWORK_F_RECV);
+	return 0;
+}
+
 SEC("tracepoint/sock/inet_sock_set_state")
 int network_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 {
@@ -236,6 +385,63 @@ SEC("kretprobe/inet_csk_accept")
 int BPF_KRETPROBE(network_accept_kretprobe, struct sock *newsk)
 {
 	return handle_call(ctx, newsk, NETWORK_ACCEPT_RETURN, 0, 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int network_udp_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	return udp_send(ctx, ctx->args[0], ctx->args[4]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int network_udp_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct tapio_flow f = {};
+
+	if (tapio_flow_of_fd(ctx->args[0], &f) && f.protocol == TAPIO_IPPROTO_UDP)
+		udp_send_msghdr(ctx, &f, ctx->args[1]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmmsg")
+int network_udp_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct tapio_flow f = {};
+	__u64 vec = ctx->args[1], vlen = ctx->args[2];
+	__u32 i;
+
+	if (!tapio_flow_of_fd(ctx->args[0], &f) || f.protocol != TAPIO_IPPROTO_UDP)
+		return 0;
+#pragma unroll
+	for (i = 0; i < NETWORK_MMSG_MAX; i++) {
+		if (i < vlen)
+			udp_send_msghdr(ctx, &f, vec + i * TAPIO_USER_MMSGHDR_SIZE);
+	}
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int network_udp_recvfrom_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return udp_recv_enter(ctx->args[0], ctx->args[4], 0);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int network_udp_recvfrom_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return udp_recv_exit(ctx);
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int network_udp_recvmsg_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return udp_recv_enter(ctx->args[0], 0, ctx->args[1]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int network_udp_recvmsg_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return udp_recv_exit(ctx);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -85,7 +85,7 @@ pub struct KeyDoc {
 /// upper case; lists are comma-separated there, the rate table is `monitor=rate,...`.
 pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "monitors", kind: Kind::StringList, default: "[\"process\"]", flag: Some("--monitors"), example: "[\"process\", \"dns\"]", doc: "Monitors to load and attach, by name; an unknown name is refused with the list of known ones." },
-    KeyDoc { key: "dns_ports", kind: Kind::IntegerList, default: "[53]", flag: Some("--dns-ports"), example: "[53, 5353]", doc: "UDP/TCP ports whose traffic the dns monitor parses; at most 4, each 1-65535." },
+    KeyDoc { key: "dns_ports", kind: Kind::IntegerList, default: "[53]", flag: Some("--dns-ports"), example: "[53, 5353]", doc: "UDP/TCP ports whose traffic the dns monitor parses, and whose UDP flows the network monitor reports; at most 4, each 1-65535." },
     KeyDoc { key: "argv_max", kind: Kind::Integer, default: "32", flag: Some("--argv-max"), example: "16", doc: "At most this many argv entries per exec event; more sets argv_truncated. At least 1. Reloaded on SIGHUP." },
     KeyDoc { key: "dns_timeout_ms", kind: Kind::Integer, default: "5000", flag: Some("--dns-timeout-ms"), example: "2000", doc: "Milliseconds a dns query waits for its response before a timeout event. At least 1. Reloaded on SIGHUP." },
     KeyDoc { key: "ring_size", kind: Kind::Integer, default: "-", flag: Some("--ring-size"), example: "262144", doc: "Ring buffer size in bytes per monitor: a power of two and a multiple of 4096. Unset keeps the object's size." },

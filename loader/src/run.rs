@@ -37,7 +37,8 @@ pub struct RunOptions {
     pub load: LoadOptions,
     /// The Prometheus endpoint; None: `metrics_address = "off"`.
     pub metrics: Option<crate::output::metrics::MetricsOptions>,
-    /// Ports the dns monitor parses (at most 4, `DNS_PORTS_MAX` in probes/include/dns.h).
+    /// Ports the dns monitor parses and the network monitor reports UDP flows of (at most 4,
+    /// `DNS_PORTS_MAX` in probes/include/dns_ports.bpf.h).
     pub dns_ports: Vec<u16>,
     /// The configuration file SIGHUP re-reads; None: SIGHUP only logs.
     pub reload: Option<crate::config::Reload>,
@@ -80,8 +81,12 @@ pub enum RunError {
     Reactor(#[source] io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::output::metrics::MetricsError),
-    #[error("monitor dns: map dns_ports: {0}")]
-    DnsPorts(#[source] aya::maps::MapError),
+    #[error("monitor {monitor}: map dns_ports: {source}")]
+    DnsPorts {
+        monitor: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error(transparent)]
     Pin(#[from] crate::pin::PinError),
 }
@@ -142,13 +147,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     // --- end pin ---
     // --- operations (crate::output::metrics, crate::config): dns ports, attach reports ---
     for m in &mut loaded {
-        if let Some(map) = m.ebpf.map_mut(monitors::dns::DNS_PORTS_MAP) {
-            let mut ports = aya::maps::Array::<_, u32>::try_from(map).map_err(RunError::DnsPorts)?;
-            for slot in 0..4u32 {
-                let port = options.dns_ports.get(slot as usize).copied().unwrap_or(0);
-                ports.set(slot, u32::from(port), 0).map_err(RunError::DnsPorts)?;
-            }
-        }
+        monitors::dns::set_ports(&mut m.ebpf, &options.dns_ports)
+            .map_err(|source| RunError::DnsPorts { monitor: m.spec.name, source })?;
     }
     let attached: Vec<monitors::AttachReport> = loaded.iter().flat_map(|m| m.reports.iter().cloned()).collect();
     let counters = std::sync::Arc::new(crate::output::metrics::Counters::default());

@@ -44,7 +44,7 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
         (
             "network",
             mirror_layout!("network_event", tapio_load::events::network::NetworkEvent {
-                hdr, flow, bytes_sent, bytes_received, oldstate, newstate, _pad0, flags, result, _pad1
+                hdr, flow, bytes_sent, bytes_received, oldstate, newstate, _pad0, flags, result, repeats
             }),
         ),
         (

@@ -12,8 +12,6 @@
 /* Bytes of each message copied into the event; a power of two. The question, the only part the
  * decoder needs beyond the header, almost always fits: a 255-byte name plus 16 bytes. */
 #define DNS_MSG_MAX 512
-/* Slots of the dns_ports map; port 0 is an unused slot. */
-#define DNS_PORTS_MAX 4
 /* The fixed DNS header (RFC 1035 4.1.1). */
 #define DNS_HDR_LEN 12
 

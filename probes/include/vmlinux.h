@@ -180,7 +180,8 @@ struct trace_event_raw_mark_victim {
 	u32 uid;
 };
 
-/* --- dns monitor: from a syscall's fd to its socket, and the syscall tracepoint contexts --- */
+/* --- dns and network monitors: from a syscall's fd to its socket (sockfd.bpf.h), and the syscall
+ * tracepoint contexts --- */
 
 struct inode {
 	unsigned short i_mode; /* umode_t */
@@ -205,8 +206,8 @@ struct socket {
 	struct sock *sk;
 };
 
-/* A view of task_struct for the dns probe's one extra field (CO-RE drops the ___ suffix). */
-struct task_struct___dns {
+/* A view of task_struct for sockfd.bpf.h's one extra field (CO-RE drops the ___ suffix). */
+struct task_struct___sockfd {
 	struct files_struct *files;
 };
 

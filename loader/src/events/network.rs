@@ -15,12 +15,19 @@ pub const NETWORK_STATE_CHANGE: u8 = 4;
 pub const NETWORK_CONNECT_ATTEMPT: u8 = 5;
 /// inet_csk_accept() returned the new socket, seen in the accepting process (fexit or kretprobe).
 pub const NETWORK_ACCEPT_RETURN: u8 = 6;
+/// A UDP datagram to or from a DNS port, sent or received by the process (syscall tracepoints);
+/// the first of its flow within the probe's window.
+pub const NETWORK_UDP_FLOW: u8 = 7;
 
 pub const NETWORK_F_BYTES: u32 = 0x1;
 pub const NETWORK_F_OWNER: u32 = 0x2;
 pub const NETWORK_F_SOCK_CGROUP: u32 = 0x4;
 /// connect_attempt through the kprobe path: tcp_connect's return value was not seen.
 pub const NETWORK_F_RESULT_UNKNOWN: u32 = 0x8;
+/// udp_flow: the process sent the datagram (flow.s* -> flow.d*).
+pub const NETWORK_F_SEND: u32 = 0x10;
+/// udp_flow: the process received the datagram (flow.d* -> flow.s*).
+pub const NETWORK_F_RECV: u32 = 0x20;
 
 /// Mirror of `union tapio_addr`: 16 bytes, IPv4 in the first 4 in network byte order.
 pub type TapioAddr = [u8; 16];
@@ -51,13 +58,14 @@ pub struct NetworkEvent {
     pub _pad0: u16,
     pub flags: u32,
     pub result: i32,
-    pub _pad1: u32,
+    /// udp_flow: datagrams of the flow folded into its previous udp_flow event.
+    pub repeats: u32,
 }
 
 /// The connection fields every network and kernel socket record carries, as the contract names them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FlowFields {
-    /// `tcp` (the only protocol these probes report today) or the IP protocol number.
+    /// `tcp`, `udp` (the network monitor's `udp_flow`) or the IP protocol number.
     pub protocol: String,
     pub ip_version: u8,
     pub saddr: String,
@@ -140,6 +148,16 @@ pub struct NetworkBody {
     /// sent), when the fexit path saw it; absent through the kprobe path, which cannot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<i32>,
+    /// `udp_flow` only: `send` when the process sent the datagram, `receive` when it received it.
+    /// Either way `saddr`/`sport` is the datagram's sender and `daddr`/`dport` its destination,
+    /// as in dns events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<&'static str>,
+    /// `udp_flow` only: datagrams of the same flow (process, tuple, direction) that came within a
+    /// second of this flow's previous `udp_flow` event and were counted into it instead of being
+    /// reported; 0 on a flow's first event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<u32>,
 }
 
 /// Decodes a network record whose header is already read.
@@ -152,18 +170,29 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
         NETWORK_STATE_CHANGE => "state_change",
         NETWORK_CONNECT_ATTEMPT => "connect_attempt",
         NETWORK_ACCEPT_RETURN => "accept_return",
+        NETWORK_UDP_FLOW => "udp_flow",
         kind => return Err(DecodeError::UnknownKind { monitor: "network", kind }),
     };
     let has_bytes = e.flags & NETWORK_F_BYTES != 0;
-    let call = matches!(h.kind, NETWORK_CONNECT_ATTEMPT | NETWORK_ACCEPT_RETURN);
+    let udp = h.kind == NETWORK_UDP_FLOW;
+    let call = udp || matches!(h.kind, NETWORK_CONNECT_ATTEMPT | NETWORK_ACCEPT_RETURN);
+    let received = udp && e.flags & NETWORK_F_RECV != 0;
+    let mut flow = FlowFields::from(&e.flow);
+    if received {
+        // The record keeps this host's socket in s*; the output names the sender first.
+        std::mem::swap(&mut flow.saddr, &mut flow.daddr);
+        std::mem::swap(&mut flow.sport, &mut flow.dport);
+    }
     let body = NetworkBody {
-        flow: FlowFields::from(&e.flow),
+        flow,
         oldstate: (!call).then(|| tcp_state_name(e.oldstate)),
         newstate: (!call).then(|| tcp_state_name(e.newstate)),
         bytes_sent: has_bytes.then_some(e.bytes_sent),
         bytes_received: has_bytes.then_some(e.bytes_received),
         owner_known: e.flags & NETWORK_F_OWNER != 0,
         result: (h.kind == NETWORK_CONNECT_ATTEMPT && e.flags & NETWORK_F_RESULT_UNKNOWN == 0).then_some(e.result),
+        direction: udp.then_some(if received { "receive" } else { "send" }),
+        repeats: udp.then_some(e.repeats),
     };
     Ok(Event::from_header(h, "network", name, Body::Network(body)))
 }
@@ -228,10 +257,50 @@ mod tests {
     }
 
     #[test]
+    fn udp_flow_names_the_sender_first_in_both_directions() {
+        let udp = |flags: u32| {
+            let mut e = NetworkEvent {
+                hdr: TapioHeader { monitor: 3, kind: NETWORK_UDP_FLOW, ..Default::default() },
+                flow: TapioFlow { ip_version: 4, protocol: 17, sport: 40000, dport: 53, ..Default::default() },
+                flags,
+                repeats: 9,
+                ..Default::default()
+            };
+            e.flow.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            e.flow.daddr[..4].copy_from_slice(&[127, 0, 0, 53]);
+            // SAFETY: NetworkEvent is repr(C) plain data without implicit padding.
+            let bytes = unsafe {
+                std::slice::from_raw_parts((&e as *const NetworkEvent).cast::<u8>(), std::mem::size_of::<NetworkEvent>())
+            }
+            .to_vec();
+            let h: TapioHeader = read_record(&bytes, "tapio_header").unwrap();
+            serde_json::to_value(decode(&h, &bytes).unwrap()).unwrap()
+        };
+        let sent = udp(NETWORK_F_SEND | NETWORK_F_OWNER);
+        assert_eq!(
+            (&sent["event"], &sent["protocol"], &sent["direction"], &sent["saddr"], &sent["sport"], &sent["daddr"], &sent["dport"]),
+            (&"udp_flow".into(), &"udp".into(), &"send".into(), &"127.0.0.1".into(), &40000.into(), &"127.0.0.53".into(), &53.into()),
+            "{sent}"
+        );
+        assert_eq!((&sent["repeats"], &sent["owner_known"]), (&9.into(), &true.into()), "{sent}");
+        assert!(sent.get("oldstate").is_none() && sent.get("bytes_sent").is_none() && sent.get("result").is_none(), "{sent}");
+        // Received on the socket 127.0.0.1:40000 from 127.0.0.53:53: the sender comes first.
+        let got = udp(NETWORK_F_RECV | NETWORK_F_OWNER);
+        assert_eq!(
+            (&got["direction"], &got["saddr"], &got["sport"], &got["daddr"], &got["dport"]),
+            (&"receive".into(), &"127.0.0.53".into(), &53.into(), &"127.0.0.1".into(), &40000.into()),
+            "{got}"
+        );
+        let (_, tcp) = body(NETWORK_CLOSE, 0, 0);
+        let tcp = serde_json::to_value(&tcp).unwrap();
+        assert!(tcp.get("direction").is_none() && tcp.get("repeats").is_none(), "TCP events carry neither: {tcp}");
+    }
+
+    #[test]
     fn unknown_kind_is_an_error() {
-        let bytes = record(7, 0, 0);
+        let bytes = record(8, 0, 0);
         let h: TapioHeader = read_record(&bytes, "tapio_header").unwrap();
-        assert_eq!(decode(&h, &bytes).unwrap_err(), DecodeError::UnknownKind { monitor: "network", kind: 7 });
+        assert_eq!(decode(&h, &bytes).unwrap_err(), DecodeError::UnknownKind { monitor: "network", kind: 8 });
     }
 
     #[test]

@@ -78,6 +78,12 @@ pub struct ProgramSpec {
     pub attach: AttachPoint,
 }
 
+/// A program on the syscall tracepoint `syscalls/<name>` (`sys_enter_*` / `sys_exit_*`, since
+/// 2.6.37 with `CONFIG_FTRACE_SYSCALLS`).
+pub const fn syscall(program: &'static str, name: &'static str) -> ProgramSpec {
+    ProgramSpec { name: program, attach: AttachPoint::TracePoint { category: "syscalls", name } }
+}
+
 /// A monitor: its name (as in `--monitors`) and its programs.
 #[derive(Debug, Clone, Copy)]
 pub struct MonitorSpec {
@@ -233,13 +239,10 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         loader.set_max_entries("events", size);
     }
     let mut ebpf = loader.load(object.bytes).map_err(|source| MonitorError::Object { monitor, source })?;
-    // dns: the ports that mark DNS traffic are a map, not global data (4.19 has none); slot 0
-    // gets the default port before any program runs.
-    if let Some(map) = ebpf.map_mut(dns::DNS_PORTS_MAP) {
-        let map_error = |e: aya::maps::MapError| MonitorError::Map { monitor, map: dns::DNS_PORTS_MAP, detail: e.to_string() };
-        let mut ports = aya::maps::Array::<_, u32>::try_from(map).map_err(map_error)?;
-        ports.set(0, dns::DEFAULT_DNS_PORT, 0).map_err(map_error)?;
-    }
+    // dns and network: the ports that mark DNS traffic are a map, not global data (4.19 has
+    // none); it gets the default port before any program runs (`run` then sets the configured ones).
+    dns::set_ports(&mut ebpf, &[dns::DEFAULT_DNS_PORT])
+        .map_err(|e| MonitorError::Map { monitor, map: dns::DNS_PORTS_MAP, detail: e.to_string() })?;
     // security: `in_container` compares each caller's mount namespace with the initial one, which
     // has no fixed inode number before 6.18. Unreadable, it stays 0 and the probe flags that.
     if let Some(map) = ebpf.map_mut(security::CONFIG_MAP) {

@@ -1,5 +1,5 @@
-//! The network monitor: TCP connect, accept, close with byte counts, and state changes, IPv4 and
-//! IPv6 (probes/network.bpf.c).
+//! The network monitor: TCP connect, accept, close with byte counts, and state changes, and UDP
+//! flows to and from the DNS ports, IPv4 and IPv6 (probes/network.bpf.c).
 //!
 //! Needs one classic tracepoint, `sock/inet_sock_set_state`, added in 4.16
 //! (<https://github.com/torvalds/linux/blob/v4.16/include/trace/events/sock.h>), plus an LRU hash
@@ -24,9 +24,17 @@
 //! Both remember the calling process as the socket's owner, so an accepted socket's later state
 //! changes carry the acceptor. On a kernel with neither fentry nor kprobes (this project's CI
 //! host: no `CONFIG_KPROBES`, fentry refused with EPERM) both events are reported unavailable
-//! with each path's reason, and the tracepoint program runs alone.
+//! with each path's reason, and the tracepoint programs run alone.
+//!
+//! `udp_flow` events come from syscall tracepoints (`syscalls/sys_enter_*` and `sys_exit_*`, since
+//! 2.6.37 with `CONFIG_FTRACE_SYSCALLS`,
+//! <https://github.com/torvalds/linux/blob/v2.6.37/include/trace/events/syscalls.h>), as the dns
+//! monitor's do: sends at the entry of `sendto`, `sendmsg` and `sendmmsg`, receives at the exit
+//! of `recvfrom` and `recvmsg`. Their ports are the dns monitor's, in the object's own
+//! `dns_ports` map ([`super::dns::set_ports`] fills both). Repeats of a flow within a second are
+//! counted in an LRU hash (4.10+) and reported with its next event.
 
-use super::{AttachPoint, MonitorSpec, ProgramGroup, ProgramSpec};
+use super::{syscall, AttachPoint, MonitorSpec, ProgramGroup, ProgramSpec};
 
 /// The alternative paths to `connect_attempt` events, best first.
 pub const CONNECT_ATTEMPT_GROUP: ProgramGroup = ProgramGroup {
@@ -54,5 +62,12 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         ProgramSpec { name: "network_connect_kprobe", attach: AttachPoint::Kprobe { function: "tcp_connect" } },
         ProgramSpec { name: "network_accept_fexit", attach: AttachPoint::Fexit { function: "inet_csk_accept" } },
         ProgramSpec { name: "network_accept_kretprobe", attach: AttachPoint::Kretprobe { function: "inet_csk_accept" } },
+        syscall("network_udp_sendto", "sys_enter_sendto"),
+        syscall("network_udp_sendmsg", "sys_enter_sendmsg"),
+        syscall("network_udp_sendmmsg", "sys_enter_sendmmsg"),
+        syscall("network_udp_recvfrom_enter", "sys_enter_recvfrom"),
+        syscall("network_udp_recvfrom_exit", "sys_exit_recvfrom"),
+        syscall("network_udp_recvmsg_enter", "sys_enter_recvmsg"),
+        syscall("network_udp_recvmsg_exit", "sys_exit_recvmsg"),
     ],
 };

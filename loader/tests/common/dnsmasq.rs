@@ -48,6 +48,11 @@ impl Dnsmasq {
         thread::spawn(move || for _ in lines {});
         Self(child)
     }
+
+    /// Its process id: the tgid of the events of its own sends and receives.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
 }
 
 impl Drop for Dnsmasq {

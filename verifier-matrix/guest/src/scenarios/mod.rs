@@ -17,6 +17,7 @@ pub mod network;
 pub mod security;
 pub mod security_ns;
 pub mod tcp_veth;
+pub mod udp_dns;
 pub mod veth;
 pub mod xdp;
 
@@ -44,6 +45,7 @@ pub fn check(out: &mut Reporter, name: &str, pass: bool, detail: String) {
 pub fn run_all(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     network::run(out, loaded);
     dns::run(out, loaded);
+    udp_dns::run(out, loaded);
     security::run(out, loaded);
     security_ns::run(out, loaded);
     dns_hostile::run(out, loaded);

@@ -91,9 +91,12 @@ pub(super) fn connection(listener: TcpListener) -> io::Result<Flow> {
     Ok(flow)
 }
 
+/// The ports of a TCP event of the network or kernel monitor. Only TCP: the network monitor's
+/// `udp_flow` events (network/udp_dns) of other processes (the host row) may carry one of these
+/// ports by chance, and they are no part of these scenarios' snapshots.
 pub(super) fn flow_of(e: &Event) -> Option<(u16, u16)> {
     match &e.body {
-        Body::Network(b) => Some((b.flow.sport, b.flow.dport)),
+        Body::Network(b) if b.flow.protocol == "tcp" => Some((b.flow.sport, b.flow.dport)),
         Body::Kernel(KernelBody::Sock { flow, .. }) => Some((flow.sport, flow.dport)),
         _ => None,
     }
