@@ -21,7 +21,8 @@
  * "current" task is whatever was interrupted, often pid 0. So the owner of an outbound socket is
  * remembered when it calls connect() (CLOSE -> SYN_SENT runs in the caller) and the owner of an
  * inbound socket when accept() returns it (accept_return) or, without that path, when it calls
- * close() or shutdown() (-> FIN_WAIT1 / LAST_ACK run in the caller), and later events of that socket carry the owner (NETWORK_F_OWNER). Events with no owner known
+ * close() or shutdown() (-> FIN_WAIT1 / LAST_ACK run in the caller), and later events of that
+ * socket carry the owner (NETWORK_F_OWNER). Events with no owner known
  * (accept, state changes before close() or, where accept_return runs, before accept()) carry the
  * interrupted task as is, and the socket's own cgroup where the kernel has it
  * (NETWORK_F_SOCK_CGROUP).
