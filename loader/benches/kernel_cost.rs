@@ -343,6 +343,9 @@ fn dns_network_memory() -> Result<(Vec<Figure>, Vec<String>)> {
     if dns_ids.is_empty() {
         bail!("dns: tapio-load holds no dns_* program");
     }
+    // The network monitor's udp_flow programs sit on the same send/receive syscalls.
+    let udp_ids: BTreeSet<u32> =
+        progs.iter().copied().filter(|id| stats.get(id).is_some_and(|p| p.name.starts_with("network_udp_"))).collect();
     let before = prog_stats()?;
     let dns_start = Instant::now();
     let mut pairs = 0u64;
@@ -399,6 +402,21 @@ fn dns_network_memory() -> Result<(Vec<Figure>, Vec<String>)> {
         note: format!(
             "{pairs} pairs ({DIG_RUNS} dig runs x {DIG_NAMES} names); sum of every dns_* program's run time in the \
              window, including their runs on unrelated read/write syscalls of dig, dnsmasq and the system"
+        ),
+    });
+
+    let (udp_ns, udp_cnt) = sum_delta(&before, &after, &udp_ids);
+    figures.push(Figure {
+        name: "network.udp_flow_per_dns_pair".into(),
+        value: udp_ns as f64 / pairs as f64,
+        unit: "ns/pair",
+        reference: format!("{} network_udp_* runs per pair", fmt1(udp_cnt as f64 / pairs as f64)),
+        target: "none set".into(),
+        met: None,
+        note: format!(
+            "{pairs} pairs, same window as dns.per_query_response_pair; {} programs on sendto/sendmsg/sendmmsg/recvfrom/recvmsg, \
+             including their runs on the system's other such syscalls",
+            udp_ids.len()
         ),
     });
 

@@ -69,92 +69,132 @@ fn name_at(strings: &[u8], off: u32) -> String {
         .unwrap_or_default()
 }
 
+/// The type and string sections of raw BTF (a `.BTF` section or `/sys/kernel/btf/vmlinux`).
+fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
+    if data.len() < 24 {
+        return Err(BtfError::TooShort(data.len()));
+    }
+    let magic = u16::from_le_bytes([data[0], data[1]]);
+    if magic != BTF_MAGIC {
+        return Err(BtfError::BadMagic(magic));
+    }
+    let hdr_len = u32_at(data, 4, "header")? as usize;
+    let type_off = u32_at(data, 8, "header")? as usize;
+    let type_len = u32_at(data, 12, "header")? as usize;
+    let str_off = u32_at(data, 16, "header")? as usize;
+    let str_len = u32_at(data, 20, "header")? as usize;
+    let section = |what, off: usize, len: usize| {
+        let start = hdr_len + off;
+        data.get(start..start + len).ok_or(BtfError::OutOfBounds { what, offset: start, len, total: data.len() })
+    };
+    Ok((section("type section", type_off, type_len)?, section("string section", str_off, str_len)?))
+}
+
+/// One type record as stored: the 12-byte common part, decoded, and where its kind-specific
+/// trailing data starts in the type section.
+struct RawType {
+    id: u32,
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    size_or_type: u32,
+    trailing: usize,
+}
+
+/// Bytes of kind-specific data after a record's common part (Documentation/bpf/btf.rst).
+fn trailing_len(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        1 | 14 | 17 => 4,           // int encoding; var linkage; decl_tag component
+        3 => 12,                    // btf_array
+        4 | 5 | 15 | 19 => 12 * vlen, // members; datasec entries; enum64 values
+        6 | 13 => 8 * vlen,         // enum values; func_proto params
+        2 | 7..=12 | 16 | 18 => 0,  // ptr, fwd, typedef, volatile, const, restrict, func, float, type_tag
+        _ => return None,
+    })
+}
+
+/// Calls `f` with every record of `types` in id order until it returns false. Only the record
+/// boundaries are checked here; what a record holds is the caller's to read.
+fn walk(types: &[u8], mut f: impl FnMut(&RawType) -> Result<bool, BtfError>) -> Result<(), BtfError> {
+    let mut pos = 0;
+    let mut id = 0;
+    while pos < types.len() {
+        id += 1;
+        let info = u32_at(types, pos + 4, "type")?;
+        let raw = RawType {
+            id,
+            name_off: u32_at(types, pos, "type")?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: u32_at(types, pos + 8, "type")?,
+            trailing: pos + 12,
+        };
+        let len = trailing_len(raw.kind, raw.vlen).ok_or(BtfError::UnknownKind { kind: raw.kind, id })?;
+        if raw.trailing + len > types.len() {
+            return Err(BtfError::OutOfBounds { what: "type", offset: raw.trailing, len, total: types.len() });
+        }
+        if !f(&raw)? {
+            return Ok(());
+        }
+        pos = raw.trailing + len;
+    }
+    Ok(())
+}
+
+/// The id of the first type called `name` whose kind `want` accepts, found without building the
+/// type table: for the kernel's multi-megabyte BTF, where one id is all a feature probe needs and
+/// a parsed copy would sit beside the one the loader already holds.
+pub fn find_type_id(data: &[u8], name: &str, want: fn(u32) -> bool) -> Result<Option<u32>, BtfError> {
+    let (types, strings) = sections(data)?;
+    let mut found = None;
+    walk(types, |raw| {
+        let at = raw.name_off as usize;
+        let matches = want(raw.kind)
+            && strings.get(at..at + name.len()) == Some(name.as_bytes())
+            && strings.get(at + name.len()) == Some(&0);
+        if matches {
+            found = Some(raw.id);
+        }
+        Ok(!matches)
+    })?;
+    Ok(found)
+}
+
 impl Btf {
     /// Parses the contents of a `.BTF` section (or a raw BTF file such as `/sys/kernel/btf/vmlinux`).
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        if data.len() < 24 {
-            return Err(BtfError::TooShort(data.len()));
-        }
-        let magic = u16::from_le_bytes([data[0], data[1]]);
-        if magic != BTF_MAGIC {
-            return Err(BtfError::BadMagic(magic));
-        }
-        let hdr_len = u32_at(data, 4, "header")? as usize;
-        let type_off = u32_at(data, 8, "header")? as usize;
-        let type_len = u32_at(data, 12, "header")? as usize;
-        let str_off = u32_at(data, 16, "header")? as usize;
-        let str_len = u32_at(data, 20, "header")? as usize;
-        let section = |what, off: usize, len: usize| {
-            let start = hdr_len + off;
-            data.get(start..start + len)
-                .ok_or(BtfError::OutOfBounds { what, offset: start, len, total: data.len() })
-        };
-        let types = section("type section", type_off, type_len)?;
-        let strings = section("string section", str_off, str_len)?;
-
+        let (types, strings) = sections(data)?;
         let mut out = Vec::new();
-        let mut pos = 0;
-        while pos < types.len() {
-            let id = out.len() as u32 + 1;
-            let name = name_at(strings, u32_at(types, pos, "type")?);
-            let info = u32_at(types, pos + 4, "type")?;
-            let size_or_type = u32_at(types, pos + 8, "type")?;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            pos += 12;
+        walk(types, |raw| {
+            let name = name_at(strings, raw.name_off);
+            let (kind, pos, size_or_type) = (raw.kind, raw.trailing, raw.size_or_type);
             let ty = match kind {
-                1 => {
-                    pos += 4;
-                    Type::Int { name, size: size_or_type }
-                }
+                1 => Type::Int { name, size: size_or_type },
                 2 => Type::Ptr { target: size_or_type },
-                3 => {
-                    let elem = u32_at(types, pos, "array")?;
-                    let len = u32_at(types, pos + 8, "array")?;
-                    pos += 12;
-                    Type::Array { elem, len }
-                }
+                3 => Type::Array { elem: u32_at(types, pos, "array")?, len: u32_at(types, pos + 8, "array")? },
                 4 | 5 => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let raw_offset = u32_at(types, pos + 8, "member")?;
+                    let mut members = Vec::with_capacity(raw.vlen);
+                    for m in 0..raw.vlen {
+                        let at = pos + 12 * m;
+                        let raw_offset = u32_at(types, at + 8, "member")?;
                         members.push(Member {
-                            name: name_at(strings, u32_at(types, pos, "member")?),
-                            type_id: u32_at(types, pos + 4, "member")?,
+                            name: name_at(strings, u32_at(types, at, "member")?),
+                            type_id: u32_at(types, at + 4, "member")?,
                             // With kind_flag set the top byte holds a bitfield size.
-                            bit_offset: if kind_flag { raw_offset & 0xff_ffff } else { raw_offset },
+                            bit_offset: if raw.kind_flag { raw_offset & 0xff_ffff } else { raw_offset },
                         });
-                        pos += 12;
                     }
                     Type::Struct { name, size: size_or_type, members, union: kind == 5 }
                 }
-                6 => {
-                    pos += 8 * vlen;
-                    Type::Enum { name, size: size_or_type }
-                }
-                19 => {
-                    pos += 12 * vlen;
-                    Type::Enum { name, size: size_or_type }
-                }
+                6 | 19 => Type::Enum { name, size: size_or_type },
                 8..=11 | 18 => Type::Alias { name, target: size_or_type },
-                7 | 12 | 16 => Type::Other { kind, name },
-                13 => {
-                    pos += 8 * vlen;
-                    Type::Other { kind, name }
-                }
-                14 | 17 => {
-                    pos += 4;
-                    Type::Other { kind, name }
-                }
-                15 => {
-                    pos += 12 * vlen;
-                    Type::Other { kind, name }
-                }
-                _ => return Err(BtfError::UnknownKind { kind, id }),
+                _ => Type::Other { kind, name },
             };
             out.push(ty);
-        }
+            Ok(true)
+        })?;
         Ok(Self { types: out })
     }
 
@@ -244,4 +284,54 @@ pub fn core_relocation_count(btf_ext: &[u8]) -> Result<usize, BtfError> {
         pos += 8 + num * rec_size;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Raw BTF: 1 int "int", 2 func_proto () -> int, 3 func "tcp_connect", 4 typedef "td" -> int.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0tcp_connect\0td\0";
+        let words: [u32; 13] = [
+            1, 1 << 24, 4, 32, // int, 32 bits
+            0, 13 << 24, 1, // func_proto, no params
+            5, 12 << 24, 2, // func
+            17, 8 << 24, 1, // typedef
+        ];
+        let types: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut out = Vec::new();
+        out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]); // version, flags
+        for w in [24, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&types);
+        out.extend_from_slice(strings);
+        out
+    }
+
+    #[test]
+    fn finds_a_type_by_name_and_kind_without_parsing() {
+        let data = blob();
+        assert_eq!(find_type_id(&data, "tcp_connect", |k| k == 12).unwrap(), Some(3));
+        assert_eq!(find_type_id(&data, "td", |k| k == 8).unwrap(), Some(4));
+        // The kind filter applies, and a name must match whole, not as a prefix.
+        assert_eq!(find_type_id(&data, "int", |k| k == 12).unwrap(), None);
+        assert_eq!(find_type_id(&data, "tcp", |k| k == 12).unwrap(), None);
+        // The scan and the parser agree on ids.
+        let parsed = Btf::parse(&data).unwrap();
+        assert!(matches!(parsed.type_by_id(3), Ok(Type::Other { kind: 12, name }) if name == "tcp_connect"));
+        assert!(matches!(parsed.type_by_id(4), Ok(Type::Alias { target: 1, .. })));
+    }
+
+    #[test]
+    fn a_truncated_record_is_an_error() {
+        let mut data = blob();
+        // Cut the type section two bytes short of the last record's end.
+        let type_len = u32::from_le_bytes(data[12..16].try_into().unwrap());
+        data[12..16].copy_from_slice(&(type_len - 2).to_le_bytes());
+        assert!(find_type_id(&data, "td", |k| k == 8).is_err());
+        assert!(Btf::parse(&data).is_err());
+    }
 }

@@ -22,8 +22,6 @@ use std::{
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::btf::{Btf, Type};
-
 /// One probed gate.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Feature {
@@ -805,38 +803,26 @@ fn probe_vmlinux_btf() -> ProbeResult {
     }
 }
 
-static VMLINUX: OnceLock<Result<Btf, String>> = OnceLock::new();
-
-/// The parsed vmlinux BTF, read once (it is several MB).
-fn vmlinux() -> Result<&'static Btf, ProbeError> {
-    let parsed = VMLINUX.get_or_init(|| {
-        let data = std::fs::read(VMLINUX_BTF).map_err(|e| format!("{VMLINUX_BTF}: {e}"))?;
-        Btf::parse(&data).map_err(|e| e.to_string())
-    });
-    parsed.as_ref().map_err(|e| ProbeError::Unsupported(format!("no vmlinux btf ({e})")))
-}
-
-/// The id of the vmlinux BTF type called `name` that `want` accepts.
-fn vmlinux_type_id(name: &str, want: fn(&Type) -> bool) -> Result<u32, ProbeError> {
-    let btf = vmlinux()?;
-    (1..=btf.len() as u32)
-        .find(|&id| btf.type_by_id(id).is_ok_and(|t| want(t) && type_name(t) == Some(name)))
-        .ok_or_else(|| ProbeError::Unsupported(format!("vmlinux btf has no {name}")))
-}
-
-fn type_name(t: &Type) -> Option<&str> {
-    match t {
-        Type::Other { name, .. } | Type::Alias { name, .. } | Type::Struct { name, .. } => Some(name),
-        _ => None,
+/// The id of the vmlinux BTF type called `name` whose kind `want` accepts. The file is read and
+/// scanned per call, not parsed and kept: the loader holds the kernel's BTF already, and a second
+/// parsed copy kept for a handful of ids was the largest part of its peak memory.
+fn vmlinux_type_id(name: &str, want: fn(u32) -> bool) -> Result<u32, ProbeError> {
+    let data = std::fs::read(VMLINUX_BTF)
+        .map_err(|e| ProbeError::Unsupported(format!("no vmlinux btf ({VMLINUX_BTF}: {e})")))?;
+    match crate::btf::find_type_id(&data, name, want) {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => Err(ProbeError::Unsupported(format!("vmlinux btf has no {name}"))),
+        Err(e) => Err(ProbeError::Unsupported(format!("no vmlinux btf ({e})"))),
     }
 }
 
-fn is_func(t: &Type) -> bool {
-    matches!(t, Type::Other { kind, .. } if *kind == KIND_FUNC)
+fn is_func(kind: u32) -> bool {
+    kind == KIND_FUNC
 }
 
-fn is_alias(t: &Type) -> bool {
-    matches!(t, Type::Alias { .. })
+/// typedef, volatile, const, restrict, type tag.
+fn is_alias(kind: u32) -> bool {
+    matches!(kind, 8..=11 | 18)
 }
 
 /// Attaches a BTF-attached tracing program the 5.5 way: `BPF_RAW_TRACEPOINT_OPEN` with no name.
@@ -1126,6 +1112,7 @@ fn probe_module_btf() -> ProbeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::btf::{Btf, Type};
 
     #[test]
     fn names_are_unique() {
