@@ -203,8 +203,8 @@ struct ClientRun {
 /// Sends the script from the calling thread: UDP with sendto/recvfrom on unconnected sockets,
 /// TCP with the 2-byte prefix in the same buffer as the message.
 fn client() -> io::Result<ClientRun> {
-    let udp4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let udp6 = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))?;
+    let udp4 = super::udp_client(Ipv4Addr::LOCALHOST.into())?;
+    let udp6 = super::udp_client(Ipv6Addr::LOCALHOST.into())?;
     let mut run = ClientRun {
         ports: vec![(udp4.local_addr()?.port(), "client_udp4".to_owned()), (udp6.local_addr()?.port(), "client_udp6".to_owned())],
         replies: Vec::new(),

@@ -21,7 +21,12 @@ pub mod udp_dns;
 pub mod veth;
 pub mod xdp;
 
-use std::time::{Duration, Instant};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use serde_json::{json, Value};
 use tapio_load::{
@@ -52,6 +57,34 @@ pub fn run_all(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     advanced::run(out, loaded);
     tcp_veth::run(out, loaded);
     xdp::run(out);
+}
+
+/// UDP client addresses the scenarios have used. The network monitor folds a datagram into a flow
+/// it saw less than a second ago from the same process, tuple and direction, so a scenario that
+/// must see its flows as new ([`fresh_udp_client`]) avoids them.
+static UDP_CLIENTS: Mutex<Vec<SocketAddr>> = Mutex::new(Vec::new());
+
+/// Binds a UDP socket on `ip` with a kernel-chosen port and records its address.
+pub fn udp_client(ip: IpAddr) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+    UDP_CLIENTS.lock().expect("udp clients").push(sock.local_addr()?);
+    Ok(sock)
+}
+
+/// A UDP socket on `ip` whose address no earlier [`udp_client`] had. Sockets that drew a used
+/// port are kept open until one does not, so the kernel cannot hand the same port back.
+pub fn fresh_udp_client(ip: IpAddr) -> io::Result<UdpSocket> {
+    let mut drawn = Vec::new();
+    loop {
+        let sock = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let addr = sock.local_addr()?;
+        let mut used = UDP_CLIENTS.lock().expect("udp clients");
+        if !used.contains(&addr) {
+            used.push(addr);
+            return Ok(sock);
+        }
+        drawn.push(sock);
+    }
 }
 
 /// The loaded monitor called `name`, or a failed check naming the scenario that needed it.

@@ -61,7 +61,8 @@ fn serve(sockets: &[UdpSocket]) -> io::Result<u32> {
 /// The client side of one family: the DNS exchange, then the same queries to a port in no list
 /// (answered by `other`, so both directions of that traffic happen too).
 fn client(ip: IpAddr, family: u8, other: &UdpSocket) -> io::Result<Run> {
-    let sock = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+    // Not a port the dns scenario's client just used: its flows would be folded into that one's.
+    let sock = super::fresh_udp_client(ip)?;
     sock.set_read_timeout(Some(IO_TIMEOUT))?;
     let server = SocketAddr::new(ip, PORT);
     let mut buf = [0u8; 512];
