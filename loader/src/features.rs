@@ -807,12 +807,15 @@ fn probe_vmlinux_btf() -> ProbeResult {
 /// scanned per call, not parsed and kept: the loader holds the kernel's BTF already, and a second
 /// parsed copy kept for a handful of ids was the largest part of its peak memory.
 fn vmlinux_type_id(name: &str, want: fn(u32) -> bool) -> Result<u32, ProbeError> {
-    let data = std::fs::read(VMLINUX_BTF)
-        .map_err(|e| ProbeError::Unsupported(format!("no vmlinux btf ({VMLINUX_BTF}: {e})")))?;
+    // Missing is the kernel's "no"; unreadable (EACCES, EIO) is an error, not an absence.
+    let data = std::fs::read(VMLINUX_BTF).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ProbeError::Unsupported(format!("{VMLINUX_BTF} does not exist")),
+        _ => ProbeError::File { path: VMLINUX_BTF.into(), source },
+    })?;
     match crate::btf::find_type_id(&data, name, want) {
         Ok(Some(id)) => Ok(id),
         Ok(None) => Err(ProbeError::Unsupported(format!("vmlinux btf has no {name}"))),
-        Err(e) => Err(ProbeError::Unsupported(format!("no vmlinux btf ({e})"))),
+        Err(e) => Err(ProbeError::Btf(e)),
     }
 }
 
