@@ -33,7 +33,12 @@
  * (sockfd.bpf.h): sends at the entry of sendto, sendmsg and sendmmsg (the data and the address are
  * there; the return value is not), receives at the exit of recvfrom and recvmsg, with the fd and
  * the sockaddr pointer captured at entry, since only the exit knows whether a datagram came in
- * and who sent it. An unconnected socket's peer comes from the syscall's sockaddr. A resolver
+ * and who sent it. An unconnected socket's peer comes from the syscall's sockaddr. A send on a
+ * socket with no local port yet (never bound nor connected) is finished at the syscall's exit
+ * instead: the kernel binds the port inside the send (inet_send_prepare -> inet_autobind), so at
+ * entry the source port is 0 and the flow's key would differ from every later datagram's. The
+ * entry parks the flows by thread and the exit reads the port the send bound; a failed send is
+ * then no flow. A resolver
  * sends a datagram or two a lookup and a busy server thousands a second, so each flow (process,
  * tuple, direction) is reported once a window (NETWORK_UDP_WINDOW_NS): repeats inside it are
  * counted in an LRU hash, whose bound is the state's bound, and the count goes out with that
@@ -89,6 +94,22 @@ struct {
 	__type(key, struct network_udp_key);
 	__type(value, struct network_udp_seen);
 } network_udp_seen SEC(".maps");
+
+/* A send on a socket with no local port yet, parked by its entry for its exit. */
+struct network_udp_send {
+	struct tapio_flow flow[NETWORK_MMSG_MAX]; /* sport 0; the peer filled from the sockaddr */
+	__u64 sk;                                 /* struct sock *, whose port the exit reads */
+	__u32 n;                                  /* flows filled */
+	__u32 mmsg;                               /* sendmmsg: the return value counts messages */
+};
+
+/* In-flight UDP sends of an unbound socket by thread. LRU, as network_udp_inflight. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct network_udp_send);
+} network_udp_send_inflight SEC(".maps");
 
 /* In-flight UDP receives by thread. LRU: a thread killed inside recvmsg() leaves nothing behind. */
 struct {
@@ -248,11 +269,20 @@ static __always_inline void udp_flow(void *ctx, const struct tapio_flow *f, __u3
 	key.direction = direction;
 	seen = bpf_map_lookup_elem(&network_udp_seen, &key);
 	if (seen) {
-		if (now - seen->window_start_ns < NETWORK_UDP_WINDOW_NS) {
+		/*
+		 * Signed: `now` was read before the lookup, and another CPU may have opened a new
+		 * window since, later than `now`. That datagram belongs to the window just opened.
+		 */
+		if ((__s64)(now - seen->window_start_ns) < (__s64)NETWORK_UDP_WINDOW_NS) {
 			__sync_fetch_and_add(&seen->repeats, 1);
 			return;
 		}
-		/* A new window. A datagram of this flow on another CPU right now may count in either. */
+		/*
+		 * A new window. Reading and resetting are not one atomic step: a repeat counted on
+		 * another CPU between the two is lost, and two CPUs that both find the window expired
+		 * both report the flow (the second with repeats 0). Both need the same flow on two
+		 * CPUs within nanoseconds, at a window's edge; the count is a floor, not exact.
+		 */
 		repeats = seen->repeats;
 		seen->window_start_ns = now;
 		seen->repeats = 0;
@@ -269,28 +299,87 @@ static __always_inline void udp_flow(void *ctx, const struct tapio_flow *f, __u3
 	tapio_emit(ctx, &e, sizeof(e));
 }
 
-/* A send on `fd` (sendto), to `uaddr` if the socket is unconnected. */
-static __always_inline int udp_send(void *ctx, __u64 fd, __u64 uaddr)
+/*
+ * The flows of one send, peers filled: reported now if the socket has its local port, else
+ * parked for the syscall's exit (see the header comment).
+ */
+static __always_inline void udp_send_flows(void *ctx, struct network_udp_send *s)
 {
-	struct tapio_flow f = {};
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 i;
 
-	if (!tapio_flow_of_fd(fd, &f) || f.protocol != TAPIO_IPPROTO_UDP)
-		return 0;
-	tapio_peer_from_sockaddr(&f, uaddr);
-	udp_flow(ctx, &f, NETWORK_F_SEND);
-	return 0;
+	if (s->flow[0].sport) {
+#pragma unroll
+		for (i = 0; i < NETWORK_MMSG_MAX; i++) {
+			if (i < s->n)
+				udp_flow(ctx, &s->flow[i], NETWORK_F_SEND);
+		}
+		return;
+	}
+	/* No DNS port among the peers: no flow, whatever source port the kernel picks. */
+	if (!tapio_dns_flow(&s->flow[0]) && !(s->n > 1 && tapio_dns_flow(&s->flow[1])))
+		return;
+	bpf_map_update_elem(&network_udp_send_inflight, &id, s, BPF_ANY);
 }
 
-/* A send of one msghdr (sendmsg, each of sendmmsg's): msg_name, its first field, is the peer. */
-static __always_inline void udp_send_msghdr(void *ctx, const struct tapio_flow *sock_flow, __u64 umsg)
+/* The peer of one msghdr (sendmsg, each of sendmmsg's): msg_name, its first field. */
+static __always_inline void udp_msghdr_peer(struct tapio_flow *f, __u64 umsg)
 {
-	struct tapio_flow f = *sock_flow;
 	__u64 name = 0;
 
 	if (!umsg || bpf_probe_read_user(&name, sizeof(name), (void *)umsg))
 		return;
-	tapio_peer_from_sockaddr(&f, name);
-	udp_flow(ctx, &f, NETWORK_F_SEND);
+	tapio_peer_from_sockaddr(f, name);
+}
+
+/* The UDP socket behind `fd` as the first flow of `s`; 0 if it is none. */
+static __always_inline int udp_send_sock(struct network_udp_send *s, __u64 fd)
+{
+	struct sock *sk = NULL;
+
+	if (!tapio_flow_sock_of_fd(fd, &s->flow[0], &sk) || s->flow[0].protocol != TAPIO_IPPROTO_UDP)
+		return 0;
+	s->sk = (__u64)sk;
+	s->n = 1;
+	return 1;
+}
+
+/*
+ * Send exit, for a send its entry parked: the local port is bound now, unless the send failed
+ * before binding it, and a failed send is no flow. sendmmsg returns the messages sent, the others
+ * bytes (0 is an empty datagram, still sent).
+ */
+static __always_inline int udp_send_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct network_udp_send *parked;
+	struct tapio_flow f;
+	struct sock *sk;
+	long ret = ctx->ret;
+	__u16 sport = 0;
+	__u32 n, i;
+
+	parked = bpf_map_lookup_elem(&network_udp_send_inflight, &id);
+	if (!parked)
+		return 0;
+	sk = (struct sock *)parked->sk;
+	n = parked->n;
+	if (parked->mmsg && ret >= 0 && ret < n)
+		n = ret;
+	if (ret < 0 || !sk)
+		n = 0;
+	if (n)
+		sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+#pragma unroll
+	for (i = 0; i < NETWORK_MMSG_MAX; i++) {
+		if (i < n && sport) {
+			f = parked->flow[i];
+			f.sport = sport;
+			udp_flow(ctx, &f, NETWORK_F_SEND);
+		}
+	}
+	bpf_map_delete_elem(&network_udp_send_inflight, &id);
+	return 0;
 }
 
 /* Receive entry: note the flow and where the sender's address will land, if it may be DNS. */
@@ -391,34 +480,63 @@ int BPF_KRETPROBE(network_accept_kretprobe, struct sock *newsk)
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int network_udp_sendto(struct trace_event_raw_sys_enter *ctx)
 {
-	return udp_send(ctx, ctx->args[0], ctx->args[4]);
+	struct network_udp_send s = {};
+
+	if (udp_send_sock(&s, ctx->args[0])) {
+		tapio_peer_from_sockaddr(&s.flow[0], ctx->args[4]);
+		udp_send_flows(ctx, &s);
+	}
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int network_udp_sendto_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return udp_send_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int network_udp_sendmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	struct tapio_flow f = {};
+	struct network_udp_send s = {};
 
-	if (tapio_flow_of_fd(ctx->args[0], &f) && f.protocol == TAPIO_IPPROTO_UDP)
-		udp_send_msghdr(ctx, &f, ctx->args[1]);
+	if (udp_send_sock(&s, ctx->args[0])) {
+		udp_msghdr_peer(&s.flow[0], ctx->args[1]);
+		udp_send_flows(ctx, &s);
+	}
 	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int network_udp_sendmsg_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return udp_send_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmmsg")
 int network_udp_sendmmsg(struct trace_event_raw_sys_enter *ctx)
 {
-	struct tapio_flow f = {};
+	struct network_udp_send s = {};
 	__u64 vec = ctx->args[1], vlen = ctx->args[2];
-	__u32 i;
 
-	if (!tapio_flow_of_fd(ctx->args[0], &f) || f.protocol != TAPIO_IPPROTO_UDP)
+	if (!vlen || !udp_send_sock(&s, ctx->args[0]))
 		return 0;
-#pragma unroll
-	for (i = 0; i < NETWORK_MMSG_MAX; i++) {
-		if (i < vlen)
-			udp_send_msghdr(ctx, &f, vec + i * TAPIO_USER_MMSGHDR_SIZE);
+	s.mmsg = 1;
+	/* The socket's own flow for each message, before its peer is filled in. */
+	s.flow[1] = s.flow[0];
+	udp_msghdr_peer(&s.flow[0], vec);
+	if (vlen > 1) {
+		udp_msghdr_peer(&s.flow[1], vec + TAPIO_USER_MMSGHDR_SIZE);
+		s.n = 2;
 	}
+	udp_send_flows(ctx, &s);
 	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmmsg")
+int network_udp_sendmmsg_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return udp_send_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")

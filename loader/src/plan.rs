@@ -79,7 +79,7 @@ pub struct Plan {
 }
 
 /// Whether tracefs lists a tracepoint; `category` None searches every category (raw tracepoints).
-fn tracepoint_exists(category: Option<&str>, name: &str) -> bool {
+pub fn tracepoint_exists(category: Option<&str>, name: &str) -> bool {
     TRACEFS_EVENTS.iter().map(Path::new).any(|events| match category {
         Some(c) => events.join(c).join(name).is_dir(),
         None => std::fs::read_dir(events)

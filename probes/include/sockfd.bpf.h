@@ -50,11 +50,11 @@ struct tapio_user_sockaddr {
 };
 
 /*
- * The socket behind `fd` of the current task, as a flow. Returns 0 unless it is an AF_INET or
- * AF_INET6 stream or datagram socket. The fd is checked against the table's max_fds before the
- * slot is read, so a stale or hostile fd number reads nothing.
+ * The socket behind `fd` of the current task, as a flow; `*skp` gets the socket. Returns 0 unless
+ * it is an AF_INET or AF_INET6 stream or datagram socket. The fd is checked against the table's
+ * max_fds before the slot is read, so a stale or hostile fd number reads nothing.
  */
-static __always_inline int tapio_flow_of_fd(__u64 fd, struct tapio_flow *f)
+static __always_inline int tapio_flow_sock_of_fd(__u64 fd, struct tapio_flow *f, struct sock **skp)
 {
 	struct task_struct___sockfd *task = (void *)bpf_get_current_task();
 	struct files_struct *files;
@@ -92,7 +92,16 @@ static __always_inline int tapio_flow_of_fd(__u64 fd, struct tapio_flow *f)
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk)
 		return 0;
+	*skp = sk;
 	return tapio_read_flow(f, sk, type == TAPIO_SOCK_STREAM ? TAPIO_IPPROTO_TCP : TAPIO_IPPROTO_UDP);
+}
+
+/* The socket behind `fd` of the current task, as a flow (see tapio_flow_sock_of_fd). */
+static __always_inline int tapio_flow_of_fd(__u64 fd, struct tapio_flow *f)
+{
+	struct sock *sk = NULL;
+
+	return tapio_flow_sock_of_fd(fd, f, &sk);
 }
 
 /* An unconnected socket has no peer: take it from the sockaddr the syscall carries. */

@@ -250,6 +250,7 @@ mod tests {
         assert!(json.get("result").is_none(), "{json}");
         let (name, b) = body(NETWORK_ACCEPT_RETURN, NETWORK_F_OWNER, 0);
         assert_eq!((name, b.result), ("accept_return", None));
+        let json = serde_json::to_value(&b).unwrap();
         assert!(json.get("oldstate").is_none() && json.get("newstate").is_none(), "a call is no transition: {json}");
         let (_, b) = body(NETWORK_CLOSE, 0, 7);
         assert_eq!(b.result, None, "only connect_attempt has a result");

@@ -71,6 +71,41 @@ pub fn group_of(monitor: &str, program: &str) -> Option<&'static ProgramGroup> {
     GROUPS.iter().find(|g| g.monitor == monitor && g.programs.contains(&program))
 }
 
+/// Programs a monitor runs without on a kernel that lacks their tracepoints: one capability,
+/// left out whole when any of them is missing (an entry without its exit would park records that
+/// nothing takes), and reported unavailable under its name with the reason.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionalPrograms {
+    pub monitor: &'static str,
+    /// The capability's name, as reports show it (`udp_flow`, `init_module`, ...).
+    pub name: &'static str,
+    /// Program names; each attaches to a classic tracepoint.
+    pub programs: &'static [&'static str],
+    /// Why a kernel may lack the tracepoints, for the reason (`built without CONFIG_MODULES`).
+    pub missing_when: &'static str,
+}
+
+/// Every set of optional programs.
+pub const OPTIONAL: &[OptionalPrograms] = &[security::INIT_MODULE, security::FINIT_MODULE, network::UDP_FLOW];
+
+/// Why `set` of `spec` cannot run, if `exists(category, name)` lacks any of its tracepoints.
+pub fn optional_unavailable(spec: &MonitorSpec, set: &OptionalPrograms, exists: impl Fn(&str, &str) -> bool) -> Option<String> {
+    let missing: Vec<String> = spec
+        .programs
+        .iter()
+        .filter(|p| set.programs.contains(&p.name))
+        .filter_map(|p| match p.attach {
+            AttachPoint::TracePoint { category, name } if !exists(category, name) => Some(format!("{category}/{name}")),
+            _ => None,
+        })
+        .collect();
+    match missing.len() {
+        0 => None,
+        1 => Some(format!("tracepoint {} does not exist in this kernel ({})", missing[0], set.missing_when)),
+        _ => Some(format!("tracepoints {} do not exist in this kernel ({})", missing.join(", "), set.missing_when)),
+    }
+}
+
 /// One program of a monitor and where it attaches.
 #[derive(Debug, Clone, Copy)]
 pub struct ProgramSpec {
@@ -330,14 +365,18 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     let mut links = Vec::new();
     // Per group: whether a path attached, and why each earlier path did not.
     let mut groups: Vec<(&'static ProgramGroup, bool, Vec<String>)> = Vec::new();
+    // Optional programs whose tracepoints this kernel lacks: left out, the rest runs.
+    let mut left_out: Vec<&'static str> = Vec::new();
+    for set in OPTIONAL.iter().filter(|s| s.monitor == monitor) {
+        if let Some(why) = optional_unavailable(spec, set, |category, name| crate::plan::tracepoint_exists(Some(category), name)) {
+            tracing::warn!("monitor {monitor}: {}: unavailable: {why}", set.name);
+            unavailable.push((set.name, why));
+            left_out.extend(set.programs);
+        }
+    }
     for p in spec.programs {
-        // security: the module-load programs have no tracepoint on a kernel without modules.
-        if monitor == security::SPEC.name {
-            if let Some(why) = security::unavailable(p) {
-                tracing::warn!("monitor {monitor}: program {}: unavailable: {why}", p.name);
-                unavailable.push((p.name, why));
-                continue;
-            }
+        if left_out.contains(&p.name) {
+            continue;
         }
         let Some(group) = group_of(monitor, p.name) else {
             let load_time = load_program(&mut ebpf, monitor, p, btf)?;
@@ -443,6 +482,40 @@ mod tests {
                 assert_eq!(section, &want, "{}/{}", spec.name, p.name);
             }
         }
+    }
+
+    #[test]
+    fn every_optional_program_is_a_tracepoint_of_its_monitor() {
+        for set in OPTIONAL {
+            let spec = monitor(set.monitor).unwrap_or_else(|| panic!("optional {}: no monitor {}", set.name, set.monitor));
+            for name in set.programs {
+                let p = spec.programs.iter().find(|p| p.name == *name).unwrap_or_else(|| panic!("optional {}: {name} not in {}", set.name, set.monitor));
+                assert!(matches!(p.attach, AttachPoint::TracePoint { .. }), "optional {}: {name} is no tracepoint", set.name);
+            }
+        }
+    }
+
+    /// Without syscall tracepoints (no CONFIG_FTRACE_SYSCALLS) the network monitor loses
+    /// `udp_flow` only, with the reason; the TCP tracepoint still runs.
+    #[test]
+    fn udp_flow_is_left_out_without_syscall_tracepoints() {
+        let no_syscalls = |category: &str, _: &str| category != "syscalls";
+        let why = optional_unavailable(&network::SPEC, &network::UDP_FLOW, no_syscalls).expect("udp_flow unavailable");
+        assert!(why.contains("syscalls/sys_enter_sendto") && why.contains("CONFIG_FTRACE_SYSCALLS"), "{why}");
+        let left_out: Vec<&str> =
+            OPTIONAL.iter().filter(|s| s.monitor == "network").filter(|s| optional_unavailable(&network::SPEC, s, no_syscalls).is_some()).flat_map(|s| s.programs.iter().copied()).collect();
+        let runs: Vec<&str> = network::SPEC.programs.iter().map(|p| p.name).filter(|p| !left_out.contains(p)).collect();
+        assert!(runs.contains(&"network_set_state"), "{runs:?}");
+        assert!(runs.iter().all(|p| !p.starts_with("network_udp_")), "{runs:?}");
+        assert_eq!(optional_unavailable(&network::SPEC, &network::UDP_FLOW, |_: &str, _: &str| true), None);
+    }
+
+    /// One missing tracepoint is enough to leave the whole set out.
+    #[test]
+    fn one_missing_tracepoint_leaves_the_set_out() {
+        let why = optional_unavailable(&security::SPEC, &security::INIT_MODULE, |_: &str, name: &str| name != "sys_exit_init_module")
+            .expect("init_module unavailable");
+        assert_eq!(why, "tracepoint syscalls/sys_exit_init_module does not exist in this kernel (built without CONFIG_MODULES: no module can be loaded)");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The network monitor: TCP connect, accept, close with byte counts, and state changes, and UDP
 //! flows to and from the DNS ports, IPv4 and IPv6 (probes/network.bpf.c).
 //!
-//! Needs one classic tracepoint, `sock/inet_sock_set_state`, added in 4.16
+//! Its TCP events need one classic tracepoint, `sock/inet_sock_set_state`, added in 4.16
 //! (<https://github.com/torvalds/linux/blob/v4.16/include/trace/events/sock.h>), plus an LRU hash
-//! map (4.10+); no kprobes or fentry, so it runs where those are disabled.
+//! map (4.10+); no kprobes or fentry, so they run where those are disabled. `udp_flow` events
+//! also need the syscall tracepoints (below); on a kernel without them they are reported
+//! unavailable ([`UDP_FLOW`]) and the rest runs.
 //!
 //! Where the kernel allows more, two events come from kernel functions that have no tracepoint,
 //! each with alternative paths tried best first (see [`super::ProgramGroup`]):
@@ -29,8 +31,9 @@
 //! `udp_flow` events come from syscall tracepoints (`syscalls/sys_enter_*` and `sys_exit_*`, since
 //! 2.6.37 with `CONFIG_FTRACE_SYSCALLS`,
 //! <https://github.com/torvalds/linux/blob/v2.6.37/include/trace/events/syscalls.h>), as the dns
-//! monitor's do: sends at the entry of `sendto`, `sendmsg` and `sendmmsg`, receives at the exit
-//! of `recvfrom` and `recvmsg`. Their ports are the dns monitor's, in the object's own
+//! monitor's do: sends at the entry of `sendto`, `sendmsg` and `sendmmsg` (at their exit when the
+//! socket has no local port yet: the kernel binds one inside the send), receives at the exit of
+//! `recvfrom` and `recvmsg`. Their ports are the dns monitor's, in the object's own
 //! `dns_ports` map ([`super::dns::set_ports`] fills both). Repeats of a flow within a second are
 //! counted in an LRU hash (4.10+) and reported with its next event.
 
@@ -50,7 +53,28 @@ pub const ACCEPT_RETURN_GROUP: ProgramGroup = ProgramGroup {
     programs: &["network_accept_fexit", "network_accept_kretprobe"],
 };
 
-/// The network monitor's programs.
+/// `udp_flow` events: syscall tracepoints, which a kernel built without `CONFIG_FTRACE_SYSCALLS`
+/// lacks; the TCP programs run without them.
+pub const UDP_FLOW: super::OptionalPrograms = super::OptionalPrograms {
+    monitor: "network",
+    name: "udp_flow",
+    programs: &[
+        "network_udp_sendto_exit",
+        "network_udp_sendmsg_exit",
+        "network_udp_sendmmsg_exit",
+        "network_udp_sendto",
+        "network_udp_sendmsg",
+        "network_udp_sendmmsg",
+        "network_udp_recvfrom_enter",
+        "network_udp_recvfrom_exit",
+        "network_udp_recvmsg_enter",
+        "network_udp_recvmsg_exit",
+    ],
+    missing_when: "built without CONFIG_FTRACE_SYSCALLS",
+};
+
+/// The network monitor's programs. The send exits come before their entries, so that a send an
+/// entry parks always has its exit attached.
 pub const SPEC: MonitorSpec = MonitorSpec {
     name: "network",
     programs: &[
@@ -62,6 +86,9 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         ProgramSpec { name: "network_connect_kprobe", attach: AttachPoint::Kprobe { function: "tcp_connect" } },
         ProgramSpec { name: "network_accept_fexit", attach: AttachPoint::Fexit { function: "inet_csk_accept" } },
         ProgramSpec { name: "network_accept_kretprobe", attach: AttachPoint::Kretprobe { function: "inet_csk_accept" } },
+        syscall("network_udp_sendto_exit", "sys_exit_sendto"),
+        syscall("network_udp_sendmsg_exit", "sys_exit_sendmsg"),
+        syscall("network_udp_sendmmsg_exit", "sys_exit_sendmmsg"),
         syscall("network_udp_sendto", "sys_enter_sendto"),
         syscall("network_udp_sendmsg", "sys_enter_sendmsg"),
         syscall("network_udp_sendmmsg", "sys_enter_sendmmsg"),

@@ -33,6 +33,24 @@ pub const CAPABILITY_GROUP: super::ProgramGroup = super::ProgramGroup {
     programs: &["sec_capable_fexit", "sec_capable_kprobe"],
 };
 
+/// `init_module` events: a kernel built without `CONFIG_MODULES` has no `init_module` syscall
+/// (it is `sys_ni_syscall`), hence no tracepoints, and no module can be loaded there at all. The
+/// rest of the monitor runs without them.
+pub const INIT_MODULE: super::OptionalPrograms = super::OptionalPrograms {
+    monitor: "security",
+    name: "init_module",
+    programs: &["sec_exit_init_module", "sec_enter_init_module"],
+    missing_when: "built without CONFIG_MODULES: no module can be loaded",
+};
+
+/// `finit_module` events, as [`INIT_MODULE`].
+pub const FINIT_MODULE: super::OptionalPrograms = super::OptionalPrograms {
+    monitor: "security",
+    name: "finit_module",
+    programs: &["sec_exit_finit_module", "sec_enter_finit_module"],
+    missing_when: "built without CONFIG_MODULES: no module can be loaded",
+};
+
 /// Mirror of `struct security_config` (probes/include/security.h).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -115,22 +133,3 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         ProgramSpec { name: "sec_capable_kprobe", attach: AttachPoint::Kprobe { function: "cap_capable" } },
     ],
 };
-
-/// Where tracefs publishes its events; the first that exists is used.
-const TRACEFS_EVENTS: [&str; 2] = ["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
-
-/// Why a program of this monitor cannot attach on this kernel, when it is one that may be missing.
-///
-/// Only the module programs may: a kernel built without `CONFIG_MODULES` has no
-/// `init_module`/`finit_module` syscalls (they are `sys_ni_syscall`), hence no tracepoints, and
-/// no module can be loaded there at all. The rest of the monitor runs without them.
-pub fn unavailable(p: &ProgramSpec) -> Option<String> {
-    let AttachPoint::TracePoint { category, name } = p.attach else { return None };
-    if !name.ends_with("init_module") {
-        return None;
-    }
-    let exists = TRACEFS_EVENTS.iter().any(|events| Path::new(events).join(category).join(name).is_dir());
-    (!exists).then(|| {
-        format!("tracepoint {category}/{name} does not exist in this kernel (built without CONFIG_MODULES: no module can be loaded)")
-    })
-}
