@@ -36,6 +36,8 @@ const NLMSGERR_ATTR_MSG: u16 = 1;
 /// The fixed headers: `nlmsghdr` 16 bytes, `ifinfomsg` 16, `ifaddrmsg` 8, `nlattr` 4.
 const NLMSG_HDRLEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
+/// The transmit and receive queues each end of a veth pair gets (see [`Netlink::create_veth`]).
+pub const VETH_QUEUES: u32 = 1;
 /// No reply may take longer than this: a guard against a lost message, not a synchronisation.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -351,18 +353,34 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `name` in this socket's namespace, `peer` in the namespace `peer_ns`
-    /// refers to, both with the hardware address `mac`.
+    /// refers to, both with the hardware address `mac` and with [`VETH_QUEUES`] transmit and
+    /// receive queue each.
+    ///
+    /// Unasked, each end is made with one queue of each kind per possible CPU (drivers/net/veth.c,
+    /// `veth_get_num_queues`). Later kernels then put only the first of each in use
+    /// (`veth_init_queues`; the matrix's 6.1 has it, its 5.10 does not); on 5.10 all are, and a
+    /// sender's flow hash picks the queue, and with it the ring and NAPI instance, that takes
+    /// the frame on the other end. With one queue a frame sent after another is also received
+    /// after it: one ring, drained in order by one NAPI instance (and with XDP on the receiving
+    /// end, judged by its program in that order), which the counts of the xdp scenario rely on.
+    /// The peer's queue counts are its own attributes, after its `ifinfomsg` in
+    /// `VETH_INFO_PEER`: veth makes the peer from those alone.
     pub fn create_veth(&mut self, name: &str, peer: &str, peer_ns: BorrowedFd<'_>, mac: [u8; 6]) -> Result<()> {
+        let queues = VETH_QUEUES.to_ne_bytes();
         let msg = Message::new(libc::RTM_NEWLINK, (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16)
             .ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0)
             .attr_str(libc::IFLA_IFNAME, name)
             .attr(libc::IFLA_ADDRESS, &mac)
+            .attr(libc::IFLA_NUM_TX_QUEUES, &queues)
+            .attr(libc::IFLA_NUM_RX_QUEUES, &queues)
             .begin(libc::IFLA_LINKINFO)
             .attr_str(libc::IFLA_INFO_KIND, "veth")
             .begin(libc::IFLA_INFO_DATA)
             .begin_peer(0)
             .attr_str(libc::IFLA_IFNAME, peer)
             .attr(libc::IFLA_ADDRESS, &mac)
+            .attr(libc::IFLA_NUM_TX_QUEUES, &queues)
+            .attr(libc::IFLA_NUM_RX_QUEUES, &queues)
             .attr(libc::IFLA_NET_NS_FD, &(peer_ns.as_raw_fd() as u32).to_ne_bytes())
             .end()
             .end()
@@ -478,6 +496,10 @@ pub struct LinkState {
     pub name: Option<String>,
     /// `IF_OPER_*` (RFC 2863): 6 is up.
     pub operstate: Option<u8>,
+    /// The transmit and receive queues the link was made with (`IFLA_NUM_TX_QUEUES`,
+    /// `IFLA_NUM_RX_QUEUES`).
+    pub tx_queues: Option<u32>,
+    pub rx_queues: Option<u32>,
 }
 
 /// Parses an `RTM_NEWLINK` payload: `ifinfomsg`, then attributes.
@@ -487,11 +509,14 @@ pub fn link_state(payload: &[u8]) -> Option<LinkState> {
     }
     let index = i32::from_ne_bytes(payload[4..8].try_into().ok()?) as u32;
     let flags = u32::from_ne_bytes(payload[8..12].try_into().ok()?);
-    let mut state = LinkState { index, flags, name: None, operstate: None };
+    let mut state = LinkState { index, flags, name: None, operstate: None, tx_queues: None, rx_queues: None };
+    let u32_of = |v: &[u8]| v.get(0..4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
     for (kind, value) in attrs(&payload[IFINFOMSG_LEN..]) {
         match kind {
             libc::IFLA_IFNAME => state.name = CStr::from_bytes_until_nul(value).ok().map(|s| s.to_string_lossy().into_owned()),
             libc::IFLA_OPERSTATE => state.operstate = value.first().copied(),
+            libc::IFLA_NUM_TX_QUEUES => state.tx_queues = u32_of(value),
+            libc::IFLA_NUM_RX_QUEUES => state.rx_queues = u32_of(value),
             _ => {}
         }
     }
@@ -667,6 +692,20 @@ mod tests {
         let state = root.link(root_index).unwrap();
         assert_eq!(state.name.as_deref(), Some(root_if.as_str()));
         assert_ne!(state.flags & libc::IFF_NOARP as u32, 0, "{state:?}");
+        // One queue of each kind on both ends, whatever the number of CPUs: as the kernel reports
+        // them over netlink, and for the root end as sysfs (which shows the mounter's namespace
+        // only) lists them.
+        let peer = inside.link(ns_index).unwrap();
+        for s in [&state, &peer] {
+            assert_eq!((s.tx_queues, s.rx_queues), (Some(VETH_QUEUES), Some(VETH_QUEUES)), "{s:?}");
+        }
+        let sysfs = format!("/sys/class/net/{root_if}/queues");
+        let mut queues: Vec<String> = std::fs::read_dir(&sysfs)
+            .unwrap_or_else(|e| panic!("read {sysfs}: {e}"))
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        queues.sort();
+        assert_eq!(queues, ["rx-0", "tx-0"], "{sysfs}");
         let pairs: [(IpAddr, IpAddr, u8); 2] = [
             (Ipv4Addr::new(198, 18, 99, 1).into(), Ipv4Addr::new(198, 18, 99, 2).into(), 24),
             ("2001:2:0:99::1".parse::<Ipv6Addr>().unwrap().into(), "2001:2:0:99::2".parse::<Ipv6Addr>().unwrap().into(), 64),

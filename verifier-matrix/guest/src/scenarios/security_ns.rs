@@ -7,8 +7,17 @@
 //! (EPERM), forks the holder (which unshares its mount namespace and waits), setns into the
 //! holder's mount namespace with the wrong type (EINVAL) and with the right one, then, from
 //! inside that namespace (`in_container`), init_module and finit_module on an image that is not
-//! an ELF object: the kernel rejects it at the header check (ENOEXEC) on every kernel, so
-//! nothing is loaded.
+//! an ELF object, so nothing is loaded. init_module is given the image's bytes from memory,
+//! finit_module a memfd holding them: no file is written, so there is no path to race for or
+//! to share between two runs on one host.
+//!
+//! The refusal checked is the header check's (ENOEXEC). That holds where module signatures are
+//! not enforced, as on every kernel of the matrix: its Debian kernels are built with
+//! `CONFIG_MODULE_SIG` but without `CONFIG_MODULE_SIG_FORCE` or a forced lockdown, and boot with
+//! neither `module.sig_enforce` nor `lockdown=` (verifier-matrix/src/qemu.rs, `BASE_CMDLINE`).
+//! A kernel that enforces signatures checks them first (kernel/module/signing.c,
+//! `module_sig_check`) and refuses the unsigned image with EKEYREJECTED, or EPERM under lockdown;
+//! the check then fails, naming the errno it got.
 //!
 //! A kernel built without `CONFIG_MODULES` (the host row) has neither the two syscalls (ENOSYS)
 //! nor their tracepoints: the loader reports those programs unavailable, the module events cannot
@@ -18,7 +27,7 @@
 //! lacks CAP_SYS_RESOURCE), so they are checked against capget's answer, then shown as a role.
 
 use std::{
-    ffi::CString,
+    ffi::{CStr, CString},
     io,
     process::{Command, ExitCode, Stdio},
 };
@@ -34,10 +43,11 @@ use super::{
 use crate::report::Reporter;
 
 const SCENARIO: &str = "ns_caps_module";
-/// The image finit_module is given; written by the agent, removed after the actor ends.
-const MODULE_FILE: &str = "/tmp/tapio-not-a-module.ko";
-/// The bytes of the image: no ELF magic, longer than an ELF header (64 bytes), so every kernel
-/// gets as far as the header check.
+/// The name of the memfd finit_module is given (only shown in /proc/<pid>/fd; names need not be
+/// unique).
+const MODULE_MEMFD: &CStr = c"tapio-not-a-module";
+/// The bytes of the image: no ELF magic, longer than an ELF header (64 bytes), so a kernel that
+/// does not enforce signatures gets as far as the header check.
 const IMAGE: &[u8; 96] = b"tapio-probes ns_caps_module: this is not a kernel module, so loading it must fail (ENOEXEC).\n\n\n\n";
 /// Where the actor keeps the namespace and module fds (dup2), so the events' `fd` is fixed.
 const NS_FD: i32 = 100;
@@ -84,6 +94,28 @@ fn outcome(rc: libc::c_long) -> (libc::c_long, i32) {
     (rc, if rc < 0 { io::Error::last_os_error().raw_os_error().unwrap_or(0) } else { 0 })
 }
 
+/// A memfd holding [`IMAGE`], for finit_module. Asked for with `MFD_NOEXEC_SEAL` (the image is
+/// never executed), which kernels before 6.3 do not know (EINVAL): there it is asked for again
+/// without. kernel_read_file reads a file from offset 0 whatever its position, and refuses only
+/// files open for writing through a path (`deny_write_access`), which a memfd's own fd is not.
+fn module_memfd() -> io::Result<i32> {
+    // SAFETY: the name is NUL-terminated; memfd_create takes it and flags.
+    let mut fd = unsafe { libc::memfd_create(MODULE_MEMFD.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_NOEXEC_SEAL) };
+    if fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(MODULE_MEMFD.as_ptr(), libc::MFD_CLOEXEC) };
+    }
+    let fd = sys("memfd_create for the module image", fd.into())? as i32;
+    // SAFETY: IMAGE is readable for its length; fd is ours.
+    let written = unsafe { libc::write(fd, IMAGE.as_ptr().cast(), IMAGE.len()) };
+    if sys("write the module image", written as libc::c_long)? != IMAGE.len() as libc::c_long {
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        return Err(io::Error::other(format!("write the module image: {written} of {} bytes", IMAGE.len())));
+    }
+    Ok(fd)
+}
+
 /// The actor: runs the scenario and prints one JSON line with its results for the agent.
 pub fn actor() -> ExitCode {
     actor_result(actor_steps())
@@ -92,10 +124,9 @@ pub fn actor() -> ExitCode {
 fn actor_steps() -> io::Result<Value> {
     // SAFETY: alarm has no preconditions.
     unsafe { libc::alarm(ALARM_SECS) };
-    let path = CString::new(MODULE_FILE).expect("no NUL");
-    // SAFETY: path is NUL-terminated; dup2 and close on fds this process owns.
+    let fd = module_memfd()?;
+    // SAFETY: dup2 and close on fds this process owns.
     unsafe {
-        let fd = sys("open the module image", libc::open(path.as_ptr(), libc::O_RDONLY).into())? as i32;
         sys("dup2 the module image", libc::dup2(fd, MODULE_FD).into())?;
         libc::close(fd);
     }
@@ -197,15 +228,11 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         m.unavailable.iter().filter(|(p, _)| p.ends_with("init_module")).map(|(p, why)| format!("{p}: {why}")).collect();
     discard(m);
     let lost_before = lost(m);
-    if let Err(e) = std::fs::write(MODULE_FILE, IMAGE) {
-        return check(out, &name("actor"), false, format!("write {MODULE_FILE}: {e}"));
-    }
     let modules_before = std::fs::read_to_string("/proc/modules").ok();
     let exe = current_exe();
     // The actor ends by itself, or by its own alarm: output() cannot wait forever.
     let output = Command::new(&exe).arg("security-ns-actor").stdin(Stdio::null()).stderr(Stdio::inherit()).output();
     let modules_after = std::fs::read_to_string("/proc/modules").ok();
-    let _ = std::fs::remove_file(MODULE_FILE);
     let report: Value = match &output {
         Ok(o) => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({ "error": format!("actor output: {e}") })),
         Err(e) => json!({ "error": format!("spawn the actor: {e}") }),
@@ -229,15 +256,18 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
             report["capset_denied"], report["setns_wrong_type"], report["setns"], report["holder_exit"]
         ),
     );
-    // With module support the image is refused at its header; without, the syscalls do not exist.
+    // With module support the image is refused at its header (where signatures are not
+    // enforced: see the module docs); without, the syscalls do not exist.
     let want = if no_modules.is_empty() { libc::ENOEXEC } else { libc::ENOSYS };
     check(
         out,
         &name("module_refused"),
         report["init_module"] == errno(want) && report["finit_module"] == errno(want),
         format!(
-            "init_module {}, finit_module {} (want errno {want}); unavailable: {no_modules:?}",
-            report["init_module"], report["finit_module"]
+            "init_module {}, finit_module {} (want -1 {}); unavailable: {no_modules:?}",
+            outcome_text(&report["init_module"]),
+            outcome_text(&report["finit_module"]),
+            errno_text(want)
         ),
     );
     check(
@@ -256,8 +286,17 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     let initial = (report["initial_eff"].clone(), report["initial_perm"].clone());
     key_checks(out, &values, actor, holder, &initial);
     if no_modules.is_empty() {
-        let pass = values.iter().filter(|v| v["event"] == "module_load").count() == 2;
-        let detail = "init_module and finit_module, refused (ENOEXEC), in_container".to_owned();
+        let loads: Vec<&Value> = values.iter().filter(|v| v["event"] == "module_load").collect();
+        let pass = loads.len() == 2;
+        let seen: Vec<String> = loads
+            .iter()
+            .map(|v| {
+                let result = v["result"].as_i64().and_then(|r| i32::try_from(-r).ok()).filter(|e| *e > 0);
+                let result = result.map_or_else(|| v["result"].to_string(), errno_text);
+                format!("{} {result} in_container={}", v["syscall"].as_str().unwrap_or("?"), v["in_container"])
+            })
+            .collect();
+        let detail = format!("want init_module and finit_module, refused ({}), in_container; seen {seen:?}", errno_text(libc::ENOEXEC));
         check(out, &name("module_load_in_container"), pass && module_checks(&values, actor), detail);
     } else {
         let none = values.iter().all(|v| v["event"] != "module_load");
@@ -333,6 +372,42 @@ fn key_checks(out: &mut Reporter, values: &[Value], actor: u64, holder: u64, ini
     check(out, &format!("security.{SCENARIO}.holder_quiet"), holder_only_unshare, "the holder makes one security call: its unshare".to_owned());
 }
 
+/// A module syscall's errno by name and number, with the C library's words for it: "ENOEXEC 8
+/// (Exec format error)". Named are the answers a module load can get: the header check's, a signature check's
+/// (kernel/module/signing.c and the keyring's), lockdown's and a kernel without modules'.
+fn errno_text(e: i32) -> String {
+    let name = match e {
+        libc::ENOEXEC => "ENOEXEC",
+        libc::ENOSYS => "ENOSYS",
+        libc::EKEYREJECTED => "EKEYREJECTED",
+        libc::ENOKEY => "ENOKEY",
+        libc::EKEYREVOKED => "EKEYREVOKED",
+        libc::EKEYEXPIRED => "EKEYEXPIRED",
+        libc::ENOPKG => "ENOPKG",
+        libc::EBADMSG => "EBADMSG",
+        libc::ENODATA => "ENODATA",
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::EINVAL => "EINVAL",
+        libc::EBADF => "EBADF",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EEXIST => "EEXIST",
+        _ => "errno",
+    };
+    let words = io::Error::from_raw_os_error(e).to_string();
+    let words = words.split(" (os error").next().unwrap_or(&words);
+    format!("{name} {e} ({words})")
+}
+
+/// The actor's `[rc, errno]` for a module syscall, with the errno named ("-1 EKEYREJECTED 129
+/// (Key was rejected by service)"); a success, or anything not of that shape, as it came.
+fn outcome_text(v: &Value) -> String {
+    match (v[0].as_i64(), v[1].as_i64().and_then(|e| i32::try_from(e).ok())) {
+        (Some(rc), Some(e)) if e != 0 => format!("{rc} {}", errno_text(e)),
+        _ => v.to_string(),
+    }
+}
+
 /// Both module syscalls seen, refused with ENOEXEC, from inside the holder's mount namespace.
 fn module_checks(values: &[Value], actor: u64) -> bool {
     let refused = |v: &Value| {
@@ -341,4 +416,34 @@ fn module_checks(values: &[Value], actor: u64) -> bool {
     let init = values.iter().filter(|v| refused(v) && v["syscall"] == "init_module" && v["len"] == IMAGE.len()).count();
     let finit = values.iter().filter(|v| refused(v) && v["syscall"] == "finit_module" && v["fd"] == MODULE_FD && v["flags"] == 0).count();
     init == 1 && finit == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_errnos_are_named() {
+        assert!(errno_text(libc::ENOEXEC).starts_with("ENOEXEC 8 ("), "{}", errno_text(libc::ENOEXEC));
+        let rejected = outcome_text(&json!([-1, libc::EKEYREJECTED]));
+        assert!(rejected.starts_with(&format!("-1 EKEYREJECTED {} (", libc::EKEYREJECTED)), "{rejected}");
+        assert!(errno_text(9999).starts_with("errno 9999 ("), "{}", errno_text(9999));
+        assert_eq!(outcome_text(&json!(0)), "0");
+        assert_eq!(outcome_text(&json!([0, 0])), "[0,0]");
+    }
+
+    /// The memfd finit_module is given holds the image from offset 0, whatever the file position.
+    #[test]
+    fn the_module_memfd_holds_the_image() {
+        let fd = module_memfd().expect("memfd");
+        let mut got = [0u8; 128];
+        // SAFETY: got is writable for its length; fd is ours and closed once read.
+        let n = unsafe {
+            let n = libc::pread(fd, got.as_mut_ptr().cast(), got.len(), 0);
+            libc::close(fd);
+            n
+        };
+        assert_eq!(usize::try_from(n).ok(), Some(IMAGE.len()));
+        assert_eq!(&got[..IMAGE.len()], IMAGE);
+    }
 }

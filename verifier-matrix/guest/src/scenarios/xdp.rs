@@ -6,9 +6,11 @@
 //! periodic `stats` records), so the snapshot is the `stats` record read after each step. The
 //! counts are exact because the pair carries nothing but the scenario's own datagrams (veth.rs
 //! explains how), and because each step ends with a fence: one datagram from the family's allowed
-//! source, sent after the step's own. The veth end with XDP takes frames in order from one
-//! queue, so once the fence reached its socket the program has judged everything sent before it,
-//! the blocked datagrams too, and the counters can be read.
+//! source, sent after the step's own. Each datagram goes out from a socket of its own, but the
+//! pair has one transmit and one receive queue per end (netlink.rs, `Netlink::create_veth`), so
+//! the end with XDP takes every frame from one ring, in the order they were sent, and runs the
+//! program on them in that order: once the fence reached its socket the program has judged
+//! everything sent before it, the blocked datagrams too, and the counters can be read.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
