@@ -21,7 +21,10 @@
 //!   (<https://github.com/torvalds/linux/blob/v6.9/net/ipv4/inet_connection_sock.c>) to
 //!   `(sk, arg)` (<https://github.com/torvalds/linux/blob/v6.10/net/ipv4/inet_connection_sock.c>), which
 //!   moves the return value in the fexit context; the probe picks the slot by whether the kernel's
-//!   BTF has `struct proto_accept_arg`.
+//!   BTF has `struct proto_accept_arg`. A kretprobe holds one instance per call in flight, and a
+//!   blocking accept() stays in flight while it waits: a server with more threads blocked in
+//!   accept() than the kretprobe's instances (aya asks for the kernel's default) loses those
+//!   returns, which the kernel counts as missed. fexit has no such limit, hence its place first.
 //!
 //! Both remember the calling process as the socket's owner, so an accepted socket's later state
 //! changes carry the acceptor. On a kernel with neither fentry nor kprobes (this project's CI
