@@ -6,7 +6,57 @@
 
 use thiserror::Error;
 
-const BTF_MAGIC: u16 = 0xeb9f;
+/// The magic number of little-endian BTF.
+pub const BTF_MAGIC: u16 = 0xeb9f;
+
+/// BTF kind numbers (`BTF_KIND_*` in the uapi `linux/btf.h`).
+pub mod kind {
+    pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
+    pub const ARRAY: u32 = 3;
+    pub const STRUCT: u32 = 4;
+    pub const UNION: u32 = 5;
+    pub const ENUM: u32 = 6;
+    pub const FWD: u32 = 7;
+    pub const TYPEDEF: u32 = 8;
+    pub const VOLATILE: u32 = 9;
+    pub const CONST: u32 = 10;
+    pub const RESTRICT: u32 = 11;
+    pub const FUNC: u32 = 12;
+    pub const FUNC_PROTO: u32 = 13;
+    pub const VAR: u32 = 14;
+    pub const DATASEC: u32 = 15;
+    pub const FLOAT: u32 = 16;
+    pub const DECL_TAG: u32 = 17;
+    pub const TYPE_TAG: u32 = 18;
+    pub const ENUM64: u32 = 19;
+
+    /// The kernel's name for a kind, as `bpftool btf dump` prints it.
+    pub fn name(kind: u32) -> &'static str {
+        match kind {
+            INT => "INT",
+            PTR => "PTR",
+            ARRAY => "ARRAY",
+            STRUCT => "STRUCT",
+            UNION => "UNION",
+            ENUM => "ENUM",
+            FWD => "FWD",
+            TYPEDEF => "TYPEDEF",
+            VOLATILE => "VOLATILE",
+            CONST => "CONST",
+            RESTRICT => "RESTRICT",
+            FUNC => "FUNC",
+            FUNC_PROTO => "FUNC_PROTO",
+            VAR => "VAR",
+            DATASEC => "DATASEC",
+            FLOAT => "FLOAT",
+            DECL_TAG => "DECL_TAG",
+            TYPE_TAG => "TYPE_TAG",
+            ENUM64 => "ENUM64",
+            _ => "UNKNOWN",
+        }
+    }
+}
 
 /// Why BTF could not be read.
 #[derive(Debug, Error)]
@@ -70,7 +120,7 @@ fn name_at(strings: &[u8], off: u32) -> String {
 }
 
 /// The type and string sections of raw BTF (a `.BTF` section or `/sys/kernel/btf/vmlinux`).
-fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
+pub fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
     if data.len() < 24 {
         return Err(BtfError::TooShort(data.len()));
     }
@@ -102,14 +152,16 @@ struct RawType {
     trailing: usize,
 }
 
-/// Bytes of kind-specific data after a record's common part (Documentation/bpf/btf.rst).
-fn trailing_len(kind: u32, vlen: usize) -> Option<usize> {
+/// How many 32-bit words of kind-specific data follow a record's common part
+/// (Documentation/bpf/btf.rst); None for a kind this reader does not know.
+pub fn trailing_words(kind: u32, vlen: usize) -> Option<usize> {
     Some(match kind {
-        1 | 14 | 17 => 4,           // int encoding; var linkage; decl_tag component
-        3 => 12,                    // btf_array
-        4 | 5 | 15 | 19 => 12 * vlen, // members; datasec entries; enum64 values
-        6 | 13 => 8 * vlen,         // enum values; func_proto params
-        2 | 7..=12 | 16 | 18 => 0,  // ptr, fwd, typedef, volatile, const, restrict, func, float, type_tag
+        kind::INT | kind::VAR | kind::DECL_TAG => 1,
+        kind::PTR | kind::FWD | kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT
+        | kind::FUNC | kind::FLOAT | kind::TYPE_TAG => 0,
+        kind::ARRAY => 3,
+        kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => 3 * vlen,
+        kind::ENUM | kind::FUNC_PROTO => 2 * vlen,
         _ => return None,
     })
 }
@@ -131,7 +183,7 @@ fn walk(types: &[u8], mut f: impl FnMut(&RawType) -> Result<bool, BtfError>) -> 
             size_or_type: u32_at(types, pos + 8, "type")?,
             trailing: pos + 12,
         };
-        let len = trailing_len(raw.kind, raw.vlen).ok_or(BtfError::UnknownKind { kind: raw.kind, id })?;
+        let len = 4 * trailing_words(raw.kind, raw.vlen).ok_or(BtfError::UnknownKind { kind: raw.kind, id })?;
         if raw.trailing + len > types.len() {
             return Err(BtfError::OutOfBounds { what: "type", offset: raw.trailing, len, total: types.len() });
         }

@@ -24,56 +24,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use object::{Object as _, ObjectSection as _};
 use thiserror::Error;
 
-const BTF_MAGIC: u16 = 0xeb9f;
-
-/// BTF kind numbers (`BTF_KIND_*` in the uapi `linux/btf.h`).
-pub mod kind {
-    pub const INT: u32 = 1;
-    pub const PTR: u32 = 2;
-    pub const ARRAY: u32 = 3;
-    pub const STRUCT: u32 = 4;
-    pub const UNION: u32 = 5;
-    pub const ENUM: u32 = 6;
-    pub const FWD: u32 = 7;
-    pub const TYPEDEF: u32 = 8;
-    pub const VOLATILE: u32 = 9;
-    pub const CONST: u32 = 10;
-    pub const RESTRICT: u32 = 11;
-    pub const FUNC: u32 = 12;
-    pub const FUNC_PROTO: u32 = 13;
-    pub const VAR: u32 = 14;
-    pub const DATASEC: u32 = 15;
-    pub const FLOAT: u32 = 16;
-    pub const DECL_TAG: u32 = 17;
-    pub const TYPE_TAG: u32 = 18;
-    pub const ENUM64: u32 = 19;
-
-    /// The kernel's name for a kind, as `bpftool btf dump` prints it.
-    pub fn name(kind: u32) -> &'static str {
-        match kind {
-            INT => "INT",
-            PTR => "PTR",
-            ARRAY => "ARRAY",
-            STRUCT => "STRUCT",
-            UNION => "UNION",
-            ENUM => "ENUM",
-            FWD => "FWD",
-            TYPEDEF => "TYPEDEF",
-            VOLATILE => "VOLATILE",
-            CONST => "CONST",
-            RESTRICT => "RESTRICT",
-            FUNC => "FUNC",
-            FUNC_PROTO => "FUNC_PROTO",
-            VAR => "VAR",
-            DATASEC => "DATASEC",
-            FLOAT => "FLOAT",
-            DECL_TAG => "DECL_TAG",
-            TYPE_TAG => "TYPE_TAG",
-            ENUM64 => "ENUM64",
-            _ => "UNKNOWN",
-        }
-    }
-}
+pub use crate::btf::kind;
+use crate::btf::BTF_MAGIC;
 
 /// Why a BTF could not be minimized.
 #[derive(Debug, Error)]
@@ -113,6 +65,22 @@ pub enum RawBtfError {
     OutOfBounds { what: &'static str, offset: usize, total: usize },
     #[error("unknown type kind {kind} at type id {id}")]
     UnknownKind { kind: u32, id: u32 },
+    #[error(transparent)]
+    Other(crate::btf::BtfError),
+}
+
+/// The header checks are [`crate::btf::sections`]'; its errors keep this module's wording.
+impl From<crate::btf::BtfError> for RawBtfError {
+    fn from(e: crate::btf::BtfError) -> Self {
+        use crate::btf::BtfError as E;
+        match e {
+            E::TooShort(n) => Self::TooShort(n),
+            E::BadMagic(m) => Self::BadMagic(m),
+            E::OutOfBounds { what, offset, total, .. } => Self::OutOfBounds { what, offset, total },
+            E::UnknownKind { kind, id } => Self::UnknownKind { kind, id },
+            other => Self::Other(other),
+        }
+    }
 }
 
 fn u32_at(data: &[u8], off: usize, what: &'static str) -> Result<u32, RawBtfError> {
@@ -155,38 +123,14 @@ pub struct RawBtf {
 
 /// How many trailing 32-bit words a type of this kind carries.
 fn extra_words(kind: u32, vlen: usize, id: u32) -> Result<usize, RawBtfError> {
-    Ok(match kind {
-        kind::INT | kind::VAR | kind::DECL_TAG => 1,
-        kind::PTR | kind::FWD | kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT
-        | kind::FUNC | kind::FLOAT | kind::TYPE_TAG => 0,
-        kind::ARRAY => 3,
-        kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => 3 * vlen,
-        kind::ENUM | kind::FUNC_PROTO => 2 * vlen,
-        _ => return Err(RawBtfError::UnknownKind { kind, id }),
-    })
+    crate::btf::trailing_words(kind, vlen).ok_or(RawBtfError::UnknownKind { kind, id })
 }
 
 impl RawBtf {
     /// Parses a raw BTF blob (a `.BTF` section or a file such as `/sys/kernel/btf/vmlinux`).
     pub fn parse(data: &[u8]) -> Result<Self, RawBtfError> {
-        if data.len() < 24 {
-            return Err(RawBtfError::TooShort(data.len()));
-        }
-        let magic = u16::from_le_bytes([data[0], data[1]]);
-        if magic != BTF_MAGIC {
-            return Err(RawBtfError::BadMagic(magic));
-        }
-        let hdr_len = u32_at(data, 4, "header")? as usize;
-        let type_off = u32_at(data, 8, "header")? as usize;
-        let type_len = u32_at(data, 12, "header")? as usize;
-        let str_off = u32_at(data, 16, "header")? as usize;
-        let str_len = u32_at(data, 20, "header")? as usize;
-        let slice = |what, off: usize, len: usize| {
-            let start = hdr_len + off;
-            data.get(start..start + len).ok_or(RawBtfError::OutOfBounds { what, offset: start, total: data.len() })
-        };
-        let types = slice("type section", type_off, type_len)?;
-        let strings = slice("string section", str_off, str_len)?.to_vec();
+        let (types, strings) = crate::btf::sections(data)?;
+        let strings = strings.to_vec();
         let mut out = Vec::new();
         let mut pos = 0;
         while pos < types.len() {

@@ -823,9 +823,9 @@ fn is_func(kind: u32) -> bool {
     kind == KIND_FUNC
 }
 
-/// typedef, volatile, const, restrict, type tag.
 fn is_alias(kind: u32) -> bool {
-    matches!(kind, 8..=11 | 18)
+    use crate::btf::kind::*;
+    matches!(kind, TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG)
 }
 
 /// Attaches a BTF-attached tracing program the 5.5 way: `BPF_RAW_TRACEPOINT_OPEN` with no name.
