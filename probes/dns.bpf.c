@@ -207,8 +207,7 @@ static __always_inline int dns_recv_enter(__u64 fd, __u64 buf, __u64 buf_len, __
 
 	if (!tapio_flow_of_fd(fd, &args.flow))
 		return 0;
-	/* An unconnected UDP socket learns its peer only at exit, from the sockaddr. */
-	if (!tapio_dns_flow(&args.flow) && !(args.flow.dport == 0 && (uaddr || umsg)))
+	if (!tapio_dns_recv_candidate(&args.flow, uaddr, umsg))
 		return 0;
 	args.buf = buf;
 	args.buf_len = buf_len;

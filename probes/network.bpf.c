@@ -390,8 +390,7 @@ static __always_inline int udp_recv_enter(__u64 fd, __u64 uaddr, __u64 umsg)
 
 	if (!tapio_flow_of_fd(fd, &args.flow) || args.flow.protocol != TAPIO_IPPROTO_UDP)
 		return 0;
-	/* An unconnected socket learns its peer only at exit, from the sockaddr. */
-	if (!tapio_dns_flow(&args.flow) && !(args.flow.dport == 0 && (uaddr || umsg)))
+	if (!tapio_dns_recv_candidate(&args.flow, uaddr, umsg))
 		return 0;
 	args.addr = uaddr;
 	args.msg = umsg;

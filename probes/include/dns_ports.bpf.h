@@ -43,4 +43,14 @@ static __always_inline int tapio_dns_flow(const struct tapio_flow *f)
 	return tapio_dns_port(f->sport) || tapio_dns_port(f->dport);
 }
 
+/*
+ * Whether a receive on the socket of `f` may carry DNS, decided at the syscall's entry: a DNS port
+ * on either end, or an unconnected socket (no peer port yet) that will learn its peer at exit
+ * from the sockaddr the call fills (`uaddr`, or the msghdr's name at `umsg`).
+ */
+static __always_inline int tapio_dns_recv_candidate(const struct tapio_flow *f, __u64 uaddr, __u64 umsg)
+{
+	return tapio_dns_flow(f) || (f->dport == 0 && (uaddr || umsg));
+}
+
 #endif /* __TAPIO_DNS_PORTS_BPF_H__ */
