@@ -31,6 +31,7 @@
 #include "sock.bpf.h"
 #include "sockfd.bpf.h"
 #include "dns_ports.bpf.h"
+#include "skb.bpf.h"
 
 /* sendmmsg(): messages looked at per call; glibc sends its A and AAAA queries as two. */
 #define DNS_MMSG_MAX 2
@@ -52,10 +53,14 @@ struct {
 	__type(value, struct dns_recv_args);
 } dns_recv_inflight SEC(".maps");
 
-/* The message-carrying record is too large for the 512-byte stack. */
+/*
+ * The message-carrying record is too large for the 512-byte stack. Slot 0 serves the syscall
+ * path and packets going out, slot 1 packets coming in: ingress runs in softirq, which can
+ * interrupt an egress program half-way through its record on the same CPU.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct dns_msg_event);
 } dns_scratch SEC(".maps");
@@ -339,6 +344,199 @@ SEC("tracepoint/syscalls/sys_exit_read")
 int dns_read_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	return dns_recv_exit(ctx);
+}
+
+/*
+ * Packet path (the default where the kernel allows it; the syscall programs above are its
+ * fallback). See probes/include/skb.bpf.h for where the packets come from and how they are
+ * attributed, and the loader's monitors/dns.rs for how the path is chosen.
+ */
+
+/* TCP framing state per connection and direction. LRU: a connection that dies unseen goes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct dns_tcp_stream_key);
+	__type(value, struct dns_tcp_stream);
+} dns_tcp_streams SEC(".maps");
+
+/*
+ * One DNS message in the packet: `len` is its real length (the UDP payload or the TCP prefix),
+ * `avail` the bytes of it the packet holds from `off` on.
+ */
+static __always_inline void dns_skb_msg(struct __sk_buff *skb, const struct tapio_pkt *p, const struct tapio_owner *o,
+					__u8 dir, __u32 off, __u32 len, __u32 avail, __u32 flags)
+{
+	struct dns_event base = {};
+	struct dns_msg_event *e;
+	__u32 slot = dir == DNS_DIR_SEND ? 0 : 1;
+	__u8 wire[DNS_HDR_LEN];
+	__u32 cap;
+	__u64 rd;
+
+	if (avail > len)
+		avail = len;
+	flags |= DNS_F_PACKET;
+	if (avail < DNS_HDR_LEN) {
+		/* A TCP message cut by the segment is read no further; a UDP one is a whole runt. */
+		if (p->flow.protocol == TAPIO_IPPROTO_TCP || len >= DNS_HDR_LEN)
+			return;
+		if (!tapio_pkt_header(&base.hdr, skb, o, TAPIO_MONITOR_DNS, 0))
+			flags |= DNS_F_NO_OWNER;
+		base.hdr.kind = (dir == DNS_DIR_SEND) == tapio_dns_port(p->flow.sport) ? DNS_RESPONSE : DNS_QUERY;
+		base.flow = p->flow;
+		base.msg_len = len;
+		base.direction = dir;
+		base.flags = flags | DNS_F_RUNT;
+		tapio_emit(skb, &base, sizeof(base));
+		return;
+	}
+	if (bpf_skb_load_bytes(skb, off, wire, sizeof(wire)))
+		return;
+	base.dns_flags = ((__u16)wire[2] << 8) | wire[3];
+	if (!tapio_pkt_header(&base.hdr, skb, o, TAPIO_MONITOR_DNS, (base.dns_flags & 0x8000) ? DNS_RESPONSE : DNS_QUERY))
+		flags |= DNS_F_NO_OWNER;
+	base.flow = p->flow;
+	base.dns_id = ((__u16)wire[0] << 8) | wire[1];
+	base.qdcount = ((__u16)wire[4] << 8) | wire[5];
+	base.ancount = ((__u16)wire[6] << 8) | wire[7];
+	base.msg_len = len;
+	base.direction = dir;
+	base.flags = flags;
+
+	e = bpf_map_lookup_elem(&dns_scratch, &slot);
+	if (!e) {
+		base.flags |= DNS_F_NO_SCRATCH;
+		tapio_emit(skb, &base, sizeof(base));
+		return;
+	}
+	e->base = base;
+	cap = avail > DNS_MSG_MAX ? DNS_MSG_MAX : avail;
+	rd = cap;
+	TAPIO_BOUND_SIZE(rd, DNS_MSG_MAX);
+	if (bpf_skb_load_bytes(skb, off, e->msg, rd)) {
+		e->base.flags |= DNS_F_READ_FAILED;
+		tapio_emit(skb, &e->base, sizeof(e->base));
+		return;
+	}
+	e->base.cap_len = cap;
+	tapio_emit(skb, e, sizeof(*e));
+}
+
+/*
+ * One prefixed message at stream position `*seq` (payload offset `*off`, `*left` bytes left in
+ * the segment), if the next prefix is due there. Returns 1 when another may follow it.
+ */
+static __always_inline int dns_tcp_prefixed(struct __sk_buff *skb, const struct tapio_pkt *p,
+					    const struct tapio_owner *o, __u8 dir, struct dns_tcp_stream *st,
+					    __u32 *seq, __u32 *off, __u32 *left)
+{
+	__u8 prefix[2];
+	__u32 plen, step;
+
+	if (*left < 2 || *seq != st->next_prefix)
+		return 0;
+	if (bpf_skb_load_bytes(skb, *off, prefix, sizeof(prefix)))
+		return 0;
+	plen = ((__u32)prefix[0] << 8) | prefix[1];
+	st->next_prefix = *seq + 2 + plen;
+	if (*left == 2) {
+		/* The prefix alone: its message starts the next segment. */
+		st->body_seq = *seq + 2;
+		st->body_len = plen;
+		return 0;
+	}
+	dns_skb_msg(skb, p, o, dir, *off + 2, plen, *left - 2, DNS_F_TCP_PREFIX);
+	step = 2 + plen;
+	if (step >= *left)
+		return 0;
+	*seq += step;
+	*off += step;
+	*left -= step;
+	return 1;
+}
+
+/*
+ * The DNS messages a TCP segment starts, framed by the stream position: a 2-byte prefix is read
+ * only where the previous message of this direction ended (from the SYN on), so a message is
+ * never mistaken for a prefix, whatever its bytes. A connection seen from its middle (opened
+ * before the monitor) has no position and is not read; neither is a prefix split over two
+ * segments, after which the connection's framing is lost.
+ */
+static __always_inline void dns_skb_tcp(struct __sk_buff *skb, const struct tapio_pkt *p, const struct tapio_owner *o,
+					__u8 dir)
+{
+	struct dns_tcp_stream_key key = {};
+	struct dns_tcp_stream *st;
+	__u32 seq = p->seq, off = p->payload_off, left = p->payload_len;
+	__u32 plen, step;
+
+	key.flow = p->flow;
+	key.direction = dir;
+	if (p->tcp_flags & TAPIO_TCP_SYN) {
+		struct dns_tcp_stream fresh = { .next_prefix = seq + 1 };
+
+		bpf_map_update_elem(&dns_tcp_streams, &key, &fresh, BPF_ANY);
+		return;
+	}
+	st = bpf_map_lookup_elem(&dns_tcp_streams, &key);
+	if (!st)
+		return;
+	if (p->tcp_flags & TAPIO_TCP_RST) {
+		bpf_map_delete_elem(&dns_tcp_streams, &key);
+		return;
+	}
+	if (left == 0)
+		goto out;
+	if (st->body_len && seq == st->body_seq) {
+		plen = st->body_len;
+		st->body_len = 0;
+		dns_skb_msg(skb, p, o, dir, off, plen, left, DNS_F_TCP_PREFIX);
+		step = plen < left ? plen : left;
+		seq += step;
+		off += step;
+		left -= step;
+	}
+	/* Unrolled by hand: DNS_TCP_MSGS_PER_SEGMENT (2) messages at most. */
+	if (dns_tcp_prefixed(skb, p, o, dir, st, &seq, &off, &left))
+		dns_tcp_prefixed(skb, p, o, dir, st, &seq, &off, &left);
+out:
+	if (p->tcp_flags & TAPIO_TCP_FIN)
+		bpf_map_delete_elem(&dns_tcp_streams, &key);
+}
+
+static __always_inline int dns_skb(struct __sk_buff *skb, __u8 dir)
+{
+	struct tapio_pkt p = {};
+	struct tapio_owner *o;
+	int egress = dir == DNS_DIR_SEND;
+
+	if (!tapio_pkt_parse(skb, egress, &p) || !tapio_dns_flow(&p.flow))
+		return 1;
+	o = tapio_pkt_owner(skb, &p, egress);
+	if (p.flow.protocol == TAPIO_IPPROTO_TCP)
+		dns_skb_tcp(skb, &p, o, dir);
+	else
+		dns_skb_msg(skb, &p, o, dir, p.payload_off, p.payload_len, p.payload_len, 0);
+	return 1;
+}
+
+SEC("cgroup/sock_create")
+int dns_sock_create(struct bpf_sock *sk)
+{
+	return tapio_sock_created(sk);
+}
+
+SEC("cgroup_skb/egress")
+int dns_skb_egress(struct __sk_buff *skb)
+{
+	return dns_skb(skb, DNS_DIR_SEND);
+}
+
+SEC("cgroup_skb/ingress")
+int dns_skb_ingress(struct __sk_buff *skb)
+{
+	return dns_skb(skb, DNS_DIR_RECV);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -56,6 +56,7 @@
 #include "sock.bpf.h"
 #include "sockfd.bpf.h"
 #include "dns_ports.bpf.h"
+#include "skb.bpf.h"
 
 /* sendmmsg(): messages looked at per call, as in the dns probe. */
 #define NETWORK_MMSG_MAX 2
@@ -251,10 +252,13 @@ static __always_inline int handle_state(void *ctx, struct sock *sk, int oldstate
 }
 
 /*
- * One datagram of flow `f` (s* this socket, d* the peer) sent or received by the current process:
- * a udp_flow record if either port is a DNS port and the flow's window is not open yet.
+ * One datagram of flow `f` (s* this socket, d* the peer) sent or received by the process `h`
+ * names (filled by the caller, kind included): a udp_flow record if either port is a DNS port
+ * and the flow's window is not open yet. `owner` is NETWORK_F_OWNER when `h` is the process
+ * that owns the socket, NETWORK_F_SOCK_CGROUP when only the socket's cgroup is known.
  */
-static __always_inline void udp_flow(void *ctx, const struct tapio_flow *f, __u32 direction)
+static __always_inline void udp_flow_of(void *ctx, const struct tapio_flow *f, __u32 direction, const struct tapio_header *h,
+					__u32 owner)
 {
 	struct network_udp_key key = {};
 	struct network_udp_seen fresh = {}, *seen;
@@ -265,7 +269,7 @@ static __always_inline void udp_flow(void *ctx, const struct tapio_flow *f, __u3
 	if (f->protocol != TAPIO_IPPROTO_UDP || !tapio_dns_flow(f))
 		return;
 	key.flow = *f;
-	key.tgid = bpf_get_current_pid_tgid() >> 32;
+	key.tgid = h->tgid;
 	key.direction = direction;
 	seen = bpf_map_lookup_elem(&network_udp_seen, &key);
 	if (seen) {
@@ -292,11 +296,22 @@ static __always_inline void udp_flow(void *ctx, const struct tapio_flow *f, __u3
 		if (bpf_map_update_elem(&network_udp_seen, &key, &fresh, BPF_NOEXIST))
 			return;
 	}
-	tapio_fill_header(&e.hdr, TAPIO_MONITOR_NETWORK, NETWORK_UDP_FLOW);
+	e.hdr = *h;
 	e.flow = *f;
-	e.flags = direction | NETWORK_F_OWNER;
+	e.flags = direction | owner;
 	e.repeats = repeats;
 	tapio_emit(ctx, &e, sizeof(e));
+}
+
+/* udp_flow_of() for the syscall path: the current process sent or received the datagram. */
+static __always_inline void udp_flow(void *ctx, const struct tapio_flow *f, __u32 direction)
+{
+	struct tapio_header h;
+
+	if (f->protocol != TAPIO_IPPROTO_UDP || !tapio_dns_flow(f))
+		return;
+	tapio_fill_header(&h, TAPIO_MONITOR_NETWORK, NETWORK_UDP_FLOW);
+	udp_flow_of(ctx, f, direction, &h, NETWORK_F_OWNER);
 }
 
 /*
@@ -560,6 +575,44 @@ SEC("tracepoint/syscalls/sys_exit_recvmsg")
 int network_udp_recvmsg_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	return udp_recv_exit(ctx);
+}
+
+/*
+ * udp_flow from the packets (the default where the kernel allows it; the syscall programs above
+ * are its fallback): see probes/include/skb.bpf.h. Every datagram a local socket sends or
+ * receives, in any network namespace, attributed to the socket's owner.
+ */
+static __always_inline int network_skb(struct __sk_buff *skb, int egress)
+{
+	struct tapio_pkt p = {};
+	struct tapio_header h;
+	struct tapio_owner *o;
+	__u32 owner;
+
+	if (!tapio_pkt_parse(skb, egress, &p) || p.flow.protocol != TAPIO_IPPROTO_UDP || !tapio_dns_flow(&p.flow))
+		return 1;
+	o = tapio_pkt_owner(skb, &p, egress);
+	owner = tapio_pkt_header(&h, skb, o, TAPIO_MONITOR_NETWORK, NETWORK_UDP_FLOW) ? NETWORK_F_OWNER : NETWORK_F_SOCK_CGROUP;
+	udp_flow_of(skb, &p.flow, egress ? NETWORK_F_SEND : NETWORK_F_RECV, &h, owner);
+	return 1;
+}
+
+SEC("cgroup/sock_create")
+int network_sock_create(struct bpf_sock *sk)
+{
+	return tapio_sock_created(sk);
+}
+
+SEC("cgroup_skb/egress")
+int network_skb_egress(struct __sk_buff *skb)
+{
+	return network_skb(skb, 1);
+}
+
+SEC("cgroup_skb/ingress")
+int network_skb_ingress(struct __sk_buff *skb)
+{
+	return network_skb(skb, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

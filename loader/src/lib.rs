@@ -3,6 +3,8 @@
 
 pub mod btf;
 pub mod btf_minimize;
+pub mod cgroup2;
+pub mod cgroup_link;
 pub mod config;
 pub mod check;
 pub mod bundle;

@@ -77,6 +77,13 @@ pub enum PinError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("monitor {monitor}: pin {path}: bpf_obj_pin: {source}")]
+    PinLink {
+        monitor: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("monitor {monitor}: pin {path}: {source}")]
     Pin {
         monitor: &'static str,
@@ -194,6 +201,9 @@ fn take_fd_link(ebpf: &mut Ebpf, monitor: &'static str, program: &'static str, i
             let p: &mut FExit = prog.try_into().map_err(take)?;
             p.take_link(id).map_err(take)?.into()
         }
+        // Attached by BPF_PROG_ATTACH (before 5.7): nothing to pin.
+        LinkId::CgroupSkb(_) | LinkId::CgroupSock(_) => return Err(PinError::Unpinnable { monitor, program }),
+        LinkId::Cgroup(_) => unreachable!("pin_monitor pins cgroup links itself"),
     })
 }
 
@@ -204,8 +214,14 @@ fn pin_monitor(dir: &Path, m: &mut LoadedMonitor) -> Result<(), PinError> {
     std::fs::create_dir_all(&links_dir).map_err(io_err(&links_dir))?;
     std::fs::create_dir_all(&maps_dir).map_err(io_err(&maps_dir))?;
     for (program, id) in std::mem::take(&mut m.links) {
-        let link = take_fd_link(&mut m.ebpf, monitor, program, id)?;
         let path = links_dir.join(program);
+        if let LinkId::Cgroup(link) = id {
+            // Our own bpf_link (crate::cgroup_link): pinned directly; dropping our fd after that
+            // leaves the pin holding it.
+            link.pin(&path).map_err(|source| PinError::PinLink { monitor, path: path.clone(), source })?;
+            continue;
+        }
+        let link = take_fd_link(&mut m.ebpf, monitor, program, id)?;
         // The returned handle only closes our fd when dropped: the pin keeps the link.
         link.pin(&path).map_err(|source| PinError::Pin { monitor, path: path.clone(), source })?;
         tracing::debug!(monitor, program, path = %path.display(), "link pinned");

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     bundle::Transport,
     features,
-    monitors::{AttachPoint, MonitorSpec},
+    monitors::{alternatives_of, AttachPoint, MonitorSpec, ProgramSpec, ALTERNATIVES},
 };
 
 const TRACEFS_EVENTS: &[&str] = &["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
@@ -67,6 +67,12 @@ pub struct PlannedProgram {
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// A fallback path in use: why the better sets of its capability cannot run here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// A fallback path not used because a better set of its capability runs: which.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
 }
 
 /// The whole plan for the running kernel.
@@ -139,6 +145,13 @@ fn choose(attach: &AttachPoint) -> Result<String, String> {
                 Err(format!("kernel function {function} not in /proc/kallsyms"))
             }
         }
+        // The program types themselves are proven by loading them; what can be missing up front
+        // is the hierarchy, which `run` mounts where the node has none.
+        AttachPoint::CgroupSkb { .. } | AttachPoint::CgroupSockCreate => match crate::cgroup2::mounted_root() {
+            Ok(Some(root)) => Ok(format!("{} on {}", attach.describe(), root.display())),
+            Ok(None) => Ok(format!("{} on {} (mounted by run: the node has no cgroup2 mount)", attach.describe(), crate::cgroup2::OWN_MOUNT)),
+            Err(e) => Err(e.to_string()),
+        },
     }
 }
 
@@ -151,20 +164,51 @@ pub fn kernel_release() -> String {
 pub fn plan(monitors: &[&'static MonitorSpec], btf: &BtfSource) -> Plan {
     let transport = if feature_gate("ring buffer").is_ok() { Transport::Ringbuf } else { Transport::Perf };
     let mut programs = Vec::new();
+    let decide = |p: &ProgramSpec| match btf {
+        BtfSource::Missing(why) => Err(format!("no BTF for CO-RE: {why}")),
+        BtfSource::File(_) if matches!(p.attach, AttachPoint::Fexit { .. }) => Err("fexit needs the kernel's own BTF, not a file".to_owned()),
+        _ => choose(&p.attach),
+    };
     for m in monitors {
-        for p in m.programs {
-            let choice = match btf {
-                BtfSource::Missing(why) => Err(format!("no BTF for CO-RE: {why}")),
-                BtfSource::File(_) if matches!(p.attach, AttachPoint::Fexit { .. }) => {
-                    Err("fexit needs the kernel's own BTF, not a file".to_owned())
+        // Per capability with alternative sets: the first set whose every program has its path.
+        let taken: Vec<(&'static str, usize, String)> = ALTERNATIVES
+            .iter()
+            .filter(|a| a.monitor == m.name)
+            .filter_map(|a| {
+                let mut reasons = Vec::new();
+                for (i, set) in a.sets.iter().enumerate() {
+                    let missing: Vec<String> = set
+                        .programs
+                        .iter()
+                        .filter_map(|name| m.programs.iter().find(|p| p.name == *name))
+                        .filter_map(|p| decide(p).err().map(|why| format!("{}: {why}", p.name)))
+                        .collect();
+                    if missing.is_empty() {
+                        return Some((a.name, i, reasons.join("; ")));
+                    }
+                    reasons.push(format!("{} path: {}", set.label, missing.join("; ")));
                 }
-                _ => choose(&p.attach),
-            };
-            let (path, unavailable) = match choice {
-                Ok(path) => (Some(path), None),
-                Err(why) => (None, Some(why)),
-            };
-            programs.push(PlannedProgram { monitor: m.name, program: p.name, path, unavailable });
+                None
+            })
+            .collect();
+        for p in m.programs {
+            let mut planned = PlannedProgram { monitor: m.name, program: p.name, path: None, unavailable: None, fallback: None, standby: None };
+            match decide(p) {
+                Ok(path) => planned.path = Some(path),
+                Err(why) => planned.unavailable = Some(why),
+            }
+            if let Some((alt, set)) = alternatives_of(m.name, p.name) {
+                match taken.iter().find(|(name, ..)| *name == alt.name) {
+                    Some((_, chosen, _)) if set > *chosen => {
+                        planned.standby = Some(format!("{} path taken for {}", alt.sets[*chosen].label, alt.name));
+                        planned.path = None;
+                        planned.unavailable = None;
+                    }
+                    Some((_, chosen, why)) if set == *chosen && !why.is_empty() => planned.fallback = Some(why.clone()),
+                    _ => {}
+                }
+            }
+            programs.push(planned);
         }
     }
     Plan { kernel: kernel_release(), transport, btf: btf.describe(), programs }
@@ -175,10 +219,14 @@ pub fn render_text(plan: &Plan) -> String {
     use std::fmt::Write;
     let mut out = format!("kernel {}  transport {}  btf {}\n", plan.kernel, plan.transport, plan.btf);
     for p in &plan.programs {
-        let what = match (&p.path, &p.unavailable) {
-            (Some(path), _) => path.clone(),
-            (None, Some(why)) => format!("unavailable: {why}"),
-            (None, None) => "unavailable".to_owned(),
+        let what = match (&p.path, &p.unavailable, &p.standby) {
+            (Some(path), _, _) => match &p.fallback {
+                Some(why) => format!("{path} (fallback: {why})"),
+                None => path.clone(),
+            },
+            (None, _, Some(why)) => format!("standby: {why}"),
+            (None, Some(why), _) => format!("unavailable: {why}"),
+            (None, None, None) => "unavailable".to_owned(),
         };
         let _ = writeln!(out, "  {:<10} {:<24} {}", p.monitor, p.program, what);
     }

@@ -177,10 +177,14 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let (tx, mut rx) = mpsc::channel::<Vec<Vec<u8>>>(64);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut ebpfs = Vec::new();
+    // Links the monitors own outright (cgroup bpf_links): held until the run ends, as `ebpf`
+    // holds the others; dropping them would detach those programs.
+    let mut held_links = Vec::new();
     let mut tasks = Vec::new();
     for m in loaded {
-        let LoadedMonitor { spec, ebpf, events, .. } = m;
+        let LoadedMonitor { spec, ebpf, events, links, .. } = m;
         ebpfs.push((spec.name, ebpf));
+        held_links.push(links);
         // One task per buffer: the ring, or each CPU's perf buffer.
         for buffer in events.into_buffers() {
             // SAFETY: the buffer owns its fd and keeps it open, unchanged, until it is dropped,
@@ -286,6 +290,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         let lost = monitors::stat(ebpf, 1).unwrap_or(0);
         info!(monitor = name, emitted, lost, "detaching");
     }
+    drop(held_links);
     drop(ebpfs);
     // --- pin: the pins keep programs attached after this process ---
     if let Some(dir) = &options.pin_path {

@@ -31,6 +31,27 @@ enum dns_direction {
 #define DNS_F_READ_FAILED 0x2 /* the user buffer could not be read: no message bytes */
 #define DNS_F_TCP_PREFIX 0x4 /* a TCP length prefix was stripped */
 #define DNS_F_RUNT 0x8 /* a UDP message shorter than the 12-byte header: msg_len bytes, no fields */
+#define DNS_F_PACKET 0x10 /* read from the packet (cgroup_skb), not from a syscall's buffer */
+#define DNS_F_NO_OWNER 0x20 /* packet path: the socket's owner is unknown (it predates the monitor) */
+
+/* TCP messages looked at per segment on the packet path (pipelined queries share segments). */
+#define DNS_TCP_MSGS_PER_SEGMENT 2
+
+/*
+ * Packet path, TCP framing: where the next length prefix of one direction of one connection
+ * starts, known from the stream position (the SYN's sequence number + 1), never guessed.
+ */
+struct dns_tcp_stream_key {
+	struct tapio_flow flow; /* as the local socket sees it */
+	__u32 direction;        /* enum dns_direction */
+};
+
+struct dns_tcp_stream {
+	__u32 next_prefix; /* sequence number of the next 2-byte length prefix */
+	__u32 body_seq;    /* a prefix sent alone: where its message starts */
+	__u32 body_len;    /* and its length (0: none pending) */
+	__u32 _pad0;
+};
 
 /* Sent alone (the header-only record) when no message bytes could be captured. */
 struct dns_event {

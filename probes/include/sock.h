@@ -44,4 +44,18 @@ struct tapio_flow {
 };
 _Static_assert(sizeof(struct tapio_flow) == 40, "tapio_flow layout");
 
+/*
+ * Who a socket belongs to: the process that created it (packet path, probes/include/skb.bpf.h),
+ * remembered in process context for the packets that arrive in softirq.
+ */
+struct tapio_owner {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 tgid;
+	__u32 uid;
+	__u32 _pad0;
+	char comm[16];
+};
+_Static_assert(sizeof(struct tapio_owner) == 40, "tapio_owner layout");
+
 #endif /* __TAPIO_SOCK_H__ */

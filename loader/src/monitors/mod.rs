@@ -13,15 +13,21 @@ use std::time::Duration;
 
 use aya::{
     programs::{
-        fexit::FExitLinkId, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, FExit,
-        KProbe, ProgramError, RawTracePoint, TracePoint,
+        cgroup_skb::CgroupSkbLinkId, cgroup_sock::CgroupSockLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, CgroupAttachMode, CgroupSkb,
+        CgroupSkbAttachType, CgroupSock, FExit, KProbe, ProgramError, RawTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfError, EbpfLoader,
 };
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::bundle::{self, Transport};
+use std::os::fd::AsFd;
+
+use crate::{
+    bundle::{self, Transport},
+    cgroup_link::{CgroupAttach, CgroupLink},
+};
 
 /// Where one program attaches.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +42,11 @@ pub enum AttachPoint {
     Kprobe { function: &'static str },
     /// kretprobe on a kernel function (CONFIG_KPROBES, as kprobes): the return value only.
     Kretprobe { function: &'static str },
+    /// cgroup_skb on the cgroup v2 root (4.10+): every packet a local socket sends (egress) or
+    /// receives (ingress), in any network namespace; never an unrelated syscall.
+    CgroupSkb { egress: bool },
+    /// cgroup/sock_create on the cgroup v2 root (4.10+): runs in the process calling socket().
+    CgroupSockCreate,
 }
 
 impl AttachPoint {
@@ -47,8 +58,60 @@ impl AttachPoint {
             Self::Fexit { function } => format!("fexit:{function}"),
             Self::Kprobe { function } => format!("kprobe:{function}"),
             Self::Kretprobe { function } => format!("kretprobe:{function}"),
+            Self::CgroupSkb { egress: true } => "cgroup_skb:egress".to_owned(),
+            Self::CgroupSkb { egress: false } => "cgroup_skb:ingress".to_owned(),
+            Self::CgroupSockCreate => "cgroup_sock:sock_create".to_owned(),
         }
     }
+
+    /// The ELF section the object puts such a program in.
+    pub fn section(&self) -> String {
+        match self {
+            Self::TracePoint { category, name } => format!("tracepoint/{category}/{name}"),
+            Self::RawTracePoint { name } => format!("raw_tracepoint/{name}"),
+            Self::Fexit { function } => format!("fexit/{function}"),
+            Self::Kprobe { function } => format!("kprobe/{function}"),
+            Self::Kretprobe { function } => format!("kretprobe/{function}"),
+            Self::CgroupSkb { egress: true } => "cgroup_skb/egress".to_owned(),
+            Self::CgroupSkb { egress: false } => "cgroup_skb/ingress".to_owned(),
+            Self::CgroupSockCreate => "cgroup/sock_create".to_owned(),
+        }
+    }
+
+    /// Whether the program runs on a syscall tracepoint, which puts every syscall of every task
+    /// on the tracing slow path while it is attached.
+    pub fn is_syscall_tracepoint(&self) -> bool {
+        matches!(self, Self::TracePoint { category: "syscalls", .. } | Self::RawTracePoint { name: "sys_enter" | "sys_exit" })
+    }
+}
+
+/// One way to one capability: programs that only work together.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramSet {
+    /// As reports show it (`packet`, `syscalls`).
+    pub label: &'static str,
+    pub programs: &'static [&'static str],
+}
+
+/// A capability with alternative sets of programs, best first: the first set whose every program
+/// loads and attaches is kept, the rest are not loaded. A set that fails half-way is unloaded
+/// whole, so no program of it is left running without its partners.
+#[derive(Debug, Clone, Copy)]
+pub struct Alternatives {
+    pub monitor: &'static str,
+    /// The capability's name, as reports show it (`dns_messages`, `udp_flow`).
+    pub name: &'static str,
+    pub sets: &'static [ProgramSet],
+}
+
+/// Every capability with alternative program sets.
+pub const ALTERNATIVES: &[Alternatives] = &[dns::MESSAGES, network::UDP_FLOW];
+
+/// The alternatives a program belongs to, and the index of its set.
+pub fn alternatives_of(monitor: &str, program: &str) -> Option<(&'static Alternatives, usize)> {
+    ALTERNATIVES.iter().filter(|a| a.monitor == monitor).find_map(|a| {
+        a.sets.iter().position(|s| s.programs.contains(&program)).map(|i| (a, i))
+    })
 }
 
 /// Programs that are alternative paths to one capability, tried in order; the first that loads
@@ -86,7 +149,7 @@ pub struct OptionalPrograms {
 }
 
 /// Every set of optional programs.
-pub const OPTIONAL: &[OptionalPrograms] = &[security::INIT_MODULE, security::FINIT_MODULE, network::UDP_FLOW];
+pub const OPTIONAL: &[OptionalPrograms] = &[security::INIT_MODULE, security::FINIT_MODULE];
 
 /// Why `set` of `spec` cannot run, if `exists(category, name)` lacks any of its tracepoints.
 pub fn optional_unavailable(spec: &MonitorSpec, set: &OptionalPrograms, exists: impl Fn(&str, &str) -> bool) -> Option<String> {
@@ -169,6 +232,8 @@ pub enum MonitorError {
     Events { monitor: &'static str, detail: String },
     #[error("monitor {monitor}: map {map}: {detail}")]
     Map { monitor: &'static str, map: &'static str, detail: String },
+    #[error("monitor {monitor}: program {program}: attach: {detail}")]
+    Cgroup { monitor: &'static str, program: &'static str, detail: String },
 }
 
 impl MonitorError {
@@ -209,6 +274,8 @@ pub struct LoadedMonitor {
     pub reports: Vec<AttachReport>,
     /// Programs left out because this kernel lacks what they attach to: (program, reason).
     pub unavailable: Vec<(&'static str, String)>,
+    /// Capabilities running on a fallback set: (capability, set taken, why the better ones were not).
+    pub fallbacks: Vec<(&'static str, &'static str, String)>,
     /// Each attached program's link id; the links stay owned by `ebpf` until [`crate::pin`]
     /// takes them out to pin them.
     pub links: Vec<(&'static str, LinkId)>,
@@ -222,6 +289,11 @@ pub enum LinkId {
     RawTracePoint(RawTracePointLinkId),
     Fexit(FExitLinkId),
     Kprobe(KProbeLinkId),
+    /// A cgroup program's bpf_link (5.7+), owned here: dropping it detaches, unless pinned.
+    Cgroup(crate::cgroup_link::CgroupLink),
+    /// A cgroup program attached by BPF_PROG_ATTACH (before 5.7): cannot be pinned.
+    CgroupSkb(CgroupSkbLinkId),
+    CgroupSock(CgroupSockLinkId),
 }
 
 /// Options that shape how objects are loaded.
@@ -326,6 +398,14 @@ pub fn load_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf
             let prog: &mut KProbe = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
             prog.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
         }
+        AttachPoint::CgroupSkb { .. } => {
+            let prog: &mut CgroupSkb = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            prog.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
+        }
+        AttachPoint::CgroupSockCreate => {
+            let prog: &mut CgroupSock = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+            prog.load().map_err(|e| program_error(monitor, p.name, "load", e))?;
+        }
     }
     Ok(started.elapsed())
 }
@@ -353,7 +433,94 @@ pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -
             let prog: &mut KProbe = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
             prog.attach(function, 0).map(LinkId::Kprobe).map_err(|e| program_error(monitor, p.name, "attach", e))
         }
+        // A bpf_link of our own where the kernel has them (pinnable), else aya's prog_attach.
+        // Multi mode either way: other agents' programs on the root (systemd's, a CNI's) keep running.
+        AttachPoint::CgroupSkb { .. } | AttachPoint::CgroupSockCreate => {
+            let cgroup_err = |detail: String| MonitorError::Cgroup { monitor, program: p.name, detail };
+            let root = crate::cgroup2::open_root().map_err(|e| cgroup_err(e.to_string()))?;
+            let kind = match p.attach {
+                AttachPoint::CgroupSkb { egress: true } => CgroupAttach::InetEgress,
+                AttachPoint::CgroupSkb { egress: false } => CgroupAttach::InetIngress,
+                _ => CgroupAttach::InetSockCreate,
+            };
+            let prog_fd = program.fd().map_err(|e| program_error(monitor, p.name, "attach", e))?;
+            match CgroupLink::attach(prog_fd.as_fd(), root.as_fd(), kind) {
+                Ok(link) => return Ok(LinkId::Cgroup(link)),
+                // No cgroup bpf_link on this kernel (before 5.7): the older attach below.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL)) => {
+                    tracing::debug!(program = p.name, "cgroup bpf_link refused ({e}); BPF_PROG_ATTACH instead")
+                }
+                Err(e) => return Err(cgroup_err(format!("bpf_link_create on {}: {e}", kind_name(kind)))),
+            }
+            if let AttachPoint::CgroupSkb { egress } = p.attach {
+                let prog: &mut CgroupSkb = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+                let kind = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+                prog.attach(root, kind, CgroupAttachMode::AllowMultiple)
+                    .map(LinkId::CgroupSkb)
+                    .map_err(|e| program_error(monitor, p.name, "attach", e))
+            } else {
+                let prog: &mut CgroupSock = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
+                prog.attach(root, CgroupAttachMode::AllowMultiple)
+                    .map(LinkId::CgroupSock)
+                    .map_err(|e| program_error(monitor, p.name, "attach", e))
+            }
+        }
     }
+}
+
+fn kind_name(kind: CgroupAttach) -> &'static str {
+    match kind {
+        CgroupAttach::InetIngress => "cgroup_inet_ingress",
+        CgroupAttach::InetEgress => "cgroup_inet_egress",
+        CgroupAttach::InetSockCreate => "cgroup_inet_sock_create",
+    }
+}
+
+/// Unloads a program, detaching every link it has: a set that failed half-way leaves nothing.
+pub fn unload_program(ebpf: &mut Ebpf, p: &ProgramSpec) {
+    let Some(program) = ebpf.program_mut(p.name) else { return };
+    let result = match p.attach {
+        AttachPoint::TracePoint { .. } => <&mut TracePoint>::try_from(program).and_then(|x| x.unload()),
+        AttachPoint::RawTracePoint { .. } => <&mut RawTracePoint>::try_from(program).and_then(|x| x.unload()),
+        AttachPoint::Fexit { .. } => <&mut FExit>::try_from(program).and_then(|x| x.unload()),
+        AttachPoint::Kprobe { .. } | AttachPoint::Kretprobe { .. } => <&mut KProbe>::try_from(program).and_then(|x| x.unload()),
+        AttachPoint::CgroupSkb { .. } => <&mut CgroupSkb>::try_from(program).and_then(|x| x.unload()),
+        AttachPoint::CgroupSockCreate => <&mut CgroupSock>::try_from(program).and_then(|x| x.unload()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(program = p.name, "unload after a failed set: {e}");
+    }
+}
+
+/// Loads and attaches every program of `set`, or none: on the first failure the ones done are
+/// unloaded. Returns each program's report and link.
+fn try_set(
+    ebpf: &mut Ebpf,
+    spec: &'static MonitorSpec,
+    set: &ProgramSet,
+    btf: Option<&Btf>,
+) -> Result<Vec<(AttachReport, LinkId)>, PathError> {
+    let monitor = spec.name;
+    let mut done: Vec<(AttachReport, LinkId)> = Vec::new();
+    let mut touched: Vec<&ProgramSpec> = Vec::new();
+    for name in set.programs {
+        let p = spec.programs.iter().find(|p| p.name == *name).ok_or(PathError::Bug(MonitorError::MissingProgram { monitor, program: name }))?;
+        touched.push(p);
+        match try_path(ebpf, monitor, p, btf) {
+            Ok((load_time, link)) => done.push((AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time }, link)),
+            Err(e) => {
+                drop(done);
+                for p in touched {
+                    unload_program(ebpf, p);
+                }
+                return Err(match e {
+                    PathError::Unavailable(why) => PathError::Unavailable(format!("{}: {why}", p.name)),
+                    bug => bug,
+                });
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Loads a monitor's object with `btf`, then loads and attaches each of its programs.
@@ -372,6 +539,39 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
             tracing::warn!("monitor {monitor}: {}: unavailable: {why}", set.name);
             unavailable.push((set.name, why));
             left_out.extend(set.programs);
+        }
+    }
+    let mut fallbacks = Vec::new();
+    for alt in ALTERNATIVES.iter().filter(|a| a.monitor == monitor) {
+        left_out.extend(alt.sets.iter().flat_map(|s| s.programs.iter().copied()));
+        let mut reasons = Vec::new();
+        let mut taken = None;
+        for set in alt.sets {
+            match try_set(&mut ebpf, spec, set, btf) {
+                Ok(done) => {
+                    for (report, link) in done {
+                        links.push((report.program, link));
+                        reports.push(report);
+                    }
+                    taken = Some(set.label);
+                    break;
+                }
+                Err(PathError::Bug(e)) => return Err(e),
+                Err(PathError::Unavailable(why)) => reasons.push(format!("{} path: {why}", set.label)),
+            }
+        }
+        match taken {
+            Some(label) if !reasons.is_empty() => {
+                let why = reasons.join("; ");
+                tracing::warn!("monitor {monitor}: {}: fallback to the {label} path: {why}", alt.name);
+                fallbacks.push((alt.name, label, why));
+            }
+            Some(_) => {}
+            None => {
+                let why = reasons.join("; ");
+                tracing::warn!("monitor {monitor}: {}: unavailable: {why}", alt.name);
+                unavailable.push((alt.name, why));
+            }
         }
     }
     for p in spec.programs {
@@ -417,7 +617,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     let transport = options.transport();
     let events = crate::transport::EventSource::open(map, transport)
         .map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
-    Ok(LoadedMonitor { spec, transport, ebpf, events, reports, unavailable, links })
+    Ok(LoadedMonitor { spec, transport, ebpf, events, reports, unavailable, fallbacks, links })
 }
 
 /// Why one alternative path did not attach.
@@ -472,13 +672,7 @@ mod tests {
             let info = crate::inspect::inspect(object.file, object.bytes).expect("inspect the embedded object");
             for p in spec.programs {
                 let section = &info.programs.iter().find(|i| i.name == p.name).unwrap_or_else(|| panic!("{} missing", p.name)).section;
-                let want = match p.attach {
-                    AttachPoint::TracePoint { category, name } => format!("tracepoint/{category}/{name}"),
-                    AttachPoint::RawTracePoint { name } => format!("raw_tracepoint/{name}"),
-                    AttachPoint::Fexit { function } => format!("fexit/{function}"),
-                    AttachPoint::Kprobe { function } => format!("kprobe/{function}"),
-                    AttachPoint::Kretprobe { function } => format!("kretprobe/{function}"),
-                };
+                let want = p.attach.section();
                 assert_eq!(section, &want, "{}/{}", spec.name, p.name);
             }
         }
@@ -495,19 +689,42 @@ mod tests {
         }
     }
 
-    /// Without syscall tracepoints (no CONFIG_FTRACE_SYSCALLS) the network monitor loses
-    /// `udp_flow` only, with the reason; the TCP tracepoint still runs.
+    /// Each alternative set names programs of its monitor, no program is in two sets, and
+    /// every program of a monitor with alternatives is in one set or none of them.
     #[test]
-    fn udp_flow_is_left_out_without_syscall_tracepoints() {
-        let no_syscalls = |category: &str, _: &str| category != "syscalls";
-        let why = optional_unavailable(&network::SPEC, &network::UDP_FLOW, no_syscalls).expect("udp_flow unavailable");
-        assert!(why.contains("syscalls/sys_enter_sendto") && why.contains("CONFIG_FTRACE_SYSCALLS"), "{why}");
-        let left_out: Vec<&str> =
-            OPTIONAL.iter().filter(|s| s.monitor == "network").filter(|s| optional_unavailable(&network::SPEC, s, no_syscalls).is_some()).flat_map(|s| s.programs.iter().copied()).collect();
-        let runs: Vec<&str> = network::SPEC.programs.iter().map(|p| p.name).filter(|p| !left_out.contains(p)).collect();
-        assert!(runs.contains(&"network_set_state"), "{runs:?}");
-        assert!(runs.iter().all(|p| !p.starts_with("network_udp_")), "{runs:?}");
-        assert_eq!(optional_unavailable(&network::SPEC, &network::UDP_FLOW, |_: &str, _: &str| true), None);
+    fn alternative_sets_are_disjoint_programs_of_their_monitor() {
+        for alt in ALTERNATIVES {
+            let spec = monitor(alt.monitor).unwrap_or_else(|| panic!("{}: no monitor {}", alt.name, alt.monitor));
+            let mut seen = Vec::new();
+            for set in alt.sets {
+                assert!(!set.programs.is_empty(), "{}/{} is empty", alt.name, set.label);
+                for name in set.programs {
+                    assert!(spec.programs.iter().any(|p| p.name == *name), "{}/{}: {name} not in {}", alt.name, set.label, alt.monitor);
+                    assert!(!seen.contains(name), "{}: {name} in two sets", alt.name);
+                    seen.push(*name);
+                }
+            }
+        }
+    }
+
+    /// The node-tax promise: the dns and network monitors' preferred paths put no syscall on the
+    /// tracing slow path; syscall tracepoints are only ever a fallback.
+    #[test]
+    fn preferred_paths_of_dns_and_network_avoid_syscall_tracepoints() {
+        for alt in ALTERNATIVES {
+            let spec = monitor(alt.monitor).expect("monitor");
+            let best = &alt.sets[0];
+            for name in best.programs {
+                let p = spec.programs.iter().find(|p| p.name == *name).expect("program");
+                assert!(!p.attach.is_syscall_tracepoint(), "{}/{}: {name} is on {}", alt.name, best.label, p.attach.describe());
+            }
+        }
+        for m in [&dns::SPEC, &network::SPEC] {
+            for p in m.programs.iter().filter(|p| p.attach.is_syscall_tracepoint()) {
+                let (_, set) = alternatives_of(m.name, p.name).unwrap_or_else(|| panic!("{} is a syscall tracepoint outside any fallback", p.name));
+                assert!(set > 0, "{} is a syscall tracepoint in a preferred set", p.name);
+            }
+        }
     }
 
     /// One missing tracepoint is enough to leave the whole set out.

@@ -31,7 +31,10 @@
 //! host: no `CONFIG_KPROBES`, fentry refused with EPERM) both events are reported unavailable
 //! with each path's reason, and the tracepoint programs run alone.
 //!
-//! `udp_flow` events come from syscall tracepoints (`syscalls/sys_enter_*` and `sys_exit_*`, since
+//! `udp_flow` events come from the packets where the kernel allows it ([`UDP_FLOW`]: cgroup_skb on
+//! the cgroup v2 root, the socket's owner remembered at its creation, see
+//! probes/include/skb.bpf.h), which costs unrelated syscalls nothing. The fallback is syscall
+//! tracepoints (`syscalls/sys_enter_*` and `sys_exit_*`, since
 //! 2.6.37 with `CONFIG_FTRACE_SYSCALLS`,
 //! <https://github.com/torvalds/linux/blob/v2.6.37/include/trace/events/syscalls.h>), as the dns
 //! monitor's do: sends at the entry of `sendto`, `sendmsg` and `sendmmsg` (at their exit when the
@@ -40,7 +43,7 @@
 //! `dns_ports` map ([`super::dns::set_ports`] fills both). Repeats of a flow within a second are
 //! counted in an LRU hash (4.10+) and reported with its next event.
 
-use super::{syscall, AttachPoint, MonitorSpec, ProgramGroup, ProgramSpec};
+use super::{syscall, Alternatives, AttachPoint, MonitorSpec, ProgramGroup, ProgramSet, ProgramSpec};
 
 /// The alternative paths to `connect_attempt` events, best first.
 pub const CONNECT_ATTEMPT_GROUP: ProgramGroup = ProgramGroup {
@@ -56,24 +59,31 @@ pub const ACCEPT_RETURN_GROUP: ProgramGroup = ProgramGroup {
     programs: &["network_accept_fexit", "network_accept_kretprobe"],
 };
 
-/// `udp_flow` events: syscall tracepoints, which a kernel built without `CONFIG_FTRACE_SYSCALLS`
-/// lacks; the TCP programs run without them.
-pub const UDP_FLOW: super::OptionalPrograms = super::OptionalPrograms {
+/// The two ways to `udp_flow` events, best first: from the packets (cgroup_skb on the cgroup v2
+/// root, owners remembered at socket creation, as the dns monitor's packet path), else from send
+/// and receive syscall tracepoints, which a kernel built without `CONFIG_FTRACE_SYSCALLS` lacks;
+/// the TCP programs run without either.
+pub const UDP_FLOW: Alternatives = Alternatives {
     monitor: "network",
     name: "udp_flow",
-    programs: &[
-        "network_udp_sendto_exit",
-        "network_udp_sendmsg_exit",
-        "network_udp_sendmmsg_exit",
-        "network_udp_sendto",
-        "network_udp_sendmsg",
-        "network_udp_sendmmsg",
-        "network_udp_recvfrom_enter",
-        "network_udp_recvfrom_exit",
-        "network_udp_recvmsg_enter",
-        "network_udp_recvmsg_exit",
+    sets: &[
+        ProgramSet { label: "packet", programs: &["network_sock_create", "network_skb_egress", "network_skb_ingress"] },
+        ProgramSet {
+            label: "syscalls",
+            programs: &[
+                "network_udp_sendto_exit",
+                "network_udp_sendmsg_exit",
+                "network_udp_sendmmsg_exit",
+                "network_udp_sendto",
+                "network_udp_sendmsg",
+                "network_udp_sendmmsg",
+                "network_udp_recvfrom_enter",
+                "network_udp_recvfrom_exit",
+                "network_udp_recvmsg_enter",
+                "network_udp_recvmsg_exit",
+            ],
+        },
     ],
-    missing_when: "built without CONFIG_FTRACE_SYSCALLS",
 };
 
 /// The network monitor's programs. The send exits come before their entries, so that a send an
@@ -89,6 +99,9 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         ProgramSpec { name: "network_connect_kprobe", attach: AttachPoint::Kprobe { function: "tcp_connect" } },
         ProgramSpec { name: "network_accept_fexit", attach: AttachPoint::Fexit { function: "inet_csk_accept" } },
         ProgramSpec { name: "network_accept_kretprobe", attach: AttachPoint::Kretprobe { function: "inet_csk_accept" } },
+        ProgramSpec { name: "network_sock_create", attach: AttachPoint::CgroupSockCreate },
+        ProgramSpec { name: "network_skb_egress", attach: AttachPoint::CgroupSkb { egress: true } },
+        ProgramSpec { name: "network_skb_ingress", attach: AttachPoint::CgroupSkb { egress: false } },
         syscall("network_udp_sendto_exit", "sys_exit_sendto"),
         syscall("network_udp_sendmsg_exit", "sys_exit_sendmsg"),
         syscall("network_udp_sendmmsg_exit", "sys_exit_sendmmsg"),
