@@ -22,5 +22,6 @@ pub mod plan;
 pub mod privileges;
 pub mod run;
 pub mod snapshot;
+pub mod sock_owners;
 pub mod tracefs;
 pub mod transport;

@@ -385,6 +385,9 @@ fn program_type_since(program_type: &str) -> Option<(KernelVersion, Option<(&'st
         "kprobe.multi" | "kretprobe.multi" => (v(4, 1), Some(("BPF_TRACE_KPROBE_MULTI", v(5, 18)))),
         "iter" => (v(5, 5), Some(("BPF_TRACE_ITER", v(5, 8)))),
         "sk_lookup" => (v(5, 9), None),
+        // The packet path of the dns and network monitors: cgroup_skb/{ingress,egress} and
+        // cgroup/sock_create (cgroup_skb is listed above), all in 4.10.
+        "cgroup" => (v(4, 10), Some(("BPF_CGROUP_INET_SOCK_CREATE", v(4, 10)))),
         "syscall" => (v(5, 14), None),
         _ => return None,
     })

@@ -323,16 +323,21 @@ fn an_unbound_socket_sends_with_its_real_port() {
     };
     assert_eq!(client.local_addr().unwrap().port(), 0, "not bound yet");
     let mut buf = [0u8; 512];
+    let mut seen_from = None;
     let sent: Vec<Sent> = (0..2u16)
         .map(|i| {
             let before = monotonic_ns();
             client.send_to(&query(0x7000 + i), server_addr).expect("sendto from the unbound socket");
             let after = monotonic_ns();
-            server.recv_from(&mut buf).expect("the query arrives");
+            seen_from = Some(server.recv_from(&mut buf).expect("the query arrives").1);
             Sent { before, after }
         })
         .collect();
     let client_addr = client.local_addr().unwrap();
+    // The datagram's source as the server saw it: the port autobind picked, and the address
+    // routing picked (the socket itself stays bound to 0.0.0.0).
+    let from = seen_from.expect("two sends");
+    assert_eq!(from.port(), client_addr.port());
     let (events, stderr, status) = loader.finish();
     assert!(status.success(), "{stderr}");
 
@@ -342,6 +347,8 @@ fn an_unbound_socket_sends_with_its_real_port() {
     // The second send is folded into the first's window unless it began a window after it.
     let want = if sent[1].after < sent[0].before + WINDOW_NS { 1 } else { 2 };
     assert_eq!(to_server.len(), want, "sends {sent:?}: {to_server:#?}");
-    // The socket's own address stays 0.0.0.0: autobind picks a port, not an address.
-    one_flow(&events, "unbound socket's first sendto", me, "send", client_addr, server_addr);
+    // The packet path reports the address on the wire, the syscall fallback the socket's own
+    // (0.0.0.0: autobind picks a port, not an address).
+    let packet_path = to_server.iter().any(|e| e["saddr"] != "0.0.0.0");
+    one_flow(&events, "unbound socket's first sendto", me, "send", if packet_path { from } else { client_addr }, server_addr);
 }

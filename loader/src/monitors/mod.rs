@@ -560,6 +560,11 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
                 Err(PathError::Unavailable(why)) => reasons.push(format!("{} path: {why}", set.label)),
             }
         }
+        if taken == Some("packet") {
+            // Sockets opened before the attach: their owners from /proc (crate::sock_owners).
+            let seeded = crate::sock_owners::seed(&mut [&mut ebpf]);
+            tracing::info!(monitor, recorded = seeded.recorded, unreadable = seeded.unreadable, "owners of the sockets already open");
+        }
         match taken {
             Some(label) if !reasons.is_empty() => {
                 let why = reasons.join("; ");
