@@ -8,8 +8,7 @@
  * passed are what an alert wants (the uid it asked for, the pid it pokes). Each syscall's entry
  * records the caller's old credentials and namespaces and the arguments in a per-thread pending
  * slot; its exit adds the return value and sends the record, so a refused setuid() is told apart
- * from one that worked. Capability checks are not here: cap_capable() has no tracepoint, so they
- * need kprobe, fentry or BPF-LSM (loader/src/monitors/security.rs reports them unavailable).
+ * from one that worked. Capability checks are at the end of this file.
  *
  * "In a container" means: the caller's mount namespace is not the initial one, or its pid
  * namespace is not the initial one (level > 0). Either alone misses cases: a container sharing
@@ -83,56 +82,70 @@ struct {
 	__type(value, struct security_mount_event);
 } security_pending SEC(".maps");
 
-/* Starts a record in the per-CPU slot: header, old credentials, namespaces. NULL to skip. */
-static __always_inline struct security_mount_event *security_begin(__u8 kind, __u32 syscall)
+/*
+ * Fills a record's common part: header, old credentials, namespaces. `e` is either the per-CPU
+ * slot (syscall entries: the mount record does not fit the stack) or the caller's stack.
+ */
+static __always_inline void security_fill(struct security_event *e, __u8 kind, __u32 syscall)
 {
 	struct task_struct___security *task = (void *)bpf_get_current_task();
-	struct security_mount_event *e;
 	struct security_config *cfg;
 	const struct cred *cred;
 	struct nsproxy *nsproxy;
 	struct pid *pid;
 	__u32 zero = 0, init_mnt_ns;
 
-	if (!task)
-		return NULL;
-	e = bpf_map_lookup_elem(&security_scratch, &zero);
-	if (!e)
-		return NULL;
-	__builtin_memset(&e->base, 0, sizeof(e->base));
-	tapio_fill_header(&e->base.hdr, TAPIO_MONITOR_SECURITY, kind);
-	e->base.syscall = syscall;
-	e->base.new_id[0] = SECURITY_ID_UNCHANGED;
-	e->base.new_id[1] = SECURITY_ID_UNCHANGED;
-	e->base.new_id[2] = SECURITY_ID_UNCHANGED;
+	__builtin_memset(e, 0, sizeof(*e));
+	tapio_fill_header(&e->hdr, TAPIO_MONITOR_SECURITY, kind);
+	e->syscall = syscall;
+	e->new_id[0] = SECURITY_ID_UNCHANGED;
+	e->new_id[1] = SECURITY_ID_UNCHANGED;
+	e->new_id[2] = SECURITY_ID_UNCHANGED;
 
 	/* The subjective credentials: what the kernel checks this syscall against. */
 	cred = BPF_CORE_READ(task, cred);
 	if (cred) {
-		e->base.old_uid = BPF_CORE_READ(cred, uid.val);
-		e->base.old_euid = BPF_CORE_READ(cred, euid.val);
-		e->base.old_suid = BPF_CORE_READ(cred, suid.val);
-		e->base.old_gid = BPF_CORE_READ(cred, gid.val);
-		e->base.old_egid = BPF_CORE_READ(cred, egid.val);
-		e->base.old_sgid = BPF_CORE_READ(cred, sgid.val);
-		bpf_core_read(&e->base.old_cap_effective, sizeof(__u64), &cred->cap_effective);
-		bpf_core_read(&e->base.old_cap_permitted, sizeof(__u64), &cred->cap_permitted);
+		e->old_uid = BPF_CORE_READ(cred, uid.val);
+		e->old_euid = BPF_CORE_READ(cred, euid.val);
+		e->old_suid = BPF_CORE_READ(cred, suid.val);
+		e->old_gid = BPF_CORE_READ(cred, gid.val);
+		e->old_egid = BPF_CORE_READ(cred, egid.val);
+		e->old_sgid = BPF_CORE_READ(cred, sgid.val);
+		bpf_core_read(&e->old_cap_effective, sizeof(__u64), &cred->cap_effective);
+		bpf_core_read(&e->old_cap_permitted, sizeof(__u64), &cred->cap_permitted);
 	}
 
 	/* nsproxy is NULL once an exiting task has dropped its namespaces. */
 	nsproxy = BPF_CORE_READ(task, nsproxy);
 	if (nsproxy)
-		e->base.mnt_ns = BPF_CORE_READ(nsproxy, mnt_ns, ns.inum);
+		e->mnt_ns = BPF_CORE_READ(nsproxy, mnt_ns, ns.inum);
 	pid = BPF_CORE_READ(task, thread_pid);
 	if (pid)
-		e->base.pid_ns_level = BPF_CORE_READ(pid, level);
+		e->pid_ns_level = BPF_CORE_READ(pid, level);
 
 	cfg = bpf_map_lookup_elem(&security_config, &zero);
 	init_mnt_ns = cfg ? cfg->init_mnt_ns : 0;
 	if (!init_mnt_ns)
-		e->base.flags |= SECURITY_F_MNT_NS_UNKNOWN;
-	if (e->base.pid_ns_level > 0 || (init_mnt_ns && e->base.mnt_ns && e->base.mnt_ns != init_mnt_ns))
-		e->base.flags |= SECURITY_F_IN_CONTAINER;
+		e->flags |= SECURITY_F_MNT_NS_UNKNOWN;
+	if (e->pid_ns_level > 0 || (init_mnt_ns && e->mnt_ns && e->mnt_ns != init_mnt_ns))
+		e->flags |= SECURITY_F_IN_CONTAINER;
+}
+
+/*
+ * Starts a syscall's record in the per-CPU slot; NULL to skip. Safe only where the program cannot
+ * be preempted between here and security_park(): the classic syscall tracepoints run their BPF
+ * programs with preemption off (perf_syscall_enter takes preempt_notrace, also since syscall
+ * tracepoints became faultable in 6.13).
+ */
+static __always_inline struct security_mount_event *security_begin(__u8 kind, __u32 syscall)
+{
+	struct security_mount_event *e;
+	__u32 zero = 0;
+
+	e = bpf_map_lookup_elem(&security_scratch, &zero);
+	if (!e)
+		return NULL;
+	security_fill(&e->base, kind, syscall);
 	return e;
 }
 
@@ -355,9 +368,16 @@ SECURITY_EXIT(init_module, SECURITY_SYS_INIT_MODULE)
 SECURITY_EXIT(finit_module, SECURITY_SYS_FINIT_MODULE)
 
 /*
- * capability: every capable() check, through fexit (5.5+, with the verdict) or kprobe (no
- * verdict). cap_capable() runs constantly, so a (process, capability, verdict) is reported once a
- * second at most: the first sighting is the signal, repeats are noise.
+ * capability: every capable() check, through the capability:cap_capable tracepoint (6.14+, with
+ * the verdict but not cap_capable()'s `opts`), fexit (5.5+, with the verdict and `opts`) or kprobe
+ * (arguments only, no verdict); the loader takes the first that attaches (CAPABILITY_GROUP in
+ * loader/src/monitors/security.rs). cap_capable() runs constantly, so a (process, capability,
+ * verdict) is reported once a second at most: the first sighting is the signal, repeats are noise.
+ *
+ * The record is built on the stack (168 bytes), not in security_scratch: an fexit program runs
+ * with migration disabled but may be preempted (PREEMPT_RCU, PREEMPT_RT), so another task on this
+ * CPU could overwrite a shared slot halfway (the race network.bpf.c describes). On the stack, no
+ * path of the three depends on how its hook runs.
  */
 struct capability_key {
 	__u32 tgid;
@@ -379,24 +399,39 @@ static __always_inline int security_capability(void *ctx, struct user_namespace 
 					       unsigned int opts, int ret, __u32 flags)
 {
 	struct capability_key key = { .tgid = bpf_get_current_pid_tgid() >> 32, .cap = cap, .ret = ret };
-	struct security_mount_event *e;
+	struct security_event e;
 	__u64 now = bpf_ktime_get_ns(), *last;
 
 	last = bpf_map_lookup_elem(&capability_seen, &key);
 	if (last && now - *last < CAPABILITY_REPEAT_NS)
 		return 0;
 	bpf_map_update_elem(&capability_seen, &key, &now, BPF_ANY);
-	e = security_begin(SECURITY_CAPABILITY, 0);
-	if (!e)
-		return 0;
-	e->base.arg0 = (__u32)cap;
-	e->base.arg1 = opts;
-	e->base.ret = ret;
-	e->base.flags |= flags;
+	security_fill(&e, SECURITY_CAPABILITY, 0);
+	e.arg0 = (__u32)cap;
+	e.arg1 = opts;
+	e.ret = ret;
+	e.flags |= flags;
 	if (targ_ns && BPF_CORE_READ(targ_ns, level) > 0)
-		e->base.flags |= SECURITY_F_USER_NS;
-	tapio_emit(ctx, &e->base, sizeof(e->base));
+		e.flags |= SECURITY_F_USER_NS;
+	tapio_emit(ctx, &e, sizeof(e));
 	return 0;
+}
+
+/*
+ * TP_PROTO(const struct cred *cred, struct user_namespace *target_ns,
+ *          const struct user_namespace *capable_ns, int cap, int ret), traced at the end of
+ * cap_capable() with its return value (include/trace/events/capability.h, 6.14+). A raw
+ * tracepoint: no perf buffer is filled before the program runs, and it loads on every kernel with
+ * raw tracepoints (4.17+); the loader checks the prototype in the kernel's BTF
+ * (btf_trace_cap_capable) before it attaches, since raw arguments are positional.
+ */
+SEC("raw_tracepoint/cap_capable")
+int sec_capable_tp(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct user_namespace *targ_ns = (void *)ctx->args[1];
+	int cap = (int)ctx->args[3], ret = (int)ctx->args[4];
+
+	return security_capability(ctx, targ_ns, cap, 0, ret, SECURITY_F_OPTS_UNKNOWN);
 }
 
 SEC("fexit/cap_capable")

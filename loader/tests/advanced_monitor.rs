@@ -250,3 +250,41 @@ fn run_writes_one_json_event_per_batched_event() {
     let (_, stderr, _) = loader.finish();
     assert_eq!(found.len(), 20, "closes seen: {found:?}\nstderr:\n{stderr}");
 }
+
+/// The event path is the raw `sys_enter` tracepoint wherever raw tracepoints exist (4.17+), so a
+/// syscall outside the watched set costs only the pre-filter (no perf trace record is filled
+/// first); the classic tracepoint is only the fallback. A burst of unwatched syscalls from the
+/// target process is counted `filtered` and becomes no event, while a watched one still carries
+/// its first argument, read from the user registers.
+#[test]
+fn the_raw_tracepoint_is_the_event_path_and_unwatched_syscalls_stop_at_the_filter() {
+    if common::skip_unless_root("advanced raw tracepoint") {
+        return;
+    }
+    let _k = common::kernel_lock();
+    let mut m = load(AdvancedOptions { batch_size: 1, flush_interval: Duration::from_millis(20), ..Default::default() });
+    let paths: Vec<(&str, &str)> = m.reports.iter().map(|r| (r.program, r.path.as_str())).collect();
+    assert!(paths.contains(&("advanced_sys_enter", "raw_tracepoint:sys_enter")), "{paths:?}");
+    assert!(!paths.iter().any(|(p, _)| *p == "advanced_sys_enter_tp"), "the fallback is not attached too: {paths:?}");
+
+    let before = advanced::stats(&m.ebpf).expect("stats");
+    const N: u64 = 5_000;
+    let tid = std::thread::spawn(|| {
+        for _ in 0..N {
+            // SAFETY: getpid has no preconditions; it is not in the watched set.
+            unsafe { libc::syscall(libc::SYS_getpid) };
+        }
+        getppid_tagged(0x7a_9105);
+        // SAFETY: no preconditions.
+        unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+    })
+    .join()
+    .expect("burst thread");
+    let mut records = Vec::new();
+    let after = settled(&mut m, &mut records);
+    assert!(after.filtered - before.filtered >= N, "{N} unwatched syscalls are counted filtered: {before:?} -> {after:?}");
+    let mine = ours(&records, tid);
+    assert_eq!(mine.len(), 1, "only the watched getppid becomes an event: {mine:?}");
+    assert_eq!((body(mine[0]).syscall_nr, body(mine[0]).arg0), (GETPPID, 0x7a_9105), "{:?}", mine[0]);
+    assert_adds_up(&after);
+}

@@ -304,3 +304,99 @@ fn security_events_from_real_syscalls() {
     let left = common::programs_left_after("sec_", Duration::from_secs(2));
     assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
 }
+
+/// The kernel's release as (major, minor), from `/proc/sys/kernel/osrelease`.
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Whether tracefs lists `capability/cap_capable` (mounted by the loader or the system).
+fn cap_capable_tracepoint_exists() -> bool {
+    ["/sys/kernel/tracing/events/capability/cap_capable", "/sys/kernel/debug/tracing/events/capability/cap_capable"]
+        .iter()
+        .any(|d| Path::new(d).is_dir())
+}
+
+/// Capability checks through the `capability:cap_capable` tracepoint: a granted CAP_SYS_ADMIN
+/// (root's sethostname) and a refused one (the same call after setuid to a user without it),
+/// each with its verdict, the caller and the record's other fields as the fexit path fills them.
+#[test]
+fn capability_events_from_the_cap_capable_tracepoint() {
+    if skip_unless_root("capability_events_from_the_cap_capable_tracepoint") {
+        return;
+    }
+    let _serial = kernel_lock();
+    // Started first: the loader mounts tracefs when it is not mounted.
+    let loader = Loader::start(&["--monitors", "security"]);
+    if !cap_capable_tracepoint_exists() {
+        let (major, minor) = kernel_version();
+        assert!(
+            (major, minor) < (6, 14),
+            "running {major}.{minor}: the capability:cap_capable tracepoint exists from 6.14, but tracefs does not list it"
+        );
+        println!("SKIP capability_events_from_the_cap_capable_tracepoint: capability:cap_capable unsupported (requires >= 6.14, running {major}.{minor})");
+        return;
+    }
+    // Each child checks CAP_SYS_ADMIN once: as root (granted), then as uid 4321 (refused; a uid
+    // change from 0 clears the effective set).
+    let name = b"tapio-cap";
+    let granted = fork_child(|| {
+        // SAFETY: name is a valid buffer of the given length; sethostname checks CAP_SYS_ADMIN.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWUTS) != 0 {
+                return 50;
+            }
+            if libc::sethostname(name.as_ptr().cast(), name.len()) != 0 {
+                return 51;
+            }
+        }
+        0
+    });
+    assert_eq!(wait_exit(granted), 0, "granted child failed at the step its code names");
+    let refused = fork_child(|| {
+        // SAFETY: raw syscalls in the forked child.
+        unsafe {
+            if libc::syscall(libc::SYS_setuid, 4321) != 0 {
+                return 60;
+            }
+            if libc::sethostname(name.as_ptr().cast(), name.len()) != -1 || errno() != libc::EPERM {
+                return 61;
+            }
+        }
+        0
+    });
+    assert_eq!(wait_exit(refused), 0, "refused child failed at the step its code names");
+
+    let is_admin_check = |e: &Value, pid: libc::pid_t| {
+        e["event"] == "capability" && e["tgid"] == pid && e["capability"] == "CAP_SYS_ADMIN"
+    };
+    let mut seen = Vec::new();
+    let last = loader.wait_for(&mut seen, Duration::from_secs(5), |e| is_admin_check(e, refused));
+    let (rest, stderr, status) = loader.finish();
+    assert!(status.success(), "tapio-load exits 0 on SIGTERM: {status}; stderr:\n{stderr}");
+    seen.extend(rest);
+    assert!(last.is_some(), "no CAP_SYS_ADMIN check from the refused child; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("sec_capable_tp") && stderr.contains("raw_tracepoint:cap_capable"),
+        "the tracepoint path is the one taken; stderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("capability: unavailable"), "stderr:\n{stderr}");
+
+    let ok = find(&seen, "granted CAP_SYS_ADMIN", |e| is_admin_check(e, granted) && e["result"] == 0);
+    assert_eq!(ok["syscall"], "cap_capable", "{ok}");
+    assert_eq!(ok["verdict_known"], true, "{ok}");
+    assert_eq!(ok["opts_known"], false, "the tracepoint does not carry opts: {ok}");
+    assert_eq!(ok["pid"], granted, "{ok}");
+    assert_eq!(ok["uid"], 0, "{ok}");
+    assert_eq!(ok["user_ns"], false, "checked against the initial user namespace: {ok}");
+    assert_eq!(ok["in_container"], false, "unshare(CLONE_NEWUTS) leaves mnt and pid namespaces: {ok}");
+    assert!(ok["mnt_ns"].as_u64().unwrap() > 0, "{ok}");
+    let no = find(&seen, "refused CAP_SYS_ADMIN", |e| is_admin_check(e, refused) && e["result"] == -libc::EPERM as i64);
+    assert_eq!(no["uid"], 4321, "{no}");
+    assert_eq!(no["verdict_known"], true, "{no}");
+
+    let left = common::programs_left_after("sec_", Duration::from_secs(2));
+    assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
+}

@@ -21,7 +21,6 @@ enum security_kind {
 	SECURITY_MOUNT = 6,
 	SECURITY_MODULE_LOAD = 7,
 	SECURITY_CAPABILITY = 8, /* arg0: capability, arg1: cap_capable opts, ret: its verdict */
-	/* 8 is kept for `capability`, which needs kprobe, fentry or BPF-LSM on cap_capable. */
 };
 
 /* The syscall behind a record, in security_event.syscall; mirrored in loader/src/events/security.rs. */
@@ -52,6 +51,7 @@ enum security_syscall {
 #define SECURITY_F_FSTYPE_TRUNCATED 0x40
 #define SECURITY_F_RESULT_UNKNOWN 0x80 /* capability via kprobe: the verdict is not seen */
 #define SECURITY_F_USER_NS 0x100       /* capability checked against a non-initial user namespace */
+#define SECURITY_F_OPTS_UNKNOWN 0x200  /* capability via its tracepoint: cap_capable opts not seen */
 
 /* "No change" as setre*id/setres*id take it: (uid_t)-1. */
 #define SECURITY_ID_UNCHANGED 0xffffffffu

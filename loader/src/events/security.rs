@@ -22,6 +22,7 @@ pub const SECURITY_F_TARGET_TRUNCATED: u32 = 0x20;
 pub const SECURITY_F_FSTYPE_TRUNCATED: u32 = 0x40;
 pub const SECURITY_F_RESULT_UNKNOWN: u32 = 0x80;
 pub const SECURITY_F_USER_NS: u32 = 0x100;
+pub const SECURITY_F_OPTS_UNKNOWN: u32 = 0x200;
 
 /// `(uid_t)-1`: the id the caller left unchanged.
 pub const SECURITY_ID_UNCHANGED: u32 = u32::MAX;
@@ -224,8 +225,9 @@ pub enum SecurityDetail {
     Mount { source: String, target: String, fstype: String, flags: u64, truncated: bool },
     InitModule { len: u64 },
     /// A capable() check: the capability, whether it was checked against a non-initial user
-    /// namespace, and whether the verdict (`result`) was seen (fexit) or not (kprobe).
-    Capability { capability: String, user_ns: bool, verdict_known: bool, cap_opts: u64 },
+    /// namespace, whether the verdict (`result`) was seen (tracepoint, fexit) or not (kprobe), and
+    /// whether `cap_opts` was seen (fexit, kprobe) or not (the tracepoint does not carry it).
+    Capability { capability: String, user_ns: bool, verdict_known: bool, cap_opts: u64, opts_known: bool },
     FinitModule { fd: i64, flags: u64 },
 }
 
@@ -253,6 +255,7 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
             user_ns: e.flags & SECURITY_F_USER_NS != 0,
             verdict_known: e.flags & SECURITY_F_RESULT_UNKNOWN == 0,
             cap_opts: e.arg1,
+            opts_known: e.flags & SECURITY_F_OPTS_UNKNOWN == 0,
         };
         let body = SecurityBody {
             // No syscall: the hook is the kernel's capability check itself.

@@ -4,7 +4,7 @@
 //! Kernel requirements, all met by 5.10:
 //! `raw_syscalls/sys_enter` exists since 2.6.32 with `CONFIG_HAVE_SYSCALL_TRACEPOINTS`
 //! (<https://github.com/torvalds/linux/blob/v2.6.32/include/trace/events/syscalls.h>), raw
-//! tracepoints (the `sched_switch` flusher) since 4.17, LRU hash maps since 4.10 and
+//! tracepoints (the event path on `sys_enter` and the `sched_switch` flusher) since 4.17, LRU hash maps since 4.10 and
 //! `bpf_get_numa_node_id` since 4.10
 //! (<https://github.com/torvalds/linux/commit/2d0e30c30f84d08dc16f0f2af41f1b8a85f0755e>).
 //! `BPF_MAP_TYPE_BLOOM_FILTER` arrived in 5.16
@@ -19,7 +19,7 @@
 use std::{collections::BTreeMap, os::fd::AsFd, time::Duration};
 
 use aya::{
-    maps::{Array, BloomFilter, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, BloomFilter, Map, MapData, PerCpuArray},
     Ebpf,
 };
 use thiserror::Error;
@@ -34,7 +34,8 @@ use crate::{
 pub const CONFIG_MAP: &str = "advanced_config";
 /// Drop thresholds per syscall number.
 pub const RATES_MAP: &str = "advanced_rates";
-/// The watched syscall numbers: a hash map, or a bloom filter in the 5.16+ object.
+/// The watched syscall numbers: one byte per syscall number (1: watched), or a bloom filter in
+/// the 5.16+ object that [`object`] does not pick.
 pub const FILTER_MAP: &str = "advanced_filter";
 /// Per-CPU counters (`enum advanced_stat`).
 pub const STATS_MAP: &str = "advanced_stats";
@@ -47,12 +48,23 @@ pub const FILTER_MAX: usize = 256;
 /// The object file of the bloom-filter build.
 pub const BLOOM_OBJECT: &str = "advanced.bloom.bpf.o";
 
-/// The advanced monitor's programs: the event path and the time-bound flusher.
+/// The alternative paths to the syscall events, best first: the raw tracepoint (4.17+; a
+/// filtered-out syscall costs only the pre-filter), then the classic tracepoint, which fills a
+/// perf trace record with every syscall's arguments before the program runs.
+pub const SYSCALL_GROUP: super::ProgramGroup = super::ProgramGroup {
+    monitor: "advanced",
+    name: "syscall_events",
+    programs: &["advanced_sys_enter", "advanced_sys_enter_tp"],
+};
+
+/// The advanced monitor's programs: the event path (two alternatives, [`SYSCALL_GROUP`]) and the
+/// time-bound flusher.
 pub const SPEC: MonitorSpec = MonitorSpec {
     name: "advanced",
     programs: &[
+        ProgramSpec { name: "advanced_sys_enter", attach: AttachPoint::RawTracePoint { name: "sys_enter" } },
         ProgramSpec {
-            name: "advanced_sys_enter",
+            name: "advanced_sys_enter_tp",
             attach: AttachPoint::TracePoint { category: "raw_syscalls", name: "sys_enter" },
         },
         ProgramSpec { name: "advanced_flush", attach: AttachPoint::RawTracePoint { name: "sched_switch" } },
@@ -171,14 +183,11 @@ pub enum AdvancedError {
     TooManySyscalls { count: usize },
 }
 
-/// The object to load: the bloom-filter build for the ring buffer where the kernel can create
-/// bloom maps, else the hash-map build every kernel takes.
+/// The object to load: the array build on every kernel. The bloom-filter build (5.16+) stays in
+/// the bundle but is not picked: a bloom lookup hashes the syscall number once per hash function,
+/// about 60 ns on every syscall of the node (6.18, `kernel.bpf_stats_enabled`), where the array
+/// lookup is inlined by the verifier.
 pub fn object(transport: Transport) -> Option<&'static EmbeddedObject> {
-    if transport == Transport::Ringbuf && crate::features::probe("bloom filter").is_some_and(|f| f.status.is_present()) {
-        if let Some(o) = bundle::OBJECTS.iter().find(|o| o.file == BLOOM_OBJECT) {
-            return Some(o);
-        }
-    }
     bundle::object(SPEC.name, transport)
 }
 
@@ -229,9 +238,9 @@ pub fn configure(ebpf: &mut Ebpf, options: &AdvancedOptions) -> Result<(), Advan
             }
         }
         map => {
-            let mut hash = HashMap::<_, u32, u8>::try_from(map).map_err(map_err)?;
-            for &nr in &options.syscalls {
-                hash.insert(nr, 1, 0).map_err(map_err)?;
+            let mut array = Array::<_, u8>::try_from(map).map_err(map_err)?;
+            for &nr in options.syscalls.iter().filter(|&&nr| nr < MAX_TYPES) {
+                array.set(nr, 1, 0).map_err(map_err)?;
             }
         }
     }

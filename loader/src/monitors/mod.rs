@@ -126,8 +126,12 @@ pub struct ProgramGroup {
 }
 
 /// Every group of alternative programs.
-pub const GROUPS: &[ProgramGroup] =
-    &[security::CAPABILITY_GROUP, network::CONNECT_ATTEMPT_GROUP, network::ACCEPT_RETURN_GROUP];
+pub const GROUPS: &[ProgramGroup] = &[
+    security::CAPABILITY_GROUP,
+    network::CONNECT_ATTEMPT_GROUP,
+    network::ACCEPT_RETURN_GROUP,
+    advanced::SYSCALL_GROUP,
+];
 
 /// The group a program belongs to, if it is one of several alternative paths.
 pub fn group_of(monitor: &str, program: &str) -> Option<&'static ProgramGroup> {

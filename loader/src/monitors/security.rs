@@ -8,11 +8,16 @@
 //! and no global data. The tracepoints do not fire for 32-bit compat syscalls on a 64-bit kernel,
 //! nor does this monitor see the new mount API (fsopen/fsmount/move_mount).
 //!
-//! `capability` events: `cap_capable()` has no tracepoint, so they come from fexit (5.5+, with
-//! the verdict; <https://github.com/torvalds/linux/commit/fec56f5890d93fc2ed74166c397dc186b1c25951>)
-//! or, failing that, a kprobe (no verdict). [`CAPABILITY_GROUP`] lists them best first; on a kernel
-//! with neither (this project's CI host: no kprobes, fentry refused) the loader reports the
-//! capability events unavailable with both reasons and runs the rest.
+//! `capability` events: from the `capability:cap_capable` tracepoint where the kernel has it
+//! (6.14+, traced at the end of `cap_capable()` with its verdict;
+//! <https://github.com/torvalds/linux/blob/v6.14/include/trace/events/capability.h>), attached as
+//! a raw tracepoint (4.17+: no perf buffer is filled before the program runs); else fexit (5.5+,
+//! with the verdict; <https://github.com/torvalds/linux/commit/fec56f5890d93fc2ed74166c397dc186b1c25951>);
+//! else a kprobe (no verdict). The three build the same record; the tracepoint alone lacks
+//! `cap_capable()`'s `opts`, and says so (`opts_known: false`). [`CAPABILITY_GROUP`] lists them
+//! best first; the tracepoint costs nothing where no capability is checked, where fexit and kprobe
+//! patch the function. On a kernel with none of the three the loader reports the capability events
+//! unavailable with each reason and runs the rest.
 //!
 //! The loader writes the initial mount namespace into [`CONFIG_MAP`] after load (see
 //! [`initial_mount_ns`]); the probe compares each caller's against it.
@@ -30,7 +35,7 @@ pub const CONFIG_MAP: &str = "security_config";
 pub const CAPABILITY_GROUP: super::ProgramGroup = super::ProgramGroup {
     monitor: "security",
     name: "capability",
-    programs: &["sec_capable_fexit", "sec_capable_kprobe"],
+    programs: &["sec_capable_tp", "sec_capable_fexit", "sec_capable_kprobe"],
 };
 
 /// `init_module` events: a kernel built without `CONFIG_MODULES` has no `init_module` syscall
@@ -129,6 +134,7 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         enter("sec_enter_mount", "sys_enter_mount"),
         enter("sec_enter_init_module", "sys_enter_init_module"),
         enter("sec_enter_finit_module", "sys_enter_finit_module"),
+        ProgramSpec { name: "sec_capable_tp", attach: AttachPoint::RawTracePoint { name: "cap_capable" } },
         ProgramSpec { name: "sec_capable_fexit", attach: AttachPoint::Fexit { function: "cap_capable" } },
         ProgramSpec { name: "sec_capable_kprobe", attach: AttachPoint::Kprobe { function: "cap_capable" } },
     ],
