@@ -207,7 +207,7 @@ fn run_scenario(mix: Mix, rate: Option<f64>, pinned: bool, ring_bytes: u32) -> R
         .try_clone_to_owned()
         .context("bench_producer: duplicate program fd")?;
     let ring = ebpf.take_map("events").context("bench_producer: no `events` map")?;
-    let mut source = EventSource::open(ring, Transport::Ringbuf).context("bench_producer: open the ring")?;
+    let mut source = EventSource::open(ring, Transport::Ringbuf, &tapio_load::transport::Delivery::default()).context("bench_producer: open the ring")?;
 
     if pinned {
         pin_to(DRAINER_CPU).context("pin the drainer")?;

@@ -89,6 +89,8 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "argv_max", kind: Kind::Integer, default: "32", flag: Some("--argv-max"), example: "16", doc: "At most this many argv entries per exec event; more sets argv_truncated. At least 1. Reloaded on SIGHUP." },
     KeyDoc { key: "dns_timeout_ms", kind: Kind::Integer, default: "5000", flag: Some("--dns-timeout-ms"), example: "2000", doc: "Milliseconds a dns query waits for its response before a timeout event. At least 1. Reloaded on SIGHUP." },
     KeyDoc { key: "ring_size", kind: Kind::Integer, default: "-", flag: Some("--ring-size"), example: "262144", doc: "Ring buffer size in bytes per monitor: a power of two and a multiple of 4096. Unset keeps the object's size." },
+    KeyDoc { key: "delivery", kind: Kind::String, default: "\"batched\"", flag: Some("--delivery"), example: "\"immediate\"", doc: "When records wake the reader. `batched`: without a wake-up until the buffer is a quarter full, the reader draining on a timer that backs off from 0.5 ms to `delivery_bound_ms` while idle. `immediate`: a wake-up per record (costs the kernel about 4 µs more per record)." },
+    KeyDoc { key: "delivery_bound_ms", kind: Kind::Integer, default: "10", flag: Some("--delivery-bound-ms"), example: "20", doc: "The reader's drain timer never waits longer than this, so under `batched` a record reaches the output within about this many milliseconds of its emission however quiet the node is. 1-1000." },
     KeyDoc { key: "btf", kind: Kind::String, default: "-", flag: Some("--btf"), example: "\"/var/lib/tapio/vmlinux.btf\"", doc: "BTF file to relocate against instead of /sys/kernel/btf/vmlinux." },
     KeyDoc { key: "btf_dir", kind: Kind::String, default: "-", flag: Some("--btf-dir"), example: "\"/var/lib/tapio/btf\"", doc: "Directory of `<kernel release>.btf` files, used when the kernel has no /sys/kernel/btf/vmlinux and `btf` is unset." },
     KeyDoc { key: "output", kind: Kind::String, default: "\"stdout\"", flag: Some("--output-file"), example: "\"/var/log/tapio/events.jsonl\"", doc: "Where JSON lines go: `stdout` or a file path." },
@@ -109,6 +111,8 @@ pub struct Partial {
     pub argv_max: Option<i64>,
     pub dns_timeout_ms: Option<i64>,
     pub ring_size: Option<i64>,
+    pub delivery: Option<String>,
+    pub delivery_bound_ms: Option<i64>,
     pub btf: Option<PathBuf>,
     pub btf_dir: Option<PathBuf>,
     pub output: Option<String>,
@@ -136,6 +140,8 @@ impl Partial {
             argv_max: over.argv_max.or(self.argv_max),
             dns_timeout_ms: over.dns_timeout_ms.or(self.dns_timeout_ms),
             ring_size: over.ring_size.or(self.ring_size),
+            delivery: over.delivery.or(self.delivery),
+            delivery_bound_ms: over.delivery_bound_ms.or(self.delivery_bound_ms),
             btf: over.btf.or(self.btf),
             btf_dir: over.btf_dir.or(self.btf_dir),
             output: over.output.or(self.output),
@@ -164,6 +170,8 @@ pub struct Config {
     pub argv_max: usize,
     pub dns_timeout_ms: u64,
     pub ring_size: Option<u32>,
+    /// The delivery policy and the reader's bound (crate::transport).
+    pub delivery: crate::transport::Delivery,
     pub btf: Option<PathBuf>,
     pub btf_dir: Option<PathBuf>,
     pub output: Output,
@@ -232,6 +240,15 @@ impl Config {
                 Some(size as u32)
             }
         };
+        let policy = match p.delivery.as_deref() {
+            None => crate::transport::DeliveryPolicy::default(),
+            Some(name) => name.parse().map_err(|_| invalid("delivery", "`batched` or `immediate`", format!("`{name}`")))?,
+        };
+        let default_bound = crate::transport::DEFAULT_BOUND.as_millis() as i64;
+        let delivery = crate::transport::Delivery {
+            policy,
+            bound_ms: in_range("delivery_bound_ms", p.delivery_bound_ms, default_bound, 1, 1000)? as u64,
+        };
         let output = match p.output.as_deref() {
             None | Some("stdout") | Some("-") => Output::Stdout,
             Some("") => return Err(invalid("output", "`stdout` or a file path", "an empty string")),
@@ -258,6 +275,7 @@ impl Config {
             argv_max,
             dns_timeout_ms,
             ring_size,
+            delivery,
             btf: p.btf,
             btf_dir: p.btf_dir,
             output,
@@ -453,6 +471,10 @@ mod tests {
         assert_eq!(c.metrics_address, Some(DEFAULT_METRICS_ADDRESS.parse().unwrap()));
         assert!(!c.metrics_address_explicit);
         assert_eq!(c.output, Output::Stdout);
+        assert_eq!(c.delivery, crate::transport::Delivery::default());
+        assert_eq!(c.delivery.policy, crate::transport::DeliveryPolicy::Batched);
+        assert!(c.delivery.bound_ms <= 20, "the default bound is documented as at most 20 ms");
+        assert_eq!(KEYS.iter().find(|k| k.key == "delivery_bound_ms").map(|k| k.default), Some(c.delivery.bound_ms.to_string().as_str()));
     }
 
     #[test]
@@ -471,6 +493,9 @@ mod tests {
             ("[sampling]\ndns = \"half\"", "sampling.dns"),
             ("batch_size = 0", "batch_size"),
             ("dedup_window_ms = -1", "dedup_window_ms"),
+            ("delivery = \"lazy\"", "delivery"),
+            ("delivery_bound_ms = 0", "delivery_bound_ms"),
+            ("delivery_bound_ms = 5000", "delivery_bound_ms"),
         ];
         for (text, key) in cases {
             let e = check(text).expect_err(text).to_string();

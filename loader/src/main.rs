@@ -79,6 +79,12 @@ enum Command {
         /// Event transport: `ringbuf` (5.8+) or `perf` (4.4+) [default: the best this kernel has].
         #[arg(long, value_enum, alias = "force-transport")]
         transport: Option<TransportArg>,
+        /// When records wake the reader: `batched` or `immediate` [default: batched].
+        #[arg(long)]
+        delivery: Option<String>,
+        /// Longest wait of the reader's drain timer, in ms: the delivery bound [default: 10].
+        #[arg(long)]
+        delivery_bound_ms: Option<i64>,
         /// Pin links and maps under this bpffs directory so they survive the loader, or adopt
         /// the ones pinned there by a previous run (see `unpin`).
         #[arg(long)]
@@ -105,6 +111,16 @@ enum Command {
         /// Directory of `<uname -r>.btf` files, used when the kernel has no BTF.
         #[arg(long)]
         btf_dir: Option<PathBuf>,
+        /// The `run` configuration file whose delivery policy to report (with TAPIO_<KEY>
+        /// overrides and the flags below).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Delivery policy to report, as `run --delivery` [default: batched].
+        #[arg(long)]
+        delivery: Option<String>,
+        /// Delivery bound to report, as `run --delivery-bound-ms` [default: 10].
+        #[arg(long)]
+        delivery_bound_ms: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -251,9 +267,13 @@ fn real_main() -> Result<()> {
             ring_size,
             metrics_address,
             transport,
+            delivery,
+            delivery_bound_ms,
             pin_path,
         } => {
             let flags = tapio_load::config::Partial {
+                delivery,
+                delivery_bound_ms,
                 monitors,
                 output: output_file.map(|p| p.display().to_string()),
                 btf,
@@ -278,6 +298,7 @@ fn real_main() -> Result<()> {
                 decode: DecodeOptions { argv_max: c.argv_max, dns_timeout: std::time::Duration::from_millis(c.dns_timeout_ms) },
                 load: LoadOptions {
                     ring_size: c.ring_size,
+                    delivery: c.delivery,
                     advanced: tapio_load::monitors::advanced::AdvancedOptions::from_config(&c),
                     transport: transport.map(|t| match t {
                         TransportArg::Ringbuf => tapio_load::bundle::Transport::Ringbuf,
@@ -354,11 +375,13 @@ fn real_main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Plan { monitors, btf, btf_dir, json } => {
+        Command::Plan { monitors, btf, btf_dir, config, delivery, delivery_bound_ms, json } => {
             let monitors = all_or(&monitors)?;
             let source = tapio_load::plan::btf_source(btf.as_deref(), btf_dir.as_deref(), &tapio_load::plan::kernel_release());
+            let flags = tapio_load::config::Partial { delivery, delivery_bound_ms, ..Default::default() };
+            let delivery = tapio_load::config::resolve(config.as_deref(), std::env::vars(), flags)?.delivery;
             let _ = tapio_load::tracefs::ensure_mounted();
-            let plan = tapio_load::plan::plan(&monitors, &source);
+            let plan = tapio_load::plan::plan(&monitors, &source, delivery);
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {

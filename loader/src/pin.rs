@@ -33,7 +33,7 @@ use thiserror::Error;
 use crate::{
     bundle::Transport,
     monitors::{LinkId, LoadedMonitor, MonitorSpec},
-    transport::EventSource,
+    transport::{ring::RingReader, Delivery, EventSource},
 };
 
 /// Where bpffs is mounted on every distribution; pins must live on a bpffs.
@@ -238,6 +238,9 @@ fn pin_monitor(dir: &Path, m: &mut LoadedMonitor) -> Result<(), PinError> {
     // The maps the object still holds, by their full names (the kernel keeps 15 characters).
     let mut pinned_ids = Vec::new();
     for (name, map) in m.ebpf.maps() {
+        if is_global_data(name) {
+            continue;
+        }
         let path = maps_dir.join(name);
         map.pin(&path).map_err(|source| PinError::Pin { monitor, path: path.clone(), source })?;
         if let Ok(info) = MapData::from_pin(&path).and_then(|d| d.info()) {
@@ -258,6 +261,9 @@ fn pin_monitor(dir: &Path, m: &mut LoadedMonitor) -> Result<(), PinError> {
             let data = MapData::from_id(id).map_err(|source| PinError::MapById { monitor, id, source })?;
             let info = data.info().map_err(|source| PinError::MapById { monitor, id, source })?;
             let name = info.name_as_str().unwrap_or("unnamed").to_owned();
+            if is_global_data(&name) {
+                continue;
+            }
             let path = maps_dir.join(&name);
             data.pin(&path).map_err(|source| PinError::Pin { monitor, path: path.clone(), source })?;
             pinned_ids.push(id);
@@ -265,6 +271,13 @@ fn pin_monitor(dir: &Path, m: &mut LoadedMonitor) -> Result<(), PinError> {
     }
     tracing::info!(monitor, dir = %monitor_dir(dir, monitor).display(), "pinned links and maps");
     Ok(())
+}
+
+/// Whether a map is the object's global data (`.rodata`: the ring build's delivery knob). It is
+/// not pinned: it is frozen and read by the programs alone, an adopting loader never opens it,
+/// and bpffs refuses names that start with a dot (EPERM).
+fn is_global_data(name: &str) -> bool {
+    name.starts_with('.')
 }
 
 /// A monitor taken over from a previous loader's pins.
@@ -303,7 +316,7 @@ impl PinnedProgram {
 /// Adopts the monitors pinned under `dir`, if any: None when `dir` holds no pins (load and pin
 /// as usual). The pins must be exactly the requested monitors; a partial match is refused rather
 /// than guessed at, since loading the missing ones would pin beside a previous run's.
-pub fn adopt(dir: &Path, monitors: &[&'static MonitorSpec]) -> Result<Option<Vec<Adopted>>, PinError> {
+pub fn adopt(dir: &Path, monitors: &[&'static MonitorSpec], delivery: &Delivery) -> Result<Option<Vec<Adopted>>, PinError> {
     ensure_bpffs(dir)?;
     let found = pinned_monitors(dir);
     if found.is_empty() {
@@ -316,10 +329,10 @@ pub fn adopt(dir: &Path, monitors: &[&'static MonitorSpec]) -> Result<Option<Vec
     if asked != found_sorted {
         return Err(PinError::Mismatch { dir: dir.to_owned(), found, asked });
     }
-    monitors.iter().map(|spec| adopt_monitor(dir, spec.name)).collect::<Result<Vec<_>, _>>().map(Some)
+    monitors.iter().map(|spec| adopt_monitor(dir, spec.name, delivery)).collect::<Result<Vec<_>, _>>().map(Some)
 }
 
-fn adopt_monitor(dir: &Path, monitor: &'static str) -> Result<Adopted, PinError> {
+fn adopt_monitor(dir: &Path, monitor: &'static str, delivery: &Delivery) -> Result<Adopted, PinError> {
     let adopt_err = |path: &Path, detail: String| PinError::Adopt { monitor, path: path.to_owned(), detail };
     // A monitor whose links are gone streams nothing: check they are still pinned.
     let links_dir = monitor_dir(dir, monitor).join(LINKS);
@@ -339,10 +352,13 @@ fn adopt_monitor(dir: &Path, monitor: &'static str) -> Result<Adopted, PinError>
     let data = MapData::from_pin(&path).map_err(|e| adopt_err(&path, e.to_string()))?;
     let kind = data.info().and_then(|i| i.map_type()).map_err(|e| adopt_err(&path, e.to_string()))?;
     let events = match kind {
-        MapType::RingBuf => EventSource::from_pinned_ring(PinnedRing::new(data).map_err(|e| adopt_err(&path, e.to_string()))?),
-        MapType::PerfEventArray => {
-            EventSource::open(Map::PerfEventArray(data), Transport::Perf).map_err(|e| adopt_err(&path, e.to_string()))?
-        }
+        // The ring's wake-ups are the adopted programs' own (set when they were loaded); the reader
+        // follows `delivery`.
+        MapType::RingBuf => RingReader::new(data)
+            .map_err(|e| adopt_err(&path, e.to_string()))
+            .and_then(|ring| EventSource::from_ring(ring).map_err(|e| adopt_err(&path, e.to_string())))?,
+        MapType::PerfEventArray => EventSource::open(Map::PerfEventArray(data), Transport::Perf, delivery)
+            .map_err(|e| adopt_err(&path, e.to_string()))?,
         other => return Err(adopt_err(&path, format!("a {other:?} map, expected a ring buffer or perf event array"))),
     };
     let transport = events.transport;
@@ -398,141 +414,4 @@ pub fn report_kept(dir: &Path) {
         "pinned programs, links and maps stay attached under the pin path; `tapio-load unpin --pin-path {}` removes them",
         dir.display()
     );
-}
-
-/// `BPF_RINGBUF_BUSY_BIT` (include/uapi/linux/bpf.h): the record is still being written.
-const RINGBUF_BUSY: u32 = 1 << 31;
-/// `BPF_RINGBUF_DISCARD_BIT`: the program discarded the record; skip it.
-const RINGBUF_DISCARD: u32 = 1 << 30;
-/// `BPF_RINGBUF_HDR_SZ`: the header before each record.
-const RINGBUF_HEADER: usize = 8;
-
-/// A consumer of a ring buffer a previous loader already read from.
-///
-/// aya 0.13.1's `RingBuf` starts its cache of the producer position at 0, so when the consumer
-/// position is not 0 - always, for a ring adopted after a run - it takes every stale byte for a
-/// record and never stops (aya 0.14 reads the producer position first). This reader follows the
-/// kernel's protocol (kernel/bpf/ringbuf.c) itself: the consumer page is mapped read-write, the
-/// producer page and the data pages (mapped twice, so a record never wraps) read-only.
-pub struct PinnedRing {
-    map: MapData,
-    consumer: std::ptr::NonNull<libc::c_void>,
-    producer: std::ptr::NonNull<libc::c_void>,
-    page: usize,
-    size: usize,
-}
-
-// SAFETY: the mappings belong to this value alone and are only touched through &mut self.
-unsafe impl Send for PinnedRing {}
-
-/// Why an adopted ring could not be mapped.
-#[derive(Debug, Error)]
-pub enum RingError {
-    #[error("ring buffer: {0}")]
-    Info(#[source] aya::maps::MapError),
-    #[error("ring buffer: size {0} is not a power of two")]
-    Size(u32),
-    #[error("ring buffer: mmap: {0}")]
-    Mmap(#[source] io::Error),
-}
-
-impl PinnedRing {
-    /// Maps the ring's pages.
-    pub fn new(map: MapData) -> Result<Self, RingError> {
-        use std::os::fd::{AsFd, AsRawFd};
-        let size = map.info().map_err(RingError::Info)?.max_entries();
-        if !size.is_power_of_two() {
-            return Err(RingError::Size(size));
-        }
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let fd = map.fd().as_fd().as_raw_fd();
-        let map_pages = |len: usize, prot: libc::c_int, offset: usize| {
-            // SAFETY: a fresh shared mapping of the ring's fd; the kernel checks len and offset.
-            let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, offset as libc::off_t) };
-            if ptr == libc::MAP_FAILED {
-                return Err(RingError::Mmap(io::Error::last_os_error()));
-            }
-            Ok(std::ptr::NonNull::new(ptr).expect("mmap succeeded"))
-        };
-        let consumer = map_pages(page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
-        let producer = match map_pages(page + 2 * size as usize, libc::PROT_READ, page) {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: unmapping the mapping made just above.
-                unsafe { libc::munmap(consumer.as_ptr(), page) };
-                return Err(e);
-            }
-        };
-        Ok(Self { map, consumer, producer, page, size: size as usize })
-    }
-
-    fn consumer_pos(&self) -> &std::sync::atomic::AtomicU64 {
-        // SAFETY: the consumer page starts with the kernel's `unsigned long consumer_pos`,
-        // 8-byte aligned (page aligned), valid while the mapping lives.
-        unsafe { &*self.consumer.as_ptr().cast::<std::sync::atomic::AtomicU64>() }
-    }
-
-    fn producer_pos(&self) -> &std::sync::atomic::AtomicU64 {
-        // SAFETY: as above, for the producer page's `producer_pos`.
-        unsafe { &*self.producer.as_ptr().cast::<std::sync::atomic::AtomicU64>() }
-    }
-
-    /// Moves every committed record into `out`.
-    pub fn drain(&mut self, out: &mut Vec<Vec<u8>>) {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        let mask = (self.size - 1) as u64;
-        let mut cons = self.consumer_pos().load(Ordering::Acquire);
-        loop {
-            // Acquire pairs with the kernel's release of producer_pos: record headers before it
-            // are visible.
-            let prod = self.producer_pos().load(Ordering::Acquire);
-            if cons == prod {
-                return;
-            }
-            if cons > prod {
-                // Only a broken consumer (aya 0.13.1's, see above) gets ahead of the producer,
-                // and then the kernel refuses every reservation: catch up to resume the flow.
-                tracing::warn!(consumer = cons, producer = prod, "ring buffer consumer ahead of producer; resetting it");
-                self.consumer_pos().store(prod, Ordering::Release);
-                return;
-            }
-            let offset = self.page + (cons & mask) as usize;
-            // SAFETY: offset + 8 lies within the first copy of the data pages; headers are
-            // 8-byte aligned.
-            let header = unsafe { &*self.producer.as_ptr().cast::<u8>().add(offset).cast::<AtomicU32>() }.load(Ordering::Acquire);
-            if header & RINGBUF_BUSY != 0 {
-                return; // the next record is not committed yet; its commit wakes us again
-            }
-            let len = (header & !(RINGBUF_BUSY | RINGBUF_DISCARD)) as usize;
-            if header & RINGBUF_DISCARD == 0 && len <= self.size {
-                // SAFETY: the data pages are mapped twice, so a record of at most `size` bytes
-                // starting in the first copy is contiguous.
-                let data = unsafe {
-                    std::slice::from_raw_parts(self.producer.as_ptr().cast::<u8>().add(offset + RINGBUF_HEADER), len)
-                };
-                out.push(data.to_vec());
-            }
-            cons += ((RINGBUF_HEADER + len + 7) & !7) as u64;
-            // Release: the kernel may reuse the space once it sees the new position.
-            self.consumer_pos().store(cons, Ordering::Release);
-        }
-    }
-}
-
-impl std::os::fd::AsRawFd for PinnedRing {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.map.fd().as_fd().as_raw_fd()
-    }
-}
-
-impl Drop for PinnedRing {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the two mappings `new` made.
-        unsafe {
-            libc::munmap(self.consumer.as_ptr(), self.page);
-            libc::munmap(self.producer.as_ptr(), self.page + 2 * self.size);
-        }
-    }
 }

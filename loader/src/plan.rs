@@ -11,6 +11,7 @@ use crate::{
     bundle::Transport,
     features,
     monitors::{alternatives_of, AttachPoint, MonitorSpec, ProgramSpec, ALTERNATIVES},
+    transport::Delivery,
 };
 
 const TRACEFS_EVENTS: &[&str] = &["/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events"];
@@ -80,6 +81,10 @@ pub struct PlannedProgram {
 pub struct Plan {
     pub kernel: String,
     pub transport: Transport,
+    /// The delivery policy in force and its bound (crate::transport).
+    pub delivery: Delivery,
+    /// The same, in words, for this transport.
+    pub delivery_detail: String,
     pub btf: String,
     pub programs: Vec<PlannedProgram>,
 }
@@ -161,7 +166,7 @@ pub fn kernel_release() -> String {
 }
 
 /// Plans `monitors` for the running kernel with the given BTF source.
-pub fn plan(monitors: &[&'static MonitorSpec], btf: &BtfSource) -> Plan {
+pub fn plan(monitors: &[&'static MonitorSpec], btf: &BtfSource, delivery: Delivery) -> Plan {
     let transport = if feature_gate("ring buffer").is_ok() { Transport::Ringbuf } else { Transport::Perf };
     let mut programs = Vec::new();
     let decide = |p: &ProgramSpec| match btf {
@@ -211,13 +216,14 @@ pub fn plan(monitors: &[&'static MonitorSpec], btf: &BtfSource) -> Plan {
             programs.push(planned);
         }
     }
-    Plan { kernel: kernel_release(), transport, btf: btf.describe(), programs }
+    Plan { kernel: kernel_release(), transport, delivery, delivery_detail: delivery.describe(transport), btf: btf.describe(), programs }
 }
 
 /// The plan as an aligned table.
 pub fn render_text(plan: &Plan) -> String {
     use std::fmt::Write;
     let mut out = format!("kernel {}  transport {}  btf {}\n", plan.kernel, plan.transport, plan.btf);
+    let _ = writeln!(out, "delivery {}", plan.delivery_detail);
     for p in &plan.programs {
         let what = match (&p.path, &p.unavailable, &p.standby) {
             (Some(path), _, _) => match &p.fallback {

@@ -9,10 +9,8 @@ use std::{
 
 use aya::Btf;
 
-use crate::transport::EventBuffer;
 use thiserror::Error;
 use tokio::{
-    io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
 };
@@ -77,7 +75,7 @@ pub enum RunError {
     },
     #[error("signal handler: {0}")]
     Signal(#[source] io::Error),
-    #[error("event loop: register ring buffer: {0}")]
+    #[error("event loop: register event buffers: {0}")]
     Reactor(#[source] io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::output::metrics::MetricsError),
@@ -137,7 +135,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
 
     // --- pin (crate::pin): adopt a previous run's pinned monitors, or pin what is loaded ---
     let adopted = match &options.pin_path {
-        Some(dir) => crate::pin::adopt(dir, &options.monitors)?,
+        Some(dir) => crate::pin::adopt(dir, &options.monitors, &options.load.delivery)?,
         None => None,
     };
     let mut loaded = if adopted.is_some() { Vec::new() } else { load_all(&options)? };
@@ -172,39 +170,44 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     };
     let mut sink = JsonLines::new(writer);
 
-    // Each monitor's buffer is drained by its own task; batches meet here. On shutdown every
-    // task drains its buffer one last time, so nothing emitted before the signal is lost.
-    let (tx, mut rx) = mpsc::channel::<Vec<Vec<u8>>>(64);
+    // Each monitor's buffers are drained by its own task (crate::transport::stream), on their
+    // wake-ups and on the delivery policy's timer; batches meet here. On shutdown every task
+    // drains its buffers one last time, so nothing emitted before the signal is lost.
+    let delivery = options.load.delivery;
+    let (tx, mut rx) = mpsc::channel::<crate::transport::Batch>(64);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut ebpfs = Vec::new();
     // Links the monitors own outright (cgroup bpf_links): held until the run ends, as `ebpf`
     // holds the others; dropping them would detach those programs.
     let mut held_links = Vec::new();
-    let mut tasks = Vec::new();
+    let mut sources = Vec::new();
     for m in loaded {
-        let LoadedMonitor { spec, ebpf, events, links, .. } = m;
+        let LoadedMonitor { spec, ebpf, events, transport, links, .. } = m;
+        info!(monitor = spec.name, %transport, delivery = %delivery.policy, bound_ms = delivery.bound_ms, "delivery: {}", delivery.describe(transport));
         ebpfs.push((spec.name, ebpf));
         held_links.push(links);
-        // One task per buffer: the ring, or each CPU's perf buffer.
-        for buffer in events.into_buffers() {
-            // SAFETY: the buffer owns its fd and keeps it open, unchanged, until it is dropped,
-            // which happens only when this AsyncFd is dropped.
-            let fd = unsafe { AsyncFd::register_with_interest(buffer, tokio::io::Interest::READABLE) }
-                .map_err(|e| RunError::Reactor(e.into()))?;
-            tasks.push(tokio::spawn(drain(fd, tx.clone(), stop_rx.clone())));
-        }
+        sources.push(events);
     }
     // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
     let pinned: Vec<crate::pin::PinnedProgram> = adopted.iter().flatten().flat_map(|a| a.programs.iter().cloned()).collect();
     for adopted in adopted.into_iter().flatten() {
-        for buffer in adopted.events.into_buffers() {
-            // SAFETY: as above, the buffer keeps its fd open until this AsyncFd is dropped.
-            let fd = unsafe { AsyncFd::register_with_interest(buffer, tokio::io::Interest::READABLE) }
-                .map_err(|e| RunError::Reactor(e.into()))?;
-            tasks.push(tokio::spawn(drain(fd, tx.clone(), stop_rx.clone())));
-        }
+        info!(monitor = adopted.monitor, transport = %adopted.events.transport, delivery = %delivery.policy, bound_ms = delivery.bound_ms, "delivery: {}", delivery.describe(adopted.events.transport));
+        sources.push(adopted.events);
     }
     // --- end pin ---
+    let mut tasks = Vec::new();
+    for source in sources {
+        // SAFETY: the source owns its epoll fd and keeps it open, unchanged, until it is dropped,
+        // which happens only when this AsyncFd is dropped.
+        let source = unsafe { tokio::io::unix::AsyncFd::register_with_interest(source, tokio::io::Interest::READABLE) }
+            .map_err(|e| RunError::Reactor(e.into()))?;
+        let (tx, stop_rx) = (tx.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = crate::transport::stream(source, delivery, tx, stop_rx).await {
+                warn!("event loop: {e}");
+            }
+        }));
+    }
     drop(tx);
     // --- operations: the metrics endpoint reads the objects while the run loop streams ---
     let ebpfs: crate::output::metrics::SharedObjects = std::sync::Arc::new(ebpfs);
@@ -223,7 +226,12 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         tokio::spawn(crate::output::metrics::serve(listener, std::sync::Arc::new(state)))
     });
     // --- end operations ---
-    eprintln!("tapio-load: attached {} monitor(s); streaming events to {output_name}", ebpfs.len());
+    eprintln!(
+        "tapio-load: attached {} monitor(s); delivery {} (bound {} ms); streaming events to {output_name}",
+        ebpfs.len(),
+        delivery.policy,
+        delivery.bound_ms
+    );
 
     let mut summary = RunSummary::default();
     let mut stopping = false;
@@ -323,32 +331,6 @@ fn reload(
         Err(e) => {
             counters.config_reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!("SIGHUP: {e}; keeping the running configuration");
-        }
-    }
-}
-
-/// Drains one ring buffer until told to stop, then once more, and hands batches to the writer.
-async fn drain(mut fd: AsyncFd<EventBuffer>, tx: mpsc::Sender<Vec<Vec<u8>>>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let stopping = tokio::select! {
-            ready = fd.readable_mut() => {
-                let Ok(mut guard) = ready else { return };
-                guard.clear_ready();
-                false
-            }
-            _ = stop.changed() => true,
-        };
-        // Read after clearing readiness: a record committed meanwhile re-arms the fd.
-        let mut batch = Vec::new();
-        let lost = fd.get_mut().drain(&mut batch);
-        if lost > 0 {
-            warn!(lost, "perf buffer overflowed: records lost");
-        }
-        if !batch.is_empty() && tx.send(batch).await.is_err() {
-            return;
-        }
-        if stopping {
-            return;
         }
     }
 }

@@ -18,6 +18,22 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
+
+/*
+ * Delivery policy (loader/src/transport.rs `DeliveryPolicy`), set by the loader before load
+ * (EbpfLoader::set_global): a record wakes the reader only once the ring holds at least this
+ * many unread bytes, counting the record itself; below that it is submitted with
+ * BPF_RB_NO_WAKEUP and the reader's drain timer collects it. 0 (the default, `immediate`) leaves
+ * the wake-up to the kernel, which wakes the reader for every record it finds caught up.
+ * Global data is fine here: the ring build loads only on 5.8+, and global data is 5.2. The perf
+ * build has no knob: its byte watermark is set where user space opens the perf events.
+ */
+const volatile __u64 tapio_wakeup_bytes = 0;
+
+/* uapi's BPF_RB_* values (include/uapi/linux/bpf.h), not in the committed vmlinux.h. */
+#define TAPIO_RB_NO_WAKEUP 1
+#define TAPIO_RB_FORCE_WAKEUP 2
+#define TAPIO_RB_AVAIL_DATA 0
 #endif
 
 struct {
@@ -46,7 +62,13 @@ static __always_inline long tapio_emit(void *ctx, void *data, __u64 size)
 #ifdef TAPIO_PERF
 	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, data, size);
 #else
-	err = bpf_ringbuf_output(&events, data, size, 0);
+	__u64 flags = 0;
+
+	/* `batched`: as the kernel's ringbuf_bench, wake only past a data threshold. */
+	if (tapio_wakeup_bytes)
+		flags = bpf_ringbuf_query(&events, TAPIO_RB_AVAIL_DATA) + size >= tapio_wakeup_bytes ?
+				TAPIO_RB_FORCE_WAKEUP : TAPIO_RB_NO_WAKEUP;
+	err = bpf_ringbuf_output(&events, data, size, flags);
 #endif
 	tapio_count(err ? TAPIO_STAT_LOST : TAPIO_STAT_EMITTED);
 	return err;

@@ -309,6 +309,8 @@ pub struct LoadOptions {
     pub advanced: advanced::AdvancedOptions,
     /// The event transport; None picks the ring buffer where the kernel has it (5.8), else perf.
     pub transport: Option<Transport>,
+    /// When records wake the reader, and the reader's latency bound (crate::transport).
+    pub delivery: crate::transport::Delivery,
 }
 
 impl LoadOptions {
@@ -323,6 +325,9 @@ impl LoadOptions {
         })
     }
 }
+
+/// The ring build's `const volatile` delivery knob (probes/include/transport.bpf.h).
+pub const WAKEUP_BYTES: &str = "tapio_wakeup_bytes";
 
 fn program_error(monitor: &'static str, program: &'static str, stage: &'static str, e: ProgramError) -> MonitorError {
     match e {
@@ -344,10 +349,16 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     // advanced: the bloom-filter build where the kernel has bloom maps (advanced::object).
     let object = if monitor == advanced::SPEC.name { advanced::object(transport) } else { bundle::object(monitor, transport) }
         .ok_or(MonitorError::NoObject { monitor, transport })?;
+    // The ring build's delivery knob (probes/include/transport.bpf.h): global data, which only the
+    // ring build has (5.8+); the perf build's wake-ups are set where its buffers are opened.
+    let wakeup_bytes = options.delivery.ring_wakeup_bytes(options.ring_size.unwrap_or(crate::transport::DEFAULT_RING_SIZE));
     let mut loader = EbpfLoader::new();
     loader.btf(btf);
-    if let (Some(size), Transport::Ringbuf) = (options.ring_size, transport) {
-        loader.set_max_entries("events", size);
+    if transport == Transport::Ringbuf {
+        if let Some(size) = options.ring_size {
+            loader.set_max_entries("events", size);
+        }
+        loader.set_global(WAKEUP_BYTES, &wakeup_bytes, true);
     }
     let mut ebpf = loader.load(object.bytes).map_err(|source| MonitorError::Object { monitor, source })?;
     // dns and network: the ports that mark DNS traffic are a map, not global data (4.19 has
@@ -624,7 +635,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         .take_map("events")
         .ok_or_else(|| MonitorError::Events { monitor, detail: "missing from the object".to_owned() })?;
     let transport = options.transport();
-    let events = crate::transport::EventSource::open(map, transport)
+    let events = crate::transport::EventSource::open(map, transport, &options.delivery)
         .map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
     Ok(LoadedMonitor { spec, transport, ebpf, events, reports, unavailable, fallbacks, links })
 }

@@ -55,7 +55,7 @@ pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
         monitors::load_program(&mut ebpf, spec.name, program, btf).map_err(|e| e.to_string())?;
         monitors::attach_program(&mut ebpf, spec.name, program).map_err(|e| e.to_string())?;
         let map = ebpf.take_map("events").ok_or("no events map")?;
-        let mut source = tapio_load::transport::EventSource::open(map, options.transport()).map_err(|e| e.to_string())?;
+        let mut source = tapio_load::transport::EventSource::open(map, options.transport(), &options.delivery).map_err(|e| e.to_string())?;
         let name = b"tapio-kprobe";
         // SAFETY: name is a valid buffer of the given length; sethostname checks CAP_SYS_ADMIN.
         unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
@@ -105,7 +105,7 @@ pub fn kprobe_network(out: &mut Reporter, btf: Option<&aya::Btf>) {
             monitors::attach_program(&mut ebpf, spec.name, p).map_err(|e| e.to_string())?;
         }
         let map = ebpf.take_map("events").ok_or("no events map")?;
-        let mut source = tapio_load::transport::EventSource::open(map, options.transport()).map_err(|e| e.to_string())?;
+        let mut source = tapio_load::transport::EventSource::open(map, options.transport(), &options.delivery).map_err(|e| e.to_string())?;
         let io = |e: std::io::Error| format!("loopback connection: {e}");
         let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).map_err(io)?;
         let server = listener.local_addr().map_err(io)?.port();

@@ -1,0 +1,157 @@
+//! Delivery policy (issue 13, "Deliver 1"): under the default `batched` policy a record does not
+//! wake the reader until the buffer is a quarter full, and the reader's backoff timer still brings
+//! a lone record to the output within the bound, on the ring buffer and on perf buffers alike.
+
+mod common;
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    process::Command,
+    time::Duration,
+};
+
+use aya::{programs::Xdp, EbpfLoader};
+use common::{kernel_lock, skip_unless_root, Loader};
+use tapio_load::{
+    bundle::{Transport, FIXTURE_BENCH_PRODUCER},
+    monitors::{
+        xdp_filter::{test_run, udp4_frame},
+        WAKEUP_BYTES,
+    },
+    transport::{Delivery, DeliveryPolicy, EventSource, DEFAULT_RING_SIZE},
+};
+
+/// The default bound (docs/operations.md): the run under test must say it uses it.
+const BOUND: Duration = Duration::from_millis(10);
+/// What the machine may add on top of the bound: scheduling on a shared 2-CPU VM, the pipe to
+/// this test, the runtime's 1 ms timer granularity. Generous on purpose; what fails without the
+/// timer is a record that never arrives (or arrives only when other work fills the buffer).
+const SLACK: Duration = Duration::from_millis(150);
+/// Separate execs per run, each after a quiet spell in which the drain timer backs off fully.
+const ROUNDS: usize = 5;
+
+/// Waits up to `timeout` for a wake-up on `source`'s buffers (its epoll fd); true if one came.
+fn woken(source: &EventSource, timeout: Duration) -> bool {
+    let mut event = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: event is a valid epoll_event array of length 1.
+    let n = unsafe { libc::epoll_wait(source.as_raw_fd(), &mut event, 1, timeout.as_millis() as libc::c_int) };
+    assert!(n >= 0, "epoll_wait: {}", std::io::Error::last_os_error());
+    n > 0
+}
+
+/// The ring producer fixture (probes/fixtures/bench_producer.bpf.c: 32 exec records of 1360
+/// bytes per run, through the monitors' own tapio_emit) loaded with `wakeup_bytes`.
+fn producer(wakeup_bytes: u64) -> (aya::Ebpf, std::os::fd::OwnedFd, EventSource) {
+    let mut ebpf = EbpfLoader::new()
+        .set_global(WAKEUP_BYTES, &wakeup_bytes, true)
+        .load(FIXTURE_BENCH_PRODUCER)
+        .expect("load bench_producer");
+    let program: &mut Xdp = ebpf.program_mut("bench_producer").expect("bench_producer").try_into().expect("an XDP program");
+    program.load().expect("verifier accepts bench_producer");
+    let prog = program.fd().expect("program fd").as_fd().try_clone_to_owned().expect("dup program fd");
+    let ring = ebpf.take_map("events").expect("events map");
+    let source = EventSource::open(ring, Transport::Ringbuf, &Delivery::default()).expect("open the ring");
+    (ebpf, prog, source)
+}
+
+fn run_once(prog: &std::os::fd::OwnedFd) {
+    let packet = udp4_frame(std::net::Ipv4Addr::new(10, 0, 0, 1), std::net::Ipv4Addr::new(10, 0, 0, 2), 64);
+    test_run(prog.as_fd(), &packet, 1).expect("BPF_PROG_TEST_RUN of bench_producer");
+}
+
+/// Kernel side of `batched`: 32 records (43,776 bytes with their ring headers) stay below a
+/// quarter of the 256 KiB ring and wake nobody, yet are there to read; the next 32 cross the
+/// threshold and wake the reader. Under `immediate` the first record wakes it.
+#[test]
+fn batched_records_wake_the_reader_only_past_the_threshold() {
+    if skip_unless_root("batched_records_wake_the_reader_only_past_the_threshold") {
+        return;
+    }
+    let batched = Delivery::default();
+    assert_eq!(batched.policy, DeliveryPolicy::Batched);
+    let (_ebpf, prog, mut source) = producer(batched.ring_wakeup_bytes(DEFAULT_RING_SIZE));
+    run_once(&prog);
+    assert!(!woken(&source, Duration::from_millis(300)), "batched: 32 records below the threshold woke the reader");
+    assert!(source.has_data(), "batched: the records must be in the ring all the same");
+    assert!(source.wait(Duration::from_secs(1)).expect("wait"), "wait() must see records that came without a wake-up");
+    run_once(&prog);
+    assert!(woken(&source, Duration::from_secs(5)), "batched: crossing a quarter of the ring did not wake the reader");
+    let mut records = Vec::new();
+    source.drain(&mut records);
+    assert_eq!(records.len(), 64);
+
+    let immediate = Delivery { policy: DeliveryPolicy::Immediate, ..batched };
+    let (_ebpf, prog, source) = producer(immediate.ring_wakeup_bytes(DEFAULT_RING_SIZE));
+    run_once(&prog);
+    assert!(woken(&source, Duration::from_secs(5)), "immediate: a record did not wake the reader");
+}
+
+/// Runs `tapio-load run` with `extra` and, ROUNDS times after a quiet spell, one exec; each must
+/// reach the output within the bound plus slack of its kernel timestamp.
+fn lone_exec_within_the_bound(test: &str, extra: &[&str]) {
+    if skip_unless_root(test) {
+        return;
+    }
+    let _serial = kernel_lock();
+    let mut args = vec!["--monitors", "process", "--metrics-address", "off"];
+    args.extend_from_slice(extra);
+    let loader = Loader::start(&args);
+    let log = loader.stderr.lock().unwrap().clone();
+    assert!(log.contains("batched (bound 10 ms)"), "the run must name the default policy and bound: {log}");
+    let mut seen = Vec::new();
+    let mut latencies = Vec::new();
+    for round in 0..ROUNDS {
+        // Quiet: long enough for the drain timer to back off to the bound (0.5 ms doubling).
+        std::thread::sleep(Duration::from_millis(100));
+        let marker = format!("tapio-delivery-{round}");
+        let mut child = Command::new("/bin/true").arg(&marker).spawn().expect("spawn /bin/true");
+        let pid = u64::from(child.id());
+        child.wait().expect("wait for /bin/true");
+        let got = loader
+            .wait_for(&mut seen, Duration::from_secs(5), |e| e["event"] == "exec" && e["tgid"] == pid)
+            .unwrap_or_else(|| panic!("{test}: round {round}: the exec of /bin/true never reached the output"));
+        assert_eq!(got.event["argv"][1], marker.as_str());
+        let latency = Duration::from_nanos(got.read_ns.saturating_sub(got.event["ts_ns"].as_u64().expect("ts_ns")));
+        latencies.push(latency);
+    }
+    let (_, stderr, status) = loader.finish();
+    assert!(status.success(), "{stderr}");
+    println!("{test}: exec to output: {latencies:?}");
+    for (round, latency) in latencies.iter().enumerate() {
+        assert!(
+            *latency <= BOUND + SLACK,
+            "{test}: round {round}: the exec reached the output after {latency:?}, past the bound {BOUND:?} + slack {SLACK:?} (all: {latencies:?})"
+        );
+    }
+}
+
+#[test]
+fn lone_exec_reaches_the_output_within_the_bound() {
+    lone_exec_within_the_bound("lone_exec_reaches_the_output_within_the_bound", &[]);
+}
+
+#[test]
+fn lone_exec_reaches_the_output_within_the_bound_over_perf() {
+    lone_exec_within_the_bound("lone_exec_reaches_the_output_within_the_bound_over_perf", &["--transport", "perf"]);
+}
+
+/// `plan` names the policy in force and its bound, from the defaults, the flags and the file.
+#[test]
+fn plan_names_the_delivery_policy() {
+    let plan = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tapio-load")).arg("plan").args(["--monitors", "process"]).args(args).output().expect("run plan");
+        assert!(out.status.success(), "plan {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let text = plan(&[]);
+    assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("delivery batched (bound 10 ms)")), "{text}");
+    let text = plan(&["--delivery", "immediate", "--delivery-bound-ms", "5"]);
+    assert!(text.contains("delivery immediate (bound 5 ms): every record wakes the reader"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&plan(&["--json"])).expect("plan --json");
+    assert_eq!(json["delivery"], serde_json::json!({ "policy": "batched", "bound_ms": 10 }), "{json}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tapio.toml");
+    std::fs::write(&file, "delivery = \"immediate\"\ndelivery_bound_ms = 20\n").expect("write config");
+    let text = plan(&["--config", file.to_str().expect("utf-8 path")]);
+    assert!(text.contains("delivery immediate (bound 20 ms)"), "{text}");
+}
