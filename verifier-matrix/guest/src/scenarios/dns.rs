@@ -127,7 +127,8 @@ fn exchange_of(msg: &[u8]) -> Option<&'static Exchange> {
     SCRIPT.iter().find(|x| x.id == id)
 }
 
-/// The responder's sockets, bound before its thread starts so a bind error is reported at once.
+/// The responder's sockets, bound on its own thread (the packet path names a socket's creating
+/// thread), which reports the bind's result before the client starts.
 struct Responder {
     udp4: UdpSocket,
     udp6: UdpSocket,
@@ -256,15 +257,29 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     let Some(m) = monitor(out, loaded, "dns", "dns.udp_tcp") else { return };
     discard(m);
     let lost_before = lost(m);
-    let responder = match Responder::bind() {
-        Ok(r) => r,
-        Err(e) => return check(out, "dns.udp_tcp.responder", false, format!("bind port {PORT}: {e}")),
-    };
-    let server = std::thread::Builder::new().name("tapio-dns-srv".to_owned()).spawn(move || responder.serve());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let server = std::thread::Builder::new().name("tapio-dns-srv".to_owned()).spawn(move || match Responder::bind() {
+        Ok(responder) => {
+            let _ = ready_tx.send(Ok(()));
+            responder.serve()
+        }
+        Err(e) => {
+            let _ = ready_tx.send(Err(format!("bind port {PORT}: {e}")));
+            Err(e)
+        }
+    });
     let server = match server {
         Ok(h) => h,
         Err(e) => return check(out, "dns.udp_tcp.responder", false, format!("spawn: {e}")),
     };
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = server.join();
+            return check(out, "dns.udp_tcp.responder", false, e);
+        }
+        Err(_) => return check(out, "dns.udp_tcp.responder", false, "responder ended before binding".to_owned()),
+    }
     let client = client();
     let server = server.join().map_err(|_| io::Error::other("responder panicked")).and_then(|r| r);
     let (run, server_tid) = match (client, server) {

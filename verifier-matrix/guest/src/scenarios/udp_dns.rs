@@ -84,26 +84,47 @@ fn client(ip: IpAddr, family: u8, other: &UdpSocket) -> io::Result<Run> {
 pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     let name = format!("network.{SCENARIO}");
     let Some(m) = monitor(out, loaded, "network", &name) else { return };
-    let bound = (|| -> io::Result<_> {
-        let servers = FAMILIES.map(|(_, ip)| UdpSocket::bind(SocketAddr::new(ip, PORT)));
-        let others = FAMILIES.map(|(_, ip)| UdpSocket::bind(SocketAddr::new(ip, 0)));
-        let [s4, s6] = servers;
-        let [o4, o6] = others;
-        let (servers, others) = ([s4?, s6?], [o4?, o6?]);
-        for s in servers.iter().chain(&others) {
+    let others = (|| -> io::Result<_> {
+        let [o4, o6] = FAMILIES.map(|(_, ip)| UdpSocket::bind(SocketAddr::new(ip, 0)));
+        let others = [o4?, o6?];
+        for s in &others {
             s.set_read_timeout(Some(IO_TIMEOUT))?;
         }
-        Ok((servers, others))
+        Ok(others)
     })();
-    let (servers, others) = match bound {
-        Ok(b) => b,
-        Err(e) => return check(out, &format!("{name}.responder"), false, format!("bind port {PORT} and the other ports: {e}")),
+    let others = match others {
+        Ok(o) => o,
+        Err(e) => return check(out, &format!("{name}.responder"), false, format!("bind the other ports: {e}")),
     };
     discard(m);
     let lost_before = lost(m);
     let traffic = std::thread::scope(|scope| {
-        let responder = std::thread::Builder::new().name("tapio-udp-srv".to_owned()).spawn_scoped(scope, || serve(&servers));
+        // The responder binds its own sockets: on the packet path an event names the thread that
+        // created the socket, so this keeps the server's flows on the server's thread. The
+        // clients start once it is bound, and a bind error is reported at once.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let responder = std::thread::Builder::new().name("tapio-udp-srv".to_owned()).spawn_scoped(scope, move || {
+            let bound = (|| -> io::Result<[UdpSocket; 2]> {
+                let [s4, s6] = FAMILIES.map(|(_, ip)| UdpSocket::bind(SocketAddr::new(ip, PORT)));
+                let servers = [s4?, s6?];
+                for s in &servers {
+                    s.set_read_timeout(Some(IO_TIMEOUT))?;
+                }
+                Ok(servers)
+            })();
+            match bound {
+                Ok(servers) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(&servers)
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("bind port {PORT}: {e}")));
+                    Err(e)
+                }
+            }
+        });
         let responder = responder.map_err(|e| format!("spawn: {e}"))?;
+        ready_rx.recv().map_err(|_| "responder ended before binding".to_owned())??;
         let runs: Result<Vec<Run>, String> = FAMILIES
             .iter()
             .zip(&others)
