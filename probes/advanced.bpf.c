@@ -12,8 +12,9 @@
  * particular when it goes idle (next pid 0): a quiet CPU switches to idle right after its last
  * event, so its partial batch leaves then. The one case the bound cannot cover is a CPU that
  * neither makes syscalls nor switches task (one task spinning in user space): its batch waits for
- * the next switch. Both programs touch the per-CPU batch with preemption off and neither runs in
- * interrupt context, so they never interleave on one CPU.
+ * the next switch. Both programs touch the per-CPU batch with preemption off (raw tracepoints run
+ * their programs so; the syscall tracepoints, faultable since 6.13, disable preemption around the
+ * BPF call themselves) and neither runs in interrupt context, so they never interleave on one CPU.
  *
  * Pre-filter: built twice from this file. The default object uses an array indexed by syscall
  * number (every kernel; the cheapest membership test there is); the object from

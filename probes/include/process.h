@@ -31,7 +31,10 @@ struct process_event {
 };
 _Static_assert(sizeof(struct process_event) == 80, "process_event layout");
 
-/* Fork and exit send a process_event; exec sends this, which starts with one. */
+/*
+ * Fork and exit send a process_event; exec sends this, which starts with one, cut after the
+ * base.args_size bytes of args that are valid (PROCESS_EXEC_ARGS_OFFSET + args_size bytes).
+ */
 struct process_exec_event {
 	struct process_event base;
 	char filename[PROCESS_FILENAME_LEN];
@@ -39,5 +42,8 @@ struct process_exec_event {
 };
 _Static_assert(sizeof(struct process_exec_event) == 80 + PROCESS_FILENAME_LEN + PROCESS_ARGS_LEN,
 	       "process_exec_event layout");
+#define PROCESS_EXEC_ARGS_OFFSET (80 + PROCESS_FILENAME_LEN)
+_Static_assert(__builtin_offsetof(struct process_exec_event, args) == PROCESS_EXEC_ARGS_OFFSET,
+	       "process_exec_event args offset");
 
 #endif /* __TAPIO_PROCESS_H__ */

@@ -25,13 +25,20 @@ pub struct ProcessEvent {
     pub flags: u32,
 }
 
-/// Mirror of `struct process_exec_event`.
+/// Bytes of `process_exec_event.args` (`PROCESS_ARGS_LEN`).
+pub const PROCESS_ARGS_LEN: usize = 1024;
+/// Where `filename` and `args` start in an exec record.
+const EXEC_FILENAME_OFFSET: usize = std::mem::offset_of!(ProcessExecEvent, filename);
+const EXEC_ARGS_OFFSET: usize = std::mem::offset_of!(ProcessExecEvent, args);
+
+/// Mirror of `struct process_exec_event`. The probe sends it cut after `base.args_size` bytes of
+/// `args`, so a record is `EXEC_ARGS_OFFSET + args_size` bytes long, not always this size.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessExecEvent {
     pub base: ProcessEvent,
     pub filename: [u8; 256],
-    pub args: [u8; 1024],
+    pub args: [u8; PROCESS_ARGS_LEN],
 }
 
 /// The process fields of an output record.
@@ -75,14 +82,20 @@ pub fn decode(h: &TapioHeader, bytes: &[u8], options: &DecodeOptions) -> Result<
     let base: ProcessEvent = read_record(bytes, "process_event")?;
     let (name, body) = match h.kind {
         PROCESS_EXEC => {
-            let e: ProcessExecEvent = read_record(bytes, "process_exec_event")?;
-            let size = (base.args_size as usize).min(e.args.len());
-            let (argv, cut) = split_argv(&e.args[..size], options.argv_max);
+            // The probe sends the record cut after its `args_size` argv bytes (a full-size record,
+            // as older probes sent, decodes the same).
+            let args_size = (base.args_size as usize).min(PROCESS_ARGS_LEN);
+            let need = EXEC_ARGS_OFFSET + args_size;
+            if bytes.len() < need {
+                return Err(DecodeError::Short { what: "process_exec_event", len: bytes.len(), need });
+            }
+            let filename = &bytes[EXEC_FILENAME_OFFSET..EXEC_ARGS_OFFSET];
+            let (argv, cut) = split_argv(&bytes[EXEC_ARGS_OFFSET..need], options.argv_max);
             let truncated = cut || base.flags & PROCESS_F_ARGS_TRUNCATED != 0;
             let body = ProcessBody::Exec {
                 ppid: base.ppid,
                 pid_ns: base.pid_ns,
-                filename: c_string(&e.filename),
+                filename: c_string(filename),
                 argv,
                 argv_truncated: truncated,
             };
@@ -122,6 +135,30 @@ mod tests {
         assert_eq!(split_argv(b"", 2), (vec![], false));
         // A block cut by the kernel's buffer ends without a NUL: the partial arg is kept.
         assert_eq!(split_argv(b"a\0bc", 4), (vec!["a".into(), "bc".into()], false));
+    }
+
+    /// A record cut after its argv bytes, as the probe sends it, decodes; one cut inside them
+    /// is refused.
+    #[test]
+    fn exec_record_cut_after_its_argv() {
+        let h = TapioHeader { monitor: 1, kind: PROCESS_EXEC, ..Default::default() };
+        let argv = b"/bin/true\0a\0b\0";
+        let mut bytes = vec![0u8; EXEC_ARGS_OFFSET + argv.len()];
+        let args_size_at = std::mem::offset_of!(ProcessEvent, args_size);
+        bytes[args_size_at..args_size_at + 4].copy_from_slice(&(argv.len() as u32).to_le_bytes());
+        bytes[EXEC_FILENAME_OFFSET..EXEC_FILENAME_OFFSET + 9].copy_from_slice(b"/bin/true");
+        bytes[EXEC_ARGS_OFFSET..].copy_from_slice(argv);
+        let e = decode(&h, &bytes, &DecodeOptions::default()).expect("decode a cut exec record");
+        match e.body {
+            Body::Process(ProcessBody::Exec { filename, argv, argv_truncated, .. }) => {
+                assert_eq!(filename, "/bin/true");
+                assert_eq!(argv, ["/bin/true", "a", "b"]);
+                assert!(!argv_truncated);
+            }
+            other => panic!("not an exec: {other:?}"),
+        }
+        let err = decode(&h, &bytes[..bytes.len() - 1], &DecodeOptions::default()).unwrap_err();
+        assert!(matches!(err, DecodeError::Short { what: "process_exec_event", .. }), "{err}");
     }
 
     #[test]

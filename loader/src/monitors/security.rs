@@ -19,6 +19,19 @@
 //! patch the function. On a kernel with none of the three the loader reports the capability events
 //! unavailable with each reason and runs the rest.
 //!
+//! What the syscall tracepoints cost, and why they stay: attaching any `syscalls/*` tracepoint
+//! sets `TIF_SYSCALL_TRACEPOINT` on every task, which sends every syscall of the node through the
+//! slow entry path (measured on 6.18 by `benches/node_tax.rs`: +85 ns per `getppid`, +44 ns per
+//! `dd` read or write, whatever the syscall). The hooks that would avoid it do not cover these
+//! events here: no subsystem tracepoint fires for setuid/capset/ptrace/process_vm_writev/setns/
+//! unshare/mount; `module:module_load` fires only for a module that loaded (a refused
+//! `init_module`, the interesting case, is not seen; and this project's CI host has no module
+//! support at all); BPF-LSM hooks (`task_fix_setuid`, `capset`, `ptrace_access_check`,
+//! `sb_mount`, `kernel_load_data`) and fentry need BPF trampolines, which that host refuses
+//! (EPERM at load, while `tp_btf` loads), and it has no kprobes. A kernel that allows BPF-LSM
+//! could take those paths first through [`super::ProgramGroup`]s, as `capability` does; that is
+//! not done yet.
+//!
 //! The loader writes the initial mount namespace into [`CONFIG_MAP`] after load (see
 //! [`initial_mount_ns`]); the probe compares each caller's against it.
 
