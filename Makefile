@@ -32,7 +32,13 @@ matrix: setup
 # `BENCH ...` lines and writes docs/benchmarks.md and target/bench/results.json.
 bench: setup
 	@test "$$(id -u)" = 0 || echo "make bench: not root: only the user-space figures will be measured"
-	$(CARGO) bench --locked -p tapio-load
+	# One bench at a time, in this order: node_tax (last) reads the kernel-cost and delivery
+	# results the others wrote and puts the node-tax table into docs/benchmarks.md.
+	$(CARGO) bench --locked -p tapio-load --bench kernel_cost
+	$(CARGO) bench --locked -p tapio-load --bench xdp_cost
+	$(CARGO) bench --locked -p tapio-load --bench advanced
+	$(CARGO) bench --locked -p tapio-load --bench ring_decode
+	$(CARGO) bench --locked -p tapio-load --bench node_tax
 	# Matrix wall time per cached default kernel beside its bare boot (docs/benchmarks-matrix.md).
 	$(CARGO) bench --locked -p verifier-matrix --bench matrix_overhead
 

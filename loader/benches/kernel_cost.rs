@@ -114,7 +114,14 @@ fn main() -> Result<()> {
         .with_context(|| format!("write {}", results_path.display()))?;
     let doc_path = root.join("docs/benchmarks.md");
     fs::create_dir_all(root.join("docs"))?;
-    fs::write(&doc_path, markdown(&results, &figures, &missing))
+    // The node-tax section belongs to node_tax.rs, which `make bench` runs after this one: kept
+    // as it is, so this bench alone never deletes it.
+    let old = fs::read_to_string(&doc_path).unwrap_or_default();
+    let node_tax = match (old.find("<!-- node-tax:"), old.find("<!-- /node-tax -->")) {
+        (Some(a), Some(b)) if b > a => format!("\n{}\n", &old[a..b + "<!-- /node-tax -->".len()]),
+        _ => String::new(),
+    };
+    fs::write(&doc_path, markdown(&results, &figures, &missing) + &node_tax)
         .with_context(|| format!("write {}", doc_path.display()))?;
     println!("bench: wrote {} and {}", doc_path.display(), results_path.display());
     Ok(())

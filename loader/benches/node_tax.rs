@@ -241,6 +241,13 @@ fn main() -> Result<()> {
             }));
         }
     }
+    let spawn = spawn_loop()?;
+    println!(
+        "BENCH node_tax.spawn_loop: {:.1} ms per {SPAWNS} spawns with the process monitor (reference: {:.1} ms with nothing attached in the same run, ratio {:.2}, median of {SPAWN_ROUNDS}, wall time)",
+        spawn.attached * 1e3,
+        spawn.baseline * 1e3,
+        spawn.attached / spawn.baseline
+    );
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
@@ -250,5 +257,138 @@ fn main() -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&json!({ "rounds": ROUNDS, "results": results }))?)
         .with_context(|| format!("write {}", path.display()))?;
     println!("node_tax: wrote {}", path.display());
+    let table = node_tax_section(&results, &spawn, &dir);
+    println!("{table}");
+    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
+    splice_section(&doc, &table).with_context(|| format!("update {}", doc.display()))?;
+    println!("node_tax: wrote the node-tax section of {}", doc.display());
+    Ok(())
+}
+
+/// Spawns per spawn-loop run, and runs per phase.
+const SPAWNS: usize = 1000;
+const SPAWN_ROUNDS: usize = 3;
+
+/// The spawn loop's wall time, nothing attached vs the process monitor (median seconds).
+struct Spawn {
+    baseline: f64,
+    attached: f64,
+}
+
+/// `SPAWNS` sequential spawns of `/bin/true a b c` (fork, exec with argv, exit, wait): wall time,
+/// since what a platform team sees is how much longer its short-lived processes take.
+fn spawn_run() -> Result<f64> {
+    let started = std::time::Instant::now();
+    for _ in 0..SPAWNS {
+        let status = Command::new("/bin/true").args(["a", "b", "c"]).status().context("spawn /bin/true")?;
+        if !status.success() {
+            bail!("/bin/true failed: {status}");
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn spawn_loop() -> Result<Spawn> {
+    let mut baseline: Vec<f64> = (0..SPAWN_ROUNDS).map(|_| spawn_run()).collect::<Result<_>>()?;
+    let attached: Vec<f64> = {
+        let _loader = Loader::start("process")?;
+        thread::sleep(Duration::from_millis(300));
+        (0..SPAWN_ROUNDS).map(|_| spawn_run()).collect::<Result<_>>()?
+    };
+    baseline.extend((0..SPAWN_ROUNDS).map(|_| spawn_run()).collect::<Result<Vec<_>>>()?);
+    Ok(Spawn { baseline: median(&baseline), attached: median(&attached) })
+}
+
+/// A figure of another bench's results file (`results.json` of kernel_cost): (value, reference).
+fn figure(dir: &std::path::Path, file: &str, name: &str) -> Option<(f64, String, String)> {
+    let text = std::fs::read_to_string(dir.join(file)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let figures = v.get("figures").and_then(|f| f.as_array()).or_else(|| v.as_array())?;
+    figures.iter().find(|f| f["name"] == name).map(|f| {
+        (f["value"].as_f64().unwrap_or(f64::NAN), f["reference"].as_str().unwrap_or("").to_owned(), f["unit"].as_str().unwrap_or("").to_owned())
+    })
+}
+
+const BEGIN: &str = "<!-- node-tax: written by `make bench` (loader/benches/node_tax.rs) -->";
+const END: &str = "<!-- /node-tax -->";
+
+/// The node-tax section of docs/benchmarks.md: this bench's figures, and the kernel-cost and
+/// delivery figures of the benches `make bench` ran before it (read from their result files).
+fn node_tax_section(results: &[serde_json::Value], spawn: &Spawn, dir: &std::path::Path) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{BEGIN}");
+    let _ = writeln!(out, "## Node tax (issue 13)\n");
+    let _ = writeln!(
+        out,
+        "Method: `loader/benches/node_tax.rs`. Each configuration: {ROUNDS} runs of the workload with nothing attached, {ROUNDS} with \
+         `tapio-load run --monitors <m>` streaming, {ROUNDS} with nothing again; each run timed by its CPU time (user + system, \
+         which holds the BPF programs the syscalls run), figure = (median attached - median baseline) / {SYSCALLS} syscalls. \
+         `dd` is `dd if=/dev/zero of=/dev/null bs=1` (a read and a write per byte; the advanced monitor watches both by default, \
+         so for it this is a watched syscall); `getppid` is a syscall no monitor watches (for the advanced monitor, a \
+         filtered-out one). Kernel figures come from `kernel_cost` (bpf_stats run time of every tapio-load program), run \
+         before this bench by `make bench`.\n"
+    );
+    let _ = writeln!(out, "### ns added per unrelated syscall\n");
+    let _ = writeln!(out, "| monitors | dd: added ns/syscall | dd baseline | getppid: added ns/syscall | getppid baseline | target |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---|");
+    let find = |w: &str, m: &str| results.iter().find(|r| r["workload"] == w && r["monitors"] == m);
+    for &(monitors, target) in CONFIGS {
+        let (Some(dd), Some(gp)) = (find("dd", monitors), find("getppid", monitors)) else { continue };
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().map_or("-".to_owned(), |x| format!("{x:.0}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {target} |",
+            monitors.replace(',', " + "),
+            f(dd, "added_ns_per_syscall"),
+            f(dd, "baseline_ns_per_syscall"),
+            f(gp, "added_ns_per_syscall"),
+            f(gp, "baseline_ns_per_syscall"),
+        );
+    }
+    let _ = writeln!(out, "\n### Process lifecycle, DNS, TCP\n");
+    let _ = writeln!(out, "| figure | value | reference (same run) | target |");
+    let _ = writeln!(out, "|---|---:|---|---|");
+    let _ = writeln!(
+        out,
+        "| spawn loop, {SPAWNS} x `/bin/true a b c`, process monitor attached (wall) | {:.1} ms | {:.1} ms with nothing attached (ratio {:.2}) | - |",
+        spawn.attached * 1e3,
+        spawn.baseline * 1e3,
+        spawn.attached / spawn.baseline
+    );
+    for (name, label, target) in [
+        ("exec.tapio_exec_fork_exit", "kernel ns per fork+exec+exit (process monitor, argv included)", "<= 2000 ns"),
+        ("dns.all_programs_per_pair", "kernel ns per DNS query+response pair (every program)", "<= 3000 ns"),
+        ("network.per_tcp_connect", "kernel ns per TCP connect+close (every program)", "<= 3000 ns"),
+    ] {
+        match figure(dir, "results.json", name) {
+            Some((value, reference, unit)) => {
+                let _ = writeln!(out, "| {label} | {value:.0} {unit} | {reference} | {target} |");
+            }
+            None => {
+                let _ = writeln!(out, "| {label} | not measured: kernel_cost's results.json lacks `{name}` | - | {target} |");
+            }
+        }
+    }
+    match std::fs::read_to_string(dir.join("delivery.md")) {
+        Ok(delivery) => {
+            let _ = writeln!(out, "\n### Delivery\n\n{}", delivery.trim());
+        }
+        Err(_) => {
+            let _ = writeln!(out, "\nDelivery latency: not measured in this run (`target/bench/delivery.md` missing).");
+        }
+    }
+    let _ = writeln!(out, "{END}");
+    out
+}
+
+/// Replaces the node-tax section of `doc` (between its markers), or appends it.
+fn splice_section(doc: &std::path::Path, section: &str) -> Result<()> {
+    let text = std::fs::read_to_string(doc).unwrap_or_default();
+    let new = match (text.find(BEGIN), text.find(END)) {
+        (Some(a), Some(b)) if b > a => format!("{}{}{}", &text[..a], section.trim_end(), &text[b + END.len()..]),
+        _ => format!("{}\n{}", text.trim_end(), section),
+    };
+    std::fs::write(doc, new)?;
     Ok(())
 }
