@@ -511,7 +511,7 @@ static __always_inline int dns_skb(struct __sk_buff *skb, __u8 dir)
 	struct tapio_owner *o;
 	int egress = dir == DNS_DIR_SEND;
 
-	if (!tapio_pkt_parse(skb, egress, &p) || !tapio_dns_flow(&p.flow))
+	if (!tapio_pkt_maybe_dns(skb) || !tapio_pkt_parse(skb, egress, &p) || !tapio_dns_flow(&p.flow))
 		return 1;
 	o = tapio_pkt_owner(skb, &p, egress);
 	if (p.flow.protocol == TAPIO_IPPROTO_TCP)

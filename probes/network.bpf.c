@@ -589,7 +589,8 @@ static __always_inline int network_skb(struct __sk_buff *skb, int egress)
 	struct tapio_owner *o;
 	__u32 owner;
 
-	if (!tapio_pkt_parse(skb, egress, &p) || p.flow.protocol != TAPIO_IPPROTO_UDP || !tapio_dns_flow(&p.flow))
+	if (!tapio_pkt_maybe_dns(skb) || !tapio_pkt_parse(skb, egress, &p) || p.flow.protocol != TAPIO_IPPROTO_UDP ||
+	    !tapio_dns_flow(&p.flow))
 		return 1;
 	o = tapio_pkt_owner(skb, &p, egress);
 	owner = tapio_pkt_header(&h, skb, o, TAPIO_MONITOR_NETWORK, NETWORK_UDP_FLOW) ? NETWORK_F_OWNER : NETWORK_F_SOCK_CGROUP;

@@ -94,6 +94,46 @@ static __always_inline int tapio_sock_created(struct bpf_sock *sk)
 }
 
 /*
+ * The cheap test every packet of the node pays: 0 when the packet is surely not DNS (neither TCP
+ * nor UDP, or neither port a DNS port), read straight from the packet (direct packet access,
+ * cgroup_skb 5.2+, no helper call); 1 when it may be, or when its headers are not in the linear
+ * part, where tapio_pkt_parse() then reads them with bpf_skb_load_bytes.
+ */
+static __always_inline int tapio_pkt_maybe_dns(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 *ip = data;
+	__u8 *l4;
+	__u32 l4_off;
+	__u8 proto;
+
+	if (skb->protocol == bpf_htons(TAPIO_ETH_P_IP)) {
+		if (data + 20 > end)
+			return 1;
+		l4_off = (ip[0] & 0x0f) * 4;
+		proto = ip[9];
+		if (((ip[6] & 0x1f) | ip[7]) != 0)
+			return 0;
+	} else if (skb->protocol == bpf_htons(TAPIO_ETH_P_IPV6)) {
+		if (data + 40 > end)
+			return 1;
+		l4_off = 40;
+		proto = ip[6];
+	} else {
+		return 0;
+	}
+	if (proto != TAPIO_IPPROTO_UDP && proto != TAPIO_IPPROTO_TCP)
+		return 0;
+	if (l4_off < 20 || l4_off > 60)
+		return 1;
+	l4 = data + l4_off;
+	if ((void *)(l4 + 4) > end)
+		return 1;
+	return tapio_dns_port(((__u16)l4[0] << 8) | l4[1]) || tapio_dns_port(((__u16)l4[2] << 8) | l4[3]);
+}
+
+/*
  * Reads the IP and transport headers. Returns 0 for anything but TCP or UDP over IPv4/IPv6 with
  * a whole transport header. `egress`: the local socket is the source, else the destination.
  */
