@@ -72,6 +72,10 @@ pub fn check_xdp_filter(btf: Option<&Btf>) -> ProgramCheck {
 
 /// Loads every program of `monitors` (not attaching), reporting each; nothing stays loaded.
 pub fn check(monitors: &[&'static MonitorSpec], btf: Option<&Btf>) -> Vec<ProgramCheck> {
+    // The alternative paths are looked up in tracefs (crate::plan::attach_path).
+    if let Err(e) = crate::tracefs::ensure_mounted() {
+        tracing::warn!("{e}");
+    }
     let mut out = Vec::new();
     for spec in monitors {
         let mut ebpf = match monitors::open(spec, btf, &monitors::LoadOptions::default()) {

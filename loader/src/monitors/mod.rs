@@ -238,6 +238,12 @@ pub enum MonitorError {
     Map { monitor: &'static str, map: &'static str, detail: String },
     #[error("monitor {monitor}: program {program}: attach: {detail}")]
     Cgroup { monitor: &'static str, program: &'static str, detail: String },
+    #[error("monitor {monitor}: {source}")]
+    Tracefs {
+        monitor: &'static str,
+        #[source]
+        source: crate::tracefs::TracefsError,
+    },
 }
 
 impl MonitorError {
@@ -538,9 +544,38 @@ fn try_set(
     Ok(done)
 }
 
-/// Loads a monitor's object with `btf`, then loads and attaches each of its programs.
+/// Mounts tracefs when `spec` has a classic tracepoint: they are attached by the id tracefs
+/// publishes, and both classic and raw ones are looked up there (crate::plan). A failure is an
+/// error only for a monitor with a tracepoint outside any alternative (it could not run without
+/// it); elsewhere the paths that need tracefs report themselves unavailable.
+fn ensure_tracefs(spec: &'static MonitorSpec) -> Result<(), MonitorError> {
+    let uses = |p: &&ProgramSpec| matches!(p.attach, AttachPoint::TracePoint { .. } | AttachPoint::RawTracePoint { .. });
+    if !spec.programs.iter().any(|p| uses(&p)) {
+        return Ok(());
+    }
+    match crate::tracefs::ensure_mounted() {
+        Ok(()) => Ok(()),
+        Err(source) => {
+            let required = spec.programs.iter().filter(uses).any(|p| {
+                matches!(p.attach, AttachPoint::TracePoint { .. })
+                    && group_of(spec.name, p.name).is_none()
+                    && alternatives_of(spec.name, p.name).is_none()
+                    && !OPTIONAL.iter().any(|o| o.monitor == spec.name && o.programs.contains(&p.name))
+            });
+            if required {
+                return Err(MonitorError::Tracefs { monitor: spec.name, source });
+            }
+            tracing::warn!("monitor {}: {source}", spec.name);
+            Ok(())
+        }
+    }
+}
+
+/// Loads a monitor's object with `btf`, then loads and attaches each of its programs. Mounts
+/// tracefs first when the monitor attaches tracepoints and it is not mounted.
 pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<LoadedMonitor, MonitorError> {
     let monitor = spec.name;
+    ensure_tracefs(spec)?;
     let mut ebpf = open(spec, btf, options)?;
     let mut reports = Vec::new();
     let mut unavailable = Vec::new();
