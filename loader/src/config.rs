@@ -51,6 +51,8 @@ pub enum Kind {
     String,
     StringList,
     IntegerList,
+    /// `true` or `false` (`1`/`0` in the environment too).
+    Boolean,
     /// A table of monitor name to a rate in [0, 1].
     RateTable,
 }
@@ -62,6 +64,7 @@ impl Kind {
             Kind::String => "string",
             Kind::StringList => "list of strings",
             Kind::IntegerList => "list of integers",
+            Kind::Boolean => "boolean",
             Kind::RateTable => "table of monitor = rate",
         }
     }
@@ -96,6 +99,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "output", kind: Kind::String, default: "\"stdout\"", flag: Some("--output-file"), example: "\"/var/log/tapio/events.jsonl\"", doc: "Where JSON lines go: `stdout` or a file path." },
     KeyDoc { key: "metrics_address", kind: Kind::String, default: "\"127.0.0.1:9464\"", flag: Some("--metrics-address"), example: "\"0.0.0.0:9464\"", doc: "Address of the Prometheus endpoint (/metrics, /healthz), or `off`." },
     KeyDoc { key: "pin_path", kind: Kind::String, default: "-", flag: Some("--pin-path"), example: "\"/sys/fs/bpf/tapio\"", doc: "bpffs directory where links and maps are pinned so programs stay attached across restarts; a start that finds pins there adopts them. Unset: nothing outlives the loader." },
+    KeyDoc { key: "strict", kind: Kind::Boolean, default: "false", flag: Some("--strict"), example: "true", doc: "A monitor that fails to load or attach stops the loader (exit 1). Unset: the loader runs the monitors that did load, reports each failure with the kernel's reason (log, `/healthz`, `tapio_monitor_failed`) and exits only when none loaded." },
     KeyDoc { key: "sampling", kind: Kind::RateTable, default: "{}", flag: None, example: "{ process = 1.0, dns = 0.25 }", doc: "Fraction of events kept per monitor, 0.0-1.0 (1.0 when absent). Validated; applies to the advanced monitor." },
     KeyDoc { key: "dedup_window_ms", kind: Kind::Integer, default: "0", flag: None, example: "500", doc: "Identical events within this window are reported once; 0 disables. At most 60000. Validated; applies to the advanced monitor." },
     KeyDoc { key: "batch_size", kind: Kind::Integer, default: "256", flag: None, example: "512", doc: "Events per output batch, 1-65536. Validated; applies to the advanced monitor." },
@@ -118,6 +122,7 @@ pub struct Partial {
     pub output: Option<String>,
     pub metrics_address: Option<String>,
     pub pin_path: Option<PathBuf>,
+    pub strict: Option<bool>,
     pub sampling: Option<BTreeMap<String, f64>>,
     pub dedup_window_ms: Option<i64>,
     pub batch_size: Option<i64>,
@@ -147,6 +152,7 @@ impl Partial {
             output: over.output.or(self.output),
             metrics_address: over.metrics_address.or(self.metrics_address),
             pin_path: over.pin_path.or(self.pin_path),
+            strict: over.strict.or(self.strict),
             sampling,
             dedup_window_ms: over.dedup_window_ms.or(self.dedup_window_ms),
             batch_size: over.batch_size.or(self.batch_size),
@@ -182,6 +188,8 @@ pub struct Config {
     pub metrics_address_explicit: bool,
     /// `--pin-path`: see crate::pin.
     pub pin_path: Option<PathBuf>,
+    /// A monitor that fails stops the run (else: degrade, see crate::run).
+    pub strict: bool,
     pub sampling: BTreeMap<String, f64>,
     pub dedup_window_ms: u64,
     pub batch_size: u32,
@@ -285,6 +293,7 @@ impl Config {
                 Some(path) if path.as_os_str().is_empty() => return Err(invalid("pin_path", "a directory on a bpffs", "an empty string")),
                 other => other,
             },
+            strict: p.strict.unwrap_or(false),
             sampling,
             dedup_window_ms: in_range("dedup_window_ms", p.dedup_window_ms, 0, 0, 60_000)? as u64,
             batch_size: in_range("batch_size", p.batch_size, 256, 1, 65_536)? as u32,
@@ -372,6 +381,11 @@ pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Part
         let parsed = match doc.kind {
             Kind::Integer => int(&value).map_err(|_| bad("an integer"))?,
             Kind::String => toml::Value::String(value.clone()),
+            Kind::Boolean => match value.trim() {
+                "true" | "1" => toml::Value::Boolean(true),
+                "false" | "0" => toml::Value::Boolean(false),
+                _ => return Err(bad("true or false")),
+            },
             Kind::StringList => toml::Value::Array(items().map(|s| toml::Value::String(s.to_owned())).collect()),
             Kind::IntegerList => toml::Value::Array(
                 items().map(int).collect::<Result<_, _>>().map_err(|_| bad("comma-separated integers"))?,

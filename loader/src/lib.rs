@@ -9,6 +9,7 @@ pub mod config;
 pub mod check;
 pub mod bundle;
 pub mod dns;
+pub mod errors;
 pub mod events;
 pub mod features;
 pub mod helpers;

@@ -89,6 +89,10 @@ enum Command {
         /// the ones pinned there by a previous run (see `unpin`).
         #[arg(long)]
         pin_path: Option<PathBuf>,
+        /// Stop (exit 1) when any monitor fails to load or attach, instead of running the
+        /// others and reporting the failure [config: strict].
+        #[arg(long)]
+        strict: bool,
     },
     /// Remove the links and maps pinned by `run --pin-path`, which detaches those programs.
     Unpin {
@@ -270,6 +274,7 @@ fn real_main() -> Result<()> {
             delivery,
             delivery_bound_ms,
             pin_path,
+            strict,
         } => {
             let flags = tapio_load::config::Partial {
                 delivery,
@@ -284,6 +289,7 @@ fn real_main() -> Result<()> {
                 ring_size,
                 metrics_address,
                 pin_path,
+                strict: strict.then_some(true),
                 ..Default::default()
             };
             let overrides = tapio_load::config::from_env(std::env::vars())?.merge(flags);
@@ -312,6 +318,7 @@ fn real_main() -> Result<()> {
                 dns_ports: c.dns_ports.clone(),
                 reload: config.map(|file| tapio_load::config::Reload { file, overrides }),
                 pin_path: c.pin_path.clone(),
+                strict: c.strict,
                 monitors: c.monitors,
             })
         }
@@ -439,8 +446,10 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line (plus any verifier log the error carries), never a backtrace.
-            eprintln!("error: {e:#}");
+            // One line (plus any verifier log the error carries) with every cause once, the OS
+            // error included; never a backtrace.
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", tapio_load::errors::chain(e));
             ExitCode::FAILURE
         }
     }

@@ -14,13 +14,13 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     events::{self, DecodeOptions},
     monitors::{self, LoadOptions, LoadedMonitor, MonitorError, MonitorSpec},
     output::json::JsonLines,
-    privileges, tracefs,
+    privileges,
 };
 
 /// What `run` was asked to do.
@@ -43,6 +43,38 @@ pub struct RunOptions {
     /// `--pin-path`: pin links and maps here (they outlive the run), or adopt the pins found
     /// here instead of loading (see crate::pin). None: nothing outlives the run.
     pub pin_path: Option<PathBuf>,
+    /// `strict`: the first monitor that fails stops the run. Otherwise the run goes on with the
+    /// monitors that loaded and reports the others ([`MonitorFailure`]).
+    pub strict: bool,
+}
+
+/// A monitor that was asked for and is not running, with the kernel's reason.
+#[derive(Debug, Clone)]
+pub struct MonitorFailure {
+    pub monitor: &'static str,
+    /// The error and its whole cause chain (the OS error included).
+    pub reason: String,
+    /// The OS error number the kernel answered with, when there is one.
+    pub errno: Option<i32>,
+    /// Whether that answer was EPERM or EACCES.
+    pub permission: bool,
+}
+
+impl MonitorFailure {
+    fn new(monitor: &'static str, e: &MonitorError) -> Self {
+        Self { monitor, reason: crate::errors::chain(e), errno: e.errno(), permission: e.is_permission() }
+    }
+}
+
+/// What [`load_all`] started: the monitors that loaded and why the others did not.
+#[derive(Default)]
+pub struct Started {
+    pub loaded: Vec<LoadedMonitor>,
+    pub failed: Vec<MonitorFailure>,
+}
+
+fn failures_text(failed: &[MonitorFailure]) -> String {
+    failed.iter().map(|f| f.reason.clone()).collect::<Vec<_>>().join("\n")
 }
 
 /// Why a run could not start or went wrong.
@@ -50,8 +82,6 @@ pub struct RunOptions {
 pub enum RunError {
     #[error(transparent)]
     Privilege(#[from] privileges::PrivilegeError),
-    #[error(transparent)]
-    Tracefs(#[from] tracefs::TracefsError),
     #[error("btf: no kernel BTF at /sys/kernel/btf/vmlinux ({0}); pass --btf FILE with this kernel's BTF")]
     NoKernelBtf(#[source] aya::BtfError),
     #[error("btf: {path}: {source}")]
@@ -79,14 +109,11 @@ pub enum RunError {
     Reactor(#[source] io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::output::metrics::MetricsError),
-    #[error("monitor {monitor}: map dns_ports: {source}")]
-    DnsPorts {
-        monitor: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
     #[error(transparent)]
     Pin(#[from] crate::pin::PinError),
+    /// Nothing that was asked for runs: every monitor failed.
+    #[error("no monitor could start ({} asked for):\n{}{}", failed.len(), failures_text(failed), if failed.iter().all(|f| f.permission) { "\nhint: the kernel refused for lack of privilege: run as root or grant CAP_BPF and CAP_PERFMON" } else { "" })]
+    NothingRunning { failed: Vec<MonitorFailure> },
 }
 
 /// Reads the BTF the loader relocates against: the given file, or the kernel's own.
@@ -98,25 +125,33 @@ pub fn load_btf(path: Option<&PathBuf>) -> Result<Btf, RunError> {
     }
 }
 
-/// Loads and attaches every requested monitor; on the first failure, what was attached is dropped.
-pub fn load_all(options: &RunOptions) -> Result<Vec<LoadedMonitor>, RunError> {
+/// Loads and attaches every requested monitor. A monitor that fails is reported and left out,
+/// unless `options.strict`: then the first failure is returned and what was attached is dropped.
+/// Failing the privilege check or reading the BTF stops everything (no monitor could load).
+pub fn load_all(options: &RunOptions) -> Result<Started, RunError> {
     privileges::check()?;
     privileges::raise_memlock();
-    tracefs::ensure_mounted()?;
     let btf = load_btf(options.btf.as_ref())?;
-    options
-        .monitors
-        .iter()
-        .map(|spec| {
-            monitors::load(spec, Some(&btf), &options.load).map_err(|e| {
-                if e.is_permission() {
-                    RunError::Permission { source: e }
-                } else {
-                    RunError::Monitor(e)
-                }
-            })
-        })
-        .collect()
+    let mut started = Started::default();
+    for spec in &options.monitors {
+        let loaded = monitors::load(spec, Some(&btf), &options.load).and_then(|mut m| {
+            monitors::dns::set_ports(&mut m.ebpf, &options.dns_ports)
+                .map(|_| m)
+                .map_err(|source| MonitorError::Map { monitor: spec.name, map: monitors::dns::DNS_PORTS_MAP, source })
+        });
+        match loaded {
+            Ok(m) => started.loaded.push(m),
+            Err(e) if options.strict => {
+                return Err(if e.is_permission() { RunError::Permission { source: e } } else { RunError::Monitor(e) });
+            }
+            Err(e) => {
+                let failure = MonitorFailure::new(spec.name, &e);
+                error!(monitor = spec.name, errno = failure.errno, "monitor not running: {}", failure.reason);
+                started.failed.push(failure);
+            }
+        }
+    }
+    Ok(started)
 }
 
 /// Totals reported when the run ends.
@@ -133,21 +168,26 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
 
-    // --- pin (crate::pin): adopt a previous run's pinned monitors, or pin what is loaded ---
+    // --- pin (crate::pin): adopt a previous run's pinned monitors, load and pin the others ---
     let adopted = match &options.pin_path {
         Some(dir) => crate::pin::adopt(dir, &options.monitors, &options.load.delivery)?,
         None => None,
     };
-    let mut loaded = if adopted.is_some() { Vec::new() } else { load_all(&options)? };
-    if let (Some(dir), None) = (&options.pin_path, &adopted) {
+    let adopted_names: Vec<&'static str> = adopted.iter().flatten().map(|a| a.monitor).collect();
+    let to_load = RunOptions {
+        monitors: options.monitors.iter().copied().filter(|m| !adopted_names.contains(&m.name)).collect(),
+        ..options.clone()
+    };
+    let Started { mut loaded, failed } =
+        if to_load.monitors.is_empty() { Started::default() } else { load_all(&to_load)? };
+    if loaded.is_empty() && adopted_names.is_empty() {
+        return Err(RunError::NothingRunning { failed });
+    }
+    if let Some(dir) = &options.pin_path {
         crate::pin::pin_all(dir, &mut loaded)?;
     }
     // --- end pin ---
-    // --- operations (crate::output::metrics, crate::config): dns ports, attach reports ---
-    for m in &mut loaded {
-        monitors::dns::set_ports(&mut m.ebpf, &options.dns_ports)
-            .map_err(|source| RunError::DnsPorts { monitor: m.spec.name, source })?;
-    }
+    // --- operations (crate::output::metrics, crate::config): attach reports ---
     let attached: Vec<monitors::AttachReport> = loaded.iter().flat_map(|m| m.reports.iter().cloned()).collect();
     let counters = std::sync::Arc::new(crate::output::metrics::Counters::default());
     let metrics_listener = match &options.metrics {
@@ -211,14 +251,19 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     drop(tx);
     // --- operations: the metrics endpoint reads the objects while the run loop streams ---
     let ebpfs: crate::output::metrics::SharedObjects = std::sync::Arc::new(ebpfs);
+    let running = ebpfs.len() + adopted_names.len();
+    let failed_names: Vec<&str> = failed.iter().map(|f| f.monitor).collect();
     let metrics_task = metrics_listener.map(|listener| {
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint");
         let state = crate::output::metrics::State {
             objects: ebpfs.clone(),
-            // The plan for this kernel: every program that attached at start. Alternatives not
-            // taken and programs this kernel cannot run (reported at start) are not owed.
-            planned: attached.len(),
+            // The plan for this kernel: every program that attached at start, loaded or adopted
+            // from pins. Alternatives not taken and programs this kernel cannot run (reported at
+            // start) are not owed; monitors that failed are reported apart (`failed`).
+            planned: attached.len() + pinned.len(),
             attached,
+            requested: options.monitors.iter().map(|m| m.name).collect(),
+            failed: failed.clone(),
             counters: counters.clone(),
             kernel_release: crate::plan::kernel_release(),
             pinned, // --- pin ---
@@ -226,9 +271,13 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         tokio::spawn(crate::output::metrics::serve(listener, std::sync::Arc::new(state)))
     });
     // --- end operations ---
+    let degraded = if failed.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} not running: {})", failed.len(), failed_names.join(", "))
+    };
     eprintln!(
-        "tapio-load: attached {} monitor(s); delivery {} (bound {} ms); streaming events to {output_name}",
-        ebpfs.len(),
+        "tapio-load: attached {running} monitor(s){degraded}; delivery {} (bound {} ms); streaming events to {output_name}",
         delivery.policy,
         delivery.bound_ms
     );

@@ -222,8 +222,16 @@ pub enum MonitorError {
     NeedsKernelBtf { monitor: &'static str, program: &'static str },
     #[error("monitor {monitor}: program {program}: missing from the object")]
     MissingProgram { monitor: &'static str, program: &'static str },
-    #[error("monitor {monitor}: program {program}: verifier rejected it: {io_error}\nverifier log (tail):\n{log_tail}")]
-    Verifier { monitor: &'static str, program: &'static str, io_error: std::io::Error, log_tail: String },
+    /// The verifier refused the program; `log` is its whole log (the message shows the tail,
+    /// where the verifier stopped; `tapio-load check --json` carries it all).
+    #[error("monitor {monitor}: program {program}: verifier rejected it: {io_error}\nverifier log (tail):\n{}", log_tail(log, VERIFIER_LOG_TAIL))]
+    Verifier {
+        monitor: &'static str,
+        program: &'static str,
+        #[source]
+        io_error: std::io::Error,
+        log: String,
+    },
     #[error("monitor {monitor}: program {program}: {stage}: {source}")]
     Program {
         monitor: &'static str,
@@ -232,12 +240,34 @@ pub enum MonitorError {
         #[source]
         source: ProgramError,
     },
-    #[error("monitor {monitor}: map events: {detail}")]
-    Events { monitor: &'static str, detail: String },
-    #[error("monitor {monitor}: map {map}: {detail}")]
-    Map { monitor: &'static str, map: &'static str, detail: String },
-    #[error("monitor {monitor}: program {program}: attach: {detail}")]
-    Cgroup { monitor: &'static str, program: &'static str, detail: String },
+    #[error("monitor {monitor}: map events: missing from the object")]
+    NoEvents { monitor: &'static str },
+    #[error("monitor {monitor}: map events: {source}")]
+    Events {
+        monitor: &'static str,
+        #[source]
+        source: crate::transport::TransportError,
+    },
+    #[error("monitor {monitor}: map {map}: {source}")]
+    Map {
+        monitor: &'static str,
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("monitor {monitor}: {source}")]
+    Advanced {
+        monitor: &'static str,
+        #[source]
+        source: advanced::AdvancedError,
+    },
+    #[error("monitor {monitor}: program {program}: attach: {source}")]
+    Cgroup {
+        monitor: &'static str,
+        program: &'static str,
+        #[source]
+        source: CgroupAttachError,
+    },
     #[error("monitor {monitor}: {source}")]
     Tracefs {
         monitor: &'static str,
@@ -246,22 +276,39 @@ pub enum MonitorError {
     },
 }
 
+/// Lines of the verifier log an error message shows: its end, where the verifier stopped.
+pub const VERIFIER_LOG_TAIL: usize = 12;
+
+/// Why a cgroup program could not be attached to the cgroup v2 root.
+#[derive(Debug, Error)]
+pub enum CgroupAttachError {
+    #[error(transparent)]
+    Root(#[from] crate::cgroup2::Cgroup2Error),
+    #[error("bpf_link_create on {kind}: {source}")]
+    Link {
+        kind: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 impl MonitorError {
     /// Whether the kernel refused for lack of privilege (EPERM/EACCES anywhere in the chain).
     pub fn is_permission(&self) -> bool {
-        let mut cur: Option<&dyn std::error::Error> = Some(self);
-        while let Some(e) = cur {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
-                    return true;
-                }
-            }
-            cur = e.source();
+        crate::errors::is_permission(self)
+    }
+
+    /// The OS error number the kernel answered with, wherever it is in the chain.
+    pub fn errno(&self) -> Option<i32> {
+        crate::errors::errno(self)
+    }
+
+    /// The whole verifier log, for a verifier rejection.
+    pub fn verifier_log(&self) -> Option<&str> {
+        match self {
+            Self::Verifier { log, .. } => Some(log),
+            _ => None,
         }
-        if let Self::Verifier { io_error, .. } = self {
-            return matches!(io_error.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
-        }
-        false
     }
 }
 
@@ -337,12 +384,9 @@ pub const WAKEUP_BYTES: &str = "tapio_wakeup_bytes";
 
 fn program_error(monitor: &'static str, program: &'static str, stage: &'static str, e: ProgramError) -> MonitorError {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => MonitorError::Verifier {
-            monitor,
-            program,
-            io_error,
-            log_tail: log_tail(&verifier_log.to_string(), 12),
-        },
+        ProgramError::LoadError { io_error, verifier_log } => {
+            MonitorError::Verifier { monitor, program, io_error, log: verifier_log.to_string() }
+        }
         source => MonitorError::Program { monitor, program, stage, source },
     }
 }
@@ -370,11 +414,11 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     // dns and network: the ports that mark DNS traffic are a map, not global data (4.19 has
     // none); it gets the default port before any program runs (`run` then sets the configured ones).
     dns::set_ports(&mut ebpf, &[dns::DEFAULT_DNS_PORT])
-        .map_err(|e| MonitorError::Map { monitor, map: dns::DNS_PORTS_MAP, detail: e.to_string() })?;
+        .map_err(|source| MonitorError::Map { monitor, map: dns::DNS_PORTS_MAP, source })?;
     // security: `in_container` compares each caller's mount namespace with the initial one, which
     // has no fixed inode number before 6.18. Unreadable, it stays 0 and the probe flags that.
     if let Some(map) = ebpf.map_mut(security::CONFIG_MAP) {
-        let map_error = |e: aya::maps::MapError| MonitorError::Map { monitor, map: security::CONFIG_MAP, detail: e.to_string() };
+        let map_error = |source: aya::maps::MapError| MonitorError::Map { monitor, map: security::CONFIG_MAP, source };
         let mut config = aya::maps::Array::<_, security::SecurityConfig>::try_from(map).map_err(map_error)?;
         match security::initial_mount_ns() {
             Ok((inum, from)) => {
@@ -388,7 +432,7 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     // data), before any program runs.
     if ebpf.map(advanced::CONFIG_MAP).is_some() {
         advanced::configure(&mut ebpf, &options.advanced)
-            .map_err(|e| MonitorError::Map { monitor, map: advanced::CONFIG_MAP, detail: e.to_string() })?;
+            .map_err(|source| MonitorError::Advanced { monitor, source })?;
     }
     Ok(ebpf)
 }
@@ -457,8 +501,8 @@ pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -
         // A bpf_link of our own where the kernel has them (pinnable), else aya's prog_attach.
         // Multi mode either way: other agents' programs on the root (systemd's, a CNI's) keep running.
         AttachPoint::CgroupSkb { .. } | AttachPoint::CgroupSockCreate => {
-            let cgroup_err = |detail: String| MonitorError::Cgroup { monitor, program: p.name, detail };
-            let root = crate::cgroup2::open_root().map_err(|e| cgroup_err(e.to_string()))?;
+            let cgroup_err = |source: CgroupAttachError| MonitorError::Cgroup { monitor, program: p.name, source };
+            let root = crate::cgroup2::open_root().map_err(|e| cgroup_err(e.into()))?;
             let kind = match p.attach {
                 AttachPoint::CgroupSkb { egress: true } => CgroupAttach::InetEgress,
                 AttachPoint::CgroupSkb { egress: false } => CgroupAttach::InetIngress,
@@ -471,7 +515,7 @@ pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL)) => {
                     tracing::debug!(program = p.name, "cgroup bpf_link refused ({e}); BPF_PROG_ATTACH instead")
                 }
-                Err(e) => return Err(cgroup_err(format!("bpf_link_create on {}: {e}", kind_name(kind)))),
+                Err(source) => return Err(cgroup_err(CgroupAttachError::Link { kind: kind_name(kind), source })),
             }
             if let AttachPoint::CgroupSkb { egress } = p.attach {
                 let prog: &mut CgroupSkb = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
@@ -668,10 +712,10 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     }
     let map = ebpf
         .take_map("events")
-        .ok_or_else(|| MonitorError::Events { monitor, detail: "missing from the object".to_owned() })?;
+        .ok_or(MonitorError::NoEvents { monitor })?;
     let transport = options.transport();
     let events = crate::transport::EventSource::open(map, transport, &options.delivery)
-        .map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
+        .map_err(|source| MonitorError::Events { monitor, source })?;
     Ok(LoadedMonitor { spec, transport, ebpf, events, reports, unavailable, fallbacks, links })
 }
 
@@ -688,15 +732,15 @@ pub enum PathError {
 pub fn try_path(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf: Option<&Btf>) -> Result<(Duration, LinkId), PathError> {
     crate::plan::attach_path(&p.attach).map_err(PathError::Unavailable)?;
     let classify = |e: MonitorError| match &e {
-        MonitorError::Verifier { io_error, log_tail, .. }
-            if !log_tail.trim().is_empty() && io_error.raw_os_error() != Some(libc::EPERM) =>
+        MonitorError::Verifier { io_error, log, .. }
+            if !log.trim().is_empty() && io_error.raw_os_error() != Some(libc::EPERM) =>
         {
             PathError::Bug(e)
         }
-        _ => PathError::Unavailable(e.to_string()),
+        _ => PathError::Unavailable(crate::errors::chain(&e)),
     };
     let took = load_program(ebpf, monitor, p, btf).map_err(classify)?;
-    let link = attach_program(ebpf, monitor, p).map_err(|e| PathError::Unavailable(e.to_string()))?;
+    let link = attach_program(ebpf, monitor, p).map_err(|e| PathError::Unavailable(crate::errors::chain(&e)))?;
     Ok((took, link))
 }
 
