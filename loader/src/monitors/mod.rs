@@ -826,6 +826,29 @@ mod tests {
         }
     }
 
+    /// A map or event-buffer error keeps the kernel's answer as its source: a permission
+    /// refusal is recognisable as one, and the report names the errno.
+    #[test]
+    fn map_and_events_errors_keep_the_os_error() {
+        let eperm = || aya::sys::SyscallError { call: "bpf_map_update_elem", io_error: std::io::Error::from_raw_os_error(libc::EPERM) };
+        let map = MonitorError::Map { monitor: "dns", map: dns::DNS_PORTS_MAP, source: aya::maps::MapError::SyscallError(eperm()) };
+        assert!(map.is_permission(), "{map}");
+        assert_eq!(map.errno(), Some(libc::EPERM));
+        assert!(crate::errors::chain(&map).ends_with("Operation not permitted (os error 1)"), "{}", crate::errors::chain(&map));
+        let ring = crate::transport::ring::RingError::Info(aya::maps::MapError::SyscallError(eperm()));
+        let events = MonitorError::Events { monitor: "process", source: crate::transport::TransportError::Ring(ring) };
+        assert!(events.is_permission(), "{events}");
+        let verifier = MonitorError::Verifier {
+            monitor: "m",
+            program: "p",
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            log: (0..40).map(|i| format!("{i}: (b7) r0 = 0\n")).collect(),
+        };
+        assert!(verifier.is_permission());
+        assert_eq!(verifier.verifier_log().map(|l| l.lines().count()), Some(40), "the whole log is kept");
+        assert_eq!(verifier.to_string().lines().count(), 2 + VERIFIER_LOG_TAIL, "the message shows the tail:\n{verifier}");
+    }
+
     /// One missing tracepoint is enough to leave the whole set out.
     #[test]
     fn one_missing_tracepoint_leaves_the_set_out() {
