@@ -97,6 +97,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "btf", kind: Kind::String, default: "-", flag: Some("--btf"), example: "\"/var/lib/tapio/vmlinux.btf\"", doc: "BTF file to relocate against instead of /sys/kernel/btf/vmlinux." },
     KeyDoc { key: "btf_dir", kind: Kind::String, default: "-", flag: Some("--btf-dir"), example: "\"/var/lib/tapio/btf\"", doc: "Directory of `<kernel release>.btf` files, used when the kernel has no /sys/kernel/btf/vmlinux and `btf` is unset." },
     KeyDoc { key: "output", kind: Kind::String, default: "\"stdout\"", flag: Some("--output-file"), example: "\"/var/log/tapio/events.jsonl\"", doc: "Where JSON lines go: `stdout` or a file path." },
+    KeyDoc { key: "output_queue_events", kind: Kind::Integer, default: "16384", flag: None, example: "65536", doc: "Events that may wait for the output writer thread, 64-1048576. When the reader of the output stalls, batches beyond this are dropped and counted in `tapio_output_dropped_total`; the loader, `/healthz` and the metrics keep answering." },
     KeyDoc { key: "metrics_address", kind: Kind::String, default: "\"127.0.0.1:9464\"", flag: Some("--metrics-address"), example: "\"0.0.0.0:9464\"", doc: "Address of the Prometheus endpoint (/metrics, /healthz), or `off`." },
     KeyDoc { key: "pin_path", kind: Kind::String, default: "-", flag: Some("--pin-path"), example: "\"/sys/fs/bpf/tapio\"", doc: "bpffs directory where links and maps are pinned so programs stay attached across restarts; a start that finds pins there adopts them. Unset: nothing outlives the loader." },
     KeyDoc { key: "strict", kind: Kind::Boolean, default: "false", flag: Some("--strict"), example: "true", doc: "A monitor that fails to load or attach stops the loader (exit 1). Unset: the loader runs the monitors that did load, reports each failure with the kernel's reason (log, `/healthz`, `tapio_monitor_failed`) and exits only when none loaded." },
@@ -120,6 +121,7 @@ pub struct Partial {
     pub btf: Option<PathBuf>,
     pub btf_dir: Option<PathBuf>,
     pub output: Option<String>,
+    pub output_queue_events: Option<i64>,
     pub metrics_address: Option<String>,
     pub pin_path: Option<PathBuf>,
     pub strict: Option<bool>,
@@ -150,6 +152,7 @@ impl Partial {
             btf: over.btf.or(self.btf),
             btf_dir: over.btf_dir.or(self.btf_dir),
             output: over.output.or(self.output),
+            output_queue_events: over.output_queue_events.or(self.output_queue_events),
             metrics_address: over.metrics_address.or(self.metrics_address),
             pin_path: over.pin_path.or(self.pin_path),
             strict: over.strict.or(self.strict),
@@ -181,6 +184,8 @@ pub struct Config {
     pub btf: Option<PathBuf>,
     pub btf_dir: Option<PathBuf>,
     pub output: Output,
+    /// Bound of the output writer's queue, in events (crate::output::writer).
+    pub output_queue_events: u64,
     /// None: `off`.
     pub metrics_address: Option<SocketAddr>,
     /// Whether some layer set `metrics_address`: then failing to bind it is fatal, while a
@@ -287,6 +292,13 @@ impl Config {
             btf: p.btf,
             btf_dir: p.btf_dir,
             output,
+            output_queue_events: in_range(
+                "output_queue_events",
+                p.output_queue_events,
+                crate::output::writer::DEFAULT_QUEUE_EVENTS as i64,
+                64,
+                1 << 20,
+            )? as u64,
             metrics_address,
             metrics_address_explicit,
             pin_path: match p.pin_path {

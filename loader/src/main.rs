@@ -319,6 +319,7 @@ fn real_main() -> Result<()> {
                 reload: config.map(|file| tapio_load::config::Reload { file, overrides }),
                 pin_path: c.pin_path.clone(),
                 strict: c.strict,
+                output_queue_events: c.output_queue_events,
                 monitors: c.monitors,
             })
         }

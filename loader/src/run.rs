@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::{
     events::{self, DecodeOptions},
     monitors::{self, LoadOptions, LoadedMonitor, MonitorError, MonitorSpec},
-    output::json::JsonLines,
+    output::writer::{OutputThread, SendError},
     privileges,
 };
 
@@ -43,6 +43,9 @@ pub struct RunOptions {
     /// `--pin-path`: pin links and maps here (they outlive the run), or adopt the pins found
     /// here instead of loading (see crate::pin). None: nothing outlives the run.
     pub pin_path: Option<PathBuf>,
+    /// At most this many events wait for the output writer; beyond it batches are dropped and
+    /// counted (`output_queue_events`).
+    pub output_queue_events: u64,
     /// `strict`: the first monitor that fails stops the run. Otherwise the run goes on with the
     /// monitors that loaded and reports the others ([`MonitorFailure`]).
     pub strict: bool,
@@ -154,6 +157,9 @@ pub fn load_all(options: &RunOptions) -> Result<Started, RunError> {
     Ok(started)
 }
 
+/// How long shutdown waits for the writer thread to write what is queued.
+const OUTPUT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Totals reported when the run ends.
 #[derive(Debug, Default, Clone)]
 pub struct RunSummary {
@@ -208,7 +214,13 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         }
         None => ("stdout".to_owned(), Box::new(io::stdout())),
     };
-    let mut sink = JsonLines::new(writer);
+    // The writer has its own thread behind a bounded queue (crate::output::writer): a stalled
+    // reader of the output never blocks this loop, the drain tasks or the metrics endpoint.
+    let mut sink = OutputThread::spawn(writer, options.output_queue_events, counters.clone())
+        .map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+    let output_failed = |e: SendError, name: &str| match e {
+        SendError::Failed(source) => RunError::Output { path: name.to_owned(), source },
+    };
 
     // Each monitor's buffers are drained by its own task (crate::transport::stream), on their
     // wake-ups and on the delivery policy's timer; batches meet here. On shutdown every task
@@ -303,21 +315,19 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 // --- end advanced ---
             }
             _ = dns_tick.tick(), if dns_on => {
-                for event in dns.expire(crate::dns::monotonic_ns()) {
-                    sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
-                }
+                sink.send(dns.expire(crate::dns::monotonic_ns())).map_err(|e| output_failed(e, &output_name))?;
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
-                sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
             }
             batch = rx.recv() => {
                 // None: every drain task has finished its last pass.
                 let Some(batch) = batch else { break };
+                let mut out = Vec::with_capacity(batch.len());
                 for record in &batch {
                     // decode_all: an advanced batch record expands into its events.
                     match events::decode_all(record, &options.decode) {
                         Ok(decoded) => for mut event in decoded {
                             dns.observe(&mut event);
-                            sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+                            out.push(event);
                         }
                         Err(e) => {
                             summary.decode_errors += 1;
@@ -326,8 +336,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                         }
                     }
                 }
-                sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
-                counters.events_written.store(sink.written(), std::sync::atomic::Ordering::Relaxed);
+                sink.send(out).map_err(|e| output_failed(e, &output_name))?;
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
             }
         }
@@ -335,8 +344,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     for task in tasks {
         let _ = task.await;
     }
-    let _ = sink.flush();
-    summary.written = sink.written();
+    sink.finish(OUTPUT_DRAIN_TIMEOUT).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+    summary.written = counters.events_written.load(std::sync::atomic::Ordering::Relaxed);
     // The endpoint holds a reference to the objects: stop it first so dropping ours detaches.
     if let Some(task) = metrics_task {
         task.abort();

@@ -51,6 +51,11 @@ pub enum MetricsError {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub events_written: AtomicU64,
+    /// Events dropped because the output queue was full (crate::output::writer).
+    pub output_dropped: AtomicU64,
+    /// Events waiting for the writer thread now, and the queue's bound.
+    pub output_queue_events: AtomicU64,
+    pub output_queue_bound: AtomicU64,
     pub decode_errors: AtomicU64,
     pub config_reloads: AtomicU64,
     pub config_reload_errors: AtomicU64,
@@ -338,6 +343,12 @@ pub fn render(state: &State) -> String {
     let c = &state.counters;
     family(&mut out, "tapio_events_written_total", "counter", "Events written to the output.");
     let _ = writeln!(out, "tapio_events_written_total {}", c.events_written.load(Ordering::Relaxed));
+    family(&mut out, "tapio_output_dropped_total", "counter", "Events dropped in the loader because the output queue was full (its reader stalled or too slow).");
+    let _ = writeln!(out, "tapio_output_dropped_total {}", c.output_dropped.load(Ordering::Relaxed));
+    family(&mut out, "tapio_output_queue_events", "gauge", "Events waiting for the output writer thread.");
+    let _ = writeln!(out, "tapio_output_queue_events {}", c.output_queue_events.load(Ordering::Relaxed));
+    family(&mut out, "tapio_output_queue_capacity", "gauge", "Bound on events waiting for the output writer (`output_queue_events`); beyond it batches are dropped.");
+    let _ = writeln!(out, "tapio_output_queue_capacity {}", c.output_queue_bound.load(Ordering::Relaxed));
     family(&mut out, "tapio_decode_errors_total", "counter", "Records from the kernel that could not be decoded.");
     let _ = writeln!(out, "tapio_decode_errors_total {}", c.decode_errors.load(Ordering::Relaxed));
     family(&mut out, "tapio_config_reloads_total", "counter", "Configuration reloads applied on SIGHUP.");
