@@ -66,7 +66,7 @@ fn metrics_follow_real_execs_and_pass_promtool() {
     let config = dir.path().join("tapio.toml");
     std::fs::write(
         &config,
-        format!("monitors = [\"process\"]\nmetrics_address = \"127.0.0.1:{port}\"\nargv_max = 8\n\n[sampling]\nprocess = 1.0\n"),
+        format!("monitors = [\"process\"]\nmetrics_address = \"127.0.0.1:{port}\"\nargv_max = 8\n"),
     )
     .expect("write config");
     let loader = common::Loader::start(&["--config", config.to_str().expect("utf-8 path")]);
