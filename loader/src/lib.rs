@@ -6,6 +6,7 @@ pub mod btf_minimize;
 pub mod cgroup2;
 pub mod cgroup_link;
 pub mod config;
+pub mod config_watch;
 pub mod check;
 pub mod bundle;
 pub mod dns;

@@ -302,17 +302,55 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut dns = crate::dns::Correlator::new(options.decode.dns_timeout, crate::dns::DEFAULT_CAPACITY);
     dns.publish(&counters); // metrics: tapio_dns_inflight*
     let mut dns_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    // The configuration file is watched as well as re-read on SIGHUP.
+    let mut watch = options.reload.as_ref().and_then(|r| {
+        let registered = crate::config_watch::ConfigWatch::new(&r.file).and_then(|w| {
+            // SAFETY: the watch owns its inotify fd and keeps it open, unchanged, until it is
+            // dropped, which happens only when this AsyncFd is dropped.
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
+        });
+        match registered {
+            Ok(w) => {
+                info!(file = %r.file.display(), "watching the configuration file; changes apply without a signal");
+                Some(w)
+            }
+            Err(e) => {
+                warn!(file = %r.file.display(), "config watch: {e}; changes apply on SIGHUP only");
+                None
+            }
+        }
+    });
+    let mut reload_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = interrupt.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
             _ = terminate.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
             _ = hangup.recv() => {
-                reload(&mut options.decode, &mut dns, options.reload.as_ref(), &counters);
-                // --- advanced: sampling, dedup window, batch size and flush bound follow the file ---
-                if let Some(source) = options.reload.as_ref() {
-                    monitors::advanced::on_reload(ebpfs.iter().map(|(_, ebpf)| ebpf), source);
+                reload("SIGHUP", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs);
+                if let Some(watch) = watch.as_mut() {
+                    watch.get_mut().applied();
                 }
-                // --- end advanced ---
+            }
+            // The configuration file's directory changed (an edit, a ConfigMap's `..data` swap):
+            // wait until it settles, then reload if the content differs (crate::config_watch).
+            ready = async { watch.as_mut().expect("guarded").readable_mut().await }, if watch.is_some() => {
+                match ready {
+                    Ok(mut guard) => {
+                        guard.get_inner_mut().drain();
+                        guard.clear_ready();
+                        reload_at = Some(tokio::time::Instant::now() + crate::config_watch::SETTLE);
+                    }
+                    Err(e) => {
+                        warn!("config watch: {e}; changes apply on SIGHUP only");
+                        watch = None;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)), if reload_at.is_some() => {
+                reload_at = None;
+                if watch.as_mut().is_some_and(|w| w.get_mut().changed()) {
+                    reload("config file changed", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs);
+                }
             }
             _ = dns_tick.tick(), if dns_on => {
                 sink.send(dns.expire(crate::dns::monotonic_ns())).map_err(|e| output_failed(e, &output_name))?;
@@ -366,16 +404,20 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     Ok(summary)
 }
 
-/// SIGHUP: re-reads the configuration file and applies what can change without reloading any
-/// program (argv_max, dns_timeout_ms). An invalid file is refused and the running values stay.
+/// SIGHUP or a change of the watched file: re-reads the configuration file and applies what can
+/// change without reloading any program (argv_max, dns_timeout_ms, and the advanced monitor's
+/// sampling, dedup window, batch size and flush bound). An invalid file is refused and the running
+/// values stay. `trigger` starts the log line.
 fn reload(
+    trigger: &str,
     decode: &mut DecodeOptions,
     dns: &mut crate::dns::Correlator,
     source: Option<&crate::config::Reload>,
     counters: &crate::output::metrics::Counters,
+    objects: &crate::output::metrics::SharedObjects,
 ) {
     let Some(source) = source else {
-        warn!("SIGHUP: no --config file to re-read; ignored");
+        warn!("{trigger}: no --config file to re-read; ignored");
         return;
     };
     match source.load() {
@@ -383,12 +425,15 @@ fn reload(
             decode.argv_max = config.argv_max;
             decode.dns_timeout = std::time::Duration::from_millis(config.dns_timeout_ms);
             dns.set_window(decode.dns_timeout);
+            // --- advanced: sampling, dedup window, batch size and flush bound follow the file ---
+            monitors::advanced::on_reload(objects.iter().map(|(_, ebpf)| ebpf), &config);
+            // --- end advanced ---
             counters.config_reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!(argv_max = config.argv_max, dns_timeout_ms = config.dns_timeout_ms, "SIGHUP: configuration reloaded");
+            info!(argv_max = config.argv_max, dns_timeout_ms = config.dns_timeout_ms, "{trigger}: configuration reloaded");
         }
         Err(e) => {
             counters.config_reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!("SIGHUP: {e}; keeping the running configuration");
+            warn!("{trigger}: {e}; keeping the running configuration");
         }
     }
 }

@@ -259,13 +259,9 @@ pub fn configure(ebpf: &mut Ebpf, options: &AdvancedOptions) -> Result<(), Advan
     apply(ebpf, options)
 }
 
-/// SIGHUP: re-reads the configuration and applies it to every loaded advanced object. A bad
-/// file or map write only warns; the running values stay.
-pub fn on_reload<'a>(objects: impl IntoIterator<Item = &'a Ebpf>, source: &crate::config::Reload) {
-    let config = match source.load() {
-        Ok(c) => c,
-        Err(_) => return, // crate::run::reload already reported it
-    };
+/// A reload (SIGHUP or a change of the watched file): applies the re-read configuration to every
+/// loaded advanced object. A failed map write only warns; the running values stay.
+pub fn on_reload<'a>(objects: impl IntoIterator<Item = &'a Ebpf>, config: &crate::config::Config) {
     let options = AdvancedOptions::from_config(&config);
     for ebpf in objects {
         if ebpf.map(CONFIG_MAP).is_none() {
@@ -277,9 +273,9 @@ pub fn on_reload<'a>(objects: impl IntoIterator<Item = &'a Ebpf>, source: &crate
                 sampling = options.sampling,
                 syscall_sampling = ?config.syscall_sampling,
                 dedup_window_ms = options.dedup_window.as_millis() as u64,
-                "SIGHUP: advanced monitor reconfigured"
+                "reload: advanced monitor reconfigured"
             ),
-            Err(e) => tracing::warn!("SIGHUP: {e}"),
+            Err(e) => tracing::warn!("reload: {e}"),
         }
     }
 }
