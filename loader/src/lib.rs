@@ -17,6 +17,7 @@ pub mod helpers;
 pub mod inspect;
 pub mod layout;
 pub mod lint;
+pub mod logging;
 pub mod monitors;
 pub mod output;
 pub mod pin;

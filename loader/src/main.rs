@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tapio_load::{
     bundle,
+    logging::LogFormat,
     events::DecodeOptions,
     inspect,
     monitors::{self, LoadOptions},
@@ -17,6 +18,10 @@ use tapio_load::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Diagnostics on stderr: `text` or `json` (one object per line, structured fields)
+    /// [env: TAPIO_LOG_FORMAT; default: text].
+    #[arg(long, global = true)]
+    log_format: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -255,8 +260,7 @@ fn cmd_run(options: RunOptions) -> Result<()> {
     Ok(())
 }
 
-fn real_main() -> Result<()> {
-    let cli = Cli::parse();
+fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run {
             config,
@@ -436,21 +440,29 @@ fn main() -> ExitCode {
     // (pins, when asked for, stay by design).
     // SAFETY: signal() with SIG_DFL installs no handler code; called before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TAPIO_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match real_main() {
+    let cli = Cli::parse();
+    let format = cli.log_format.clone().or_else(|| std::env::var("TAPIO_LOG_FORMAT").ok());
+    let format = match format.as_deref().map(str::parse::<LogFormat>).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: --log-format: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tapio_load::logging::init(
+        format,
+        tracing_subscriber::EnvFilter::try_from_env("TAPIO_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line (plus any verifier log the error carries) with every cause once, the OS
-            // error included; never a backtrace.
+            // error included; never a backtrace. In JSON, one object with the errno as a field.
             let e: &(dyn std::error::Error + 'static) = e.as_ref();
-            eprintln!("error: {}", tapio_load::errors::chain(e));
+            match format {
+                LogFormat::Text => eprintln!("error: {}", tapio_load::errors::chain(e)),
+                LogFormat::Json => tracing::error!(errno = tapio_load::errors::errno(e), "error: {}", tapio_load::errors::chain(e)),
+            }
             ExitCode::FAILURE
         }
     }

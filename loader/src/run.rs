@@ -288,11 +288,23 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     } else {
         format!(" ({} not running: {})", failed.len(), failed_names.join(", "))
     };
-    eprintln!(
+    // The start-up line: on stderr as it always was in text, a structured record in JSON.
+    let line = format!(
         "tapio-load: attached {running} monitor(s){degraded}; delivery {} (bound {} ms); streaming events to {output_name}",
         delivery.policy,
         delivery.bound_ms
     );
+    match crate::logging::format() {
+        crate::logging::LogFormat::Text => eprintln!("{line}"),
+        crate::logging::LogFormat::Json => info!(
+            monitors_running = running,
+            monitors_failed = failed.len(),
+            delivery = %delivery.policy,
+            bound_ms = delivery.bound_ms,
+            output = %output_name,
+            "{line}"
+        ),
+    }
 
     let mut summary = RunSummary::default();
     let mut stopping = false;
