@@ -67,6 +67,18 @@ fn configmap_advanced_block_works_as_its_comment_says() {
     assert!(!c.sampling.is_empty() && !c.syscall_sampling.is_empty(), "the block shows the sampling rates");
 }
 
+/// The manifest states its seccomp profile (a kubelet with SeccompDefault would otherwise apply
+/// the runtime's default, which refuses bpf(2) to this capability set), with the reason.
+#[test]
+fn daemonset_states_its_seccomp_profile() {
+    let lines: Vec<&str> = DAEMONSET.lines().collect();
+    let at = lines.iter().position(|l| l.trim() == "seccompProfile:").expect("a seccompProfile in the container's securityContext");
+    assert_eq!(lines.get(at + 1).map(|l| l.trim()), Some("type: Unconfined"), "{}", lines[at..].join("\n"));
+    let reason: String = lines[..at].iter().rev().take_while(|l| l.trim().starts_with('#')).copied().collect();
+    assert!(reason.contains("bpf(2)") && reason.contains("EPERM"), "the profile's reason is missing above it");
+    assert!(OPERATIONS.contains("seccompProfile"), "docs/operations.md does not explain the seccomp profile");
+}
+
 #[test]
 fn daemonset_is_unprivileged_with_the_documented_capabilities() {
     assert!(DAEMONSET.contains("privileged: false"), "the container must not be privileged");

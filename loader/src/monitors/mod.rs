@@ -422,10 +422,10 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         let mut config = aya::maps::Array::<_, security::SecurityConfig>::try_from(map).map_err(map_error)?;
         match security::initial_mount_ns() {
             Ok((inum, from)) => {
-                tracing::debug!(inum, from, "security: initial mount namespace");
+                tracing::info!(inum, from, "security: initial mount namespace (the reference of in_container)");
                 config.set(0, security::SecurityConfig { init_mnt_ns: inum, _pad0: 0 }, 0).map_err(map_error)?;
             }
-            Err(e) => tracing::warn!("{e}; in_container falls back to the pid namespace alone"),
+            Err(e) => tracing::warn!("{e}; in_container is decided by the pid namespace alone (grant CAP_SYS_PTRACE to read pid 1's before 6.18)"),
         }
     }
     // advanced: knobs, sampling rates and the pre-filter set are maps the loader fills (no global
