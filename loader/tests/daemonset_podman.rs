@@ -127,6 +127,8 @@ fn the_daemonset_security_context_runs_under_podman() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(health.0, 200, "/healthz in the DaemonSet's context: {}", health.1);
+    let (_, page) = common::http_get(port, "/metrics");
+    assert!(page.lines().any(|l| l.starts_with("tapio_mount_ns_reference{source=")), "the in_container reference is not in the metrics:\n{page}");
 
     let host = dir.path().join("mnt-host");
     let own = dir.path().join("mnt-own-ns");

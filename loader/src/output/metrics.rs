@@ -263,6 +263,13 @@ pub fn render(state: &State) -> String {
             label(&reason)
         );
     }
+    // The security monitor's in_container reference (crate::monitors::security::initial_mount_ns).
+    if state.requested.contains(&monitors::security::SPEC.name) {
+        family(&mut out, "tapio_mount_ns_reference", "gauge", "The initial mount namespace's inode number that in_container compares with, and where it came from; absent when unreadable (in_container then follows the pid namespace alone).");
+        if let Ok((inum, from)) = monitors::security::initial_mount_ns() {
+            let _ = writeln!(out, "tapio_mount_ns_reference{{source=\"{}\"}} {inum}", label(from));
+        }
+    }
     family(&mut out, "tapio_program_attached", "gauge", "1 when the program is attached at the labelled path.");
     for r in &state.attached {
         let loaded = object(state, r.monitor).and_then(|e| e.program(r.program)).is_some_and(|p| p.info().is_ok());
