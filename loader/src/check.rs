@@ -19,8 +19,16 @@ pub struct ProgramCheck {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verified_insns: Option<u32>,
     pub load_us: u64,
+    /// The rejection with its whole cause chain (the OS error included); a verifier rejection
+    /// shows the log's tail here and the whole log in `verifier_log`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The OS error number of a rejection (EACCES from the verifier, EPERM for privilege, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    /// The verifier's whole log, for a verifier rejection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verifier_log: Option<String>,
     /// An alternative path this kernel lacks (a kernel fact), so it was not loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
@@ -41,15 +49,17 @@ pub fn failing_instruction(log: &str) -> Option<u32> {
 }
 
 fn rejected(monitor: &'static str, program: &'static str, e: &MonitorError) -> ProgramCheck {
-    let text = e.to_string();
+    let text = crate::errors::chain(e);
     ProgramCheck {
         monitor,
         program,
         accepted: false,
         verified_insns: None,
         load_us: 0,
-        at_insn: failing_instruction(&text),
+        at_insn: failing_instruction(e.verifier_log().unwrap_or(&text)),
         error: Some(text),
+        errno: e.errno(),
+        verifier_log: e.verifier_log().map(str::to_owned),
         skipped: None,
     }
 }
@@ -58,20 +68,31 @@ fn rejected(monitor: &'static str, program: &'static str, e: &MonitorError) -> P
 pub fn check_xdp_filter(btf: Option<&Btf>) -> ProgramCheck {
     let started = std::time::Instant::now();
     let result = crate::monitors::xdp_filter::check_load(btf);
+    let log = match &result {
+        Err(crate::monitors::xdp_filter::XdpFilterError::Verifier { log, .. }) => Some(log.clone()),
+        _ => None,
+    };
+    let error = result.as_ref().err().map(|e| crate::errors::chain(e));
     ProgramCheck {
         monitor: "xdp_filter",
         program: crate::monitors::xdp_filter::PROGRAM,
         accepted: result.is_ok(),
         verified_insns: result.as_ref().ok().copied().flatten(),
         load_us: started.elapsed().as_micros() as u64,
-        at_insn: result.as_ref().err().and_then(|e| failing_instruction(e)),
-        error: result.err(),
+        at_insn: log.as_deref().or(error.as_deref()).and_then(failing_instruction),
+        errno: result.as_ref().err().and_then(|e| crate::errors::errno(e)),
+        error,
+        verifier_log: log,
         skipped: None,
     }
 }
 
 /// Loads every program of `monitors` (not attaching), reporting each; nothing stays loaded.
 pub fn check(monitors: &[&'static MonitorSpec], btf: Option<&Btf>) -> Vec<ProgramCheck> {
+    // The alternative paths are looked up in tracefs (crate::plan::attach_path).
+    if let Err(e) = crate::tracefs::ensure_mounted() {
+        tracing::warn!("{e}");
+    }
     let mut out = Vec::new();
     for spec in monitors {
         let mut ebpf = match monitors::open(spec, btf, &monitors::LoadOptions::default()) {
@@ -92,6 +113,8 @@ pub fn check(monitors: &[&'static MonitorSpec], btf: Option<&Btf>) -> Vec<Progra
                         verified_insns: None,
                         load_us: 0,
                         error: None,
+                        errno: None,
+                        verifier_log: None,
                         skipped: Some(why),
                         at_insn: None,
                     });
@@ -111,6 +134,8 @@ pub fn check(monitors: &[&'static MonitorSpec], btf: Option<&Btf>) -> Vec<Progra
                         verified_insns,
                         load_us: took.as_micros() as u64,
                         error: None,
+                        errno: None,
+                        verifier_log: None,
                         skipped: None,
                         at_insn: None,
                     });

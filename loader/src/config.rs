@@ -18,7 +18,7 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::monitors;
+use crate::{events::advanced::ADVANCED_BATCH_MAX, monitors};
 
 /// Where `metrics_address` points when nothing says otherwise: loopback, so the endpoint is not
 /// exposed beyond the node unless an operator chooses to.
@@ -39,6 +39,9 @@ pub enum ConfigError {
     /// An environment variable could not be read as its key's type.
     #[error("environment {var}: expected {expected}, got `{value}`")]
     Env { var: String, expected: &'static str, value: String },
+    /// A key that nothing would read with this configuration.
+    #[error("config key {key}: refused: nothing reads it: {why}")]
+    Unread { key: String, why: String },
     /// A value of the right type that cannot work.
     #[error("config key {key}: expected {expected}, got {got}")]
     Invalid { key: String, expected: String, got: String },
@@ -51,8 +54,12 @@ pub enum Kind {
     String,
     StringList,
     IntegerList,
+    /// `true` or `false` (`1`/`0` in the environment too).
+    Boolean,
     /// A table of monitor name to a rate in [0, 1].
     RateTable,
+    /// A table of syscall name to a rate in [0, 1].
+    SyscallRateTable,
 }
 
 impl Kind {
@@ -62,7 +69,9 @@ impl Kind {
             Kind::String => "string",
             Kind::StringList => "list of strings",
             Kind::IntegerList => "list of integers",
+            Kind::Boolean => "boolean",
             Kind::RateTable => "table of monitor = rate",
+            Kind::SyscallRateTable => "table of syscall = rate",
         }
     }
 }
@@ -84,7 +93,7 @@ pub struct KeyDoc {
 /// Every key the file accepts. The environment variable of a key is `TAPIO_` + its name in
 /// upper case; lists are comma-separated there, the rate table is `monitor=rate,...`.
 pub const KEYS: &[KeyDoc] = &[
-    KeyDoc { key: "monitors", kind: Kind::StringList, default: "[\"process\"]", flag: Some("--monitors"), example: "[\"process\", \"dns\"]", doc: "Monitors to load and attach, by name; an unknown name is refused with the list of known ones." },
+    KeyDoc { key: "monitors", kind: Kind::StringList, default: "[\"process\"]", flag: Some("--monitors"), example: "[\"process\", \"advanced\"]", doc: "Monitors to load and attach, by name; an unknown name is refused with the list of known ones." },
     KeyDoc { key: "dns_ports", kind: Kind::IntegerList, default: "[53]", flag: Some("--dns-ports"), example: "[53, 5353]", doc: "UDP/TCP ports whose traffic the dns monitor parses, and whose UDP flows the network monitor reports; at most 4, each 1-65535." },
     KeyDoc { key: "argv_max", kind: Kind::Integer, default: "32", flag: Some("--argv-max"), example: "16", doc: "At most this many argv entries per exec event; more sets argv_truncated. At least 1. Reloaded on SIGHUP." },
     KeyDoc { key: "dns_timeout_ms", kind: Kind::Integer, default: "5000", flag: Some("--dns-timeout-ms"), example: "2000", doc: "Milliseconds a dns query waits for its response before a timeout event. At least 1. Reloaded on SIGHUP." },
@@ -94,12 +103,15 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "btf", kind: Kind::String, default: "-", flag: Some("--btf"), example: "\"/var/lib/tapio/vmlinux.btf\"", doc: "BTF file to relocate against instead of /sys/kernel/btf/vmlinux." },
     KeyDoc { key: "btf_dir", kind: Kind::String, default: "-", flag: Some("--btf-dir"), example: "\"/var/lib/tapio/btf\"", doc: "Directory of `<kernel release>.btf` files, used when the kernel has no /sys/kernel/btf/vmlinux and `btf` is unset." },
     KeyDoc { key: "output", kind: Kind::String, default: "\"stdout\"", flag: Some("--output-file"), example: "\"/var/log/tapio/events.jsonl\"", doc: "Where JSON lines go: `stdout` or a file path." },
+    KeyDoc { key: "output_queue_events", kind: Kind::Integer, default: "16384", flag: None, example: "65536", doc: "Events that may wait for the output writer thread, 64-1048576. When the reader of the output stalls, batches beyond this are dropped and counted in `tapio_output_dropped_total`; the loader, `/healthz` and the metrics keep answering." },
     KeyDoc { key: "metrics_address", kind: Kind::String, default: "\"127.0.0.1:9464\"", flag: Some("--metrics-address"), example: "\"0.0.0.0:9464\"", doc: "Address of the Prometheus endpoint (/metrics, /healthz), or `off`." },
     KeyDoc { key: "pin_path", kind: Kind::String, default: "-", flag: Some("--pin-path"), example: "\"/sys/fs/bpf/tapio\"", doc: "bpffs directory where links and maps are pinned so programs stay attached across restarts; a start that finds pins there adopts them. Unset: nothing outlives the loader." },
-    KeyDoc { key: "sampling", kind: Kind::RateTable, default: "{}", flag: None, example: "{ process = 1.0, dns = 0.25 }", doc: "Fraction of events kept per monitor, 0.0-1.0 (1.0 when absent). Validated; applies to the advanced monitor." },
-    KeyDoc { key: "dedup_window_ms", kind: Kind::Integer, default: "0", flag: None, example: "500", doc: "Identical events within this window are reported once; 0 disables. At most 60000. Validated; applies to the advanced monitor." },
-    KeyDoc { key: "batch_size", kind: Kind::Integer, default: "256", flag: None, example: "512", doc: "Events per output batch, 1-65536. Validated; applies to the advanced monitor." },
-    KeyDoc { key: "flush_interval_ms", kind: Kind::Integer, default: "100", flag: None, example: "50", doc: "Upper bound on how long a partial batch waits before it is written, 1-10000. Validated; applies to the advanced monitor." },
+    KeyDoc { key: "strict", kind: Kind::Boolean, default: "false", flag: Some("--strict"), example: "true", doc: "A monitor that fails to load or attach stops the loader (exit 1). Unset: the loader runs the monitors that did load, reports each failure with the kernel's reason (log, `/healthz`, `tapio_monitor_failed`) and exits only when none loaded." },
+    KeyDoc { key: "sampling", kind: Kind::RateTable, default: "{}", flag: None, example: "{ advanced = 0.5 }", doc: "Fraction of events kept, 0.0-1.0 (1.0 when absent), per monitor that samples: only `advanced` does (in the kernel, before the buffer); a rate for another monitor is refused, since nothing would read it." },
+    KeyDoc { key: "syscall_sampling", kind: Kind::SyscallRateTable, default: "{}", flag: None, example: "{ read = 0.1, write = 0.5 }", doc: "The advanced monitor's kept fraction per watched syscall (`read`, `write`, `openat`, `close`), 0.0-1.0, overriding `sampling.advanced` for that syscall. Reloaded live." },
+    KeyDoc { key: "dedup_window_ms", kind: Kind::Integer, default: "0", flag: None, example: "500", doc: "The advanced monitor reports identical events within this window once (with a suppressed count); 0 disables. At most 60000. Reloaded live." },
+    KeyDoc { key: "batch_size", kind: Kind::Integer, default: "64", flag: None, example: "32", doc: "The advanced monitor's events per ring record, 1-64 (a record's capacity). Reloaded live." },
+    KeyDoc { key: "flush_interval_ms", kind: Kind::Integer, default: "100", flag: None, example: "50", doc: "The advanced monitor sends a partial record at most this long after its first event, 1-10000. Reloaded live." },
 ];
 
 /// One layer (file, environment or flags): every key optional, unknown keys refused.
@@ -116,24 +128,31 @@ pub struct Partial {
     pub btf: Option<PathBuf>,
     pub btf_dir: Option<PathBuf>,
     pub output: Option<String>,
+    pub output_queue_events: Option<i64>,
     pub metrics_address: Option<String>,
     pub pin_path: Option<PathBuf>,
+    pub strict: Option<bool>,
     pub sampling: Option<BTreeMap<String, f64>>,
+    pub syscall_sampling: Option<BTreeMap<String, f64>>,
     pub dedup_window_ms: Option<i64>,
     pub batch_size: Option<i64>,
     pub flush_interval_ms: Option<i64>,
 }
 
 impl Partial {
-    /// `over`'s keys win; the rate table merges per monitor.
+    /// `over`'s keys win; the rate tables merge per entry.
     pub fn merge(self, over: Partial) -> Partial {
-        let sampling = match (self.sampling, over.sampling) {
-            (Some(mut base), Some(top)) => {
-                base.extend(top);
-                Some(base)
+        fn tables(base: Option<BTreeMap<String, f64>>, top: Option<BTreeMap<String, f64>>) -> Option<BTreeMap<String, f64>> {
+            match (base, top) {
+                (Some(mut base), Some(top)) => {
+                    base.extend(top);
+                    Some(base)
+                }
+                (base, top) => top.or(base),
             }
-            (base, top) => top.or(base),
-        };
+        }
+        let sampling = tables(self.sampling, over.sampling);
+        let syscall_sampling = tables(self.syscall_sampling, over.syscall_sampling);
         Partial {
             monitors: over.monitors.or(self.monitors),
             dns_ports: over.dns_ports.or(self.dns_ports),
@@ -145,9 +164,12 @@ impl Partial {
             btf: over.btf.or(self.btf),
             btf_dir: over.btf_dir.or(self.btf_dir),
             output: over.output.or(self.output),
+            output_queue_events: over.output_queue_events.or(self.output_queue_events),
             metrics_address: over.metrics_address.or(self.metrics_address),
             pin_path: over.pin_path.or(self.pin_path),
+            strict: over.strict.or(self.strict),
             sampling,
+            syscall_sampling,
             dedup_window_ms: over.dedup_window_ms.or(self.dedup_window_ms),
             batch_size: over.batch_size.or(self.batch_size),
             flush_interval_ms: over.flush_interval_ms.or(self.flush_interval_ms),
@@ -175,6 +197,8 @@ pub struct Config {
     pub btf: Option<PathBuf>,
     pub btf_dir: Option<PathBuf>,
     pub output: Output,
+    /// Bound of the output writer's queue, in events (crate::output::writer).
+    pub output_queue_events: u64,
     /// None: `off`.
     pub metrics_address: Option<SocketAddr>,
     /// Whether some layer set `metrics_address`: then failing to bind it is fatal, while a
@@ -182,7 +206,11 @@ pub struct Config {
     pub metrics_address_explicit: bool,
     /// `--pin-path`: see crate::pin.
     pub pin_path: Option<PathBuf>,
+    /// A monitor that fails stops the run (else: degrade, see crate::run).
+    pub strict: bool,
     pub sampling: BTreeMap<String, f64>,
+    /// The advanced monitor's rate per watched syscall, by name.
+    pub syscall_sampling: BTreeMap<String, f64>,
     pub dedup_window_ms: u64,
     pub batch_size: u32,
     pub flush_interval_ms: u64,
@@ -259,14 +287,49 @@ impl Config {
             "off" => None,
             addr => Some(addr.parse::<SocketAddr>().map_err(|_| invalid("metrics_address", "host:port with an IP address (e.g. 127.0.0.1:9464) or `off`", format!("`{addr}`")))?),
         };
-        let sampling = p.sampling.unwrap_or_default();
+        let advanced = monitors::advanced::SPEC.name;
+        let sampling = p.sampling.clone().unwrap_or_default();
         for (monitor, &rate) in &sampling {
             let key = format!("sampling.{monitor}");
             if monitors::monitor(monitor).is_none() {
                 return Err(invalid(&key, format!("a monitor name ({})", known_monitors()), format!("unknown monitor `{monitor}`")));
             }
+            if monitor != advanced {
+                return Err(ConfigError::Unread {
+                    key,
+                    why: format!("the {monitor} monitor does not sample; only the advanced monitor samples its events (in the kernel)"),
+                });
+            }
             if !(0.0..=1.0).contains(&rate) {
                 return Err(invalid(&key, "a rate from 0.0 to 1.0", rate));
+            }
+        }
+        let syscall_sampling = p.syscall_sampling.clone().unwrap_or_default();
+        for (syscall, &rate) in &syscall_sampling {
+            let key = format!("syscall_sampling.{syscall}");
+            if monitors::advanced::watched_syscall(syscall).is_none() {
+                let names: Vec<&str> = monitors::advanced::WATCHED.iter().map(|(n, _)| *n).collect();
+                return Err(invalid(&key, format!("a syscall the advanced monitor watches ({})", names.join(", ")), format!("`{syscall}`")));
+            }
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(invalid(&key, "a rate from 0.0 to 1.0", rate));
+            }
+        }
+        // The advanced monitor's keys do nothing unless it runs: refused, so that a setting an
+        // operator believes in is never silently inert.
+        if !monitors.iter().any(|m| m.name == advanced) {
+            let set = [
+                ("sampling.advanced", sampling.contains_key(advanced)),
+                ("syscall_sampling", p.syscall_sampling.is_some()),
+                ("dedup_window_ms", p.dedup_window_ms.is_some()),
+                ("batch_size", p.batch_size.is_some()),
+                ("flush_interval_ms", p.flush_interval_ms.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, is_set)| *is_set) {
+                return Err(ConfigError::Unread {
+                    key: (*key).to_owned(),
+                    why: "only the advanced monitor reads it, and `monitors` does not include advanced".to_owned(),
+                });
             }
         }
         Ok(Config {
@@ -279,15 +342,24 @@ impl Config {
             btf: p.btf,
             btf_dir: p.btf_dir,
             output,
+            output_queue_events: in_range(
+                "output_queue_events",
+                p.output_queue_events,
+                crate::output::writer::DEFAULT_QUEUE_EVENTS as i64,
+                64,
+                1 << 20,
+            )? as u64,
             metrics_address,
             metrics_address_explicit,
             pin_path: match p.pin_path {
                 Some(path) if path.as_os_str().is_empty() => return Err(invalid("pin_path", "a directory on a bpffs", "an empty string")),
                 other => other,
             },
+            strict: p.strict.unwrap_or(false),
             sampling,
+            syscall_sampling,
             dedup_window_ms: in_range("dedup_window_ms", p.dedup_window_ms, 0, 0, 60_000)? as u64,
-            batch_size: in_range("batch_size", p.batch_size, 256, 1, 65_536)? as u32,
+            batch_size: in_range("batch_size", p.batch_size, ADVANCED_BATCH_MAX as i64, 1, ADVANCED_BATCH_MAX as i64)? as u32,
             flush_interval_ms: in_range("flush_interval_ms", p.flush_interval_ms, 100, 1, 10_000)? as u64,
         })
     }
@@ -372,16 +444,25 @@ pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Part
         let parsed = match doc.kind {
             Kind::Integer => int(&value).map_err(|_| bad("an integer"))?,
             Kind::String => toml::Value::String(value.clone()),
+            Kind::Boolean => match value.trim() {
+                "true" | "1" => toml::Value::Boolean(true),
+                "false" | "0" => toml::Value::Boolean(false),
+                _ => return Err(bad("true or false")),
+            },
             Kind::StringList => toml::Value::Array(items().map(|s| toml::Value::String(s.to_owned())).collect()),
             Kind::IntegerList => toml::Value::Array(
                 items().map(int).collect::<Result<_, _>>().map_err(|_| bad("comma-separated integers"))?,
             ),
-            Kind::RateTable => {
+            Kind::RateTable | Kind::SyscallRateTable => {
                 let mut rates = toml::Table::new();
+                let (form, numeric) = match doc.kind {
+                    Kind::RateTable => ("monitor=rate,...", "monitor=rate,... with numeric rates"),
+                    _ => ("syscall=rate,...", "syscall=rate,... with numeric rates"),
+                };
                 for item in items() {
-                    let (monitor, rate) = item.split_once('=').ok_or_else(|| bad("monitor=rate,..."))?;
-                    let rate = rate.trim().parse::<f64>().map_err(|_| bad("monitor=rate,... with numeric rates"))?;
-                    rates.insert(monitor.trim().to_owned(), toml::Value::Float(rate));
+                    let (name, rate) = item.split_once('=').ok_or_else(|| bad(form))?;
+                    let rate = rate.trim().parse::<f64>().map_err(|_| bad(numeric))?;
+                    rates.insert(name.trim().to_owned(), toml::Value::Float(rate));
                 }
                 toml::Value::Table(rates)
             }
@@ -491,8 +572,13 @@ mod tests {
             ("[sampling]\ndns = 1.5", "sampling.dns"),
             ("[sampling]\nnope = 0.5", "sampling.nope"),
             ("[sampling]\ndns = \"half\"", "sampling.dns"),
-            ("batch_size = 0", "batch_size"),
-            ("dedup_window_ms = -1", "dedup_window_ms"),
+            ("monitors = [\"advanced\"]\nbatch_size = 0", "batch_size"),
+            ("monitors = [\"advanced\"]\nbatch_size = 65", "batch_size"),
+            ("monitors = [\"advanced\"]\n[syscall_sampling]\nexecve = 0.5", "syscall_sampling.execve"),
+            ("monitors = [\"advanced\"]\n[syscall_sampling]\nread = 2.0", "syscall_sampling.read"),
+            ("output_queue_events = 1", "output_queue_events"),
+            ("strict = \"yes\"", "strict"),
+            ("monitors = [\"advanced\"]\ndedup_window_ms = -1", "dedup_window_ms"),
             ("delivery = \"lazy\"", "delivery"),
             ("delivery_bound_ms = 0", "delivery_bound_ms"),
             ("delivery_bound_ms = 5000", "delivery_bound_ms"),
@@ -504,9 +590,34 @@ mod tests {
         }
     }
 
+    /// A key nothing would read is refused with the reason: sampling for a monitor that does not
+    /// sample, and the advanced monitor's keys when it is not asked for.
+    #[test]
+    fn keys_nothing_reads_are_refused_with_the_reason() {
+        let cases = [
+            ("monitors = [\"process\"]\n[sampling]\nprocess = 1.0", "sampling.process", "the process monitor does not sample"),
+            ("monitors = [\"dns\", \"advanced\"]\n[sampling]\ndns = 0.5", "sampling.dns", "only the advanced monitor samples"),
+            ("[sampling]\nadvanced = 0.5", "sampling.advanced", "`monitors` does not include advanced"),
+            ("dedup_window_ms = 500", "dedup_window_ms", "only the advanced monitor reads it"),
+            ("batch_size = 32", "batch_size", "only the advanced monitor reads it"),
+            ("flush_interval_ms = 50", "flush_interval_ms", "only the advanced monitor reads it"),
+            ("[syscall_sampling]\nread = 0.5", "syscall_sampling", "only the advanced monitor reads it"),
+        ];
+        for (text, key, why) in cases {
+            let e = check(text).expect_err(text).to_string();
+            assert!(e.starts_with(&format!("config key {key}: refused: nothing reads it: ")) && e.contains(why), "{text:?}: {e}");
+        }
+        // The same keys with the advanced monitor asked for are read, and applied.
+        let c = check("monitors = [\"advanced\"]\ndedup_window_ms = 500\nbatch_size = 32\n[sampling]\nadvanced = 0.5\n[syscall_sampling]\nread = 0.1\n").unwrap();
+        let options = crate::monitors::advanced::AdvancedOptions::from_config(&c);
+        assert_eq!((options.batch_size, options.sampling), (32, 0.5));
+        assert_eq!(options.rates.get(&(libc::SYS_read as u32)), Some(&0.1));
+        assert_eq!(options.kernel_config(1).batch_size, 32);
+    }
+
     #[test]
     fn precedence_is_defaults_file_env_flags() {
-        let file = parse_str(Path::new("t"), "argv_max = 4\ndns_timeout_ms = 10\nbatch_size = 7").unwrap();
+        let file = parse_str(Path::new("t"), "monitors = [\"advanced\"]\nargv_max = 4\ndns_timeout_ms = 10\nbatch_size = 7").unwrap();
         let env = from_env([
             ("TAPIO_ARGV_MAX".to_owned(), "5".to_owned()),
             ("TAPIO_DNS_TIMEOUT_MS".to_owned(), "11".to_owned()),
@@ -521,13 +632,17 @@ mod tests {
     #[test]
     fn env_lists_and_rates() {
         let env = from_env([
-            ("TAPIO_MONITORS".to_owned(), "process,dns".to_owned()),
-            ("TAPIO_SAMPLING".to_owned(), "dns=0.5".to_owned()),
+            ("TAPIO_MONITORS".to_owned(), "process,advanced".to_owned()),
+            ("TAPIO_SAMPLING".to_owned(), "advanced=0.5".to_owned()),
+            ("TAPIO_SYSCALL_SAMPLING".to_owned(), "read=0.1, close=0".to_owned()),
+            ("TAPIO_STRICT".to_owned(), "true".to_owned()),
         ])
         .unwrap();
         let c = Config::from_partial(env).unwrap();
-        assert_eq!(c.monitors.iter().map(|m| m.name).collect::<Vec<_>>(), ["process", "dns"]);
-        assert_eq!(c.sampling["dns"], 0.5);
+        assert_eq!(c.monitors.iter().map(|m| m.name).collect::<Vec<_>>(), ["process", "advanced"]);
+        assert_eq!(c.sampling["advanced"], 0.5);
+        assert_eq!((c.syscall_sampling["read"], c.syscall_sampling["close"]), (0.1, 0.0));
+        assert!(c.strict);
         let e = from_env([("TAPIO_ARGV_MAX".to_owned(), "x".to_owned())]).unwrap_err().to_string();
         assert!(e.contains("TAPIO_ARGV_MAX"), "{e}");
     }

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tapio_load::{
     bundle,
+    logging::LogFormat,
     events::DecodeOptions,
     inspect,
     monitors::{self, LoadOptions},
@@ -17,6 +18,10 @@ use tapio_load::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Diagnostics on stderr: `text` or `json` (one object per line, structured fields)
+    /// [env: TAPIO_LOG_FORMAT; default: text].
+    #[arg(long, global = true)]
+    log_format: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -89,6 +94,10 @@ enum Command {
         /// the ones pinned there by a previous run (see `unpin`).
         #[arg(long)]
         pin_path: Option<PathBuf>,
+        /// Stop (exit 1) when any monitor fails to load or attach, instead of running the
+        /// others and reporting the failure [config: strict].
+        #[arg(long)]
+        strict: bool,
     },
     /// Remove the links and maps pinned by `run --pin-path`, which detaches those programs.
     Unpin {
@@ -251,8 +260,7 @@ fn cmd_run(options: RunOptions) -> Result<()> {
     Ok(())
 }
 
-fn real_main() -> Result<()> {
-    let cli = Cli::parse();
+fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run {
             config,
@@ -270,6 +278,7 @@ fn real_main() -> Result<()> {
             delivery,
             delivery_bound_ms,
             pin_path,
+            strict,
         } => {
             let flags = tapio_load::config::Partial {
                 delivery,
@@ -284,6 +293,7 @@ fn real_main() -> Result<()> {
                 ring_size,
                 metrics_address,
                 pin_path,
+                strict: strict.then_some(true),
                 ..Default::default()
             };
             let overrides = tapio_load::config::from_env(std::env::vars())?.merge(flags);
@@ -312,6 +322,8 @@ fn real_main() -> Result<()> {
                 dns_ports: c.dns_ports.clone(),
                 reload: config.map(|file| tapio_load::config::Reload { file, overrides }),
                 pin_path: c.pin_path.clone(),
+                strict: c.strict,
+                output_queue_events: c.output_queue_events,
                 monitors: c.monitors,
             })
         }
@@ -428,19 +440,29 @@ fn main() -> ExitCode {
     // (pins, when asked for, stay by design).
     // SAFETY: signal() with SIG_DFL installs no handler code; called before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TAPIO_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match real_main() {
+    let cli = Cli::parse();
+    let format = cli.log_format.clone().or_else(|| std::env::var("TAPIO_LOG_FORMAT").ok());
+    let format = match format.as_deref().map(str::parse::<LogFormat>).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: --log-format: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tapio_load::logging::init(
+        format,
+        tracing_subscriber::EnvFilter::try_from_env("TAPIO_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line (plus any verifier log the error carries), never a backtrace.
-            eprintln!("error: {e:#}");
+            // One line (plus any verifier log the error carries) with every cause once, the OS
+            // error included; never a backtrace. In JSON, one object with the errno as a field.
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            match format {
+                LogFormat::Text => eprintln!("error: {}", tapio_load::errors::chain(e)),
+                LogFormat::Json => tracing::error!(errno = tapio_load::errors::errno(e), "error: {}", tapio_load::errors::chain(e)),
+            }
             ExitCode::FAILURE
         }
     }

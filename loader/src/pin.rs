@@ -314,8 +314,9 @@ impl PinnedProgram {
 }
 
 /// Adopts the monitors pinned under `dir`, if any: None when `dir` holds no pins (load and pin
-/// as usual). The pins must be exactly the requested monitors; a partial match is refused rather
-/// than guessed at, since loading the missing ones would pin beside a previous run's.
+/// as usual). The pins must be requested monitors: a pinned monitor that was not asked for is
+/// refused rather than guessed at. Requested monitors without pins (a previous run that ran
+/// degraded, see crate::run) are left to the caller to load and pin beside the adopted ones.
 pub fn adopt(dir: &Path, monitors: &[&'static MonitorSpec], delivery: &Delivery) -> Result<Option<Vec<Adopted>>, PinError> {
     ensure_bpffs(dir)?;
     let found = pinned_monitors(dir);
@@ -324,12 +325,10 @@ pub fn adopt(dir: &Path, monitors: &[&'static MonitorSpec], delivery: &Delivery)
     }
     let mut asked: Vec<&'static str> = monitors.iter().map(|m| m.name).collect();
     asked.sort_unstable();
-    let mut found_sorted = found.clone();
-    found_sorted.sort_unstable();
-    if asked != found_sorted {
+    if !found.iter().all(|f| asked.contains(f)) {
         return Err(PinError::Mismatch { dir: dir.to_owned(), found, asked });
     }
-    monitors.iter().map(|spec| adopt_monitor(dir, spec.name, delivery)).collect::<Result<Vec<_>, _>>().map(Some)
+    found.iter().map(|&monitor| adopt_monitor(dir, monitor, delivery)).collect::<Result<Vec<_>, _>>().map(Some)
 }
 
 fn adopt_monitor(dir: &Path, monitor: &'static str, delivery: &Delivery) -> Result<Adopted, PinError> {

@@ -14,13 +14,13 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::{mpsc, watch},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     events::{self, DecodeOptions},
     monitors::{self, LoadOptions, LoadedMonitor, MonitorError, MonitorSpec},
-    output::json::JsonLines,
-    privileges, tracefs,
+    output::writer::{OutputThread, SendError},
+    privileges,
 };
 
 /// What `run` was asked to do.
@@ -43,6 +43,41 @@ pub struct RunOptions {
     /// `--pin-path`: pin links and maps here (they outlive the run), or adopt the pins found
     /// here instead of loading (see crate::pin). None: nothing outlives the run.
     pub pin_path: Option<PathBuf>,
+    /// At most this many events wait for the output writer; beyond it batches are dropped and
+    /// counted (`output_queue_events`).
+    pub output_queue_events: u64,
+    /// `strict`: the first monitor that fails stops the run. Otherwise the run goes on with the
+    /// monitors that loaded and reports the others ([`MonitorFailure`]).
+    pub strict: bool,
+}
+
+/// A monitor that was asked for and is not running, with the kernel's reason.
+#[derive(Debug, Clone)]
+pub struct MonitorFailure {
+    pub monitor: &'static str,
+    /// The error and its whole cause chain (the OS error included).
+    pub reason: String,
+    /// The OS error number the kernel answered with, when there is one.
+    pub errno: Option<i32>,
+    /// Whether that answer was EPERM or EACCES.
+    pub permission: bool,
+}
+
+impl MonitorFailure {
+    fn new(monitor: &'static str, e: &MonitorError) -> Self {
+        Self { monitor, reason: crate::errors::chain(e), errno: e.errno(), permission: e.is_permission() }
+    }
+}
+
+/// What [`load_all`] started: the monitors that loaded and why the others did not.
+#[derive(Default)]
+pub struct Started {
+    pub loaded: Vec<LoadedMonitor>,
+    pub failed: Vec<MonitorFailure>,
+}
+
+fn failures_text(failed: &[MonitorFailure]) -> String {
+    failed.iter().map(|f| f.reason.clone()).collect::<Vec<_>>().join("\n")
 }
 
 /// Why a run could not start or went wrong.
@@ -50,8 +85,6 @@ pub struct RunOptions {
 pub enum RunError {
     #[error(transparent)]
     Privilege(#[from] privileges::PrivilegeError),
-    #[error(transparent)]
-    Tracefs(#[from] tracefs::TracefsError),
     #[error("btf: no kernel BTF at /sys/kernel/btf/vmlinux ({0}); pass --btf FILE with this kernel's BTF")]
     NoKernelBtf(#[source] aya::BtfError),
     #[error("btf: {path}: {source}")]
@@ -79,14 +112,11 @@ pub enum RunError {
     Reactor(#[source] io::Error),
     #[error(transparent)]
     Metrics(#[from] crate::output::metrics::MetricsError),
-    #[error("monitor {monitor}: map dns_ports: {source}")]
-    DnsPorts {
-        monitor: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
     #[error(transparent)]
     Pin(#[from] crate::pin::PinError),
+    /// Nothing that was asked for runs: every monitor failed.
+    #[error("no monitor could start ({} asked for):\n{}{}", failed.len(), failures_text(failed), if failed.iter().all(|f| f.permission) { "\nhint: the kernel refused for lack of privilege: run as root or grant CAP_BPF and CAP_PERFMON" } else { "" })]
+    NothingRunning { failed: Vec<MonitorFailure> },
 }
 
 /// Reads the BTF the loader relocates against: the given file, or the kernel's own.
@@ -98,26 +128,37 @@ pub fn load_btf(path: Option<&PathBuf>) -> Result<Btf, RunError> {
     }
 }
 
-/// Loads and attaches every requested monitor; on the first failure, what was attached is dropped.
-pub fn load_all(options: &RunOptions) -> Result<Vec<LoadedMonitor>, RunError> {
+/// Loads and attaches every requested monitor. A monitor that fails is reported and left out,
+/// unless `options.strict`: then the first failure is returned and what was attached is dropped.
+/// Failing the privilege check or reading the BTF stops everything (no monitor could load).
+pub fn load_all(options: &RunOptions) -> Result<Started, RunError> {
     privileges::check()?;
     privileges::raise_memlock();
-    tracefs::ensure_mounted()?;
     let btf = load_btf(options.btf.as_ref())?;
-    options
-        .monitors
-        .iter()
-        .map(|spec| {
-            monitors::load(spec, Some(&btf), &options.load).map_err(|e| {
-                if e.is_permission() {
-                    RunError::Permission { source: e }
-                } else {
-                    RunError::Monitor(e)
-                }
-            })
-        })
-        .collect()
+    let mut started = Started::default();
+    for spec in &options.monitors {
+        let loaded = monitors::load(spec, Some(&btf), &options.load).and_then(|mut m| {
+            monitors::dns::set_ports(&mut m.ebpf, &options.dns_ports)
+                .map(|_| m)
+                .map_err(|source| MonitorError::Map { monitor: spec.name, map: monitors::dns::DNS_PORTS_MAP, source })
+        });
+        match loaded {
+            Ok(m) => started.loaded.push(m),
+            Err(e) if options.strict => {
+                return Err(if e.is_permission() { RunError::Permission { source: e } } else { RunError::Monitor(e) });
+            }
+            Err(e) => {
+                let failure = MonitorFailure::new(spec.name, &e);
+                error!(monitor = spec.name, errno = failure.errno, "monitor not running: {}", failure.reason);
+                started.failed.push(failure);
+            }
+        }
+    }
+    Ok(started)
 }
+
+/// How long shutdown waits for the writer thread to write what is queued.
+const OUTPUT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Totals reported when the run ends.
 #[derive(Debug, Default, Clone)]
@@ -133,21 +174,26 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
 
-    // --- pin (crate::pin): adopt a previous run's pinned monitors, or pin what is loaded ---
+    // --- pin (crate::pin): adopt a previous run's pinned monitors, load and pin the others ---
     let adopted = match &options.pin_path {
         Some(dir) => crate::pin::adopt(dir, &options.monitors, &options.load.delivery)?,
         None => None,
     };
-    let mut loaded = if adopted.is_some() { Vec::new() } else { load_all(&options)? };
-    if let (Some(dir), None) = (&options.pin_path, &adopted) {
+    let adopted_names: Vec<&'static str> = adopted.iter().flatten().map(|a| a.monitor).collect();
+    let to_load = RunOptions {
+        monitors: options.monitors.iter().copied().filter(|m| !adopted_names.contains(&m.name)).collect(),
+        ..options.clone()
+    };
+    let Started { mut loaded, failed } =
+        if to_load.monitors.is_empty() { Started::default() } else { load_all(&to_load)? };
+    if loaded.is_empty() && adopted_names.is_empty() {
+        return Err(RunError::NothingRunning { failed });
+    }
+    if let Some(dir) = &options.pin_path {
         crate::pin::pin_all(dir, &mut loaded)?;
     }
     // --- end pin ---
-    // --- operations (crate::output::metrics, crate::config): dns ports, attach reports ---
-    for m in &mut loaded {
-        monitors::dns::set_ports(&mut m.ebpf, &options.dns_ports)
-            .map_err(|source| RunError::DnsPorts { monitor: m.spec.name, source })?;
-    }
+    // --- operations (crate::output::metrics, crate::config): attach reports ---
     let attached: Vec<monitors::AttachReport> = loaded.iter().flat_map(|m| m.reports.iter().cloned()).collect();
     let counters = std::sync::Arc::new(crate::output::metrics::Counters::default());
     let metrics_listener = match &options.metrics {
@@ -168,7 +214,13 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         }
         None => ("stdout".to_owned(), Box::new(io::stdout())),
     };
-    let mut sink = JsonLines::new(writer);
+    // The writer has its own thread behind a bounded queue (crate::output::writer): a stalled
+    // reader of the output never blocks this loop, the drain tasks or the metrics endpoint.
+    let mut sink = OutputThread::spawn(writer, options.output_queue_events, counters.clone())
+        .map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+    let output_failed = |e: SendError, name: &str| match e {
+        SendError::Failed(source) => RunError::Output { path: name.to_owned(), source },
+    };
 
     // Each monitor's buffers are drained by its own task (crate::transport::stream), on their
     // wake-ups and on the delivery policy's timer; batches meet here. On shutdown every task
@@ -211,14 +263,19 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     drop(tx);
     // --- operations: the metrics endpoint reads the objects while the run loop streams ---
     let ebpfs: crate::output::metrics::SharedObjects = std::sync::Arc::new(ebpfs);
+    let running = ebpfs.len() + adopted_names.len();
+    let failed_names: Vec<&str> = failed.iter().map(|f| f.monitor).collect();
     let metrics_task = metrics_listener.map(|listener| {
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics endpoint");
         let state = crate::output::metrics::State {
             objects: ebpfs.clone(),
-            // The plan for this kernel: every program that attached at start. Alternatives not
-            // taken and programs this kernel cannot run (reported at start) are not owed.
-            planned: attached.len(),
+            // The plan for this kernel: every program that attached at start, loaded or adopted
+            // from pins. Alternatives not taken and programs this kernel cannot run (reported at
+            // start) are not owed; monitors that failed are reported apart (`failed`).
+            planned: attached.len() + pinned.len(),
             attached,
+            requested: options.monitors.iter().map(|m| m.name).collect(),
+            failed: failed.clone(),
             counters: counters.clone(),
             kernel_release: crate::plan::kernel_release(),
             pinned, // --- pin ---
@@ -226,12 +283,28 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         tokio::spawn(crate::output::metrics::serve(listener, std::sync::Arc::new(state)))
     });
     // --- end operations ---
-    eprintln!(
-        "tapio-load: attached {} monitor(s); delivery {} (bound {} ms); streaming events to {output_name}",
-        ebpfs.len(),
+    let degraded = if failed.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} not running: {})", failed.len(), failed_names.join(", "))
+    };
+    // The start-up line: on stderr as it always was in text, a structured record in JSON.
+    let line = format!(
+        "tapio-load: attached {running} monitor(s){degraded}; delivery {} (bound {} ms); streaming events to {output_name}",
         delivery.policy,
         delivery.bound_ms
     );
+    match crate::logging::format() {
+        crate::logging::LogFormat::Text => eprintln!("{line}"),
+        crate::logging::LogFormat::Json => info!(
+            monitors_running = running,
+            monitors_failed = failed.len(),
+            delivery = %delivery.policy,
+            bound_ms = delivery.bound_ms,
+            output = %output_name,
+            "{line}"
+        ),
+    }
 
     let mut summary = RunSummary::default();
     let mut stopping = false;
@@ -241,34 +314,70 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut dns = crate::dns::Correlator::new(options.decode.dns_timeout, crate::dns::DEFAULT_CAPACITY);
     dns.publish(&counters); // metrics: tapio_dns_inflight*
     let mut dns_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    // The configuration file is watched as well as re-read on SIGHUP.
+    let mut watch = options.reload.as_ref().and_then(|r| {
+        let registered = crate::config_watch::ConfigWatch::new(&r.file).and_then(|w| {
+            // SAFETY: the watch owns its inotify fd and keeps it open, unchanged, until it is
+            // dropped, which happens only when this AsyncFd is dropped.
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
+        });
+        match registered {
+            Ok(w) => {
+                info!(file = %r.file.display(), "watching the configuration file; changes apply without a signal");
+                Some(w)
+            }
+            Err(e) => {
+                warn!(file = %r.file.display(), "config watch: {e}; changes apply on SIGHUP only");
+                None
+            }
+        }
+    });
+    let mut reload_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = interrupt.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
             _ = terminate.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
             _ = hangup.recv() => {
-                reload(&mut options.decode, &mut dns, options.reload.as_ref(), &counters);
-                // --- advanced: sampling, dedup window, batch size and flush bound follow the file ---
-                if let Some(source) = options.reload.as_ref() {
-                    monitors::advanced::on_reload(ebpfs.iter().map(|(_, ebpf)| ebpf), source);
+                reload("SIGHUP", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs);
+                if let Some(watch) = watch.as_mut() {
+                    watch.get_mut().applied();
                 }
-                // --- end advanced ---
+            }
+            // The configuration file's directory changed (an edit, a ConfigMap's `..data` swap):
+            // wait until it settles, then reload if the content differs (crate::config_watch).
+            ready = async { watch.as_mut().expect("guarded").readable_mut().await }, if watch.is_some() => {
+                match ready {
+                    Ok(mut guard) => {
+                        guard.get_inner_mut().drain();
+                        guard.clear_ready();
+                        reload_at = Some(tokio::time::Instant::now() + crate::config_watch::SETTLE);
+                    }
+                    Err(e) => {
+                        warn!("config watch: {e}; changes apply on SIGHUP only");
+                        watch = None;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)), if reload_at.is_some() => {
+                reload_at = None;
+                if watch.as_mut().is_some_and(|w| w.get_mut().changed()) {
+                    reload("config file changed", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs);
+                }
             }
             _ = dns_tick.tick(), if dns_on => {
-                for event in dns.expire(crate::dns::monotonic_ns()) {
-                    sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
-                }
+                sink.send(dns.expire(crate::dns::monotonic_ns())).map_err(|e| output_failed(e, &output_name))?;
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
-                sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
             }
             batch = rx.recv() => {
                 // None: every drain task has finished its last pass.
                 let Some(batch) = batch else { break };
+                let mut out = Vec::with_capacity(batch.len());
                 for record in &batch {
                     // decode_all: an advanced batch record expands into its events.
                     match events::decode_all(record, &options.decode) {
                         Ok(decoded) => for mut event in decoded {
                             dns.observe(&mut event);
-                            sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+                            out.push(event);
                         }
                         Err(e) => {
                             summary.decode_errors += 1;
@@ -277,8 +386,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                         }
                     }
                 }
-                sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
-                counters.events_written.store(sink.written(), std::sync::atomic::Ordering::Relaxed);
+                sink.send(out).map_err(|e| output_failed(e, &output_name))?;
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
             }
         }
@@ -286,8 +394,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     for task in tasks {
         let _ = task.await;
     }
-    let _ = sink.flush();
-    summary.written = sink.written();
+    sink.finish(OUTPUT_DRAIN_TIMEOUT).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+    summary.written = counters.events_written.load(std::sync::atomic::Ordering::Relaxed);
     // The endpoint holds a reference to the objects: stop it first so dropping ours detaches.
     if let Some(task) = metrics_task {
         task.abort();
@@ -308,16 +416,20 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     Ok(summary)
 }
 
-/// SIGHUP: re-reads the configuration file and applies what can change without reloading any
-/// program (argv_max, dns_timeout_ms). An invalid file is refused and the running values stay.
+/// SIGHUP or a change of the watched file: re-reads the configuration file and applies what can
+/// change without reloading any program (argv_max, dns_timeout_ms, and the advanced monitor's
+/// sampling, dedup window, batch size and flush bound). An invalid file is refused and the running
+/// values stay. `trigger` starts the log line.
 fn reload(
+    trigger: &str,
     decode: &mut DecodeOptions,
     dns: &mut crate::dns::Correlator,
     source: Option<&crate::config::Reload>,
     counters: &crate::output::metrics::Counters,
+    objects: &crate::output::metrics::SharedObjects,
 ) {
     let Some(source) = source else {
-        warn!("SIGHUP: no --config file to re-read; ignored");
+        warn!("{trigger}: no --config file to re-read; ignored");
         return;
     };
     match source.load() {
@@ -325,12 +437,15 @@ fn reload(
             decode.argv_max = config.argv_max;
             decode.dns_timeout = std::time::Duration::from_millis(config.dns_timeout_ms);
             dns.set_window(decode.dns_timeout);
+            // --- advanced: sampling, dedup window, batch size and flush bound follow the file ---
+            monitors::advanced::on_reload(objects.iter().map(|(_, ebpf)| ebpf), &config);
+            // --- end advanced ---
             counters.config_reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            info!(argv_max = config.argv_max, dns_timeout_ms = config.dns_timeout_ms, "SIGHUP: configuration reloaded");
+            info!(argv_max = config.argv_max, dns_timeout_ms = config.dns_timeout_ms, "{trigger}: configuration reloaded");
         }
         Err(e) => {
             counters.config_reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!("SIGHUP: {e}; keeping the running configuration");
+            warn!("{trigger}: {e}; keeping the running configuration");
         }
     }
 }

@@ -15,12 +15,17 @@ const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 #[error("tracefs: not mounted at {TRACEFS} and mounting it failed: {0}; mount it (mount -t tracefs nodev {TRACEFS}) or run as root")]
 pub struct TracefsError(#[source] std::io::Error);
 
-fn mounted() -> bool {
+/// Whether tracefs's `events/` is visible at either of its usual places.
+pub fn mounted() -> bool {
     Path::new(TRACEFS).join("events").is_dir() || Path::new(DEBUGFS_TRACING).join("events").is_dir()
 }
 
-/// Ok when tracefs is (now) mounted.
+/// Ok when tracefs is (now) mounted. Every path that attaches a classic tracepoint or looks one
+/// up calls this first ([`crate::monitors::load`], `check`, `plan`, `run`), so a library caller
+/// needs no set-up of its own. Serialized: two threads loading monitors at once mount it once.
 pub fn ensure_mounted() -> Result<(), TracefsError> {
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
     if mounted() {
         return Ok(());
     }

@@ -194,14 +194,18 @@ impl DrainTimer {
 /// The `events` map could not be turned into readable buffers.
 #[derive(Debug, Error)]
 pub enum TransportError {
-    #[error("{transport} map: {detail}")]
-    Map { transport: Transport, detail: String },
+    #[error("{transport} map: a {found} map, not the {transport} map this object was built with")]
+    MapType { transport: Transport, found: String },
     #[error(transparent)]
     Ring(#[from] ring::RingError),
     #[error("perf buffer: {0}")]
     Perf(#[from] perf::PerfError),
-    #[error("online cpus: {0}")]
-    Cpus(String),
+    #[error("online cpus: {what}: {source}")]
+    Cpus {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("epoll: {0}")]
     Epoll(#[source] io::Error),
 }
@@ -256,11 +260,10 @@ impl EventSource {
     /// Opens the map as the transport it was built with; for perf, one buffer per online CPU,
     /// whose wake-ups follow `delivery`.
     pub fn open(map: Map, transport: Transport, delivery: &Delivery) -> Result<Self, TransportError> {
-        let map_err = |detail: String| TransportError::Map { transport, detail };
         match (transport, map) {
             (Transport::Ringbuf, Map::RingBuf(data)) => Self::from_ring(RingReader::new(data)?),
             (Transport::Perf, Map::PerfEventArray(array)) => {
-                let cpus = aya::util::online_cpus().map_err(|(what, e)| TransportError::Cpus(format!("{what}: {e}")))?;
+                let cpus = aya::util::online_cpus().map_err(|(what, source)| TransportError::Cpus { what, source })?;
                 // SAFETY: sysconf has no preconditions.
                 let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
                 let wakeup = delivery.perf_wakeup(PERF_PAGES * page);
@@ -270,7 +273,7 @@ impl EventSource {
                     .collect::<Result<Vec<_>, _>>()?;
                 Self::with_buffers(transport, buffers, Some(array))
             }
-            (_, other) => Err(map_err(format!("a {:?} map, not the {transport} map this object was built with", other))),
+            (_, other) => Err(TransportError::MapType { transport, found: format!("{other:?}") }),
         }
     }
 

@@ -17,13 +17,66 @@ fn configmap_toml() -> String {
         .collect()
 }
 
+/// `tapio-load config check` on a file: its exit status and output.
+fn config_check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("tapio.toml");
+    std::fs::write(&file, text).expect("write the ConfigMap's file");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tapio-load"))
+        .args(["config", "check"])
+        .arg(&file)
+        // `config check` applies TAPIO_<KEY> too: the test's own environment must not.
+        .env_clear()
+        .output()
+        .expect("run tapio-load config check");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The shipped ConfigMap passes `config check`, which refuses keys nothing reads: every key in
+/// it is acted on.
 #[test]
-fn configmap_configuration_is_valid() {
+fn configmap_passes_config_check() {
     let text = configmap_toml();
-    let partial = tapio_load::config::parse_str(Path::new("daemonset.yaml:tapio.toml"), &text)
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let config = tapio_load::config::Config::from_partial(partial).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert!(!config.sampling.is_empty(), "the ConfigMap should show the sampling rates");
+    let (ok, out) = config_check(&text);
+    assert!(ok && out.trim() == "ok", "tapio-load config check refused the shipped ConfigMap:\n{out}\n{text}");
+    let partial = tapio_load::config::parse_str(Path::new("daemonset.yaml:tapio.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    tapio_load::config::Config::from_partial(partial).unwrap_or_else(|e| panic!("{e}\n{text}"));
+}
+
+/// The ConfigMap's commented advanced block is valid once uncommented with the advanced monitor
+/// enabled, as its comment says, and without it is refused with the reason.
+#[test]
+fn configmap_advanced_block_works_as_its_comment_says() {
+    let text = configmap_toml();
+    let uncommented: String = text
+        .lines()
+        .map(|l| {
+            let body = l.strip_prefix("# ").unwrap_or(l);
+            let is_setting = body.starts_with('[') || body.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '));
+            if l.starts_with("# ") && is_setting { body.to_owned() } else { l.to_owned() }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("[syscall_sampling]"), "no advanced block in the ConfigMap:\n{text}");
+    let (ok, out) = config_check(&uncommented);
+    assert!(!ok && out.contains("refused: nothing reads it"), "advanced keys without the advanced monitor must be refused:\n{out}");
+    let enabled = uncommented.replacen("monitors = [\"process\", \"dns\"]", "monitors = [\"process\", \"dns\", \"advanced\"]", 1);
+    let (ok, out) = config_check(&enabled);
+    assert!(ok, "the advanced block with the advanced monitor enabled:\n{out}\n{enabled}");
+    let c = tapio_load::config::Config::from_partial(tapio_load::config::parse_str(Path::new("t"), &enabled).expect("parse")).expect("valid");
+    assert!(!c.sampling.is_empty() && !c.syscall_sampling.is_empty(), "the block shows the sampling rates");
+}
+
+/// The manifest states its seccomp profile (a kubelet with SeccompDefault would otherwise apply
+/// the runtime's default, which refuses bpf(2) to this capability set), with the reason.
+#[test]
+fn daemonset_states_its_seccomp_profile() {
+    let lines: Vec<&str> = DAEMONSET.lines().collect();
+    let at = lines.iter().position(|l| l.trim() == "seccompProfile:").expect("a seccompProfile in the container's securityContext");
+    assert_eq!(lines.get(at + 1).map(|l| l.trim()), Some("type: Unconfined"), "{}", lines[at..].join("\n"));
+    let reason: String = lines[..at].iter().rev().take_while(|l| l.trim().starts_with('#')).copied().collect();
+    assert!(reason.contains("bpf(2)") && reason.contains("EPERM"), "the profile's reason is missing above it");
+    assert!(OPERATIONS.contains("seccompProfile"), "docs/operations.md does not explain the seccomp profile");
 }
 
 #[test]

@@ -260,12 +260,15 @@ fn pinned_programs_survive_restart_and_are_adopted() {
     let args_metrics: Vec<&str> = args_metrics.iter().map(String::as_str).collect();
     let second = common::Loader::start(&args_metrics);
     let log = second.stderr.lock().unwrap().clone();
-    // The adopting loader reports the pinned programs as attached, with their unchanged ids.
-    // (/healthz compares with every planned program, the security monitor's alternatives and
-    // module programs this kernel lacks included, so it is 503 here with or without pins.)
-    let (_, health) = http_get(port, "/healthz");
-    assert!(health.starts_with(&format!("{expected} of ")) || health.starts_with("ok"), "/healthz of the adopting loader: {health}");
+    // The adopting loader reports the pinned programs as attached, with their unchanged ids,
+    // and owes exactly those: healthy, with the real counts (the plan for this kernel agrees).
+    let (status, health) = http_get(port, "/healthz");
+    assert_eq!(status, 200, "/healthz of the adopting loader: {health}");
+    assert_eq!(health, format!("ok: {expected} of {expected} planned programs attached\n"), "/healthz of the adopting loader");
     let (_, page) = http_get(port, "/metrics");
+    let planned = page.lines().find_map(|l| l.strip_prefix("tapio_programs_planned ")).and_then(|v| v.parse::<usize>().ok());
+    assert_eq!(planned, Some(expected), "tapio_programs_planned of the adopting loader:\n{page}");
+    assert_eq!(common::planned_programs(&monitors), expected, "`tapio-load plan` disagrees with what the first loader attached");
     let attached = page.lines().filter(|l| l.starts_with("tapio_program_attached{") && l.contains("path=\"pinned:") && l.ends_with(" 1")).count();
     assert_eq!(attached, expected, "tapio_program_attached of the adopting loader:\n{page}");
     let reported: BTreeSet<u64> = page

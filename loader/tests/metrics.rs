@@ -66,7 +66,7 @@ fn metrics_follow_real_execs_and_pass_promtool() {
     let config = dir.path().join("tapio.toml");
     std::fs::write(
         &config,
-        format!("monitors = [\"process\"]\nmetrics_address = \"127.0.0.1:{port}\"\nargv_max = 8\n\n[sampling]\nprocess = 1.0\n"),
+        format!("monitors = [\"process\"]\nmetrics_address = \"127.0.0.1:{port}\"\nargv_max = 8\n"),
     )
     .expect("write config");
     let loader = common::Loader::start(&["--config", config.to_str().expect("utf-8 path")]);
@@ -77,8 +77,13 @@ fn metrics_follow_real_execs_and_pass_promtool() {
     assert_eq!(status, 200, "/metrics: {before}");
     promtool_check(&before);
     let emitted_before = sample(&before, "tapio_events_emitted_total{monitor=\"process\"}");
+    // The plan for this kernel, from `tapio-load plan`, is what is owed and what is attached.
+    let expected = common::planned_programs("process");
+    assert!(expected > 0);
+    assert_eq!(health, format!("ok: {expected} of {expected} planned programs attached\n"));
     let attached = before.lines().filter(|l| l.starts_with("tapio_program_attached{") && l.ends_with(" 1")).count();
-    assert_eq!(attached as f64, sample(&before, "tapio_programs_planned"), "{before}");
+    assert_eq!(sample(&before, "tapio_programs_planned"), expected as f64, "{before}");
+    assert_eq!(attached, expected, "{before}");
     assert!(before.contains("tapio_program_attached{monitor=\"process\""), "{before}");
 
     for _ in 0..5 {

@@ -88,6 +88,21 @@ unsafe impl aya::Pod for AdvancedConfig {}
 // SAFETY: repr(C) integers and byte arrays, no padding (asserted in C and by the layout test).
 unsafe impl aya::Pod for AdvancedBatch {}
 
+/// The syscalls the advanced monitor watches from the configuration, by name (the names
+/// `syscall_sampling` accepts): file I/O, a flood on any busy node, and what the old suite's
+/// "advanced" path watched.
+pub const WATCHED: &[(&str, u32)] = &[
+    ("read", libc::SYS_read as u32),
+    ("write", libc::SYS_write as u32),
+    ("openat", libc::SYS_openat as u32),
+    ("close", libc::SYS_close as u32),
+];
+
+/// The number of a watched syscall, by name.
+pub fn watched_syscall(name: &str) -> Option<u32> {
+    WATCHED.iter().find(|(n, _)| *n == name).map(|&(_, nr)| nr)
+}
+
 /// What the advanced monitor does, from the configuration file or a caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdvancedOptions {
@@ -115,35 +130,32 @@ impl Default for AdvancedOptions {
             dedup_window: Duration::ZERO,
             sampling: 1.0,
             rates: BTreeMap::new(),
-            // File I/O: a flood on any busy node, and what the old suite's "advanced" path watched.
-            syscalls: [libc::SYS_read, libc::SYS_write, libc::SYS_openat, libc::SYS_close]
-                .iter()
-                .map(|&nr| nr as u32)
-                .collect(),
+            syscalls: WATCHED.iter().map(|&(_, nr)| nr).collect(),
             target_tgid: 0,
         }
     }
 }
 
 impl AdvancedOptions {
-    /// The options the configuration keys give (`sampling.advanced`, `dedup_window_ms`,
-    /// `batch_size`, `flush_interval_ms`); the rest keep their defaults.
+    /// The options the configuration keys give (`sampling.advanced`, `syscall_sampling`,
+    /// `dedup_window_ms`, `batch_size`, `flush_interval_ms`); the rest keep their defaults.
     pub fn from_config(c: &crate::config::Config) -> Self {
         Self {
             batch_size: c.batch_size,
             flush_interval: Duration::from_millis(c.flush_interval_ms),
             dedup_window: Duration::from_millis(c.dedup_window_ms),
             sampling: c.sampling.get(SPEC.name).copied().unwrap_or(1.0),
+            // Validated by crate::config: every name is a watched syscall.
+            rates: c.syscall_sampling.iter().filter_map(|(name, &rate)| Some((watched_syscall(name)?, rate))).collect(),
             ..Self::default()
         }
     }
 
     /// The `advanced_config` slot these options give, for a loader whose own process is `me`.
     pub fn kernel_config(&self, me: u32) -> AdvancedConfig {
+        // crate::config refuses a batch_size above a record's capacity; a library caller's
+        // larger value is held to it.
         let max = ADVANCED_BATCH_MAX as u32;
-        if self.batch_size > max {
-            tracing::debug!(batch_size = self.batch_size, max, "advanced: batch_size clamped to the record's capacity");
-        }
         AdvancedConfig {
             dedup_window_ns: self.dedup_window.as_nanos().min(u128::from(u64::MAX)) as u64,
             flush_ns: self.flush_interval.as_nanos().min(u128::from(u64::MAX)) as u64,
@@ -247,13 +259,9 @@ pub fn configure(ebpf: &mut Ebpf, options: &AdvancedOptions) -> Result<(), Advan
     apply(ebpf, options)
 }
 
-/// SIGHUP: re-reads the configuration and applies it to every loaded advanced object. A bad
-/// file or map write only warns; the running values stay.
-pub fn on_reload<'a>(objects: impl IntoIterator<Item = &'a Ebpf>, source: &crate::config::Reload) {
-    let config = match source.load() {
-        Ok(c) => c,
-        Err(_) => return, // crate::run::reload already reported it
-    };
+/// A reload (SIGHUP or a change of the watched file): applies the re-read configuration to every
+/// loaded advanced object. A failed map write only warns; the running values stay.
+pub fn on_reload<'a>(objects: impl IntoIterator<Item = &'a Ebpf>, config: &crate::config::Config) {
     let options = AdvancedOptions::from_config(&config);
     for ebpf in objects {
         if ebpf.map(CONFIG_MAP).is_none() {
@@ -263,10 +271,11 @@ pub fn on_reload<'a>(objects: impl IntoIterator<Item = &'a Ebpf>, source: &crate
             Ok(()) => tracing::info!(
                 batch_size = options.batch_size,
                 sampling = options.sampling,
+                syscall_sampling = ?config.syscall_sampling,
                 dedup_window_ms = options.dedup_window.as_millis() as u64,
-                "SIGHUP: advanced monitor reconfigured"
+                "reload: advanced monitor reconfigured"
             ),
-            Err(e) => tracing::warn!("SIGHUP: {e}"),
+            Err(e) => tracing::warn!("reload: {e}"),
         }
     }
 }

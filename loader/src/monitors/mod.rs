@@ -222,8 +222,16 @@ pub enum MonitorError {
     NeedsKernelBtf { monitor: &'static str, program: &'static str },
     #[error("monitor {monitor}: program {program}: missing from the object")]
     MissingProgram { monitor: &'static str, program: &'static str },
-    #[error("monitor {monitor}: program {program}: verifier rejected it: {io_error}\nverifier log (tail):\n{log_tail}")]
-    Verifier { monitor: &'static str, program: &'static str, io_error: std::io::Error, log_tail: String },
+    /// The verifier refused the program; `log` is its whole log (the message shows the tail,
+    /// where the verifier stopped; `tapio-load check --json` carries it all).
+    #[error("monitor {monitor}: program {program}: verifier rejected it: {io_error}\nverifier log (tail):\n{}", log_tail(log, VERIFIER_LOG_TAIL))]
+    Verifier {
+        monitor: &'static str,
+        program: &'static str,
+        #[source]
+        io_error: std::io::Error,
+        log: String,
+    },
     #[error("monitor {monitor}: program {program}: {stage}: {source}")]
     Program {
         monitor: &'static str,
@@ -232,30 +240,75 @@ pub enum MonitorError {
         #[source]
         source: ProgramError,
     },
-    #[error("monitor {monitor}: map events: {detail}")]
-    Events { monitor: &'static str, detail: String },
-    #[error("monitor {monitor}: map {map}: {detail}")]
-    Map { monitor: &'static str, map: &'static str, detail: String },
-    #[error("monitor {monitor}: program {program}: attach: {detail}")]
-    Cgroup { monitor: &'static str, program: &'static str, detail: String },
+    #[error("monitor {monitor}: map events: missing from the object")]
+    NoEvents { monitor: &'static str },
+    #[error("monitor {monitor}: map events: {source}")]
+    Events {
+        monitor: &'static str,
+        #[source]
+        source: crate::transport::TransportError,
+    },
+    #[error("monitor {monitor}: map {map}: {source}")]
+    Map {
+        monitor: &'static str,
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("monitor {monitor}: {source}")]
+    Advanced {
+        monitor: &'static str,
+        #[source]
+        source: advanced::AdvancedError,
+    },
+    #[error("monitor {monitor}: program {program}: attach: {source}")]
+    Cgroup {
+        monitor: &'static str,
+        program: &'static str,
+        #[source]
+        source: CgroupAttachError,
+    },
+    #[error("monitor {monitor}: {source}")]
+    Tracefs {
+        monitor: &'static str,
+        #[source]
+        source: crate::tracefs::TracefsError,
+    },
+}
+
+/// Lines of the verifier log an error message shows: its end, where the verifier stopped.
+pub const VERIFIER_LOG_TAIL: usize = 12;
+
+/// Why a cgroup program could not be attached to the cgroup v2 root.
+#[derive(Debug, Error)]
+pub enum CgroupAttachError {
+    #[error(transparent)]
+    Root(#[from] crate::cgroup2::Cgroup2Error),
+    #[error("bpf_link_create on {kind}: {source}")]
+    Link {
+        kind: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl MonitorError {
     /// Whether the kernel refused for lack of privilege (EPERM/EACCES anywhere in the chain).
     pub fn is_permission(&self) -> bool {
-        let mut cur: Option<&dyn std::error::Error> = Some(self);
-        while let Some(e) = cur {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
-                    return true;
-                }
-            }
-            cur = e.source();
+        crate::errors::is_permission(self)
+    }
+
+    /// The OS error number the kernel answered with, wherever it is in the chain.
+    pub fn errno(&self) -> Option<i32> {
+        crate::errors::errno(self)
+    }
+
+    /// The whole verifier log, for a verifier rejection.
+    pub fn verifier_log(&self) -> Option<&str> {
+        match self {
+            Self::Verifier { log, .. } => Some(log),
+            _ => None,
         }
-        if let Self::Verifier { io_error, .. } = self {
-            return matches!(io_error.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
-        }
-        false
     }
 }
 
@@ -331,12 +384,9 @@ pub const WAKEUP_BYTES: &str = "tapio_wakeup_bytes";
 
 fn program_error(monitor: &'static str, program: &'static str, stage: &'static str, e: ProgramError) -> MonitorError {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => MonitorError::Verifier {
-            monitor,
-            program,
-            io_error,
-            log_tail: log_tail(&verifier_log.to_string(), 12),
-        },
+        ProgramError::LoadError { io_error, verifier_log } => {
+            MonitorError::Verifier { monitor, program, io_error, log: verifier_log.to_string() }
+        }
         source => MonitorError::Program { monitor, program, stage, source },
     }
 }
@@ -364,25 +414,25 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     // dns and network: the ports that mark DNS traffic are a map, not global data (4.19 has
     // none); it gets the default port before any program runs (`run` then sets the configured ones).
     dns::set_ports(&mut ebpf, &[dns::DEFAULT_DNS_PORT])
-        .map_err(|e| MonitorError::Map { monitor, map: dns::DNS_PORTS_MAP, detail: e.to_string() })?;
+        .map_err(|source| MonitorError::Map { monitor, map: dns::DNS_PORTS_MAP, source })?;
     // security: `in_container` compares each caller's mount namespace with the initial one, which
     // has no fixed inode number before 6.18. Unreadable, it stays 0 and the probe flags that.
     if let Some(map) = ebpf.map_mut(security::CONFIG_MAP) {
-        let map_error = |e: aya::maps::MapError| MonitorError::Map { monitor, map: security::CONFIG_MAP, detail: e.to_string() };
+        let map_error = |source: aya::maps::MapError| MonitorError::Map { monitor, map: security::CONFIG_MAP, source };
         let mut config = aya::maps::Array::<_, security::SecurityConfig>::try_from(map).map_err(map_error)?;
         match security::initial_mount_ns() {
             Ok((inum, from)) => {
-                tracing::debug!(inum, from, "security: initial mount namespace");
+                tracing::info!(inum, from, "security: initial mount namespace (the reference of in_container)");
                 config.set(0, security::SecurityConfig { init_mnt_ns: inum, _pad0: 0 }, 0).map_err(map_error)?;
             }
-            Err(e) => tracing::warn!("{e}; in_container falls back to the pid namespace alone"),
+            Err(e) => tracing::warn!("{e}; in_container is decided by the pid namespace alone (grant CAP_SYS_PTRACE to read pid 1's before 6.18)"),
         }
     }
     // advanced: knobs, sampling rates and the pre-filter set are maps the loader fills (no global
     // data), before any program runs.
     if ebpf.map(advanced::CONFIG_MAP).is_some() {
         advanced::configure(&mut ebpf, &options.advanced)
-            .map_err(|e| MonitorError::Map { monitor, map: advanced::CONFIG_MAP, detail: e.to_string() })?;
+            .map_err(|source| MonitorError::Advanced { monitor, source })?;
     }
     Ok(ebpf)
 }
@@ -451,8 +501,8 @@ pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -
         // A bpf_link of our own where the kernel has them (pinnable), else aya's prog_attach.
         // Multi mode either way: other agents' programs on the root (systemd's, a CNI's) keep running.
         AttachPoint::CgroupSkb { .. } | AttachPoint::CgroupSockCreate => {
-            let cgroup_err = |detail: String| MonitorError::Cgroup { monitor, program: p.name, detail };
-            let root = crate::cgroup2::open_root().map_err(|e| cgroup_err(e.to_string()))?;
+            let cgroup_err = |source: CgroupAttachError| MonitorError::Cgroup { monitor, program: p.name, source };
+            let root = crate::cgroup2::open_root().map_err(|e| cgroup_err(e.into()))?;
             let kind = match p.attach {
                 AttachPoint::CgroupSkb { egress: true } => CgroupAttach::InetEgress,
                 AttachPoint::CgroupSkb { egress: false } => CgroupAttach::InetIngress,
@@ -465,7 +515,7 @@ pub fn attach_program(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec) -
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL)) => {
                     tracing::debug!(program = p.name, "cgroup bpf_link refused ({e}); BPF_PROG_ATTACH instead")
                 }
-                Err(e) => return Err(cgroup_err(format!("bpf_link_create on {}: {e}", kind_name(kind)))),
+                Err(source) => return Err(cgroup_err(CgroupAttachError::Link { kind: kind_name(kind), source })),
             }
             if let AttachPoint::CgroupSkb { egress } = p.attach {
                 let prog: &mut CgroupSkb = program.try_into().map_err(|e| program_error(monitor, p.name, "program type", e))?;
@@ -538,9 +588,38 @@ fn try_set(
     Ok(done)
 }
 
-/// Loads a monitor's object with `btf`, then loads and attaches each of its programs.
+/// Mounts tracefs when `spec` has a classic tracepoint: they are attached by the id tracefs
+/// publishes, and both classic and raw ones are looked up there (crate::plan). A failure is an
+/// error only for a monitor with a tracepoint outside any alternative (it could not run without
+/// it); elsewhere the paths that need tracefs report themselves unavailable.
+fn ensure_tracefs(spec: &'static MonitorSpec) -> Result<(), MonitorError> {
+    let uses = |p: &&ProgramSpec| matches!(p.attach, AttachPoint::TracePoint { .. } | AttachPoint::RawTracePoint { .. });
+    if !spec.programs.iter().any(|p| uses(&p)) {
+        return Ok(());
+    }
+    match crate::tracefs::ensure_mounted() {
+        Ok(()) => Ok(()),
+        Err(source) => {
+            let required = spec.programs.iter().filter(uses).any(|p| {
+                matches!(p.attach, AttachPoint::TracePoint { .. })
+                    && group_of(spec.name, p.name).is_none()
+                    && alternatives_of(spec.name, p.name).is_none()
+                    && !OPTIONAL.iter().any(|o| o.monitor == spec.name && o.programs.contains(&p.name))
+            });
+            if required {
+                return Err(MonitorError::Tracefs { monitor: spec.name, source });
+            }
+            tracing::warn!("monitor {}: {source}", spec.name);
+            Ok(())
+        }
+    }
+}
+
+/// Loads a monitor's object with `btf`, then loads and attaches each of its programs. Mounts
+/// tracefs first when the monitor attaches tracepoints and it is not mounted.
 pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<LoadedMonitor, MonitorError> {
     let monitor = spec.name;
+    ensure_tracefs(spec)?;
     let mut ebpf = open(spec, btf, options)?;
     let mut reports = Vec::new();
     let mut unavailable = Vec::new();
@@ -633,10 +712,10 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     }
     let map = ebpf
         .take_map("events")
-        .ok_or_else(|| MonitorError::Events { monitor, detail: "missing from the object".to_owned() })?;
+        .ok_or(MonitorError::NoEvents { monitor })?;
     let transport = options.transport();
     let events = crate::transport::EventSource::open(map, transport, &options.delivery)
-        .map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
+        .map_err(|source| MonitorError::Events { monitor, source })?;
     Ok(LoadedMonitor { spec, transport, ebpf, events, reports, unavailable, fallbacks, links })
 }
 
@@ -653,15 +732,15 @@ pub enum PathError {
 pub fn try_path(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf: Option<&Btf>) -> Result<(Duration, LinkId), PathError> {
     crate::plan::attach_path(&p.attach).map_err(PathError::Unavailable)?;
     let classify = |e: MonitorError| match &e {
-        MonitorError::Verifier { io_error, log_tail, .. }
-            if !log_tail.trim().is_empty() && io_error.raw_os_error() != Some(libc::EPERM) =>
+        MonitorError::Verifier { io_error, log, .. }
+            if !log.trim().is_empty() && io_error.raw_os_error() != Some(libc::EPERM) =>
         {
             PathError::Bug(e)
         }
-        _ => PathError::Unavailable(e.to_string()),
+        _ => PathError::Unavailable(crate::errors::chain(&e)),
     };
     let took = load_program(ebpf, monitor, p, btf).map_err(classify)?;
-    let link = attach_program(ebpf, monitor, p).map_err(|e| PathError::Unavailable(e.to_string()))?;
+    let link = attach_program(ebpf, monitor, p).map_err(|e| PathError::Unavailable(crate::errors::chain(&e)))?;
     Ok((took, link))
 }
 
@@ -745,6 +824,29 @@ mod tests {
                 assert!(set > 0, "{} is a syscall tracepoint in a preferred set", p.name);
             }
         }
+    }
+
+    /// A map or event-buffer error keeps the kernel's answer as its source: a permission
+    /// refusal is recognisable as one, and the report names the errno.
+    #[test]
+    fn map_and_events_errors_keep_the_os_error() {
+        let eperm = || aya::sys::SyscallError { call: "bpf_map_update_elem", io_error: std::io::Error::from_raw_os_error(libc::EPERM) };
+        let map = MonitorError::Map { monitor: "dns", map: dns::DNS_PORTS_MAP, source: aya::maps::MapError::SyscallError(eperm()) };
+        assert!(map.is_permission(), "{map}");
+        assert_eq!(map.errno(), Some(libc::EPERM));
+        assert!(crate::errors::chain(&map).ends_with("Operation not permitted (os error 1)"), "{}", crate::errors::chain(&map));
+        let ring = crate::transport::ring::RingError::Info(aya::maps::MapError::SyscallError(eperm()));
+        let events = MonitorError::Events { monitor: "process", source: crate::transport::TransportError::Ring(ring) };
+        assert!(events.is_permission(), "{events}");
+        let verifier = MonitorError::Verifier {
+            monitor: "m",
+            program: "p",
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            log: (0..40).map(|i| format!("{i}: (b7) r0 = 0\n")).collect(),
+        };
+        assert!(verifier.is_permission());
+        assert_eq!(verifier.verifier_log().map(|l| l.lines().count()), Some(40), "the whole log is kept");
+        assert_eq!(verifier.to_string().lines().count(), 2 + VERIFIER_LOG_TAIL, "the message shows the tail:\n{verifier}");
     }
 
     /// One missing tracepoint is enough to leave the whole set out.

@@ -89,25 +89,35 @@ pub struct NamespaceError {
     source: std::io::Error,
 }
 
-/// Where the initial mount namespace is looked up, best first.
-///
-/// `/proc/1` is the initial namespace when the loader sees the host's pid namespace. Reading it
-/// needs ptrace access to pid 1, which a restricted root may lack; the loader's own namespace is
-/// then the reference, correct when the loader runs in the host's mount namespace (as a
-/// DaemonSet with `hostPID` and the host's mounts does).
-const MNT_NS_PATHS: [&str; 2] = ["/proc/1/ns/mnt", "/proc/self/ns/mnt"];
+/// The initial mount namespace's inode number from 6.18 on: the kernel gives the initial
+/// namespaces fixed numbers (`MNT_NS_INIT_INO` in include/uapi/linux/nsfs.h,
+/// <https://github.com/torvalds/linux/blob/v6.18/include/uapi/linux/nsfs.h>).
+pub const MNT_NS_INIT_INO: u32 = 0xEFFF_FFF8;
 
-/// The inode number of the initial mount namespace and the path it came from.
+/// The first kernel with [`MNT_NS_INIT_INO`].
+pub const FIXED_NS_INODES_SINCE: crate::lint::KernelVersion = crate::lint::KernelVersion::new(6, 18);
+
+/// Where the initial mount namespace is read before 6.18: pid 1's, when the loader sees the
+/// host's pid namespace. Reading it needs ptrace access to pid 1 (CAP_SYS_PTRACE in a container).
+const PID1_MNT_NS: &str = "/proc/1/ns/mnt";
+
+/// The inode number of the initial mount namespace and where it came from: the kernel's fixed
+/// number on 6.18+, else pid 1's namespace. The loader's own namespace is never taken instead:
+/// inside a container it is the container's, and every host process would be reported
+/// `in_container: true`. Unreadable, the probe decides by the pid namespace alone (see
+/// [`CONFIG_MAP`]) and the caller says so.
 pub fn initial_mount_ns() -> Result<(u32, &'static str), NamespaceError> {
-    let mut last = None;
-    for path in MNT_NS_PATHS {
-        match std::fs::metadata(Path::new(path)) {
-            // nsfs inode numbers are 32-bit (`ns_common.inum` is an unsigned int).
-            Ok(m) => return Ok((m.ino() as u32, path)),
-            Err(source) => last = Some(NamespaceError { path, source }),
-        }
+    initial_mount_ns_for(&crate::plan::kernel_release())
+}
+
+fn initial_mount_ns_for(release: &str) -> Result<(u32, &'static str), NamespaceError> {
+    if crate::lint::KernelVersion::parse(release).is_ok_and(|v| v >= FIXED_NS_INODES_SINCE) {
+        return Ok((MNT_NS_INIT_INO, "MNT_NS_INIT_INO (6.18+)"));
     }
-    Err(last.expect("MNT_NS_PATHS is not empty"))
+    std::fs::metadata(Path::new(PID1_MNT_NS))
+        // nsfs inode numbers are 32-bit (`ns_common.inum` is an unsigned int).
+        .map(|m| (m.ino() as u32, PID1_MNT_NS))
+        .map_err(|source| NamespaceError { path: PID1_MNT_NS, source })
 }
 
 const fn enter(program: &'static str, name: &'static str) -> ProgramSpec {
@@ -152,3 +162,26 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         ProgramSpec { name: "sec_capable_kprobe", attach: AttachPoint::Kprobe { function: "cap_capable" } },
     ],
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 6.18+ takes the kernel's fixed number; an older kernel reads pid 1's namespace or fails,
+    /// and never falls back to the loader's own (a container's) namespace.
+    #[test]
+    fn the_initial_mount_namespace_is_never_the_loaders_own() {
+        assert_eq!(initial_mount_ns_for("6.18.44-fc").map(|(ino, _)| ino).ok(), Some(MNT_NS_INIT_INO));
+        match initial_mount_ns_for("6.1.0-18-amd64") {
+            Ok((_, from)) => assert_eq!(from, PID1_MNT_NS),
+            Err(e) => assert_eq!(e.path, PID1_MNT_NS),
+        }
+        // On a 6.18+ host whose tests run in the initial mount namespace, the constant is that
+        // namespace's number.
+        let release = crate::plan::kernel_release();
+        let own = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino() as u32).ok();
+        if crate::lint::KernelVersion::parse(&release).is_ok_and(|v| v >= FIXED_NS_INODES_SINCE) && own == Some(MNT_NS_INIT_INO) {
+            assert_eq!(initial_mount_ns().map(|(ino, _)| ino).ok(), own);
+        }
+    }
+}

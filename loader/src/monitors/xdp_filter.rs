@@ -195,8 +195,13 @@ pub enum XdpFilterError {
     Object(#[source] EbpfError),
     #[error("monitor xdp_filter: {what} {name}: missing from the object")]
     Missing { what: &'static str, name: &'static str },
-    #[error("monitor xdp_filter: program xdp_filter: verifier rejected it: {io_error}\nverifier log (tail):\n{log_tail}")]
-    Verifier { io_error: io::Error, log_tail: String },
+    /// `log` is the verifier's whole log; the message shows its tail.
+    #[error("monitor xdp_filter: program xdp_filter: verifier rejected it: {io_error}\nverifier log (tail):\n{}", super::log_tail(log, super::VERIFIER_LOG_TAIL))]
+    Verifier {
+        #[source]
+        io_error: io::Error,
+        log: String,
+    },
     #[error("monitor xdp_filter: program xdp_filter: {stage}: {source}")]
     Program {
         stage: &'static str,
@@ -236,7 +241,7 @@ pub enum XdpFilterError {
 fn program_error(stage: &'static str, e: ProgramError) -> XdpFilterError {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
-            XdpFilterError::Verifier { io_error, log_tail: super::log_tail(&verifier_log.to_string(), 12) }
+            XdpFilterError::Verifier { io_error, log: verifier_log.to_string() }
         }
         source => XdpFilterError::Program { stage, source },
     }
@@ -463,9 +468,9 @@ fn steering_cpus(n: u32) -> Result<Vec<u32>, XdpFilterError> {
 /// Loads the object and its program through the running kernel's verifier, unattached, for
 /// `check` and the verifier matrix. Ok: the verified instruction count where the kernel
 /// reports one (5.16+), None before. Err: the reason, with the verifier log's tail.
-pub fn check_load(btf: Option<&Btf>) -> Result<Option<u32>, String> {
-    let filter = XdpFilter::load(btf, &FilterOptions::default()).map_err(|e| e.to_string())?;
-    let program = filter.ebpf.program(PROGRAM).ok_or_else(|| format!("program {PROGRAM}: missing"))?;
+pub fn check_load(btf: Option<&Btf>) -> Result<Option<u32>, XdpFilterError> {
+    let filter = XdpFilter::load(btf, &FilterOptions::default())?;
+    let program = filter.ebpf.program(PROGRAM).ok_or(XdpFilterError::Missing { what: "program", name: PROGRAM })?;
     Ok(program.info().ok().and_then(|info| info.verified_instruction_count()))
 }
 

@@ -51,6 +51,11 @@ pub enum MetricsError {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub events_written: AtomicU64,
+    /// Events dropped because the output queue was full (crate::output::writer).
+    pub output_dropped: AtomicU64,
+    /// Events waiting for the writer thread now, and the queue's bound.
+    pub output_queue_events: AtomicU64,
+    pub output_queue_bound: AtomicU64,
     pub decode_errors: AtomicU64,
     pub config_reloads: AtomicU64,
     pub config_reload_errors: AtomicU64,
@@ -73,8 +78,12 @@ pub struct State {
     pub objects: SharedObjects,
     /// Every program that was attached, with its path.
     pub attached: Vec<AttachReport>,
-    /// How many programs the chosen monitors have in total.
+    /// Programs owed on this kernel: those attached at start, loaded or adopted from pins.
     pub planned: usize,
+    /// The monitors asked for, in order.
+    pub requested: Vec<&'static str>,
+    /// The monitors asked for that are not running, with the kernel's reason (crate::run).
+    pub failed: Vec<crate::run::MonitorFailure>,
     pub counters: Arc<Counters>,
     pub kernel_release: String,
     /// Programs adopted from `--pin-path` pins instead of loaded (see crate::pin): no object
@@ -138,9 +147,9 @@ async fn answer(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(state)),
-        ("GET" | "HEAD", "/healthz") => match unhealthy(state) {
-            None => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
-            Some(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", format!("{why}\n")),
+        ("GET" | "HEAD", "/healthz") => match health(state) {
+            (true, body) => ("200 OK", "text/plain; charset=utf-8", body),
+            (false, body) => ("503 Service Unavailable", "text/plain; charset=utf-8", body),
         },
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "try /metrics or /healthz\n".to_owned()),
         _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "GET only\n".to_owned()),
@@ -157,27 +166,49 @@ async fn answer(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
     stream.shutdown().await
 }
 
-/// Why the loader is not healthy, or None: every planned program attached and still loaded.
-pub fn unhealthy(state: &State) -> Option<String> {
-    let attached = state.attached.len() + state.pinned.len();
-    if attached != state.planned {
-        return Some(format!("{attached} of {} planned programs attached", state.planned));
+/// The `/healthz` answer: healthy (200) or not (503), and the body.
+///
+/// Unhealthy when nothing runs, or when a program attached at start is gone (unloaded, or its
+/// pin removed). A monitor that failed at start does not make the loader unhealthy while others
+/// run, since restarting would not change the kernel's answer: the body says `degraded` and
+/// gives each failure with its reason.
+pub fn health(state: &State) -> (bool, String) {
+    let failures: String = state.failed.iter().map(|f| format!("{}\n", f.reason)).collect();
+    let running = state.attached.len() + state.pinned.len();
+    if running == 0 {
+        return (false, format!("no program running\n{failures}"));
     }
     if let Some(p) = state.pinned.iter().find(|p| !p.attached()) {
-        return Some(format!("monitor {}: program {}: pinned link or program gone", p.monitor, p.program));
+        return (false, format!("monitor {}: program {}: pinned link or program gone\n", p.monitor, p.program));
     }
     for r in &state.attached {
         let loaded = object(state, r.monitor).and_then(|ebpf| ebpf.program(r.program)).is_some_and(|p| p.info().is_ok());
         if !loaded {
-            return Some(format!("monitor {}: program {}: not loaded", r.monitor, r.program));
+            return (false, format!("monitor {}: program {}: not loaded\n", r.monitor, r.program));
         }
     }
-    None
+    if state.failed.is_empty() {
+        return (true, format!("ok: {running} of {} planned programs attached\n", state.planned));
+    }
+    let names: Vec<&str> = state.failed.iter().map(|f| f.monitor).collect();
+    (
+        true,
+        format!(
+            "ok: degraded: {} of {} monitors not running ({}); {running} of {} planned programs attached\n{failures}",
+            state.failed.len(),
+            state.requested.len(),
+            names.join(", "),
+            state.planned
+        ),
+    )
 }
 
 fn object<'a>(state: &'a State, monitor: &str) -> Option<&'a Ebpf> {
     state.objects.iter().find(|(name, _)| *name == monitor).map(|(_, ebpf)| ebpf)
 }
+
+/// Longest `reason` label of `tapio_monitor_failed`, in characters (the log has the whole text).
+const REASON_MAX: usize = 240;
 
 /// The `monitor` and `program` labels of a program's samples.
 struct Labels<'a> {
@@ -212,8 +243,33 @@ pub fn render(state: &State) -> String {
     family(&mut out, "tapio_bpf_stats_enabled", "gauge", "1 when kernel.bpf_stats_enabled=1, without which program run counts and times stay 0.");
     let _ = writeln!(out, "tapio_bpf_stats_enabled {}", u8::from(bpf_stats_enabled().unwrap_or(false)));
 
-    family(&mut out, "tapio_programs_planned", "gauge", "Programs planned for this kernel: those attached at start (alternatives not taken and programs the kernel cannot run are not counted).");
+    family(&mut out, "tapio_programs_planned", "gauge", "Programs planned for this kernel: those attached at start, loaded or adopted from pins (alternatives not taken and programs the kernel cannot run are not counted).");
     let _ = writeln!(out, "tapio_programs_planned {}", state.planned);
+    family(&mut out, "tapio_monitors_requested", "gauge", "Monitors the configuration asks for.");
+    let _ = writeln!(out, "tapio_monitors_requested {}", state.requested.len());
+    family(&mut out, "tapio_monitor_running", "gauge", "1 when the requested monitor loaded (or was adopted from pins) and runs, 0 when it failed at start.");
+    for m in &state.requested {
+        let failed = state.failed.iter().any(|f| f.monitor == *m);
+        let _ = writeln!(out, "tapio_monitor_running{{monitor=\"{}\"}} {}", label(m), u8::from(!failed));
+    }
+    family(&mut out, "tapio_monitor_failed", "gauge", "1 for a requested monitor that failed at start; `errno` is the kernel's answer (0: none), `reason` the error's first line.");
+    for f in &state.failed {
+        let reason: String = f.reason.lines().next().unwrap_or("").chars().take(REASON_MAX).collect();
+        let _ = writeln!(
+            out,
+            "tapio_monitor_failed{{monitor=\"{}\",errno=\"{}\",reason=\"{}\"}} 1",
+            label(f.monitor),
+            f.errno.unwrap_or(0),
+            label(&reason)
+        );
+    }
+    // The security monitor's in_container reference (crate::monitors::security::initial_mount_ns).
+    if state.requested.contains(&monitors::security::SPEC.name) {
+        family(&mut out, "tapio_mount_ns_reference", "gauge", "The initial mount namespace's inode number that in_container compares with, and where it came from; absent when unreadable (in_container then follows the pid namespace alone).");
+        if let Ok((inum, from)) = monitors::security::initial_mount_ns() {
+            let _ = writeln!(out, "tapio_mount_ns_reference{{source=\"{}\"}} {inum}", label(from));
+        }
+    }
     family(&mut out, "tapio_program_attached", "gauge", "1 when the program is attached at the labelled path.");
     for r in &state.attached {
         let loaded = object(state, r.monitor).and_then(|e| e.program(r.program)).is_some_and(|p| p.info().is_ok());
@@ -294,6 +350,12 @@ pub fn render(state: &State) -> String {
     let c = &state.counters;
     family(&mut out, "tapio_events_written_total", "counter", "Events written to the output.");
     let _ = writeln!(out, "tapio_events_written_total {}", c.events_written.load(Ordering::Relaxed));
+    family(&mut out, "tapio_output_dropped_total", "counter", "Events dropped in the loader because the output queue was full (its reader stalled or too slow).");
+    let _ = writeln!(out, "tapio_output_dropped_total {}", c.output_dropped.load(Ordering::Relaxed));
+    family(&mut out, "tapio_output_queue_events", "gauge", "Events waiting for the output writer thread.");
+    let _ = writeln!(out, "tapio_output_queue_events {}", c.output_queue_events.load(Ordering::Relaxed));
+    family(&mut out, "tapio_output_queue_capacity", "gauge", "Bound on events waiting for the output writer (`output_queue_events`); beyond it batches are dropped.");
+    let _ = writeln!(out, "tapio_output_queue_capacity {}", c.output_queue_bound.load(Ordering::Relaxed));
     family(&mut out, "tapio_decode_errors_total", "counter", "Records from the kernel that could not be decoded.");
     let _ = writeln!(out, "tapio_decode_errors_total {}", c.decode_errors.load(Ordering::Relaxed));
     family(&mut out, "tapio_config_reloads_total", "counter", "Configuration reloads applied on SIGHUP.");

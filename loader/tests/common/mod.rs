@@ -186,3 +186,58 @@ pub fn programs_left_after(prefix: &str, timeout: Duration) -> Vec<String> {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A port free right now (bound then released; the loader binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
+}
+
+/// A plain HTTP GET to the loader's metrics endpoint, answered within `timeout`: status and body,
+/// or None when no answer came in time.
+pub fn http_get_within(port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// [`http_get_within`] 10 s, panicking without an answer.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_within(port, path, Duration::from_secs(10)).unwrap_or_else(|| panic!("GET {path} on port {port}: no answer in 10 s"))
+}
+
+/// The value of the first sample whose name and labels start with `prefix`.
+pub fn sample(page: &str, prefix: &str) -> Option<f64> {
+    page.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+/// How many programs `tapio-load plan` says attach on this kernel for `monitors`: the count
+/// `/healthz` and `tapio_programs_planned` must agree with, from an independent source.
+pub fn planned_programs(monitors: &str) -> usize {
+    let out = Command::new(env!("CARGO_BIN_EXE_tapio-load"))
+        .args(["plan", "--json", "--monitors", monitors])
+        .output()
+        .expect("run tapio-load plan");
+    assert!(out.status.success(), "plan: {}", String::from_utf8_lossy(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan --json");
+    plan["programs"].as_array().expect("programs").iter().filter(|p| p.get("path").is_some()).count()
+}
+
+/// A BTF file with only the types the process monitor's CO-RE relocations need
+/// (`tapio-load btf minimize` for process.bpf.o): the process monitor relocates against it, every
+/// other monitor's relocations find nothing, and the verifier rejects their programs. A real
+/// way for one monitor to fail to load while another runs.
+pub fn process_only_btf(dir: &std::path::Path) -> std::path::PathBuf {
+    let full = std::fs::read("/sys/kernel/btf/vmlinux").expect("read /sys/kernel/btf/vmlinux");
+    let object = tapio_load::bundle::object("process", tapio_load::bundle::Transport::Ringbuf).expect("process object");
+    let inputs = [tapio_load::btf_minimize::ObjectInput { file: object.file, bytes: object.bytes }];
+    let m = tapio_load::btf_minimize::minimize(&full, &inputs).expect("minimize BTF for the process monitor");
+    let path = dir.join("process-only.btf");
+    std::fs::write(&path, &m.bytes).expect("write BTF");
+    path
+}
