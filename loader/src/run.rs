@@ -170,9 +170,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     };
     let mut sink = JsonLines::new(writer);
 
-    // Each monitor's buffers are drained by its own task (crate::transport::stream), on their
-    // wake-ups and on the delivery policy's timer; batches meet here. On shutdown every task
-    // drains its buffers one last time, so nothing emitted before the signal is lost.
+    // Every monitor's buffers are drained by one task (crate::transport::Streamer), on their
+    // wake-ups and on the delivery policy's timer; batches come here. On shutdown it drains them
+    // one last time, so nothing emitted before the signal is lost.
     let delivery = options.load.delivery;
     let (tx, mut rx) = mpsc::channel::<crate::transport::Batch>(64);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -191,20 +191,13 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         sources.push(adopted.events);
     }
     // --- end pin ---
-    let mut tasks = Vec::new();
-    for source in sources {
-        // SAFETY: the source owns its epoll fd and keeps it open, unchanged, until it is dropped,
-        // which happens only when this AsyncFd is dropped.
-        let source = unsafe { tokio::io::unix::AsyncFd::register_with_interest(source, tokio::io::Interest::READABLE) }
-            .map_err(|e| RunError::Reactor(e.into()))?;
-        let (tx, stop_rx) = (tx.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::transport::stream(source, delivery, tx, stop_rx).await {
-                warn!("event loop: {e}");
-            }
-        }));
-    }
-    drop(tx);
+    // One reader for every monitor: one drain timer however many monitors and CPUs.
+    let streamer = crate::transport::Streamer::new(sources, delivery).map_err(RunError::Reactor)?;
+    let reader = tokio::spawn(async move {
+        if let Err(e) = streamer.run(tx, stop_rx).await {
+            warn!("event loop: {e}");
+        }
+    });
     // --- operations: the metrics endpoint reads the objects while the run loop streams ---
     let ebpfs: crate::output::metrics::SharedObjects = std::sync::Arc::new(ebpfs);
     let metrics_task = metrics_listener.map(|listener| {
@@ -257,7 +250,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
             }
             batch = rx.recv() => {
-                // None: every drain task has finished its last pass.
+                // None: the reader has finished its last pass.
                 let Some(batch) = batch else { break };
                 for record in &batch {
                     // decode_all: an advanced batch record expands into its events.
@@ -279,9 +272,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             }
         }
     }
-    for task in tasks {
-        let _ = task.await;
-    }
+    let _ = reader.await;
     let _ = sink.flush();
     summary.written = sink.written();
     // The endpoint holds a reference to the objects: stop it first so dropping ours detaches.

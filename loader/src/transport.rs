@@ -4,7 +4,7 @@
 //! A ring buffer (5.8+) is one shared buffer; a perf event array (4.4+) is one buffer per CPU,
 //! each of which must be opened before the programs run, or their output fails and is counted
 //! as lost. [`EventSource`] hides the difference: `next()` for a synchronous drain, `wait()` to
-//! block until a record is there, and [`stream`] for the run loop.
+//! block until a record is there, and [`Streamer`] drains every source for the run loop.
 //!
 //! # Delivery
 //!
@@ -13,8 +13,9 @@
 //! the default, records are written without a wake-up until the buffer holds a quarter of its
 //! size (ring: `BPF_RB_NO_WAKEUP` below `tapio_wakeup_bytes`, then `BPF_RB_FORCE_WAKEUP`; perf: a
 //! byte watermark), and the reader drains on a timer that starts at [`DRAIN_FIRST`] after data,
-//! doubles while the buffers stay empty, and stops doubling at the bound ([`Delivery::bound`]): a
-//! record emitted just before the node goes quiet waits at most the bound. This is the scheme of
+//! doubles while the buffers stay empty, and stops doubling [`TIMER_SLACK`] short of the bound
+//! ([`Delivery::bound`]): a record emitted just before the node goes quiet waits at most the
+//! bound. One timer serves every monitor ([`Streamer`]). This is the scheme of
 //! Falco's modern_bpf engine (500 µs backing off to 30 ms) and of the kernel's `ringbuf_bench`
 //! selftest (wake-up past a data threshold). [`DeliveryPolicy::Immediate`] keeps a wake-up per
 //! record (the kernel's default for the ring, `wakeup_events = 1` for perf); its reader still
@@ -59,6 +60,11 @@ const PERF_PAGES: usize = 16;
 const WAKEUP_FRACTION: u64 = 4;
 /// The drain timer's first interval after data arrived.
 pub const DRAIN_FIRST: Duration = Duration::from_micros(500);
+/// How late the drain may come: tokio's timer wheel ticks every millisecond and rounds a deadline
+/// up to the next tick (measured: a 9 ms sleep took up to 10.1 ms on the loaded development VM),
+/// and the reader must then be scheduled. The timer's longest interval is the bound minus this, so
+/// a record waits at most the bound, not the bound plus the timer's lateness.
+pub const TIMER_SLACK: Duration = Duration::from_millis(2);
 /// The default bound (`delivery_bound_ms`).
 pub const DEFAULT_BOUND: Duration = Duration::from_millis(10);
 /// How long [`EventSource::wait`] blocks in one poll before it looks at the positions again.
@@ -153,16 +159,17 @@ impl Delivery {
             }
             (DeliveryPolicy::Immediate, _) => "every record wakes the reader".to_owned(),
         };
+        let max = DrainTimer::new(self).max.as_secs_f64() * 1e3;
         let timer = match self.policy {
-            DeliveryPolicy::Batched => format!("drained every {}-{} ms (backoff while idle)", DRAIN_FIRST.as_secs_f64() * 1e3, self.bound_ms),
-            DeliveryPolicy::Immediate => format!("and drained every {} ms", self.bound_ms),
+            DeliveryPolicy::Batched => format!("drained every {}-{max} ms (backoff while idle)", DRAIN_FIRST.as_secs_f64() * 1e3),
+            DeliveryPolicy::Immediate => format!("and drained every {max} ms"),
         };
         format!("{} (bound {} ms): {wake}, {timer}", self.policy, self.bound_ms)
     }
 }
 
 /// The reader's drain timer: [`DRAIN_FIRST`] after data, doubling while the buffers stay empty,
-/// never past the bound. Under `immediate` it stays at the bound.
+/// never past the bound less [`TIMER_SLACK`]. Under `immediate` it stays there.
 #[derive(Debug, Clone)]
 pub struct DrainTimer {
     first: Duration,
@@ -172,9 +179,9 @@ pub struct DrainTimer {
 
 impl DrainTimer {
     pub fn new(delivery: &Delivery) -> Self {
-        let max = delivery.bound().max(Duration::from_millis(1));
+        let max = delivery.bound().saturating_sub(TIMER_SLACK).max(DRAIN_FIRST);
         let first = match delivery.policy {
-            DeliveryPolicy::Batched => DRAIN_FIRST.min(max),
+            DeliveryPolicy::Batched => DRAIN_FIRST,
             DeliveryPolicy::Immediate => max,
         };
         Self { first, max, next: first }
@@ -280,19 +287,9 @@ impl EventSource {
     }
 
     fn with_buffers(transport: Transport, buffers: Vec<EventBuffer>, array: Option<MapData>) -> Result<Self, TransportError> {
-        // SAFETY: epoll_create1 has no memory preconditions.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(TransportError::Epoll(io::Error::last_os_error()));
-        }
-        // SAFETY: the kernel just returned this descriptor to us.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        for (i, b) in buffers.iter().enumerate() {
-            let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
-            // SAFETY: both fds are open; event is a valid epoll_event for the call.
-            if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, b.fd(), &mut event) } != 0 {
-                return Err(TransportError::Epoll(io::Error::last_os_error()));
-            }
+        let epoll = epoll_new().map_err(TransportError::Epoll)?;
+        for b in &buffers {
+            epoll_add(&epoll, b.fd()).map_err(TransportError::Epoll)?;
         }
         Ok(Self { transport, buffers, epoll, pending: VecDeque::new(), lost: 0, _array: array })
     }
@@ -351,17 +348,42 @@ impl EventSource {
 
     /// Waits up to `ms` for a wake-up of any buffer (0: just takes the pending ones).
     fn poll(&self, ms: libc::c_int) -> io::Result<()> {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
-        // SAFETY: events is a valid array of the length passed.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        Ok(())
+        epoll_take(&self.epoll, ms)
     }
+}
+
+fn epoll_new() -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 has no memory preconditions.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watches `fd` for readability, level-triggered.
+fn epoll_add(epoll: &OwnedFd, fd: RawFd) -> io::Result<()> {
+    let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
+    // SAFETY: both fds are open; event is a valid epoll_event for the call.
+    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits up to `ms` for readiness and takes what is reported; EINTR is no error.
+fn epoll_take(epoll: &OwnedFd, ms: libc::c_int) -> io::Result<()> {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
+    // SAFETY: events is a valid array of the length passed.
+    let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 impl AsRawFd for EventSource {
@@ -371,45 +393,76 @@ impl AsRawFd for EventSource {
     }
 }
 
-/// What [`stream`] hands on: a batch of raw records.
+/// What [`Streamer`] hands on: a batch of raw records, from every source it drains.
 pub type Batch = Vec<Vec<u8>>;
 
-/// Drains `source` into `tx` until `stop` turns true, then once more, under `delivery`: on every
-/// wake-up of its buffers and on the drain timer, whichever comes first. Used by `tapio-load run`
-/// (one task per monitor) and by the delivery benchmark.
-///
-/// `fd` is the source registered with the runtime: `AsyncFd::with_interest(source, READABLE)`.
-pub async fn stream(
-    mut fd: AsyncFd<EventSource>,
+/// Every buffer of every source behind one epoll fd, registered with the runtime.
+struct Sources {
+    epoll: OwnedFd,
+    sources: Vec<EventSource>,
+}
+
+impl AsRawFd for Sources {
+    fn as_raw_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+}
+
+/// The run loop's reader: drains every monitor's buffers together, on any buffer's wake-up and
+/// on one drain timer, so an idle node costs one timer whatever the number of monitors and CPUs.
+/// Used by `tapio-load run` and by the delivery benchmark.
+pub struct Streamer {
+    fd: AsyncFd<Sources>,
     delivery: Delivery,
-    tx: mpsc::Sender<Batch>,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let mut timer = DrainTimer::new(&delivery);
-    loop {
-        let stopping = tokio::select! {
-            ready = fd.readable_mut() => {
-                ready?.clear_ready();
-                false
+}
+
+impl Streamer {
+    /// Registers every buffer of `sources` with the current tokio runtime.
+    pub fn new(sources: Vec<EventSource>, delivery: Delivery) -> io::Result<Self> {
+        let epoll = epoll_new()?;
+        for source in &sources {
+            for b in &source.buffers {
+                epoll_add(&epoll, b.fd())?;
             }
-            _ = tokio::time::sleep(timer.interval()) => false,
-            _ = stop.changed() => true,
-        };
-        let source = fd.get_mut();
-        // Take the wake-ups reported so far before reading: one that comes after this re-arms
-        // the fd, so a record committed during the drain is never left without a next pass.
-        source.poll(0)?;
-        let mut batch = Vec::new();
-        let lost = source.drain(&mut batch);
-        if lost > 0 {
-            tracing::warn!(lost, "perf buffer overflowed: records lost");
         }
-        timer.drained(!batch.is_empty());
-        if !batch.is_empty() && tx.send(batch).await.is_err() {
-            return Ok(());
-        }
-        if stopping {
-            return Ok(());
+        // SAFETY: `Sources` owns the epoll fd and keeps it open, unchanged, until it is dropped,
+        // which happens only when this AsyncFd is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(Sources { epoll, sources }, tokio::io::Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        Ok(Self { fd, delivery })
+    }
+
+    /// Drains into `tx` until `stop` turns true, then once more: on every wake-up of a buffer and
+    /// on the drain timer, whichever comes first.
+    pub async fn run(mut self, tx: mpsc::Sender<Batch>, mut stop: watch::Receiver<bool>) -> io::Result<()> {
+        let mut timer = DrainTimer::new(&self.delivery);
+        loop {
+            let stopping = tokio::select! {
+                ready = self.fd.readable_mut() => {
+                    ready?.clear_ready();
+                    false
+                }
+                _ = tokio::time::sleep(timer.interval()) => false,
+                _ = stop.changed() => true,
+            };
+            let all = self.fd.get_mut();
+            // Take the wake-ups reported so far before reading: one that comes after this re-arms
+            // the fd, so a record committed during the drain is never left without a next pass.
+            epoll_take(&all.epoll, 0)?;
+            let mut batch = Vec::new();
+            for source in &mut all.sources {
+                let lost = source.drain(&mut batch);
+                if lost > 0 {
+                    tracing::warn!(lost, transport = %source.transport, "perf buffer overflowed: records lost");
+                }
+            }
+            timer.drained(!batch.is_empty());
+            if !batch.is_empty() && tx.send(batch).await.is_err() {
+                return Ok(());
+            }
+            if stopping {
+                return Ok(());
+            }
         }
     }
 }
@@ -427,7 +480,7 @@ mod tests {
             seen.push(t.interval());
         }
         let ms: Vec<f64> = seen.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        assert_eq!(ms, [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0]);
+        assert_eq!(ms, [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0]);
         t.drained(true);
         assert_eq!(t.interval(), DRAIN_FIRST);
     }
@@ -435,9 +488,11 @@ mod tests {
     #[test]
     fn immediate_timer_stays_at_the_bound() {
         let mut t = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Immediate, bound_ms: 20 });
-        assert_eq!(t.interval(), Duration::from_millis(20));
+        assert_eq!(t.interval(), Duration::from_millis(18));
         t.drained(true);
-        assert_eq!(t.interval(), Duration::from_millis(20));
+        assert_eq!(t.interval(), Duration::from_millis(18));
+        let tight = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Batched, bound_ms: 1 });
+        assert_eq!(tight.max, DRAIN_FIRST);
     }
 
     #[test]
