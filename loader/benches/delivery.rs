@@ -48,7 +48,7 @@ use tapio_load::{
     output::json::JsonLines,
     transport::{self, Delivery, DeliveryPolicy, EventSource, DEFAULT_RING_SIZE},
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Rates and how long each is run: 100 records for a P99 at the low rate (the P99 of 100 is the
 /// second highest), a short run at the high ones (the whole bench stays near a minute and a half).
@@ -242,25 +242,33 @@ fn read(source: EventSource, delivery: Delivery, stop: watch::Receiver<bool>, pi
     let cpu_before = thread_cpu_time()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     let mut latencies = runtime.block_on(async move {
-        let streamer = transport::Streamer::new(vec![source], delivery).context("register the event source")?;
-        let (tx, mut rx) = mpsc::channel::<transport::Batch>(64);
-        let task = tokio::spawn(streamer.run(tx, stop));
+        let mut streamer = transport::Streamer::new(vec![source], delivery).context("register the event source")?;
+        let mut stop = stop;
         let options = DecodeOptions::default();
         let mut sink = JsonLines::new(std::io::sink());
         let mut latencies = Vec::new();
         let mut stamps = Vec::new();
-        while let Some(batch) = rx.recv().await {
+        loop {
+            let stopping = tokio::select! {
+                ready = streamer.ready() => { ready.context("wait for the buffers")?; false }
+                _ = stop.changed() => true,
+            };
             stamps.clear();
-            for record in &batch {
+            streamer.drain_each(|record| {
                 let event = events::decode(record, &options).context("decode")?;
                 sink.write(&event).context("write JSON")?;
                 stamps.push(event.ts_ns);
+                anyhow::Ok(())
+            })?;
+            if !stamps.is_empty() {
+                sink.flush().context("flush JSON")?;
+                let now = monotonic_ns();
+                latencies.extend(stamps.iter().map(|&ts| now.saturating_sub(ts)));
             }
-            sink.flush().context("flush JSON")?;
-            let now = monotonic_ns();
-            latencies.extend(stamps.iter().map(|&ts| now.saturating_sub(ts)));
+            if stopping {
+                break;
+            }
         }
-        task.await.context("stream task")?.context("stream")?;
         anyhow::Ok(latencies)
     })?;
     let cpu = thread_cpu_time()?.saturating_sub(cpu_before);

@@ -43,9 +43,12 @@ use tapio_load::{
         process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK},
         DecodeOptions, TapioHeader, MONITOR_PROCESS,
     },
-    monitors::xdp_filter::{test_run, udp4_frame, XDP_PASS},
+    monitors::{
+        xdp_filter::{test_run, udp4_frame, XDP_PASS},
+        WAKEUP_BYTES,
+    },
     output::json::JsonLines,
-    transport::EventSource,
+    transport::{Delivery, EventSource},
 };
 
 /// The ring size: the `events` map's default in probes/include/transport.bpf.h, which is what
@@ -189,8 +192,12 @@ fn main() -> Result<()> {
 /// Loads a fresh producer (so every scenario starts with an empty ring and zeroed counters), runs
 /// it on one thread and drains on this one until the producer is done and the ring is empty.
 fn run_scenario(mix: Mix, rate: Option<f64>, pinned: bool, ring_bytes: u32) -> Result<Outcome> {
+    // The default delivery policy, as `tapio-load run` loads a monitor: no wake-up per record.
+    let delivery = Delivery::default();
+    let wakeup_bytes = delivery.ring_wakeup_bytes(ring_bytes);
     let mut ebpf = EbpfLoader::new()
         .set_max_entries("events", ring_bytes)
+        .set_global(WAKEUP_BYTES, &wakeup_bytes, true)
         .load(FIXTURE_BENCH_PRODUCER)
         .context("load probes/fixtures/bench_producer.bpf.c")?;
     fill_records(&mut ebpf, mix)?;
@@ -207,7 +214,7 @@ fn run_scenario(mix: Mix, rate: Option<f64>, pinned: bool, ring_bytes: u32) -> R
         .try_clone_to_owned()
         .context("bench_producer: duplicate program fd")?;
     let ring = ebpf.take_map("events").context("bench_producer: no `events` map")?;
-    let mut source = EventSource::open(ring, Transport::Ringbuf, &tapio_load::transport::Delivery::default()).context("bench_producer: open the ring")?;
+    let mut source = EventSource::open(ring, Transport::Ringbuf, &delivery).context("bench_producer: open the ring")?;
 
     if pinned {
         pin_to(DRAINER_CPU).context("pin the drainer")?;
@@ -300,14 +307,16 @@ fn drain(source: &mut EventSource, done: &AtomicBool, start: Instant) -> Result<
         // Read before draining: once the producer is done, one more pass empties the ring.
         let finished = done.load(Ordering::Acquire);
         let before = decoded;
-        while let Some(record) = source.next() {
-            let event = events::decode(&record, &options).context("decode a record from the ring")?;
+        // As the run loop reads: each record decoded where it lies in the ring, no copy.
+        source.drain_each(|record| {
+            let event = events::decode(record, &options).context("decode a record from the ring")?;
             sink.write(&event).context("write JSON")?;
             decoded += 1;
             if decoded.is_multiple_of(FLUSH_EVERY) {
                 sink.flush().context("flush JSON")?;
             }
-        }
+            anyhow::Ok(())
+        })?;
         sink.flush().context("flush JSON")?;
         if decoded > before {
             last = Instant::now();

@@ -10,10 +10,7 @@ use std::{
 use aya::Btf;
 
 use thiserror::Error;
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::{mpsc, watch},
-};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::{
@@ -170,12 +167,10 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     };
     let mut sink = JsonLines::new(writer);
 
-    // Every monitor's buffers are drained by one task (crate::transport::Streamer), on their
-    // wake-ups and on the delivery policy's timer; batches come here. On shutdown it drains them
-    // one last time, so nothing emitted before the signal is lost.
+    // Every monitor's buffers are drained by this loop (crate::transport::Streamer), on their
+    // wake-ups and on the delivery policy's timer, and decoded where they lie. On shutdown they
+    // are drained one last time, so nothing emitted before the signal is lost.
     let delivery = options.load.delivery;
-    let (tx, mut rx) = mpsc::channel::<crate::transport::Batch>(64);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut ebpfs = Vec::new();
     let mut sources = Vec::new();
     for m in loaded {
@@ -192,12 +187,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     }
     // --- end pin ---
     // One reader for every monitor: one drain timer however many monitors and CPUs.
-    let streamer = crate::transport::Streamer::new(sources, delivery).map_err(RunError::Reactor)?;
-    let reader = tokio::spawn(async move {
-        if let Err(e) = streamer.run(tx, stop_rx).await {
-            warn!("event loop: {e}");
-        }
-    });
+    let mut streamer = crate::transport::Streamer::new(sources, delivery).map_err(RunError::Reactor)?;
     // --- operations: the metrics endpoint reads the objects while the run loop streams ---
     let ebpfs: crate::output::metrics::SharedObjects = std::sync::Arc::new(ebpfs);
     let metrics_task = metrics_listener.map(|listener| {
@@ -232,8 +222,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut dns_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         tokio::select! {
-            _ = interrupt.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
-            _ = terminate.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
+            _ = interrupt.recv(), if !stopping => stopping = true,
+            _ = terminate.recv(), if !stopping => stopping = true,
             _ = hangup.recv() => {
                 reload(&mut options.decode, &mut dns, options.reload.as_ref(), &counters);
                 // --- advanced: sampling, dedup window, batch size and flush bound follow the file ---
@@ -249,30 +239,38 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
                 sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
             }
-            batch = rx.recv() => {
-                // None: the reader has finished its last pass.
-                let Some(batch) = batch else { break };
-                for record in &batch {
-                    // decode_all: an advanced batch record expands into its events.
-                    match events::decode_all(record, &options.decode) {
-                        Ok(decoded) => for mut event in decoded {
-                            dns.observe(&mut event);
-                            sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
-                        }
-                        Err(e) => {
-                            summary.decode_errors += 1;
-                            counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            warn!("{e}");
-                        }
+            ready = streamer.ready() => ready.map_err(RunError::Reactor)?,
+        }
+        // Whatever woke the loop, take what is waiting (cheap when nothing is: two positions per
+        // buffer are compared); on a stop signal this is the last pass.
+        let decode = &options.decode;
+        let taken = streamer.drain_each(|record| {
+            // decode_all: an advanced batch record expands into its events.
+            match events::decode_all(record, decode) {
+                Ok(decoded) => {
+                    for mut event in decoded {
+                        dns.observe(&mut event);
+                        sink.write(&event)?;
                     }
                 }
-                sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
-                counters.events_written.store(sink.written(), std::sync::atomic::Ordering::Relaxed);
-                dns.publish(&counters); // metrics: tapio_dns_inflight*
+                Err(e) => {
+                    summary.decode_errors += 1;
+                    counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!("{e}");
+                }
             }
+            Ok(())
+        });
+        let taken = taken.map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+        if taken > 0 {
+            sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+            counters.events_written.store(sink.written(), std::sync::atomic::Ordering::Relaxed);
+            dns.publish(&counters); // metrics: tapio_dns_inflight*
+        }
+        if stopping {
+            break;
         }
     }
-    let _ = reader.await;
     let _ = sink.flush();
     summary.written = sink.written();
     // The endpoint holds a reference to the objects: stop it first so dropping ours detaches.

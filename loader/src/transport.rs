@@ -38,10 +38,7 @@ use std::{
 use aya::maps::{Map, MapData};
 use serde::Serialize;
 use thiserror::Error;
-use tokio::{
-    io::unix::AsyncFd,
-    sync::{mpsc, watch},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::bundle::Transport;
 
@@ -234,14 +231,12 @@ impl EventBuffer {
         }
     }
 
-    /// Moves every waiting record into `out`; returns how many the kernel reported lost.
-    fn drain(&mut self, out: &mut Vec<Vec<u8>>) -> u64 {
+    /// Hands every waiting record to `f` in place; returns how many, and how many the kernel
+    /// reported lost (perf).
+    fn drain_each<E>(&mut self, f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(usize, u64), E> {
         match self {
-            Self::Ring(ring) => {
-                ring.drain(out);
-                0
-            }
-            Self::Perf(buf) => buf.drain(out).1,
+            Self::Ring(ring) => ring.drain_each(f).map(|n| (n, 0)),
+            Self::Perf(buf) => buf.drain_each(f),
         }
     }
 }
@@ -302,13 +297,31 @@ impl EventSource {
     /// Moves every waiting record of every buffer into `out` (after any `next()` left queued);
     /// returns how many records the kernel reported lost meanwhile (perf).
     pub fn drain(&mut self, out: &mut Vec<Vec<u8>>) -> u64 {
-        out.extend(self.pending.drain(..));
-        let mut lost = 0;
-        for b in &mut self.buffers {
-            lost += b.drain(out);
+        let before = self.lost;
+        self.drain_each(|record| {
+            out.push(record.to_vec());
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {});
+        self.lost - before
+    }
+
+    /// Hands every waiting record to `f` where it lies in the buffer (records `next()` left
+    /// queued first), freeing each one's space after `f` returns: the reader's path, which copies
+    /// nothing. Returns how many records; losses the kernel reported are added to `lost`. An
+    /// error from `f` stops the drain after that record.
+    pub fn drain_each<E>(&mut self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<usize, E> {
+        let mut taken = 0;
+        while let Some(record) = self.pending.pop_front() {
+            taken += 1;
+            f(&record)?;
         }
-        self.lost += lost;
-        lost
+        for b in &mut self.buffers {
+            let (n, lost) = b.drain_each(&mut f)?;
+            taken += n;
+            self.lost += lost;
+        }
+        Ok(taken)
     }
 
     /// The next waiting record, without blocking.
@@ -317,7 +330,13 @@ impl EventSource {
         if self.pending.is_empty() {
             let mut out = Vec::new();
             for b in &mut self.buffers {
-                self.lost += b.drain(&mut out);
+                let (_, lost) = b
+                    .drain_each(|record| {
+                        out.push(record.to_vec());
+                        Ok::<_, std::convert::Infallible>(())
+                    })
+                    .unwrap_or_else(|never| match never {});
+                self.lost += lost;
             }
             self.pending.extend(out);
         }
@@ -393,9 +412,6 @@ impl AsRawFd for EventSource {
     }
 }
 
-/// What [`Streamer`] hands on: a batch of raw records, from every source it drains.
-pub type Batch = Vec<Vec<u8>>;
-
 /// Every buffer of every source behind one epoll fd, registered with the runtime.
 struct Sources {
     epoll: OwnedFd,
@@ -408,12 +424,15 @@ impl AsRawFd for Sources {
     }
 }
 
-/// The run loop's reader: drains every monitor's buffers together, on any buffer's wake-up and
-/// on one drain timer, so an idle node costs one timer whatever the number of monitors and CPUs.
-/// Used by `tapio-load run` and by the delivery benchmark.
+/// The run loop's reader: every monitor's buffers behind one readiness and one drain timer, so
+/// an idle node costs one timer whatever the number of monitors and CPUs. [`Streamer::ready`]
+/// resolves on any buffer's wake-up or when the timer is due; [`Streamer::drain_each`] then
+/// hands every waiting record to the caller in place. Used by `tapio-load run` and by the
+/// delivery benchmark.
 pub struct Streamer {
     fd: AsyncFd<Sources>,
-    delivery: Delivery,
+    timer: DrainTimer,
+    due: tokio::time::Instant,
 }
 
 impl Streamer {
@@ -429,41 +448,38 @@ impl Streamer {
         // which happens only when this AsyncFd is dropped.
         let fd = unsafe { AsyncFd::register_with_interest(Sources { epoll, sources }, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(Self { fd, delivery })
+        let timer = DrainTimer::new(&delivery);
+        let due = tokio::time::Instant::now() + timer.interval();
+        Ok(Self { fd, timer, due })
     }
 
-    /// Drains into `tx` until `stop` turns true, then once more: on every wake-up of a buffer and
-    /// on the drain timer, whichever comes first.
-    pub async fn run(mut self, tx: mpsc::Sender<Batch>, mut stop: watch::Receiver<bool>) -> io::Result<()> {
-        let mut timer = DrainTimer::new(&self.delivery);
-        loop {
-            let stopping = tokio::select! {
-                ready = self.fd.readable_mut() => {
-                    ready?.clear_ready();
-                    false
-                }
-                _ = tokio::time::sleep(timer.interval()) => false,
-                _ = stop.changed() => true,
-            };
-            let all = self.fd.get_mut();
-            // Take the wake-ups reported so far before reading: one that comes after this re-arms
-            // the fd, so a record committed during the drain is never left without a next pass.
-            epoll_take(&all.epoll, 0)?;
-            let mut batch = Vec::new();
-            for source in &mut all.sources {
-                let lost = source.drain(&mut batch);
-                if lost > 0 {
-                    tracing::warn!(lost, transport = %source.transport, "perf buffer overflowed: records lost");
-                }
-            }
-            timer.drained(!batch.is_empty());
-            if !batch.is_empty() && tx.send(batch).await.is_err() {
-                return Ok(());
-            }
-            if stopping {
-                return Ok(());
+    /// Resolves on a wake-up of any buffer or when the drain timer is due, whichever is first.
+    /// Cancel-safe: dropped before it resolves (another branch of a `select!` won), it consumes
+    /// nothing, and the timer's deadline stays where it was.
+    pub async fn ready(&mut self) -> io::Result<()> {
+        tokio::select! {
+            ready = self.fd.readable_mut() => ready?.clear_ready(),
+            _ = tokio::time::sleep_until(self.due) => {}
+        }
+        // Take the wake-ups reported so far before reading: one that comes after this re-arms
+        // the fd, so a record committed during the drain is never left without a next pass.
+        epoll_take(&self.fd.get_ref().epoll, 0)
+    }
+
+    /// Hands every waiting record of every source to `f` where it lies, and sets the timer: back
+    /// to its first interval if there were records, else one step further. Returns how many.
+    pub fn drain_each<E>(&mut self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<usize, E> {
+        let mut taken = 0;
+        for source in &mut self.fd.get_mut().sources {
+            let lost = source.lost;
+            taken += source.drain_each(&mut f)?;
+            if source.lost > lost {
+                tracing::warn!(lost = source.lost - lost, transport = %source.transport, "perf buffer overflowed: records lost");
             }
         }
+        self.timer.drained(taken > 0);
+        self.due = tokio::time::Instant::now() + self.timer.interval();
+        Ok(taken)
     }
 }
 

@@ -25,13 +25,17 @@ pub struct ProcessEvent {
     pub flags: u32,
 }
 
+/// Lengths of `process_exec_event`'s `filename` and `args` buffers.
+const EXEC_FILENAME_LEN: usize = 256;
+const EXEC_ARGS_LEN: usize = 1024;
+
 /// Mirror of `struct process_exec_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessExecEvent {
     pub base: ProcessEvent,
-    pub filename: [u8; 256],
-    pub args: [u8; 1024],
+    pub filename: [u8; EXEC_FILENAME_LEN],
+    pub args: [u8; EXEC_ARGS_LEN],
 }
 
 /// The process fields of an output record.
@@ -75,14 +79,22 @@ pub fn decode(h: &TapioHeader, bytes: &[u8], options: &DecodeOptions) -> Result<
     let base: ProcessEvent = read_record(bytes, "process_event")?;
     let (name, body) = match h.kind {
         PROCESS_EXEC => {
-            let e: ProcessExecEvent = read_record(bytes, "process_exec_event")?;
-            let size = (base.args_size as usize).min(e.args.len());
-            let (argv, cut) = split_argv(&e.args[..size], options.argv_max);
+            // The strings are read where they lie: copying the whole 1360-byte record to read a
+            // few dozen bytes of it was the decoder's largest single cost.
+            let need = std::mem::size_of::<ProcessExecEvent>();
+            if bytes.len() < need {
+                return Err(DecodeError::Short { what: "process_exec_event", len: bytes.len(), need });
+            }
+            let field = |offset: usize, len: usize| &bytes[offset..offset + len];
+            let filename = field(std::mem::offset_of!(ProcessExecEvent, filename), EXEC_FILENAME_LEN);
+            let args = field(std::mem::offset_of!(ProcessExecEvent, args), EXEC_ARGS_LEN);
+            let size = (base.args_size as usize).min(args.len());
+            let (argv, cut) = split_argv(&args[..size], options.argv_max);
             let truncated = cut || base.flags & PROCESS_F_ARGS_TRUNCATED != 0;
             let body = ProcessBody::Exec {
                 ppid: base.ppid,
                 pid_ns: base.pid_ns,
-                filename: c_string(&e.filename),
+                filename: c_string(filename),
                 argv,
                 argv_truncated: truncated,
             };

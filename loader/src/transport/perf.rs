@@ -219,11 +219,24 @@ impl PerfBuffer {
     /// Moves every sample into `out`; returns how many and the samples the kernel reported lost
     /// (`PERF_RECORD_LOST`: the buffer was full).
     pub fn drain(&mut self, out: &mut Vec<Vec<u8>>) -> (usize, u64) {
+        self.drain_each(|record| {
+            out.push(record.to_vec());
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {})
+    }
+
+    /// Hands every sample to `f` where it lies (a sample that wraps around the end of the data
+    /// area is first copied into one piece), then frees the space; returns how many samples and
+    /// how many the kernel reported lost. An error from `f` stops the drain after that sample.
+    pub fn drain_each<E>(&mut self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(usize, u64), E> {
         // Acquire pairs with the kernel's release of data_head: the records before it are visible.
         let head = self.word(DATA_HEAD).load(Ordering::Acquire);
         let mut tail = self.word(DATA_TAIL).load(Ordering::Relaxed);
         let (mut taken, mut lost) = (0, 0);
-        while head.wrapping_sub(tail) >= HEADER {
+        let mut wrapped = Vec::new();
+        let mut result = Ok(());
+        while result.is_ok() && head.wrapping_sub(tail) >= HEADER {
             // Records are 8-byte aligned and the data area a power of two: a header never wraps,
             // but read it through pieces() all the same.
             let header = self.read_u64(tail);
@@ -238,10 +251,14 @@ impl PerfBuffer {
                     let raw = self.read_u64(tail + HEADER) as u32 as u64;
                     if HEADER + 4 + raw <= size {
                         let (a, b) = self.pieces(tail + HEADER + 4, raw as usize);
-                        let mut record = Vec::with_capacity(a.len() + b.len());
-                        record.extend_from_slice(a);
-                        record.extend_from_slice(b);
-                        out.push(record);
+                        result = if b.is_empty() {
+                            f(a)
+                        } else {
+                            wrapped.clear();
+                            wrapped.extend_from_slice(a);
+                            wrapped.extend_from_slice(b);
+                            f(&wrapped)
+                        };
                         taken += 1;
                     }
                 }
@@ -252,7 +269,7 @@ impl PerfBuffer {
         }
         // Release: our reads of the records happen before the kernel may overwrite them.
         self.word(DATA_TAIL).store(tail, Ordering::Release);
-        (taken, lost)
+        result.map(|()| (taken, lost))
     }
 }
 
