@@ -18,8 +18,8 @@
 //! bound. One timer serves every monitor ([`Streamer`]). This is the scheme of
 //! Falco's modern_bpf engine (500 µs backing off to 30 ms) and of the kernel's `ringbuf_bench`
 //! selftest (wake-up past a data threshold). [`DeliveryPolicy::Immediate`] keeps a wake-up per
-//! record (the kernel's default for the ring, `wakeup_events = 1` for perf); its reader still
-//! drains on a fixed timer at the bound, a safety net that costs nothing measurable.
+//! record (the kernel's default for the ring, `wakeup_events = 1` for perf) and no timer: the
+//! behaviour before delivery policies existed.
 //!
 //! Because a record may arrive without a wake-up, nothing here trusts fd readiness alone: both
 //! buffers are mapped, and "is there data" is a comparison of the producer and consumer positions.
@@ -74,7 +74,7 @@ pub enum DeliveryPolicy {
     /// No wake-up per record: one past a quarter of the buffer, and the reader's backoff timer.
     #[default]
     Batched,
-    /// A wake-up per record, as before delivery policies existed.
+    /// A wake-up per record and no drain timer, as before delivery policies existed.
     Immediate,
 }
 
@@ -156,32 +156,32 @@ impl Delivery {
             }
             (DeliveryPolicy::Immediate, _) => "every record wakes the reader".to_owned(),
         };
-        let max = DrainTimer::new(self).max.as_secs_f64() * 1e3;
-        let timer = match self.policy {
-            DeliveryPolicy::Batched => format!("drained every {}-{max} ms (backoff while idle)", DRAIN_FIRST.as_secs_f64() * 1e3),
-            DeliveryPolicy::Immediate => format!("and drained every {max} ms"),
+        let timer = match DrainTimer::new(self) {
+            Some(t) => format!("drained every {}-{} ms (backoff while idle)", DRAIN_FIRST.as_secs_f64() * 1e3, t.max.as_secs_f64() * 1e3),
+            None => "no drain timer".to_owned(),
         };
         format!("{} (bound {} ms): {wake}, {timer}", self.policy, self.bound_ms)
     }
 }
 
-/// The reader's drain timer: [`DRAIN_FIRST`] after data, doubling while the buffers stay empty,
-/// never past the bound less [`TIMER_SLACK`]. Under `immediate` it stays there.
+/// The reader's drain timer under `batched`: [`DRAIN_FIRST`] after data, doubling while the
+/// buffers stay empty, never past the bound less [`TIMER_SLACK`].
 #[derive(Debug, Clone)]
 pub struct DrainTimer {
-    first: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl DrainTimer {
-    pub fn new(delivery: &Delivery) -> Self {
-        let max = delivery.bound().saturating_sub(TIMER_SLACK).max(DRAIN_FIRST);
-        let first = match delivery.policy {
-            DeliveryPolicy::Batched => DRAIN_FIRST,
-            DeliveryPolicy::Immediate => max,
-        };
-        Self { first, max, next: first }
+    /// The timer `delivery` needs; None under `immediate`, whose records each wake the reader
+    /// (the kernel's own guarantee, as before delivery policies existed: no timer, no idle cost).
+    pub fn new(delivery: &Delivery) -> Option<Self> {
+        match delivery.policy {
+            DeliveryPolicy::Batched => {
+                Some(Self { max: delivery.bound().saturating_sub(TIMER_SLACK).max(DRAIN_FIRST), next: DRAIN_FIRST })
+            }
+            DeliveryPolicy::Immediate => None,
+        }
     }
 
     /// How long to sleep before the next drain.
@@ -191,7 +191,7 @@ impl DrainTimer {
 
     /// After a drain: back to the first interval if it found records, else double up to the bound.
     pub fn drained(&mut self, found: bool) {
-        self.next = if found { self.first } else { (self.next * 2).min(self.max) };
+        self.next = if found { DRAIN_FIRST } else { (self.next * 2).min(self.max) };
     }
 }
 
@@ -431,8 +431,8 @@ impl AsRawFd for Sources {
 /// delivery benchmark.
 pub struct Streamer {
     fd: AsyncFd<Sources>,
-    timer: DrainTimer,
-    due: tokio::time::Instant,
+    /// The drain timer and its next deadline; None under `immediate`.
+    timer: Option<(DrainTimer, tokio::time::Instant)>,
 }
 
 impl Streamer {
@@ -448,18 +448,21 @@ impl Streamer {
         // which happens only when this AsyncFd is dropped.
         let fd = unsafe { AsyncFd::register_with_interest(Sources { epoll, sources }, tokio::io::Interest::READABLE) }
             .map_err(io::Error::from)?;
-        let timer = DrainTimer::new(&delivery);
-        let due = tokio::time::Instant::now() + timer.interval();
-        Ok(Self { fd, timer, due })
+        let timer = DrainTimer::new(&delivery).map(|t| {
+            let due = tokio::time::Instant::now() + t.interval();
+            (t, due)
+        });
+        Ok(Self { fd, timer })
     }
 
     /// Resolves on a wake-up of any buffer or when the drain timer is due, whichever is first.
     /// Cancel-safe: dropped before it resolves (another branch of a `select!` won), it consumes
     /// nothing, and the timer's deadline stays where it was.
     pub async fn ready(&mut self) -> io::Result<()> {
+        let due = self.timer.as_ref().map(|(_, due)| *due);
         tokio::select! {
             ready = self.fd.readable_mut() => ready?.clear_ready(),
-            _ = tokio::time::sleep_until(self.due) => {}
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
         }
         // Take the wake-ups reported so far before reading: one that comes after this re-arms
         // the fd, so a record committed during the drain is never left without a next pass.
@@ -477,8 +480,10 @@ impl Streamer {
                 tracing::warn!(lost = source.lost - lost, transport = %source.transport, "perf buffer overflowed: records lost");
             }
         }
-        self.timer.drained(taken > 0);
-        self.due = tokio::time::Instant::now() + self.timer.interval();
+        if let Some((timer, due)) = &mut self.timer {
+            timer.drained(taken > 0);
+            *due = tokio::time::Instant::now() + timer.interval();
+        }
         Ok(taken)
     }
 }
@@ -489,7 +494,7 @@ mod tests {
 
     #[test]
     fn timer_backs_off_to_the_bound_and_resets_on_data() {
-        let mut t = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Batched, bound_ms: 10 });
+        let mut t = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Batched, bound_ms: 10 }).expect("batched has a timer");
         let mut seen = vec![t.interval()];
         for _ in 0..8 {
             t.drained(false);
@@ -502,12 +507,9 @@ mod tests {
     }
 
     #[test]
-    fn immediate_timer_stays_at_the_bound() {
-        let mut t = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Immediate, bound_ms: 20 });
-        assert_eq!(t.interval(), Duration::from_millis(18));
-        t.drained(true);
-        assert_eq!(t.interval(), Duration::from_millis(18));
-        let tight = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Batched, bound_ms: 1 });
+    fn immediate_has_no_timer_and_a_tight_bound_keeps_the_first_interval() {
+        assert!(DrainTimer::new(&Delivery { policy: DeliveryPolicy::Immediate, bound_ms: 20 }).is_none());
+        let tight = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Batched, bound_ms: 1 }).expect("batched has a timer");
         assert_eq!(tight.max, DRAIN_FIRST);
     }
 

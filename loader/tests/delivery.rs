@@ -155,3 +155,23 @@ fn plan_names_the_delivery_policy() {
     let text = plan(&["--config", file.to_str().expect("utf-8 path")]);
     assert!(text.contains("delivery immediate (bound 20 ms)"), "{text}");
 }
+
+/// `--delivery immediate` (today's behaviour before policies: a wake-up per record, no timer)
+/// still delivers, and says so.
+#[test]
+fn immediate_policy_delivers_without_a_timer() {
+    if skip_unless_root("immediate_policy_delivers_without_a_timer") {
+        return;
+    }
+    let _serial = kernel_lock();
+    let loader = Loader::start(&["--monitors", "process", "--metrics-address", "off", "--delivery", "immediate"]);
+    let mut seen = Vec::new();
+    let mut child = Command::new("/bin/true").arg("tapio-immediate").spawn().expect("spawn /bin/true");
+    let pid = u64::from(child.id());
+    child.wait().expect("wait for /bin/true");
+    let got = loader.wait_for(&mut seen, Duration::from_secs(5), |e| e["event"] == "exec" && e["tgid"] == pid);
+    let (_, stderr, status) = loader.finish();
+    assert!(got.is_some(), "the exec of /bin/true never reached the output; stderr:\n{stderr}");
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("immediate (bound 10 ms): every record wakes the reader, no drain timer"), "{stderr}");
+}
