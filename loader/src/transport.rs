@@ -10,9 +10,9 @@
 //!
 //! Waking the reader costs the kernel far more than writing the record (about 4 µs against
 //! 0.2 µs for an 8-byte ring record on the development machine). Under [`DeliveryPolicy::Batched`],
-//! the default, records are written without a wake-up until the buffer holds a quarter of its
-//! size (ring: `BPF_RB_NO_WAKEUP` below `tapio_wakeup_bytes`, then `BPF_RB_FORCE_WAKEUP`; perf: a
-//! byte watermark), and the reader drains on a timer that starts at [`DRAIN_FIRST`] after data,
+//! the default, records are written without a wake-up but for the one that fills a quarter of
+//! the buffer (ring: `BPF_RB_NO_WAKEUP`, and `BPF_RB_FORCE_WAKEUP` for the record that takes the
+//! unread data across `tapio_wakeup_bytes`; perf: a byte watermark), and the reader drains on a timer that starts at [`DRAIN_FIRST`] after data,
 //! doubles while the buffers stay empty, and stops doubling [`TIMER_SLACK`] short of the bound
 //! ([`Delivery::bound`]): a record emitted just before the node goes quiet waits at most the
 //! bound. One timer serves every monitor ([`Streamer`]). This is the scheme of
@@ -511,6 +511,22 @@ mod tests {
         assert!(DrainTimer::new(&Delivery { policy: DeliveryPolicy::Immediate, bound_ms: 20 }).is_none());
         let tight = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Batched, bound_ms: 1 }).expect("batched has a timer");
         assert_eq!(tight.max, DRAIN_FIRST);
+    }
+
+    /// The loader computes the wake-up threshold from the ring's size; without `ring_size` that
+    /// is the objects' own.
+    #[test]
+    fn default_ring_size_is_the_objects() {
+        let rings = crate::bundle::OBJECTS.iter().filter(|o| o.transport == Transport::Ringbuf);
+        let mut checked = 0;
+        for o in rings {
+            let object = aya_obj::Object::parse(o.bytes).unwrap_or_else(|e| panic!("{}: {e}", o.file));
+            if let Some(events) = object.maps.get("events") {
+                assert_eq!(events.max_entries(), DEFAULT_RING_SIZE, "{}", o.file);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 6, "every monitor's ring object has an events map");
     }
 
     #[test]
