@@ -32,6 +32,7 @@ use std::{
     fmt, io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     str::FromStr,
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -412,25 +413,27 @@ impl AsRawFd for EventSource {
     }
 }
 
-/// Every buffer of every source behind one epoll fd, registered with the runtime.
-struct Sources {
-    epoll: OwnedFd,
-    sources: Vec<EventSource>,
-}
+/// One buffer's fd as the runtime watches it. The fd belongs to a buffer of the [`Streamer`]'s
+/// sources, which outlive it (see the field order there).
+struct BufferFd(RawFd);
 
-impl AsRawFd for Sources {
+impl AsRawFd for BufferFd {
     fn as_raw_fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
+        self.0
     }
 }
 
-/// The run loop's reader: every monitor's buffers behind one readiness and one drain timer, so
-/// an idle node costs one timer whatever the number of monitors and CPUs. [`Streamer::ready`]
-/// resolves on any buffer's wake-up or when the timer is due; [`Streamer::drain_each`] then
-/// hands every waiting record to the caller in place. Used by `tapio-load run` and by the
-/// delivery benchmark.
+/// The run loop's reader: every monitor's buffers and one drain timer, so an idle node costs one
+/// timer whatever the number of monitors and CPUs. [`Streamer::ready`] resolves on any buffer's
+/// wake-up or when the timer is due; [`Streamer::drain_each`] then hands every waiting record to
+/// the caller in place. Used by `tapio-load run` and by the delivery benchmark.
+///
+/// Each buffer's own fd is registered with the runtime (tokio watches it edge-triggered), as the
+/// run loop registered its buffers before delivery policies: nothing nested.
 pub struct Streamer {
-    fd: AsyncFd<Sources>,
+    // Declared first, so dropped first: each holds an fd the sources below own.
+    fds: Vec<AsyncFd<BufferFd>>,
+    sources: Vec<EventSource>,
     /// The drain timer and its next deadline; None under `immediate`.
     timer: Option<(DrainTimer, tokio::time::Instant)>,
 }
@@ -438,21 +441,21 @@ pub struct Streamer {
 impl Streamer {
     /// Registers every buffer of `sources` with the current tokio runtime.
     pub fn new(sources: Vec<EventSource>, delivery: Delivery) -> io::Result<Self> {
-        let epoll = epoll_new()?;
+        let mut fds = Vec::new();
         for source in &sources {
             for b in &source.buffers {
-                epoll_add(&epoll, b.fd())?;
+                // SAFETY: the buffer keeps its fd open, unchanged, until it is dropped, which
+                // happens only after this AsyncFd is (field order of Streamer).
+                let fd = unsafe { AsyncFd::register_with_interest(BufferFd(b.fd()), tokio::io::Interest::READABLE) }
+                    .map_err(io::Error::from)?;
+                fds.push(fd);
             }
         }
-        // SAFETY: `Sources` owns the epoll fd and keeps it open, unchanged, until it is dropped,
-        // which happens only when this AsyncFd is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(Sources { epoll, sources }, tokio::io::Interest::READABLE) }
-            .map_err(io::Error::from)?;
         let timer = DrainTimer::new(&delivery).map(|t| {
             let due = tokio::time::Instant::now() + t.interval();
             (t, due)
         });
-        Ok(Self { fd, timer })
+        Ok(Self { fds, sources, timer })
     }
 
     /// Resolves on a wake-up of any buffer or when the drain timer is due, whichever is first.
@@ -460,20 +463,39 @@ impl Streamer {
     /// nothing, and the timer's deadline stays where it was.
     pub async fn ready(&mut self) -> io::Result<()> {
         let due = self.timer.as_ref().map(|(_, due)| *due);
+        let fds = &self.fds;
+        // Every buffer that signalled has its readiness cleared before the caller reads: a
+        // wake-up that comes after this sets it again, so a record committed during the drain is
+        // never left without a next pass.
+        let woken = std::future::poll_fn(|cx| {
+            let mut any = false;
+            for fd in fds {
+                match fd.poll_read_ready(cx) {
+                    Poll::Ready(Ok(mut guard)) => {
+                        guard.clear_ready();
+                        any = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if any {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        });
         tokio::select! {
-            ready = self.fd.readable_mut() => ready?.clear_ready(),
-            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
+            woken = woken => woken,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => Ok(()),
         }
-        // Take the wake-ups reported so far before reading: one that comes after this re-arms
-        // the fd, so a record committed during the drain is never left without a next pass.
-        epoll_take(&self.fd.get_ref().epoll, 0)
     }
 
     /// Hands every waiting record of every source to `f` where it lies, and sets the timer: back
     /// to its first interval if there were records, else one step further. Returns how many.
     pub fn drain_each<E>(&mut self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<usize, E> {
         let mut taken = 0;
-        for source in &mut self.fd.get_mut().sources {
+        for source in &mut self.sources {
             let lost = source.lost;
             taken += source.drain_each(&mut f)?;
             if source.lost > lost {
