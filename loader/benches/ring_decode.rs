@@ -625,8 +625,9 @@ fn bound(f: &Figure, all: &[Figure]) -> String {
          record is decode's allocations (argv strings, comm) and serde_json formatting (a `perf record` of \
          the decoder: about a quarter in string escaping, a sixth in the flattened map's entries). Where \
          the rate is below the ceiling and records were still dropped, the drainer fell behind for longer \
-         than the ring's slack lasts (0.5 ms of these records at 1,000,000/s in 256 KiB): woken late or \
-         descheduled by other work on its CPU, as its CPU share in the notes shows.",
+         than the ring's slack lasts (at 1,000,000/s, 256 KiB holds about 0.5 ms of the mix and 0.2 ms of \
+         exec records; 4 MiB 16 times that): woken late or descheduled by other work on its CPU, as its \
+         CPU share in the notes shows (a woken reader may wait for the running task's time slice).",
         no_ring,
     )
 }
