@@ -181,13 +181,21 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     }
     // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
     let pinned: Vec<crate::pin::PinnedProgram> = adopted.iter().flatten().flat_map(|a| a.programs.iter().cloned()).collect();
+    // An adopted ring keeps the wake-up threshold its programs were loaded with, which this run
+    // cannot change: under `immediate` its reader keeps the drain timer all the same, or records
+    // of programs loaded `batched` would wait for a quarter-full ring.
+    let mut reader_delivery = delivery;
     for adopted in adopted.into_iter().flatten() {
         info!(monitor = adopted.monitor, transport = %adopted.events.transport, delivery = %delivery.policy, bound_ms = delivery.bound_ms, "delivery: {}", delivery.describe(adopted.events.transport));
+        if delivery.policy == crate::transport::DeliveryPolicy::Immediate && adopted.events.transport == crate::bundle::Transport::Ringbuf {
+            warn!(monitor = adopted.monitor, "adopted ring: its programs keep the wake-ups they were loaded with; draining on the {} ms timer as well", delivery.bound_ms);
+            reader_delivery.policy = crate::transport::DeliveryPolicy::Batched;
+        }
         sources.push(adopted.events);
     }
     // --- end pin ---
     // One reader for every monitor: one drain timer however many monitors and CPUs.
-    let mut streamer = crate::transport::Streamer::new(sources, delivery).map_err(RunError::Reactor)?;
+    let mut streamer = crate::transport::Streamer::new(sources, reader_delivery).map_err(RunError::Reactor)?;
     // --- operations: the metrics endpoint reads the objects while the run loop streams ---
     let ebpfs: crate::output::metrics::SharedObjects = std::sync::Arc::new(ebpfs);
     let metrics_task = metrics_listener.map(|listener| {
