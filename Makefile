@@ -27,9 +27,9 @@ test: setup
 matrix: setup
 	$(CARGO) xtask verifier-matrix
 
-# Kernel cost beside execsnoop, DNS/network cost, decode throughput and memory (needs root for
-# the kernel figures: it sets kernel.bpf_stats_enabled for the run and restores it). Prints
-# `BENCH ...` lines and writes docs/benchmarks.md and target/bench/results.json.
+# Kernel cost beside execsnoop, DNS/network cost, decode throughput, delivery latency per policy
+# and memory (needs root for the kernel figures: it sets kernel.bpf_stats_enabled for the run and
+# restores it). Prints `BENCH ...` lines and writes docs/benchmarks.md and target/bench/results.json.
 bench: setup
 	@test "$$(id -u)" = 0 || echo "make bench: not root: only the user-space figures will be measured"
 	# One bench at a time, in this order: node_tax (last) reads the kernel-cost and delivery

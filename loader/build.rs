@@ -72,11 +72,16 @@ fn main() {
     let clang = find_tool("clang", "clang");
     let strip = find_tool("llvm-strip", "llvm");
     // Test and benchmark fixtures (see probes/fixtures/): an object that exists to be refused, and
-    // the synthetic ring-buffer producer of benches/ring_decode.rs. Neither is a monitor.
-    for (source, object) in [("rejected", "fixture_rejected"), ("bench_producer", "fixture_bench_producer")] {
+    // the synthetic producer of benches/ring_decode.rs and benches/delivery.rs (ring and perf builds).
+    // None is a monitor.
+    for (source, object, perf) in [
+        ("rejected", "fixture_rejected", false),
+        ("bench_producer", "fixture_bench_producer", false),
+        ("bench_producer", "fixture_bench_producer_perf", true),
+    ] {
         let fixture = probes.join(format!("fixtures/{source}.bpf.c"));
         println!("cargo:rerun-if-changed={}", fixture.display());
-        compile(&clang, &strip, &probes, &fixture, &out_dir.join(format!("{object}.bpf.o")), false);
+        compile(&clang, &strip, &probes, &fixture, &out_dir.join(format!("{object}.bpf.o")), perf);
     }
     for monitor in MONITORS {
         let source = probes.join(format!("{monitor}.bpf.c"));

@@ -93,8 +93,8 @@ fn main() -> Result<()> {
     }
     // Measured by their own benches in the same `make bench`: xdp_filter per packet
     // (docs/benchmarks-xdp.md), batched vs unbatched with P99 latency (docs/benchmarks-advanced.md),
-    // decode through the real ring and its drop count (docs/benchmarks-ring.md), matrix wall time
-    // vs bare boot (docs/benchmarks-matrix.md).
+    // decode through the real ring and its drop count (docs/benchmarks-ring.md), delivery latency
+    // per policy (docs/benchmarks-delivery.md), matrix wall time vs bare boot (docs/benchmarks-matrix.md).
 
     let root = workspace_root();
     let bench_dir = target_dir().join("bench");
@@ -1154,6 +1154,7 @@ fn markdown(results: &Value, figures: &[Figure], missing: &[String]) -> String {
     let _ = writeln!(s, "- xdp_filter per packet beside the empty-program floor and xdp-tools' xdp-filter: `docs/benchmarks-xdp.md`");
     let _ = writeln!(s, "- batched vs unbatched throughput, CPU, memory and P99 kernel-to-user latency: `docs/benchmarks-advanced.md`");
     let _ = writeln!(s, "- decode through the real ring (BPF_PROG_TEST_RUN producer) in events/s, with its drop count: `docs/benchmarks-ring.md`");
+    let _ = writeln!(s, "- delivery latency P50/P99/max at 10, 1,000 and 100,000 records/s for both delivery policies and transports, reader CPU, drops: `docs/benchmarks-delivery.md`");
     let _ = writeln!(s, "- matrix wall time per kernel vs the bare boot of the same kernel: `docs/benchmarks-matrix.md`");
     s
 }

@@ -1,13 +1,16 @@
 //! `make bench`, ring part: how many events per second one core drains from a real ring buffer,
 //! decodes and writes as JSON lines, and how many records the kernel dropped at that rate (issue 9
-//! item 4).
+//! item 4; issue 13 item 5 raised the target to 2,000,000 events/s on one core, 0 lost at
+//! 1,000,000/s paced).
 //!
 //! kernel_cost's `decode.*` figures feed synthetic records to the decoder with no ring and no
 //! kernel: they bound the user-space side only. Here the records come through the kernel: a
 //! producer (probes/fixtures/bench_producer.bpf.c, an XDP program run by `BPF_PROG_TEST_RUN`)
 //! emits prebuilt process records with `bpf_ringbuf_output` into a `BPF_MAP_TYPE_RINGBUF`, and a
-//! drainer reads them as `tapio-load run` does: `transport::EventSource` (waiting with poll, never
-//! sleeping), `events::decode`, `output::json::JsonLines` to `io::sink()`, flushed per batch.
+//! drainer reads them as `tapio-load run` does: the ring loaded with the default delivery policy
+//! (`batched`), `transport::EventSource::drain_each` (each record decoded where it lies in the
+//! ring; `wait()` between passes, never a guessed sleep), `events::decode`,
+//! `output::json::JsonLines` to `io::sink()`, flushed per batch.
 //!
 //! Producer and drainer are pinned to different CPUs, so the figure is what one core does. Each
 //! scenario runs the producer flat out (the drainer's ceiling: the ring stays full, the excess is
@@ -43,9 +46,12 @@ use tapio_load::{
         process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK},
         DecodeOptions, TapioHeader, MONITOR_PROCESS,
     },
-    monitors::xdp_filter::{test_run, udp4_frame, XDP_PASS},
+    monitors::{
+        xdp_filter::{test_run, udp4_frame, XDP_PASS},
+        WAKEUP_BYTES,
+    },
     output::json::JsonLines,
-    transport::EventSource,
+    transport::{Delivery, EventSource},
 };
 
 /// The ring size: the `events` map's default in probes/include/transport.bpf.h, which is what
@@ -65,8 +71,10 @@ const FLAT_REPEAT: u32 = 1;
 /// `repeat` per test-run call when paced: 32 records (about 32 us at 1,000,000/s), so the
 /// producer's bursts stay far smaller than the ring (a 256 KiB ring holds about 190 exec records).
 const PACED_REPEAT: u32 = 1;
-/// The target rate of issue 9: one core decodes at least this many events per second, no loss.
+/// The paced rate of issue 9 and 13: every record must arrive, none may be dropped.
 const PACED_RATE: f64 = 1_000_000.0;
+/// Issue 13's target for the drainer flat out: events per second on one core.
+const FLAT_TARGET: f64 = 2_000_000.0;
 /// How long each scenario's producer runs.
 const RUN_FOR: Duration = Duration::from_secs(2);
 /// Runs per scenario; the figures are the median run's (by events/s), the note gives the range.
@@ -189,8 +197,12 @@ fn main() -> Result<()> {
 /// Loads a fresh producer (so every scenario starts with an empty ring and zeroed counters), runs
 /// it on one thread and drains on this one until the producer is done and the ring is empty.
 fn run_scenario(mix: Mix, rate: Option<f64>, pinned: bool, ring_bytes: u32) -> Result<Outcome> {
+    // The default delivery policy, as `tapio-load run` loads a monitor: no wake-up per record.
+    let delivery = Delivery::default();
+    let wakeup_bytes = delivery.ring_wakeup_bytes(ring_bytes);
     let mut ebpf = EbpfLoader::new()
         .set_max_entries("events", ring_bytes)
+        .set_global(WAKEUP_BYTES, &wakeup_bytes, true)
         .load(FIXTURE_BENCH_PRODUCER)
         .context("load probes/fixtures/bench_producer.bpf.c")?;
     fill_records(&mut ebpf, mix)?;
@@ -207,7 +219,7 @@ fn run_scenario(mix: Mix, rate: Option<f64>, pinned: bool, ring_bytes: u32) -> R
         .try_clone_to_owned()
         .context("bench_producer: duplicate program fd")?;
     let ring = ebpf.take_map("events").context("bench_producer: no `events` map")?;
-    let mut source = EventSource::open(ring, Transport::Ringbuf, &tapio_load::transport::Delivery::default()).context("bench_producer: open the ring")?;
+    let mut source = EventSource::open(ring, Transport::Ringbuf, &delivery).context("bench_producer: open the ring")?;
 
     if pinned {
         pin_to(DRAINER_CPU).context("pin the drainer")?;
@@ -300,14 +312,16 @@ fn drain(source: &mut EventSource, done: &AtomicBool, start: Instant) -> Result<
         // Read before draining: once the producer is done, one more pass empties the ring.
         let finished = done.load(Ordering::Acquire);
         let before = decoded;
-        while let Some(record) = source.next() {
-            let event = events::decode(&record, &options).context("decode a record from the ring")?;
+        // As the run loop reads: each record decoded where it lies in the ring, no copy.
+        source.drain_each(|record| {
+            let event = events::decode(record, &options).context("decode a record from the ring")?;
             sink.write(&event).context("write JSON")?;
             decoded += 1;
             if decoded.is_multiple_of(FLUSH_EVERY) {
                 sink.flush().context("flush JSON")?;
             }
-        }
+            anyhow::Ok(())
+        })?;
         sink.flush().context("flush JSON")?;
         if decoded > before {
             last = Instant::now();
@@ -429,18 +443,33 @@ fn figures_of(mix: Mix, paced: bool, ring_bytes: u32, o: &Outcome, reference: &V
     );
     let rate = o.rate();
     let drop_pct = if o.attempted == 0 { 0.0 } else { 100.0 * o.dropped as f64 / o.attempted as f64 };
-    vec![
-        Figure {
-            name: format!("decode.ring_{scenario}_events_per_s"),
-            value: rate,
-            unit: "events/s",
+    // Flat out the producer always outruns the drainer, so the rate is the drainer's ceiling and
+    // the target is issue 13's; paced, the rate is the producer's and the target is keeping up.
+    let target = if paced { PACED_RATE } else { FLAT_TARGET };
+    let mut figures = vec![Figure {
+        name: format!("decode.ring_{scenario}_events_per_s"),
+        value: rate,
+        unit: "events/s",
+        reference: no_ring.clone(),
+        target: format!(">= {target:.0} events/s"),
+        met: Some(rate >= target * if paced { 0.99 } else { 1.0 }),
+        note: note.clone(),
+    }];
+    if !paced {
+        // The drainer shares its CPU with whatever else runs there (on the development VM, other
+        // engineers' builds and benchmarks): per CPU-second of the drainer is what one core does.
+        figures.push(Figure {
+            name: format!("decode.ring_{scenario}_events_per_cpu_s"),
+            value: per_cpu_s,
+            unit: "events/CPU-s",
             reference: no_ring,
-            // Flat out the producer always outruns the drainer, so only the rate is a target there;
-            // paced, the rate is the producer's and the target is keeping up with it.
-            target: ">= 1000000 events/s".into(),
-            met: Some(rate >= 1_000_000.0 * if paced { 0.99 } else { 1.0 }),
+            target: format!(">= {FLAT_TARGET:.0} events/CPU-s"),
+            met: Some(per_cpu_s >= FLAT_TARGET),
             note: note.clone(),
-        },
+        });
+    }
+    figures.extend([
+
         Figure {
             name: format!("decode.ring_{scenario}_drops"),
             value: o.dropped as f64,
@@ -450,7 +479,8 @@ fn figures_of(mix: Mix, paced: bool, ring_bytes: u32, o: &Outcome, reference: &V
             met: paced.then_some(o.dropped == 0),
             note,
         },
-    ]
+    ]);
+    figures
 }
 
 fn workspace_root() -> PathBuf {
@@ -524,7 +554,8 @@ fn write_outputs(figures: &[Figure], pinned: bool) -> Result<()> {
     writeln!(md, "## Method\n")?;
     writeln!(md, "- Producer: `probes/fixtures/bench_producer.bpf.c`, an XDP program (the type `BPF_PROG_TEST_RUN`")?;
     writeln!(md, "  runs with a `repeat` count) that sends {PER_RUN} prebuilt process records per run with")?;
-    writeln!(md, "  `bpf_ringbuf_output` (flags 0, as the monitors do) through the monitors' own `tapio_emit()`.")?;
+    writeln!(md, "  `bpf_ringbuf_output` through the monitors' own `tapio_emit()`, loaded with the default delivery")?;
+    writeln!(md, "  policy (`batched`: `BPF_RB_NO_WAKEUP` but for the record that fills a quarter of the ring).")?;
     writeln!(md, "  Records: the same `process_exec_event`/`process_event` as kernel_cost's no-ring `decode.*`")?;
     writeln!(md, "  figures, so the two differ only by the ring. A record the ring had no room for is counted in")?;
     writeln!(md, "  the object's `stats` map (`TAPIO_STAT_LOST`): that is the drop count.")?;
@@ -533,8 +564,9 @@ fn write_outputs(figures: &[Figure], pinned: bool) -> Result<()> {
     writeln!(md, "- Paced: repeat {PACED_REPEAT} ({PER_RUN} records per call), each call started when the records sent so far")?;
     writeln!(md, "  would have taken that long at {PACED_RATE:.0}/s (the producer spins, so the rate stays steady). The")?;
     writeln!(md, "  target: the drainer keeps up (events/s within 1% of the rate) with no drops.")?;
-    writeln!(md, "- Drainer, on its own CPU: `transport::EventSource` on the ring (`next()` until empty, then")?;
-    writeln!(md, "  `wait()`, a poll on the ring's fd: no sleeps), `events::decode`, `output::json::JsonLines` to")?;
+    writeln!(md, "- Drainer, on its own CPU: `transport::EventSource::drain_each` on the ring (each record decoded")?;
+    writeln!(md, "  where it lies, as the run loop does; then `wait()`, which polls the fd in 1 ms slices and looks")?;
+    writeln!(md, "  at the ring's positions in between: no guessed sleeps), `events::decode`, `output::json::JsonLines` to")?;
     writeln!(md, "  `std::io::sink()`, flushed every {FLUSH_EVERY} events and when the ring is empty. Events/s: records")?;
     writeln!(md, "  decoded divided by the time from the producer's first call to the last record decoded. Every")?;
     writeln!(md, "  record the producer emitted must be decoded, or the bench fails.")?;
@@ -567,7 +599,8 @@ fn write_outputs(figures: &[Figure], pinned: bool) -> Result<()> {
         let by = if f.unit == "records" {
             format!("{:.0} records dropped where none may be", f.value)
         } else {
-            format!("short by {:.0} events/s ({:.1}% of the target)", 1_000_000.0 - f.value, 100.0 * f.value / 1_000_000.0)
+            let target: f64 = f.target.trim_start_matches(">= ").split(' ').next().and_then(|t| t.parse().ok()).unwrap_or(PACED_RATE);
+            format!("short by {:.0} {} ({:.1}% of the target)", target - f.value, f.unit, 100.0 * f.value / target)
         };
         writeln!(md, "- `{}`: {:.1} {}, {by}. {}", f.name, f.value, f.unit, bound(f, figures))?;
     }
@@ -588,11 +621,13 @@ fn bound(f: &Figure, all: &[Figure]) -> String {
     let no_ring = all.iter().find(|g| g.name == rate_name).map_or("unknown", |g| g.reference.as_str());
     format!(
         "The drainer's ceiling for these records (flat out) is {ceiling:.0} events/s; the no-ring decoder \
-         alone: {}. Per record the ring path adds a copy out of the ring into a new Vec (EventSource::next) \
-         and a queue push and pop on top of decode's allocations (argv strings, comm) and serde_json \
-         formatting. Where the rate is below the ceiling and records were still dropped, the drainer fell \
-         behind for longer than the ring's slack lasts (woken late or descheduled: inferred, not \
-         profiled). No `perf` profile in this bench; `perf record -g` on it is the next step.",
+         alone: {}. The ring path decodes in place (no copy, no allocation per record); what remains per \
+         record is decode's allocations (argv strings, comm) and serde_json formatting (a `perf record` of \
+         the decoder: about a quarter in string escaping, a sixth in the flattened map's entries). Where \
+         the rate is below the ceiling and records were still dropped, the drainer fell behind for longer \
+         than the ring's slack lasts (at 1,000,000/s, 256 KiB holds about 0.5 ms of the mix and 0.2 ms of \
+         exec records; 4 MiB 16 times that): woken late or descheduled by other work on its CPU, as its \
+         CPU share in the notes shows (a woken reader may wait for the running task's time slice).",
         no_ring,
     )
 }

@@ -91,3 +91,8 @@ pub static FIXTURE_REJECTED: &[u8] = aya::include_bytes_aligned!(concat!(env!("O
 /// drain and decode path can be measured through the real ring. Not a monitor, not in [`OBJECTS`].
 pub static FIXTURE_BENCH_PRODUCER: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_bench_producer.bpf.o"));
+
+/// [`FIXTURE_BENCH_PRODUCER`] built with `-DTAPIO_PERF`: the same records through a perf event
+/// array, for the delivery benchmark's perf figures (`benches/delivery.rs`).
+pub static FIXTURE_BENCH_PRODUCER_PERF: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_bench_producer_perf.bpf.o"));

@@ -10,10 +10,7 @@ use std::{
 use aya::Btf;
 
 use thiserror::Error;
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::{mpsc, watch},
-};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -222,12 +219,10 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         SendError::Failed(source) => RunError::Output { path: name.to_owned(), source },
     };
 
-    // Each monitor's buffers are drained by its own task (crate::transport::stream), on their
-    // wake-ups and on the delivery policy's timer; batches meet here. On shutdown every task
-    // drains its buffers one last time, so nothing emitted before the signal is lost.
+    // Every monitor's buffers are drained by this loop (crate::transport::Streamer), on their
+    // wake-ups and on the delivery policy's timer, and decoded where they lie. On shutdown they
+    // are drained one last time, so nothing emitted before the signal is lost.
     let delivery = options.load.delivery;
-    let (tx, mut rx) = mpsc::channel::<crate::transport::Batch>(64);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let mut ebpfs = Vec::new();
     // Links the monitors own outright (cgroup bpf_links): held until the run ends, as `ebpf`
     // holds the others; dropping them would detach those programs.
@@ -242,25 +237,21 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     }
     // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
     let pinned: Vec<crate::pin::PinnedProgram> = adopted.iter().flatten().flat_map(|a| a.programs.iter().cloned()).collect();
+    // An adopted ring keeps the wake-up threshold its programs were loaded with, which this run
+    // cannot change: under `immediate` its reader keeps the drain timer all the same, or records
+    // of programs loaded `batched` would wait for a quarter-full ring.
+    let mut reader_delivery = delivery;
     for adopted in adopted.into_iter().flatten() {
         info!(monitor = adopted.monitor, transport = %adopted.events.transport, delivery = %delivery.policy, bound_ms = delivery.bound_ms, "delivery: {}", delivery.describe(adopted.events.transport));
+        if delivery.policy == crate::transport::DeliveryPolicy::Immediate && adopted.events.transport == crate::bundle::Transport::Ringbuf {
+            warn!(monitor = adopted.monitor, "adopted ring: its programs keep the wake-ups they were loaded with; draining on the {} ms timer as well", delivery.bound_ms);
+            reader_delivery.policy = crate::transport::DeliveryPolicy::Batched;
+        }
         sources.push(adopted.events);
     }
     // --- end pin ---
-    let mut tasks = Vec::new();
-    for source in sources {
-        // SAFETY: the source owns its epoll fd and keeps it open, unchanged, until it is dropped,
-        // which happens only when this AsyncFd is dropped.
-        let source = unsafe { tokio::io::unix::AsyncFd::register_with_interest(source, tokio::io::Interest::READABLE) }
-            .map_err(|e| RunError::Reactor(e.into()))?;
-        let (tx, stop_rx) = (tx.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = crate::transport::stream(source, delivery, tx, stop_rx).await {
-                warn!("event loop: {e}");
-            }
-        }));
-    }
-    drop(tx);
+    // One reader for every monitor: one drain timer however many monitors and CPUs.
+    let mut streamer = crate::transport::Streamer::new(sources, reader_delivery).map_err(RunError::Reactor)?;
     // --- operations: the metrics endpoint reads the objects while the run loop streams ---
     let ebpfs: crate::output::metrics::SharedObjects = std::sync::Arc::new(ebpfs);
     let running = ebpfs.len() + adopted_names.len();
@@ -335,8 +326,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut reload_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            _ = interrupt.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
-            _ = terminate.recv(), if !stopping => { stopping = true; let _ = stop_tx.send(true); }
+            _ = interrupt.recv(), if !stopping => stopping = true,
+            _ = terminate.recv(), if !stopping => stopping = true,
             _ = hangup.recv() => {
                 reload("SIGHUP", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs);
                 if let Some(watch) = watch.as_mut() {
@@ -368,31 +359,38 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 sink.send(dns.expire(crate::dns::monotonic_ns())).map_err(|e| output_failed(e, &output_name))?;
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
             }
-            batch = rx.recv() => {
-                // None: every drain task has finished its last pass.
-                let Some(batch) = batch else { break };
-                let mut out = Vec::with_capacity(batch.len());
-                for record in &batch {
-                    // decode_all: an advanced batch record expands into its events.
-                    match events::decode_all(record, &options.decode) {
-                        Ok(decoded) => for mut event in decoded {
-                            dns.observe(&mut event);
-                            out.push(event);
-                        }
-                        Err(e) => {
-                            summary.decode_errors += 1;
-                            counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            warn!("{e}");
-                        }
+            ready = streamer.ready() => ready.map_err(RunError::Reactor)?,
+        }
+        // Whatever woke the loop, take what is waiting (cheap when nothing is: two positions per
+        // buffer are compared); on a stop signal this is the last pass. Records are decoded here
+        // and written by the output thread, so a stalled reader never holds this loop.
+        let decode = &options.decode;
+        let mut out = Vec::new();
+        let taken = streamer.drain_each(|record| {
+            // decode_all: an advanced batch record expands into its events.
+            match events::decode_all(record, decode) {
+                Ok(decoded) => {
+                    for mut event in decoded {
+                        dns.observe(&mut event);
+                        out.push(event);
                     }
                 }
-                sink.send(out).map_err(|e| output_failed(e, &output_name))?;
-                dns.publish(&counters); // metrics: tapio_dns_inflight*
+                Err(e) => {
+                    summary.decode_errors += 1;
+                    counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    warn!("{e}");
+                }
             }
+            Ok(())
+        });
+        let taken = taken.map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+        if taken > 0 {
+            sink.send(out).map_err(|e| output_failed(e, &output_name))?;
+            dns.publish(&counters); // metrics: tapio_dns_inflight*
         }
-    }
-    for task in tasks {
-        let _ = task.await;
+        if stopping {
+            break;
+        }
     }
     sink.finish(OUTPUT_DRAIN_TIMEOUT).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
     summary.written = counters.events_written.load(std::sync::atomic::Ordering::Relaxed);

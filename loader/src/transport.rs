@@ -4,21 +4,22 @@
 //! A ring buffer (5.8+) is one shared buffer; a perf event array (4.4+) is one buffer per CPU,
 //! each of which must be opened before the programs run, or their output fails and is counted
 //! as lost. [`EventSource`] hides the difference: `next()` for a synchronous drain, `wait()` to
-//! block until a record is there, and [`stream`] for the run loop.
+//! block until a record is there, and [`Streamer`] drains every source for the run loop.
 //!
 //! # Delivery
 //!
 //! Waking the reader costs the kernel far more than writing the record (about 4 µs against
 //! 0.2 µs for an 8-byte ring record on the development machine). Under [`DeliveryPolicy::Batched`],
-//! the default, records are written without a wake-up until the buffer holds a quarter of its
-//! size (ring: `BPF_RB_NO_WAKEUP` below `tapio_wakeup_bytes`, then `BPF_RB_FORCE_WAKEUP`; perf: a
-//! byte watermark), and the reader drains on a timer that starts at [`DRAIN_FIRST`] after data,
-//! doubles while the buffers stay empty, and stops doubling at the bound ([`Delivery::bound`]): a
-//! record emitted just before the node goes quiet waits at most the bound. This is the scheme of
+//! the default, records are written without a wake-up but for the one that fills a quarter of
+//! the buffer (ring: `BPF_RB_NO_WAKEUP`, and `BPF_RB_FORCE_WAKEUP` for the record that takes the
+//! unread data across `tapio_wakeup_bytes`; perf: a byte watermark), and the reader drains on a timer that starts at [`DRAIN_FIRST`] after data,
+//! doubles while the buffers stay empty, and stops doubling [`TIMER_SLACK`] short of the bound
+//! ([`Delivery::bound`]): a record emitted just before the node goes quiet waits at most the
+//! bound. One timer serves every monitor ([`Streamer`]). This is the scheme of
 //! Falco's modern_bpf engine (500 µs backing off to 30 ms) and of the kernel's `ringbuf_bench`
 //! selftest (wake-up past a data threshold). [`DeliveryPolicy::Immediate`] keeps a wake-up per
-//! record (the kernel's default for the ring, `wakeup_events = 1` for perf); its reader still
-//! drains on a fixed timer at the bound, a safety net that costs nothing measurable.
+//! record (the kernel's default for the ring, `wakeup_events = 1` for perf) and no timer: the
+//! behaviour before delivery policies existed.
 //!
 //! Because a record may arrive without a wake-up, nothing here trusts fd readiness alone: both
 //! buffers are mapped, and "is there data" is a comparison of the producer and consumer positions.
@@ -31,16 +32,14 @@ use std::{
     fmt, io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     str::FromStr,
+    task::Poll,
     time::{Duration, Instant},
 };
 
 use aya::maps::{Map, MapData};
 use serde::Serialize;
 use thiserror::Error;
-use tokio::{
-    io::unix::AsyncFd,
-    sync::{mpsc, watch},
-};
+use tokio::io::unix::AsyncFd;
 
 use crate::bundle::Transport;
 
@@ -59,6 +58,11 @@ const PERF_PAGES: usize = 16;
 const WAKEUP_FRACTION: u64 = 4;
 /// The drain timer's first interval after data arrived.
 pub const DRAIN_FIRST: Duration = Duration::from_micros(500);
+/// How late the drain may come: tokio's timer wheel ticks every millisecond and rounds a deadline
+/// up to the next tick (measured: a 9 ms sleep took up to 10.1 ms on the loaded development VM),
+/// and the reader must then be scheduled. The timer's longest interval is the bound minus this, so
+/// a record waits at most the bound, not the bound plus the timer's lateness.
+pub const TIMER_SLACK: Duration = Duration::from_millis(2);
 /// The default bound (`delivery_bound_ms`).
 pub const DEFAULT_BOUND: Duration = Duration::from_millis(10);
 /// How long [`EventSource::wait`] blocks in one poll before it looks at the positions again.
@@ -71,7 +75,7 @@ pub enum DeliveryPolicy {
     /// No wake-up per record: one past a quarter of the buffer, and the reader's backoff timer.
     #[default]
     Batched,
-    /// A wake-up per record, as before delivery policies existed.
+    /// A wake-up per record and no drain timer, as before delivery policies existed.
     Immediate,
 }
 
@@ -153,31 +157,32 @@ impl Delivery {
             }
             (DeliveryPolicy::Immediate, _) => "every record wakes the reader".to_owned(),
         };
-        let timer = match self.policy {
-            DeliveryPolicy::Batched => format!("drained every {}-{} ms (backoff while idle)", DRAIN_FIRST.as_secs_f64() * 1e3, self.bound_ms),
-            DeliveryPolicy::Immediate => format!("and drained every {} ms", self.bound_ms),
+        let timer = match DrainTimer::new(self) {
+            Some(t) => format!("drained every {}-{} ms (backoff while idle)", DRAIN_FIRST.as_secs_f64() * 1e3, t.max.as_secs_f64() * 1e3),
+            None => "no drain timer".to_owned(),
         };
         format!("{} (bound {} ms): {wake}, {timer}", self.policy, self.bound_ms)
     }
 }
 
-/// The reader's drain timer: [`DRAIN_FIRST`] after data, doubling while the buffers stay empty,
-/// never past the bound. Under `immediate` it stays at the bound.
+/// The reader's drain timer under `batched`: [`DRAIN_FIRST`] after data, doubling while the
+/// buffers stay empty, never past the bound less [`TIMER_SLACK`].
 #[derive(Debug, Clone)]
 pub struct DrainTimer {
-    first: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl DrainTimer {
-    pub fn new(delivery: &Delivery) -> Self {
-        let max = delivery.bound().max(Duration::from_millis(1));
-        let first = match delivery.policy {
-            DeliveryPolicy::Batched => DRAIN_FIRST.min(max),
-            DeliveryPolicy::Immediate => max,
-        };
-        Self { first, max, next: first }
+    /// The timer `delivery` needs; None under `immediate`, whose records each wake the reader
+    /// (the kernel's own guarantee, as before delivery policies existed: no timer, no idle cost).
+    pub fn new(delivery: &Delivery) -> Option<Self> {
+        match delivery.policy {
+            DeliveryPolicy::Batched => {
+                Some(Self { max: delivery.bound().saturating_sub(TIMER_SLACK).max(DRAIN_FIRST), next: DRAIN_FIRST })
+            }
+            DeliveryPolicy::Immediate => None,
+        }
     }
 
     /// How long to sleep before the next drain.
@@ -187,7 +192,7 @@ impl DrainTimer {
 
     /// After a drain: back to the first interval if it found records, else double up to the bound.
     pub fn drained(&mut self, found: bool) {
-        self.next = if found { self.first } else { (self.next * 2).min(self.max) };
+        self.next = if found { DRAIN_FIRST } else { (self.next * 2).min(self.max) };
     }
 }
 
@@ -231,14 +236,12 @@ impl EventBuffer {
         }
     }
 
-    /// Moves every waiting record into `out`; returns how many the kernel reported lost.
-    fn drain(&mut self, out: &mut Vec<Vec<u8>>) -> u64 {
+    /// Hands every waiting record to `f` in place; returns how many, and how many the kernel
+    /// reported lost (perf).
+    fn drain_each<E>(&mut self, f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(usize, u64), E> {
         match self {
-            Self::Ring(ring) => {
-                ring.drain(out);
-                0
-            }
-            Self::Perf(buf) => buf.drain(out).1,
+            Self::Ring(ring) => ring.drain_each(f).map(|n| (n, 0)),
+            Self::Perf(buf) => buf.drain_each(f),
         }
     }
 }
@@ -283,19 +286,9 @@ impl EventSource {
     }
 
     fn with_buffers(transport: Transport, buffers: Vec<EventBuffer>, array: Option<MapData>) -> Result<Self, TransportError> {
-        // SAFETY: epoll_create1 has no memory preconditions.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(TransportError::Epoll(io::Error::last_os_error()));
-        }
-        // SAFETY: the kernel just returned this descriptor to us.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
-        for (i, b) in buffers.iter().enumerate() {
-            let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
-            // SAFETY: both fds are open; event is a valid epoll_event for the call.
-            if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, b.fd(), &mut event) } != 0 {
-                return Err(TransportError::Epoll(io::Error::last_os_error()));
-            }
+        let epoll = epoll_new().map_err(TransportError::Epoll)?;
+        for b in &buffers {
+            epoll_add(&epoll, b.fd()).map_err(TransportError::Epoll)?;
         }
         Ok(Self { transport, buffers, epoll, pending: VecDeque::new(), lost: 0, _array: array })
     }
@@ -308,13 +301,31 @@ impl EventSource {
     /// Moves every waiting record of every buffer into `out` (after any `next()` left queued);
     /// returns how many records the kernel reported lost meanwhile (perf).
     pub fn drain(&mut self, out: &mut Vec<Vec<u8>>) -> u64 {
-        out.extend(self.pending.drain(..));
-        let mut lost = 0;
-        for b in &mut self.buffers {
-            lost += b.drain(out);
+        let before = self.lost;
+        self.drain_each(|record| {
+            out.push(record.to_vec());
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {});
+        self.lost - before
+    }
+
+    /// Hands every waiting record to `f` where it lies in the buffer (records `next()` left
+    /// queued first), freeing each one's space after `f` returns: the reader's path, which copies
+    /// nothing. Returns how many records; losses the kernel reported are added to `lost`. An
+    /// error from `f` stops the drain after that record.
+    pub fn drain_each<E>(&mut self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<usize, E> {
+        let mut taken = 0;
+        while let Some(record) = self.pending.pop_front() {
+            taken += 1;
+            f(&record)?;
         }
-        self.lost += lost;
-        lost
+        for b in &mut self.buffers {
+            let (n, lost) = b.drain_each(&mut f)?;
+            taken += n;
+            self.lost += lost;
+        }
+        Ok(taken)
     }
 
     /// The next waiting record, without blocking.
@@ -323,7 +334,13 @@ impl EventSource {
         if self.pending.is_empty() {
             let mut out = Vec::new();
             for b in &mut self.buffers {
-                self.lost += b.drain(&mut out);
+                let (_, lost) = b
+                    .drain_each(|record| {
+                        out.push(record.to_vec());
+                        Ok::<_, std::convert::Infallible>(())
+                    })
+                    .unwrap_or_else(|never| match never {});
+                self.lost += lost;
             }
             self.pending.extend(out);
         }
@@ -354,17 +371,42 @@ impl EventSource {
 
     /// Waits up to `ms` for a wake-up of any buffer (0: just takes the pending ones).
     fn poll(&self, ms: libc::c_int) -> io::Result<()> {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
-        // SAFETY: events is a valid array of the length passed.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, ms) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        Ok(())
+        epoll_take(&self.epoll, ms)
     }
+}
+
+fn epoll_new() -> io::Result<OwnedFd> {
+    // SAFETY: epoll_create1 has no memory preconditions.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watches `fd` for readability, level-triggered.
+fn epoll_add(epoll: &OwnedFd, fd: RawFd) -> io::Result<()> {
+    let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
+    // SAFETY: both fds are open; event is a valid epoll_event for the call.
+    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits up to `ms` for readiness and takes what is reported; EINTR is no error.
+fn epoll_take(epoll: &OwnedFd, ms: libc::c_int) -> io::Result<()> {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
+    // SAFETY: events is a valid array of the length passed.
+    let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 impl AsRawFd for EventSource {
@@ -374,46 +416,100 @@ impl AsRawFd for EventSource {
     }
 }
 
-/// What [`stream`] hands on: a batch of raw records.
-pub type Batch = Vec<Vec<u8>>;
+/// One buffer's fd as the runtime watches it. The fd belongs to a buffer of the [`Streamer`]'s
+/// sources, which outlive it (see the field order there).
+struct BufferFd(RawFd);
 
-/// Drains `source` into `tx` until `stop` turns true, then once more, under `delivery`: on every
-/// wake-up of its buffers and on the drain timer, whichever comes first. Used by `tapio-load run`
-/// (one task per monitor) and by the delivery benchmark.
+impl AsRawFd for BufferFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// The run loop's reader: every monitor's buffers and one drain timer, so an idle node costs one
+/// timer whatever the number of monitors and CPUs. [`Streamer::ready`] resolves on any buffer's
+/// wake-up or when the timer is due; [`Streamer::drain_each`] then hands every waiting record to
+/// the caller in place. Used by `tapio-load run` and by the delivery benchmark.
 ///
-/// `fd` is the source registered with the runtime: `AsyncFd::with_interest(source, READABLE)`.
-pub async fn stream(
-    mut fd: AsyncFd<EventSource>,
-    delivery: Delivery,
-    tx: mpsc::Sender<Batch>,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let mut timer = DrainTimer::new(&delivery);
-    loop {
-        let stopping = tokio::select! {
-            ready = fd.readable_mut() => {
-                ready?.clear_ready();
-                false
+/// Each buffer's own fd is registered with the runtime (tokio watches it edge-triggered), as the
+/// run loop registered its buffers before delivery policies: nothing nested.
+pub struct Streamer {
+    // Declared first, so dropped first: each holds an fd the sources below own.
+    fds: Vec<AsyncFd<BufferFd>>,
+    sources: Vec<EventSource>,
+    /// The drain timer and its next deadline; None under `immediate`.
+    timer: Option<(DrainTimer, tokio::time::Instant)>,
+}
+
+impl Streamer {
+    /// Registers every buffer of `sources` with the current tokio runtime.
+    pub fn new(sources: Vec<EventSource>, delivery: Delivery) -> io::Result<Self> {
+        let mut fds = Vec::new();
+        for source in &sources {
+            for b in &source.buffers {
+                // SAFETY: the buffer keeps its fd open, unchanged, until it is dropped, which
+                // happens only after this AsyncFd is (field order of Streamer).
+                let fd = unsafe { AsyncFd::register_with_interest(BufferFd(b.fd()), tokio::io::Interest::READABLE) }
+                    .map_err(io::Error::from)?;
+                fds.push(fd);
             }
-            _ = tokio::time::sleep(timer.interval()) => false,
-            _ = stop.changed() => true,
-        };
-        let source = fd.get_mut();
-        // Take the wake-ups reported so far before reading: one that comes after this re-arms
-        // the fd, so a record committed during the drain is never left without a next pass.
-        source.poll(0)?;
-        let mut batch = Vec::new();
-        let lost = source.drain(&mut batch);
-        if lost > 0 {
-            tracing::warn!(lost, "perf buffer overflowed: records lost");
         }
-        timer.drained(!batch.is_empty());
-        if !batch.is_empty() && tx.send(batch).await.is_err() {
-            return Ok(());
+        let timer = DrainTimer::new(&delivery).map(|t| {
+            let due = tokio::time::Instant::now() + t.interval();
+            (t, due)
+        });
+        Ok(Self { fds, sources, timer })
+    }
+
+    /// Resolves on a wake-up of any buffer or when the drain timer is due, whichever is first.
+    /// Cancel-safe: dropped before it resolves (another branch of a `select!` won), it consumes
+    /// nothing, and the timer's deadline stays where it was.
+    pub async fn ready(&mut self) -> io::Result<()> {
+        let due = self.timer.as_ref().map(|(_, due)| *due);
+        let fds = &self.fds;
+        // Every buffer that signalled has its readiness cleared before the caller reads: a
+        // wake-up that comes after this sets it again, so a record committed during the drain is
+        // never left without a next pass.
+        let woken = std::future::poll_fn(|cx| {
+            let mut any = false;
+            for fd in fds {
+                match fd.poll_read_ready(cx) {
+                    Poll::Ready(Ok(mut guard)) => {
+                        guard.clear_ready();
+                        any = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if any {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        });
+        tokio::select! {
+            woken = woken => woken,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => Ok(()),
         }
-        if stopping {
-            return Ok(());
+    }
+
+    /// Hands every waiting record of every source to `f` where it lies, and sets the timer: back
+    /// to its first interval if there were records, else one step further. Returns how many.
+    pub fn drain_each<E>(&mut self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<usize, E> {
+        let mut taken = 0;
+        for source in &mut self.sources {
+            let lost = source.lost;
+            taken += source.drain_each(&mut f)?;
+            if source.lost > lost {
+                tracing::warn!(lost = source.lost - lost, transport = %source.transport, "perf buffer overflowed: records lost");
+            }
         }
+        if let Some((timer, due)) = &mut self.timer {
+            timer.drained(taken > 0);
+            *due = tokio::time::Instant::now() + timer.interval();
+        }
+        Ok(taken)
     }
 }
 
@@ -423,24 +519,39 @@ mod tests {
 
     #[test]
     fn timer_backs_off_to_the_bound_and_resets_on_data() {
-        let mut t = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Batched, bound_ms: 10 });
+        let mut t = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Batched, bound_ms: 10 }).expect("batched has a timer");
         let mut seen = vec![t.interval()];
         for _ in 0..8 {
             t.drained(false);
             seen.push(t.interval());
         }
         let ms: Vec<f64> = seen.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        assert_eq!(ms, [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0]);
+        assert_eq!(ms, [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0]);
         t.drained(true);
         assert_eq!(t.interval(), DRAIN_FIRST);
     }
 
     #[test]
-    fn immediate_timer_stays_at_the_bound() {
-        let mut t = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Immediate, bound_ms: 20 });
-        assert_eq!(t.interval(), Duration::from_millis(20));
-        t.drained(true);
-        assert_eq!(t.interval(), Duration::from_millis(20));
+    fn immediate_has_no_timer_and_a_tight_bound_keeps_the_first_interval() {
+        assert!(DrainTimer::new(&Delivery { policy: DeliveryPolicy::Immediate, bound_ms: 20 }).is_none());
+        let tight = DrainTimer::new(&Delivery { policy: DeliveryPolicy::Batched, bound_ms: 1 }).expect("batched has a timer");
+        assert_eq!(tight.max, DRAIN_FIRST);
+    }
+
+    /// The loader computes the wake-up threshold from the ring's size; without `ring_size` that
+    /// is the objects' own.
+    #[test]
+    fn default_ring_size_is_the_objects() {
+        let rings = crate::bundle::OBJECTS.iter().filter(|o| o.transport == Transport::Ringbuf);
+        let mut checked = 0;
+        for o in rings {
+            let object = aya_obj::Object::parse(o.bytes).unwrap_or_else(|e| panic!("{}: {e}", o.file));
+            if let Some(events) = object.maps.get("events") {
+                assert_eq!(events.max_entries(), DEFAULT_RING_SIZE, "{}", o.file);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 6, "every monitor's ring object has an events map");
     }
 
     #[test]

@@ -21,8 +21,8 @@ struct {
 
 /*
  * Delivery policy (loader/src/transport.rs `DeliveryPolicy`), set by the loader before load
- * (EbpfLoader::set_global): a record wakes the reader only once the ring holds at least this
- * many unread bytes, counting the record itself; below that it is submitted with
+ * (EbpfLoader::set_global): the record whose write brings the unread bytes (itself included) to
+ * this many wakes the reader (BPF_RB_FORCE_WAKEUP); every other record is submitted with
  * BPF_RB_NO_WAKEUP and the reader's drain timer collects it. 0 (the default, `immediate`) leaves
  * the wake-up to the kernel, which wakes the reader for every record it finds caught up.
  * Global data is fine here: the ring build loads only on 5.8+, and global data is 5.2. The perf
@@ -62,12 +62,20 @@ static __always_inline long tapio_emit(void *ctx, void *data, __u64 size)
 #ifdef TAPIO_PERF
 	err = bpf_perf_event_output(ctx, &events, BPF_F_CURRENT_CPU, data, size);
 #else
-	__u64 flags = 0;
+	__u64 flags = 0, avail;
 
-	/* `batched`: as the kernel's ringbuf_bench, wake only past a data threshold. */
-	if (tapio_wakeup_bytes)
-		flags = bpf_ringbuf_query(&events, TAPIO_RB_AVAIL_DATA) + size >= tapio_wakeup_bytes ?
+	/*
+	 * `batched`: wake the reader only with the record that takes the unread data across the
+	 * threshold. Not with every record past it, as the kernel's ringbuf_bench does: while a
+	 * reader is behind, that would put a wake-up (about 4 us) on every record, exactly when the
+	 * producer can least afford it. A wake-up missed to a race between CPUs is made up by the
+	 * reader's drain timer.
+	 */
+	if (tapio_wakeup_bytes) {
+		avail = bpf_ringbuf_query(&events, TAPIO_RB_AVAIL_DATA);
+		flags = avail < tapio_wakeup_bytes && avail + size >= tapio_wakeup_bytes ?
 				TAPIO_RB_FORCE_WAKEUP : TAPIO_RB_NO_WAKEUP;
+	}
 	err = bpf_ringbuf_output(&events, data, size, flags);
 #endif
 	tapio_count(err ? TAPIO_STAT_LOST : TAPIO_STAT_EMITTED);

@@ -194,66 +194,116 @@ impl PerfBuffer {
         self.word(DATA_HEAD).load(Ordering::Acquire) != self.word(DATA_TAIL).load(Ordering::Relaxed)
     }
 
-    /// The two pieces of the `len` bytes at ring position `pos`: the second is empty unless the
-    /// bytes wrap around the end of the data area.
-    fn pieces(&self, pos: u64, len: usize) -> (&[u8], &[u8]) {
-        let start = (pos & (self.data_size - 1)) as usize;
-        let first = len.min(self.data_size as usize - start);
-        // SAFETY: start + first <= data_size and len - first < data_size (len never exceeds what
-        // lies between tail and head): both slices lie in the mapped data area, which the kernel
-        // does not write between data_tail and data_head.
-        unsafe {
-            let data = self.base.as_ptr().add(self.data_offset);
-            (std::slice::from_raw_parts(data.add(start), first), std::slice::from_raw_parts(data, len - first))
-        }
-    }
-
-    fn read_u64(&self, pos: u64) -> u64 {
-        let (a, b) = self.pieces(pos, 8);
-        let mut bytes = [0u8; 8];
-        bytes[..a.len()].copy_from_slice(a);
-        bytes[a.len()..].copy_from_slice(b);
-        u64::from_ne_bytes(bytes)
-    }
-
     /// Moves every sample into `out`; returns how many and the samples the kernel reported lost
     /// (`PERF_RECORD_LOST`: the buffer was full).
     pub fn drain(&mut self, out: &mut Vec<Vec<u8>>) -> (usize, u64) {
+        self.drain_each(|record| {
+            out.push(record.to_vec());
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {})
+    }
+
+    /// Hands every sample to `f` where it lies (a sample that wraps around the end of the data
+    /// area is first copied into one piece), then frees the space; returns how many samples and
+    /// how many the kernel reported lost. An error from `f` stops the drain after that sample.
+    pub fn drain_each<E>(&mut self, f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(usize, u64), E> {
         // Acquire pairs with the kernel's release of data_head: the records before it are visible.
         let head = self.word(DATA_HEAD).load(Ordering::Acquire);
-        let mut tail = self.word(DATA_TAIL).load(Ordering::Relaxed);
-        let (mut taken, mut lost) = (0, 0);
-        while head.wrapping_sub(tail) >= HEADER {
-            // Records are 8-byte aligned and the data area a power of two: a header never wraps,
-            // but read it through pieces() all the same.
-            let header = self.read_u64(tail);
-            let (kind, size) = (header as u32, u64::from((header >> 48) as u16));
-            if size < HEADER || size > head.wrapping_sub(tail) {
-                tracing::warn!(cpu = self.cpu, size, "perf buffer: malformed record header; skipping to the head");
-                tail = head;
-                break;
-            }
-            match kind {
-                PERF_RECORD_SAMPLE if size >= HEADER + 4 => {
-                    let raw = self.read_u64(tail + HEADER) as u32 as u64;
-                    if HEADER + 4 + raw <= size {
-                        let (a, b) = self.pieces(tail + HEADER + 4, raw as usize);
-                        let mut record = Vec::with_capacity(a.len() + b.len());
-                        record.extend_from_slice(a);
-                        record.extend_from_slice(b);
-                        out.push(record);
-                        taken += 1;
-                    }
-                }
-                PERF_RECORD_LOST if size >= HEADER + 16 => lost += self.read_u64(tail + HEADER + 8),
-                _ => {} // no other record type is asked for; skip whatever comes
-            }
-            tail = tail.wrapping_add(size);
-        }
+        let tail = self.word(DATA_TAIL).load(Ordering::Relaxed);
+        // SAFETY: the data area is mapped for as long as self, and read_records reads only
+        // between tail and head, which the kernel does not write until data_tail passes it.
+        let area = unsafe { DataArea::new(self.base.as_ptr().add(self.data_offset), self.data_size) };
+        let (tail, result) = read_records(&area, head, tail, self.cpu, f);
         // Release: our reads of the records happen before the kernel may overwrite them.
         self.word(DATA_TAIL).store(tail, Ordering::Release);
-        (taken, lost)
+        result
     }
+}
+
+/// A perf buffer's data area: `size` bytes (a power of two) at `ptr`, positions taken modulo
+/// the size. Only raw pointers: the kernel writes the part of the area we are not reading.
+struct DataArea {
+    ptr: *const u8,
+    size: u64,
+}
+
+impl DataArea {
+    /// # Safety
+    /// `ptr` must point to `size` readable bytes (a power of two) for the value's lifetime.
+    unsafe fn new(ptr: *const u8, size: u64) -> Self {
+        debug_assert!(size.is_power_of_two());
+        Self { ptr, size }
+    }
+
+    /// The two pieces of the `len` bytes at ring position `pos`: the second is empty unless the
+    /// bytes wrap around the end of the area. `len` must not exceed the area's size.
+    fn pieces(&self, pos: u64, len: usize) -> (&[u8], &[u8]) {
+        let start = (pos & (self.size - 1)) as usize;
+        let first = len.min(self.size as usize - start);
+        // SAFETY: start + first <= size and len - first < size: both pieces lie in the area
+        // (`new`'s contract); callers read only between the tail and the head, which the kernel
+        // leaves alone.
+        unsafe { (std::slice::from_raw_parts(self.ptr.add(start), first), std::slice::from_raw_parts(self.ptr, len - first)) }
+    }
+
+    fn read<const N: usize>(&self, pos: u64) -> [u8; N] {
+        let (a, b) = self.pieces(pos, N);
+        let mut bytes = [0u8; N];
+        bytes[..a.len()].copy_from_slice(a);
+        bytes[a.len()..].copy_from_slice(b);
+        bytes
+    }
+}
+
+/// Hands every `PERF_RECORD_SAMPLE` between `tail` and `head` of `area` to `f` and adds up
+/// `PERF_RECORD_LOST`; returns the new tail (past every record read, the failing one included)
+/// and what `f` returned or (samples, lost).
+#[allow(clippy::type_complexity, reason = "a tail and a result: naming the pair would not make it clearer")]
+fn read_records<E>(
+    area: &DataArea,
+    head: u64,
+    mut tail: u64,
+    cpu: u32,
+    mut f: impl FnMut(&[u8]) -> Result<(), E>,
+) -> (u64, Result<(usize, u64), E>) {
+    let (mut taken, mut lost) = (0, 0);
+    let mut wrapped = Vec::new();
+    while head.wrapping_sub(tail) >= HEADER {
+        // Records are 8-byte aligned and the area a power of two: a header never wraps, but it
+        // is read through pieces() all the same.
+        let header = u64::from_ne_bytes(area.read::<8>(tail));
+        let (kind, size) = (header as u32, u64::from((header >> 48) as u16));
+        if size < HEADER || size > head.wrapping_sub(tail) {
+            tracing::warn!(cpu, size, "perf buffer: malformed record header; skipping to the head");
+            return (head, Ok((taken, lost)));
+        }
+        let mut result = Ok(());
+        match kind {
+            PERF_RECORD_SAMPLE if size >= HEADER + 4 => {
+                let raw = u64::from(u32::from_ne_bytes(area.read::<4>(tail + HEADER)));
+                if HEADER + 4 + raw <= size {
+                    let (a, b) = area.pieces(tail + HEADER + 4, raw as usize);
+                    result = if b.is_empty() {
+                        f(a)
+                    } else {
+                        wrapped.clear();
+                        wrapped.extend_from_slice(a);
+                        wrapped.extend_from_slice(b);
+                        f(&wrapped)
+                    };
+                    taken += 1;
+                }
+            }
+            PERF_RECORD_LOST if size >= HEADER + 16 => lost += u64::from_ne_bytes(area.read::<8>(tail + HEADER + 8)),
+            _ => {} // no other record type is asked for; skip whatever comes
+        }
+        tail = tail.wrapping_add(size);
+        if let Err(e) = result {
+            return (tail, Err(e));
+        }
+    }
+    (tail, Ok((taken, lost)))
 }
 
 impl AsRawFd for PerfBuffer {
@@ -298,4 +348,90 @@ fn map_update(array: &MapData, cpu: u32, fd: RawFd) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Appends a record at `pos` of a 64-byte area, wrapping as the kernel writes.
+    fn put(area: &mut [u8], pos: &mut u64, bytes: &[u8]) {
+        for (i, b) in bytes.iter().enumerate() {
+            area[((*pos + i as u64) % area.len() as u64) as usize] = *b;
+        }
+        *pos += bytes.len() as u64;
+    }
+
+    fn sample(payload: &[u8]) -> Vec<u8> {
+        let size = (HEADER as usize + 4 + payload.len()) as u16;
+        let mut r = Vec::new();
+        r.extend_from_slice(&PERF_RECORD_SAMPLE.to_ne_bytes());
+        r.extend_from_slice(&0u16.to_ne_bytes());
+        r.extend_from_slice(&size.to_ne_bytes());
+        r.extend_from_slice(&(payload.len() as u32).to_ne_bytes());
+        r.extend_from_slice(payload);
+        r
+    }
+
+    fn lost(n: u64) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend_from_slice(&PERF_RECORD_LOST.to_ne_bytes());
+        r.extend_from_slice(&0u16.to_ne_bytes());
+        r.extend_from_slice(&24u16.to_ne_bytes());
+        r.extend_from_slice(&7u64.to_ne_bytes()); // id
+        r.extend_from_slice(&n.to_ne_bytes());
+        r
+    }
+
+    /// Samples across the end of the area come out whole and in order; a lost record is counted;
+    /// positions keep growing past the area's size, as the kernel's do.
+    #[test]
+    fn samples_wrap_and_losses_count() {
+        let mut area = vec![0u8; 128];
+        let mut head = 104u64; // the reader has consumed everything up to here
+        let tail = head;
+        put(&mut area, &mut head, &sample(b"abcdefghijkl")); // 24 bytes: 104..128, ends at the edge
+        put(&mut area, &mut head, &lost(3)); // 24 bytes: 128..152, in the second lap
+        put(&mut area, &mut head, &sample(&[0xaa; 12])); // 24 bytes: 152..176
+        // SAFETY: `area` outlives `view` and is 128 bytes long.
+        let view = unsafe { DataArea::new(area.as_ptr(), 128) };
+        let mut got = Vec::new();
+        let (new_tail, result) = read_records(&view, head, tail, 0, |r| {
+            got.push(r.to_vec());
+            Ok::<_, ()>(())
+        });
+        assert_eq!(result, Ok((2, 3)));
+        assert_eq!(new_tail, head);
+        assert_eq!(got, vec![b"abcdefghijkl".to_vec(), vec![0xaa; 12]]);
+
+        // A sample whose payload itself wraps: header at 48, payload 60..72, that is 60..64 and 0..8.
+        let mut area = vec![0u8; 64];
+        let mut head = 48u64;
+        let tail = head;
+        put(&mut area, &mut head, &sample(b"0123456789ab"));
+        // SAFETY: as above.
+        let view = unsafe { DataArea::new(area.as_ptr(), 64) };
+        let mut got = Vec::new();
+        let (_, result) = read_records(&view, head, tail, 0, |r| {
+            got.push(r.to_vec());
+            Ok::<_, ()>(())
+        });
+        assert_eq!(result, Ok((1, 0)));
+        assert_eq!(got, vec![b"0123456789ab".to_vec()]);
+    }
+
+    /// An error from the callback stops after that record, whose space is freed all the same.
+    #[test]
+    fn an_error_stops_after_its_record() {
+        let mut area = vec![0u8; 64];
+        let mut head = 0u64;
+        put(&mut area, &mut head, &sample(b"first..."));
+        let after_first = head;
+        put(&mut area, &mut head, &sample(b"second.."));
+        // SAFETY: `area` outlives `view` and is 64 bytes long.
+        let view = unsafe { DataArea::new(area.as_ptr(), 64) };
+        let (tail, result) = read_records(&view, head, 0, 0, |_| Err("stop"));
+        assert_eq!(result, Err("stop"));
+        assert_eq!(tail, after_first);
+    }
 }
