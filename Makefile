@@ -38,6 +38,7 @@ bench: setup
 	$(CARGO) bench --locked -p tapio-load --bench xdp_cost
 	$(CARGO) bench --locked -p tapio-load --bench advanced
 	$(CARGO) bench --locked -p tapio-load --bench ring_decode
+	$(CARGO) bench --locked -p tapio-load --bench delivery
 	$(CARGO) bench --locked -p tapio-load --bench node_tax
 	# Matrix wall time per cached default kernel beside its bare boot (docs/benchmarks-matrix.md).
 	$(CARGO) bench --locked -p verifier-matrix --bench matrix_overhead

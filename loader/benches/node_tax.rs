@@ -370,13 +370,19 @@ fn node_tax_section(results: &[serde_json::Value], spawn: &Spawn, dir: &std::pat
             }
         }
     }
-    match std::fs::read_to_string(dir.join("delivery.md")) {
-        Ok(delivery) => {
-            let _ = writeln!(out, "\n### Delivery\n\n{}", delivery.trim());
-        }
-        Err(_) => {
-            let _ = writeln!(out, "\nDelivery latency: not measured in this run (`target/bench/delivery.md` missing).");
-        }
+    // The delivery bench's table (docs/benchmarks-delivery.md, written by `make bench` before this).
+    let delivery_doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks-delivery.md");
+    let text = std::fs::read_to_string(&delivery_doc).unwrap_or_default();
+    let table: Vec<&str> =
+        text.lines().skip_while(|l| !l.starts_with("| transport | policy")).take_while(|l| l.starts_with('|')).collect();
+    if table.is_empty() {
+        let _ = writeln!(out, "\nDelivery latency: not measured (`docs/benchmarks-delivery.md` has no figures table).");
+    } else {
+        let _ = writeln!(
+            out,
+            "\n### Delivery latency, reader CPU and drops (both policies; method in docs/benchmarks-delivery.md)\n\n{}",
+            table.join("\n")
+        );
     }
     let _ = writeln!(out, "{END}");
     out
