@@ -111,8 +111,11 @@ fn pod_uid(s: &str) -> Option<String> {
     ok.then(|| s.to_ascii_lowercase())
 }
 
+/// A pod's QoS class and uid.
+type Pod = (Qos, String);
+
 /// `kubepods[-<qos>]-pod<uid>.slice` (systemd driver; the uid's dashes are underscores there).
-fn systemd_pod(component: &str) -> Option<(Qos, String)> {
+fn systemd_pod(component: &str) -> Option<Pod> {
     let rest = component.strip_prefix("kubepods-")?.strip_suffix(".slice")?;
     let (qos, uid) = match rest.split_once("-pod") {
         Some((level, uid)) => (Qos::from_level(level)?, uid),
@@ -186,7 +189,7 @@ fn in_kubepods_pod(c: &str) -> bool {
 /// containerd's systemd-style cgroup path when it cannot ask systemd (kind, k3s in a container):
 /// `<slice>:<prefix>:<id>` as one directory name, e.g.
 /// `kubepods-besteffort-pod<uid>.slice:cri-containerd:<id>`.
-fn colon_form(component: &str) -> Option<(Option<(Qos, String)>, Runtime, String)> {
+fn colon_form(component: &str) -> Option<(Option<Pod>, Runtime, String)> {
     let mut parts = component.splitn(3, ':');
     let (slice, prefix, id) = (parts.next()?, parts.next()?, parts.next()?);
     let runtime = match prefix {
