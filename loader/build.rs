@@ -11,7 +11,7 @@ use std::{
 };
 
 /// The monitors whose `<name>.bpf.c` is compiled.
-const MONITORS: &[&str] = &["process", "network", "kernel", "dns", "security", "advanced", "xdp_filter"];
+const MONITORS: &[&str] = &["process", "network", "kernel", "dns", "security", "advanced", "xdp_filter", "cgroup_watch"];
 
 /// Exits the build with one line naming what is missing and how to get it.
 fn die(msg: &str) -> ! {

@@ -63,6 +63,10 @@ pub static OBJECTS: &[EmbeddedObject] = &[
     // No events map: both builds are the same program (see probes/xdp_filter.bpf.c).
     embed!("xdp_filter", Transport::Ringbuf, "xdp_filter.bpf.o"),
     embed!("xdp_filter", Transport::Perf, "xdp_filter.perf.bpf.o"),
+    // Not a monitor: feeds container attribution (crate::attribution), loaded by `run` beside the
+    // monitors asked for.
+    embed!("cgroup_watch", Transport::Ringbuf, "cgroup_watch.bpf.o"),
+    embed!("cgroup_watch", Transport::Perf, "cgroup_watch.perf.bpf.o"),
     embed!("advanced", Transport::Ringbuf, "advanced.bpf.o"),
     embed!("advanced", Transport::Perf, "advanced.perf.bpf.o"),
     // advanced with a bloom-filter pre-filter (5.16+): after the hash build so `object()` returns

@@ -1,6 +1,7 @@
 //! tapio-load: loads the tapio-probes eBPF bundle on the running kernel, attaches what that
 //! kernel can run, decodes events into typed records and says plainly what it could not do.
 
+pub mod attribution;
 pub mod btf;
 pub mod btf_minimize;
 pub mod cgroup2;

@@ -323,6 +323,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 reload: config.map(|file| tapio_load::config::Reload { file, overrides }),
                 pin_path: c.pin_path.clone(),
                 strict: c.strict,
+                attribution: Some(tapio_load::attribution::DEFAULT_CAPACITY),
                 output_queue_events: c.output_queue_events,
                 monitors: c.monitors,
             })

@@ -46,6 +46,9 @@ pub struct RunOptions {
     /// `strict`: the first monitor that fails stops the run. Otherwise the run goes on with the
     /// monitors that loaded and reports the others ([`MonitorFailure`]).
     pub strict: bool,
+    /// Container and pod attribution (crate::attribution): at most this many pod and container
+    /// cgroups remembered; None: off (events carry `cgroup_id` only).
+    pub attribution: Option<usize>,
 }
 
 /// A monitor that was asked for and is not running, with the kernel's reason.
@@ -235,6 +238,31 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         held_links.push(links);
         sources.push(events);
     }
+    // --- attribution: the cgroup watcher streams beside the monitors; then the scan, so a
+    // cgroup made in between is announced rather than missed ---
+    let mut attributor = options.attribution.map(crate::attribution::Attributor::new);
+    let mut watcher = None;
+    if let Some(attributor) = attributor.as_mut() {
+        match load_btf(options.btf.as_ref()).map_err(|e| e.to_string()).and_then(|btf| {
+            monitors::load(&monitors::cgroup_watch::SPEC, Some(&btf), &options.load).map_err(|e| crate::errors::chain(&e))
+        }) {
+            Ok(m) => {
+                let LoadedMonitor { ebpf, events, .. } = m;
+                sources.push(events);
+                watcher = Some(ebpf);
+            }
+            Err(e) => warn!("attribution: cgroup watcher not running ({e}); cgroups made after start are not attributed"),
+        }
+        match crate::cgroup2::mounted_root() {
+            Ok(Some(root)) => {
+                let found = attributor.scan(&root);
+                info!(root = %root.display(), pod_and_container_cgroups = found, watcher = watcher.is_some(), "attribution: scanned the cgroup v2 hierarchy");
+            }
+            Ok(None) => warn!("attribution: no cgroup v2 hierarchy mounted; no container fields"),
+            Err(e) => warn!("attribution: {e}"),
+        }
+    }
+    // --- end attribution ---
     // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
     let pinned: Vec<crate::pin::PinnedProgram> = adopted.iter().flatten().flat_map(|a| a.programs.iter().cloned()).collect();
     // An adopted ring keeps the wake-up threshold its programs were loaded with, which this run
@@ -356,7 +384,11 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 }
             }
             _ = dns_tick.tick(), if dns_on => {
-                sink.send(dns.expire(crate::dns::monotonic_ns())).map_err(|e| output_failed(e, &output_name))?;
+                let mut expired = dns.expire(crate::dns::monotonic_ns());
+                if let Some(a) = attributor.as_mut() {
+                    expired.iter_mut().for_each(|event| a.annotate(event));
+                }
+                sink.send(expired).map_err(|e| output_failed(e, &output_name))?;
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
             }
             ready = streamer.ready() => ready.map_err(RunError::Reactor)?,
@@ -367,6 +399,19 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         let decode = &options.decode;
         let mut out = Vec::new();
         let taken = streamer.drain_each(|record| {
+            // attribution: the watcher's records update the map and are not output.
+            if let Some(mkdir) = monitors::cgroup_watch::decode(record) {
+                match (mkdir, attributor.as_mut()) {
+                    (Ok(mkdir), Some(a)) => a.observe(&mkdir),
+                    (Ok(_), None) => {}
+                    (Err(e), _) => {
+                        summary.decode_errors += 1;
+                        counters.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        warn!("{e}");
+                    }
+                }
+                return Ok(());
+            }
             // decode_all: an advanced batch record expands into its events.
             match events::decode_all(record, decode) {
                 Ok(decoded) => {
@@ -384,6 +429,13 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             Ok(())
         });
         let taken = taken.map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+        // attribution: after the whole pass, so the announcement of a cgroup drained later in
+        // the pass than its first event's record (another ring) is applied all the same.
+        if let Some(a) = attributor.as_mut() {
+            for event in out.iter_mut() {
+                a.annotate(event);
+            }
+        }
         if taken > 0 {
             sink.send(out).map_err(|e| output_failed(e, &output_name))?;
             dns.publish(&counters); // metrics: tapio_dns_inflight*
@@ -404,6 +456,11 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         let lost = monitors::stat(ebpf, 1).unwrap_or(0);
         info!(monitor = name, emitted, lost, "detaching");
     }
+    if let Some(a) = &attributor {
+        let st = a.stats();
+        info!(scanned = st.scanned, announced = st.announced, evicted = st.evicted, attributed = st.attributed, held = a.len(), "attribution");
+    }
+    drop(watcher);
     drop(held_links);
     drop(ebpfs);
     // --- pin: the pins keep programs attached after this process ---

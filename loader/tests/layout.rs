@@ -94,6 +94,12 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
             mirror_layout!("advanced_batch", tapio_load::events::advanced::AdvancedBatch { hdr, count, cpu, first_ts_ns, events }),
         ),
         (
+            "cgroup_watch",
+            mirror_layout!("cgroup_watch_event", tapio_load::monitors::cgroup_watch::CgroupWatchEvent {
+                hdr, cgroup_id, level, flags, path
+            }),
+        ),
+        (
             "advanced",
             mirror_layout!("advanced_config", tapio_load::monitors::advanced::AdvancedConfig {
                 dedup_window_ns, flush_ns, batch_size, target_tgid, ignore_tgid, use_filter

@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::monitors::MONITORS;
+use tapio_load::monitors::{cgroup_watch, MONITORS};
 
 /// How long the kernel gets to free programs and links after their last reference goes:
 /// freeing is asynchronous (RCU), so the checks poll up to this bound.
@@ -114,18 +114,26 @@ fn loader_pid() -> u32 {
 /// (a program fd shows `prog_id:`, a link fd `link_id:` and its program's `prog_id:`). Other
 /// sessions may load the same probes at the same time: ids, not names, say which are ours.
 fn held_by(pid: u32) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    // The attribution watcher (monitors::cgroup_watch) is no monitor: it is not planned, pinned
+    // or adopted, and goes with the loader's fds; tests/attribution.rs covers it. Its program and
+    // link are left out here.
+    let watcher: BTreeSet<u64> = bpftool_json(&["prog", "show"])
+        .as_array()
+        .expect("bpftool prog show: an array")
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| cgroup_watch::SPEC.programs.iter().any(|w| w.name.starts_with(n))))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
     let (mut programs, mut links) = (BTreeSet::new(), BTreeSet::new());
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("read fdinfo").flatten() {
         let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        for line in info.lines() {
-            let id = |key: &str| line.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok());
-            if let Some(id) = id("prog_id:") {
-                programs.insert(id);
-            }
-            if let Some(id) = id("link_id:") {
-                links.insert(id);
-            }
+        let field = |key: &str| info.lines().find_map(|line| line.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok()));
+        let (prog, link) = (field("prog_id:"), field("link_id:"));
+        if prog.is_some_and(|id| watcher.contains(&id)) {
+            continue;
         }
+        programs.extend(prog);
+        links.extend(link);
     }
     (programs, links)
 }

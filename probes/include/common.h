@@ -20,6 +20,7 @@ enum tapio_monitor {
 	TAPIO_MONITOR_SECURITY = 5,
 	TAPIO_MONITOR_XDP = 6,
 	TAPIO_MONITOR_ADVANCED = 7,
+	TAPIO_MONITOR_CGROUP_WATCH = 8, /* not a monitor of its own: feeds container attribution */
 };
 
 /* The first 48 bytes of every record. Fixed-width fields, explicit padding, no holes. */

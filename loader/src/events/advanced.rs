@@ -94,6 +94,7 @@ pub fn decode_batch(h: &TapioHeader, bytes: &[u8]) -> Result<Vec<Event>, DecodeE
                 comm: c_string(&e.comm),
                 cgroup_id: e.cgroup_id,
                 uid: e.uid,
+                container: None,
                 body: Body::Advanced(AdvancedBody {
                     syscall_nr: e.nr,
                     arg0: e.arg0,

@@ -170,6 +170,7 @@ pub(crate) fn test_event(event: &'static str, tgid: u32, dns_id: u16, ts_ns: u64
         comm: "t".into(),
         cgroup_id: 0,
         uid: 0,
+        container: None,
         body: Body::Dns(DnsBody {
             transport: "udp",
             ip_version: 4,

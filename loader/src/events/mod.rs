@@ -53,7 +53,7 @@ pub enum DecodeError {
 /// Reads a `#[repr(C)]` plain-data record from the front of `bytes`.
 ///
 /// Only for the mirror types of this module, whose every bit pattern is valid.
-pub(crate) fn read_record<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+pub fn read_record<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short { what, len: bytes.len(), need });
@@ -64,7 +64,7 @@ pub(crate) fn read_record<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T
 }
 
 /// A C string from a fixed buffer: up to the first NUL, invalid UTF-8 replaced.
-pub(crate) fn c_string(buf: &[u8]) -> String {
+pub fn c_string(buf: &[u8]) -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
@@ -80,6 +80,10 @@ pub struct Event {
     pub comm: String,
     pub cgroup_id: u64,
     pub uid: u32,
+    /// `container_id`, `container_runtime`, `pod_uid`, `qos` when the cgroup is a pod's or a
+    /// container's (crate::attribution); absent for a host process.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub container: Option<std::sync::Arc<crate::attribution::Attribution>>,
     #[serde(flatten)]
     pub body: Body,
 }
@@ -107,6 +111,7 @@ impl Event {
             comm: c_string(&h.comm),
             cgroup_id: h.cgroup_id,
             uid: h.uid,
+            container: None,
             body,
         }
     }

@@ -2,6 +2,7 @@
 //! each attaches; this module does the loading, attaching and reporting for all of them.
 
 pub mod advanced;
+pub mod cgroup_watch;
 pub mod dns;
 pub mod kernel;
 pub mod network;
