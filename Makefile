@@ -17,6 +17,8 @@ build: setup
 # Every test: unit, real-kernel integration (needs root), then the verifier matrix on the
 # default kernels, which ends in its report.
 test: setup
+	# The static binary the DaemonSet test runs in podman, as the Containerfile builds it.
+	$(CARGO) build --release --locked -p tapio-load --bin tapio-load --target x86_64-unknown-linux-musl
 	$(CARGO) test --locked --workspace --no-fail-fast
 	$(CARGO) xtask verifier-matrix
 	# On a real kernel the matrix cached: the runner (power-off, panic, hang) and the harness under

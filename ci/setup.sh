@@ -16,6 +16,10 @@ declare -A PKGS=(
   [execsnoop]=libbpf-tools
   [xdp-filter]=xdp-tools
   [promtool]=prometheus
+  # Real containers for the DaemonSet and attribution tests (images imported from a local rootfs).
+  [podman]=podman
+  [runc]=runc
+  [gcc]=gcc
 )
 
 missing=()
