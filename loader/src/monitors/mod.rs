@@ -207,12 +207,71 @@ pub fn log_tail(log: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The OS error under `e`, as `: Permission denied (os error 13, EACCES)`, for messages whose
+/// text stops short of it: aya's `SyscallError` displays as "`bpf_link_create` failed" and keeps
+/// the errno in its source. Empty when the chain has no OS error or the text already shows it.
+pub fn os_error_suffix(e: &(dyn std::error::Error + 'static)) -> String {
+    let text = e.to_string();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(code) = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) {
+            if text.contains(&format!("os error {code}")) {
+                return String::new();
+            }
+            let io = std::io::Error::from_raw_os_error(code).to_string();
+            return match errno_name(code) {
+                // "Permission denied (os error 13)" -> "Permission denied (os error 13, EACCES)"
+                Some(name) => format!(": {}, {name})", io.strip_suffix(')').unwrap_or(&io)),
+                None => format!(": {io}"),
+            };
+        }
+        cur = err.source();
+    }
+    String::new()
+}
+
+/// `e` followed by its OS error ([`os_error_suffix`]).
+pub fn with_os_error(e: &(dyn std::error::Error + 'static)) -> String {
+    format!("{e}{}", os_error_suffix(e))
+}
+
+/// The symbolic names of the errnos the bpf(2) and perf_event_open(2) calls return, which
+/// kernel sources and their documentation use (`bpf_link_create` returns EACCES when ...).
+fn errno_name(code: i32) -> Option<&'static str> {
+    Some(match code {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENODEV => "ENODEV",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::ERANGE => "ERANGE",
+        libc::ENOSYS => "ENOSYS",
+        libc::ELOOP => "ELOOP",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        // The kernel's internal ENOTSUPP, which bpf(2) leaks to user space.
+        524 => "ENOTSUPP",
+        _ => return None,
+    })
+}
+
 /// Why a monitor could not be loaded or one of its programs attached.
 #[derive(Debug, Error)]
 pub enum MonitorError {
     #[error("monitor {monitor}: no embedded object for transport {transport}")]
     NoObject { monitor: &'static str, transport: Transport },
-    #[error("monitor {monitor}: load object: {source}")]
+    #[error("monitor {monitor}: load object: {source}{}", os_error_suffix(.source))]
     Object {
         monitor: &'static str,
         #[source]
@@ -224,7 +283,7 @@ pub enum MonitorError {
     MissingProgram { monitor: &'static str, program: &'static str },
     #[error("monitor {monitor}: program {program}: verifier rejected it: {io_error}\nverifier log (tail):\n{log_tail}")]
     Verifier { monitor: &'static str, program: &'static str, io_error: std::io::Error, log_tail: String },
-    #[error("monitor {monitor}: program {program}: {stage}: {source}")]
+    #[error("monitor {monitor}: program {program}: {stage}: {source}{}", os_error_suffix(.source))]
     Program {
         monitor: &'static str,
         program: &'static str,
@@ -364,11 +423,11 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     // dns and network: the ports that mark DNS traffic are a map, not global data (4.19 has
     // none); it gets the default port before any program runs (`run` then sets the configured ones).
     dns::set_ports(&mut ebpf, &[dns::DEFAULT_DNS_PORT])
-        .map_err(|e| MonitorError::Map { monitor, map: dns::DNS_PORTS_MAP, detail: e.to_string() })?;
+        .map_err(|e| MonitorError::Map { monitor, map: dns::DNS_PORTS_MAP, detail: with_os_error(&e) })?;
     // security: `in_container` compares each caller's mount namespace with the initial one, which
     // has no fixed inode number before 6.18. Unreadable, it stays 0 and the probe flags that.
     if let Some(map) = ebpf.map_mut(security::CONFIG_MAP) {
-        let map_error = |e: aya::maps::MapError| MonitorError::Map { monitor, map: security::CONFIG_MAP, detail: e.to_string() };
+        let map_error = |e: aya::maps::MapError| MonitorError::Map { monitor, map: security::CONFIG_MAP, detail: with_os_error(&e) };
         let mut config = aya::maps::Array::<_, security::SecurityConfig>::try_from(map).map_err(map_error)?;
         match security::initial_mount_ns() {
             Ok((inum, from)) => {
@@ -382,7 +441,7 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     // data), before any program runs.
     if ebpf.map(advanced::CONFIG_MAP).is_some() {
         advanced::configure(&mut ebpf, &options.advanced)
-            .map_err(|e| MonitorError::Map { monitor, map: advanced::CONFIG_MAP, detail: e.to_string() })?;
+            .map_err(|e| MonitorError::Map { monitor, map: advanced::CONFIG_MAP, detail: with_os_error(&e) })?;
     }
     Ok(ebpf)
 }
@@ -636,7 +695,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         .ok_or_else(|| MonitorError::Events { monitor, detail: "missing from the object".to_owned() })?;
     let transport = options.transport();
     let events = crate::transport::EventSource::open(map, transport, &options.delivery)
-        .map_err(|e| MonitorError::Events { monitor, detail: e.to_string() })?;
+        .map_err(|e| MonitorError::Events { monitor, detail: with_os_error(&e) })?;
     Ok(LoadedMonitor { spec, transport, ebpf, events, reports, unavailable, fallbacks, links })
 }
 
@@ -753,6 +812,25 @@ mod tests {
         let why = optional_unavailable(&security::SPEC, &security::INIT_MODULE, |_: &str, name: &str| name != "sys_exit_init_module")
             .expect("init_module unavailable");
         assert_eq!(why, "tracepoint syscalls/sys_exit_init_module does not exist in this kernel (built without CONFIG_MODULES: no module can be loaded)");
+    }
+
+    /// issue 15: "attach: `bpf_link_create` failed" told nobody why; the errno is in the message.
+    #[test]
+    fn attach_error_carries_the_os_error() {
+        let source = ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+        });
+        let e = program_error("security", "sec_exit_setuid", "attach", source);
+        assert_eq!(
+            e.to_string(),
+            "monitor security: program sec_exit_setuid: attach: `bpf_link_create` failed: Permission denied (os error 13, EACCES)"
+        );
+        assert!(e.is_permission());
+        // Text that shows the errno already is left alone.
+        let io = std::io::Error::from_raw_os_error(libc::EINVAL);
+        assert_eq!(os_error_suffix(&io), "");
+        assert_eq!(with_os_error(&io), "Invalid argument (os error 22)");
     }
 
     #[test]
