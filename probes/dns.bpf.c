@@ -223,7 +223,7 @@ static __always_inline int dns_recv_enter(__u64 fd, __u64 buf, __u64 buf_len, __
 }
 
 /* Receive exit: the return value is the real length; read the data the entry pointed at. */
-static __always_inline int dns_recv_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int dns_recv_exit(struct syscall_trace_exit *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct dns_recv_args *args;
@@ -262,19 +262,19 @@ static __always_inline int dns_recv_exit(struct trace_event_raw_sys_exit *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int dns_sendto(struct trace_event_raw_sys_enter *ctx)
+int dns_sendto(struct syscall_trace_enter *ctx)
 {
 	return dns_send_buf(ctx, ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[4]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
-int dns_write(struct trace_event_raw_sys_enter *ctx)
+int dns_write(struct syscall_trace_enter *ctx)
 {
 	return dns_send_buf(ctx, ctx->args[0], ctx->args[1], ctx->args[2], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int dns_sendmsg(struct trace_event_raw_sys_enter *ctx)
+int dns_sendmsg(struct syscall_trace_enter *ctx)
 {
 	struct tapio_flow f = {};
 
@@ -284,7 +284,7 @@ int dns_sendmsg(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmmsg")
-int dns_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+int dns_sendmmsg(struct syscall_trace_enter *ctx)
 {
 	struct tapio_flow f = {};
 	__u64 vec = ctx->args[1], vlen = ctx->args[2];
@@ -301,7 +301,7 @@ int dns_sendmmsg(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
-int dns_writev(struct trace_event_raw_sys_enter *ctx)
+int dns_writev(struct syscall_trace_enter *ctx)
 {
 	struct tapio_flow f = {};
 
@@ -311,37 +311,37 @@ int dns_writev(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int dns_recvfrom_enter(struct trace_event_raw_sys_enter *ctx)
+int dns_recvfrom_enter(struct syscall_trace_enter *ctx)
 {
 	return dns_recv_enter(ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[4], 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int dns_recvfrom_exit(struct trace_event_raw_sys_exit *ctx)
+int dns_recvfrom_exit(struct syscall_trace_exit *ctx)
 {
 	return dns_recv_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int dns_recvmsg_enter(struct trace_event_raw_sys_enter *ctx)
+int dns_recvmsg_enter(struct syscall_trace_enter *ctx)
 {
 	return dns_recv_enter(ctx->args[0], 0, 0, 0, ctx->args[1]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int dns_recvmsg_exit(struct trace_event_raw_sys_exit *ctx)
+int dns_recvmsg_exit(struct syscall_trace_exit *ctx)
 {
 	return dns_recv_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_read")
-int dns_read_enter(struct trace_event_raw_sys_enter *ctx)
+int dns_read_enter(struct syscall_trace_enter *ctx)
 {
 	return dns_recv_enter(ctx->args[0], ctx->args[1], ctx->args[2], 0, 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
-int dns_read_exit(struct trace_event_raw_sys_exit *ctx)
+int dns_read_exit(struct syscall_trace_exit *ctx)
 {
 	return dns_recv_exit(ctx);
 }

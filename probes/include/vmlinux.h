@@ -211,7 +211,7 @@ struct task_struct___sockfd {
 	struct files_struct *files;
 };
 
-/* syscalls/sys_enter_<name> and sys_exit_<name> share these layouts with raw_syscalls. */
+/* raw_syscalls/sys_enter and sys_exit (and the raw tracepoints of the same names). */
 struct trace_event_raw_sys_enter {
 	struct trace_entry ent;
 	long id;
@@ -221,6 +221,26 @@ struct trace_event_raw_sys_enter {
 struct trace_event_raw_sys_exit {
 	struct trace_entry ent;
 	long id;
+	long ret;
+};
+
+/*
+ * syscalls/sys_enter_<name> and sys_exit_<name> (kernel/trace/trace.h): an `int nr`, not
+ * raw_syscalls' `long id`. The offsets agree only while trace_entry is 8 bytes. PREEMPT_RT
+ * kernels that add preempt_lazy_count to trace_entry (Debian's 6.1 rt flavour: 12 bytes) put
+ * raw_syscalls' args at 24 but these at 16, so a program relocated against the raw_syscalls
+ * type reads the next argument, or past the event's end, which perf_event_set_bpf_prog()
+ * refuses at attach with EACCES. args is a flexible array in the kernel; CO-RE accepts any index.
+ */
+struct syscall_trace_enter {
+	struct trace_entry ent;
+	int nr;
+	unsigned long args[6];
+};
+
+struct syscall_trace_exit {
+	struct trace_entry ent;
+	int nr;
 	long ret;
 };
 

@@ -382,12 +382,13 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
     }
 }
 
-/// The kernel line a row's per-kernel snapshot variants are named by: the manifest line, or for
-/// a user-supplied kernel (`file:...`, `deb:...`) and the host, the release's `major.minor`, so
-/// a brought 6.1 kernel meets the same reasoned variants as the manifest's 6.1.
+/// The kernel line a row's per-kernel snapshot variants are named by: the manifest line's
+/// version (`6.1` for `6.1` and `6.1-rt`), or for a user-supplied kernel (`file:...`, `deb:...`)
+/// and the host, the release's `major.minor`, so a brought 6.1 kernel meets the same reasoned
+/// variants as the manifest's 6.1.
 fn variant_key(row: &Row) -> String {
     if row.line.starts_with(|c: char| c.is_ascii_digit()) {
-        return row.line.clone();
+        return crate::manifest::line_version(&row.line).to_owned();
     }
     row.release
         .as_deref()
@@ -413,6 +414,17 @@ fn add_problems(row: &mut Row, problems: Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flavoured_rows_meet_their_versions_snapshot_variants() {
+        let mut rt = empty_row("6.1-rt", Verdict::Pass);
+        rt.release = Some("6.1.0-50-rt-amd64".to_owned());
+        assert_eq!(variant_key(&rt), "6.1");
+        assert_eq!(variant_key(&empty_row("6.12", Verdict::Pass)), "6.12");
+        let mut deb = empty_row("deb:x.deb", Verdict::Pass);
+        deb.release = Some("6.1.0-54-rt-amd64".to_owned());
+        assert_eq!(variant_key(&deb), "6.1");
+    }
 
     #[test]
     fn modules_are_found_compressed_or_explained() {
