@@ -235,10 +235,12 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
 
     let mut summary = RunSummary::default();
     let mut stopping = false;
-    // dns: responses are matched to queries here, and a periodic tick reports the queries whose
-    // window ran out as `timeout` events (see crate::dns).
+    // dns: events are put in kernel time order, then responses matched to queries; a periodic
+    // tick reports the queries whose window ran out as `timeout` events (see crate::dns::order).
     let dns_on = options.monitors.iter().any(|m| m.name == "dns");
-    let mut dns = crate::dns::Correlator::new(options.decode.dns_timeout, crate::dns::DEFAULT_CAPACITY);
+    let hold = crate::dns::order::hold_for(&options.load.delivery);
+    let mut dns = crate::dns::Sequencer::new(options.decode.dns_timeout, crate::dns::DEFAULT_CAPACITY, hold);
+    let mut ordered = Vec::new();
     dns.publish(&counters); // metrics: tapio_dns_inflight*
     let mut dns_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
@@ -254,7 +256,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 // --- end advanced ---
             }
             _ = dns_tick.tick(), if dns_on => {
-                for event in dns.expire(crate::dns::monotonic_ns()) {
+                dns.advance(crate::dns::monotonic_ns(), &mut ordered);
+                for event in ordered.drain(..) {
                     sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
                 }
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
@@ -266,9 +269,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 for record in &batch {
                     // decode_all: an advanced batch record expands into its events.
                     match events::decode_all(record, &options.decode) {
-                        Ok(decoded) => for mut event in decoded {
-                            dns.observe(&mut event);
-                            sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+                        Ok(decoded) => for event in decoded {
+                            dns.push(event, &mut ordered);
                         }
                         Err(e) => {
                             summary.decode_errors += 1;
@@ -276,6 +278,10 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                             warn!("{e}");
                         }
                     }
+                }
+                dns.advance(crate::dns::monotonic_ns(), &mut ordered);
+                for event in ordered.drain(..) {
+                    sink.write(&event).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
                 }
                 sink.flush().map_err(|source| RunError::Output { path: output_name.clone(), source })?;
                 counters.events_written.store(sink.written(), std::sync::atomic::Ordering::Relaxed);
@@ -285,6 +291,10 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     }
     for task in tasks {
         let _ = task.await;
+    }
+    dns.flush(crate::dns::monotonic_ns(), &mut ordered);
+    for event in ordered.drain(..) {
+        let _ = sink.write(&event);
     }
     let _ = sink.flush();
     summary.written = sink.written();
@@ -312,7 +322,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
 /// program (argv_max, dns_timeout_ms). An invalid file is refused and the running values stay.
 fn reload(
     decode: &mut DecodeOptions,
-    dns: &mut crate::dns::Correlator,
+    dns: &mut crate::dns::Sequencer,
     source: Option<&crate::config::Reload>,
     counters: &crate::output::metrics::Counters,
 ) {
