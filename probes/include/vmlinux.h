@@ -58,6 +58,8 @@ struct mm_struct {
 
 struct signal_struct {
 	atomic_t live;
+	int group_exit_code;
+	unsigned int flags; /* SIGNAL_GROUP_EXIT 0x4 (include/linux/sched/signal.h, unchanged since 2.6) */
 };
 
 struct task_struct {
@@ -80,6 +82,18 @@ struct trace_entry {
 	unsigned char flags;
 	unsigned char preempt_count;
 	int pid;
+};
+
+/*
+ * sched_process_exit with the caller's group_dead (7.x and this host's 6.18; 6.12 and older use
+ * trace_event_raw_sched_process_template, without it): for bpf_core_field_exists and the read.
+ */
+struct trace_event_raw_sched_process_exit {
+	struct trace_entry ent;
+	char comm[16];
+	pid_t pid;
+	int prio;
+	bool group_dead;
 };
 
 struct trace_event_raw_sched_process_exec {

@@ -68,6 +68,7 @@ pub fn run_all(out: &mut Reporter) {
     }
     if let Some(process) = loaded.iter_mut().find(|m| m.spec.name == "process") {
         process_workload(out, process);
+        threads_exit_workload(out, process);
     } else {
         check(out, "process.lineage", false, "process monitor did not load".to_owned());
     }
@@ -198,4 +199,51 @@ fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
     let lost = monitors::stat(&m.ebpf, 1).unwrap_or(0);
     check(out, "process.no_loss", lost == 0, format!("{lost} records lost"));
     out.line(&json!({ "kind": "events", "monitor": "process", "count": decoded.len() }));
+}
+
+/// Processes whose threads all end at once (tapio_load::workload::threads_exit), both ways: each
+/// must be reported once, with wait()'s exit code and a duration from the process's start.
+/// Kernels before 7.x find the last thread out by `signal->live` and claim the process in a map;
+/// newer ones say `group_dead` in the tracepoint.
+fn threads_exit_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
+    use tapio_load::workload::ThreadsExit;
+    const LATE_MS: u64 = 100;
+    let _ = drain(m);
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "/init".to_owned());
+    let mut runs = Vec::new();
+    for mode in [ThreadsExit::Group, ThreadsExit::Each] {
+        let children: Vec<_> = (0..6)
+            .filter_map(|_| Command::new(&exe).args(["threads-exit", "4", &LATE_MS.to_string(), mode.name()]).spawn().ok())
+            .collect();
+        for mut child in children {
+            let pid = child.id();
+            let code = child.wait().ok().and_then(|s| s.code());
+            runs.push((mode, pid, code));
+        }
+    }
+    let (decoded, errors) = drain(m);
+    let mut problems = errors;
+    if runs.len() != 12 {
+        problems.push(format!("{} of 12 workload processes started", runs.len()));
+    }
+    for (mode, pid, code) in runs {
+        let what = format!("{} pid {pid}", mode.name());
+        let Some(code) = code.filter(|c| mode.wait_codes().contains(c)) else {
+            problems.push(format!("{what}: wait() status {code:?}"));
+            continue;
+        };
+        let exits: Vec<&Value> = decoded.iter().filter(|e| e["event"] == "exit" && e["tgid"] == pid).collect();
+        if exits.len() != 1 {
+            problems.push(format!("{what}: {} exit events", exits.len()));
+        }
+        for e in exits {
+            if e["exit_code"] != i64::from(code) {
+                problems.push(format!("{what}: exit_code {} (wait() said {code})", e["exit_code"]));
+            }
+            if e["duration_ns"].as_u64().unwrap_or(0) < LATE_MS * 1_000_000 {
+                problems.push(format!("{what}: duration_ns {} under the process's {LATE_MS} ms", e["duration_ns"]));
+            }
+        }
+    }
+    check(out, "process.threads_exit", problems.is_empty(), format!("12 processes of 5 threads; problems: {problems:?}"));
 }

@@ -32,6 +32,16 @@ fn main() -> ExitCode {
     // `security-ns-actor` and `advanced-flood`: the actors of security/ns_caps_module and
     // advanced/flood_dedup (scenarios/security_ns.rs, scenarios/advanced.rs).
     match args.get(1).map(String::as_str) {
+        // `threads-exit <threads> <late_ms> <group|each>`: tapio_load::workload::threads_exit.
+        Some("threads-exit") => {
+            let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(4);
+            let late = std::time::Duration::from_millis(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0));
+            let mode = args.get(4).and_then(|m| tapio_load::workload::ThreadsExit::parse(m));
+            match mode {
+                Some(mode) => tapio_load::workload::threads_exit(threads, late, mode),
+                None => return ExitCode::from(2),
+            }
+        }
         Some("security-ns-actor") => return scenarios::security_ns::actor(),
         Some("advanced-flood") => return scenarios::advanced::flooder(),
         _ => {}
