@@ -72,3 +72,38 @@ fn end(mode: ThreadsExit, own_code: i32) -> ! {
         unsafe { libc::syscall(call, code) };
     }
 }
+
+/// What [`memory_hog`] does once it holds its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterHog {
+    /// Says `ready` on stdout and waits to be killed.
+    Wait,
+    /// Exits 0.
+    Exit,
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs`, then touches `mib`
+/// MiB of memory, 1 MiB at a time (killed on the way if the cgroup's `memory.max` is smaller),
+/// then does what `after` says. Exits 1 if it cannot join the cgroup.
+pub fn memory_hog(procs: &std::path::Path, mib: usize, after: AfterHog) -> ! {
+    use std::io::Write;
+    if std::fs::write(procs, std::process::id().to_string()).is_err() {
+        std::process::exit(1);
+    }
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..mib {
+        // Written, not just allocated: untouched pages are never charged.
+        held.push(vec![0x5a; 1 << 20]);
+        std::hint::black_box(&held);
+    }
+    match after {
+        AfterHog::Exit => std::process::exit(0),
+        AfterHog::Wait => {
+            let _ = writeln!(std::io::stdout(), "ready");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}

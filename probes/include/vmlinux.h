@@ -144,6 +144,19 @@ struct sock_cgroup_data {
 	struct cgroup *cgroup;
 };
 
+/*
+ * 4.19-5.14: one word that is either the socket's cgroup v2 pointer or, with bit 0 (is_data) set,
+ * net_prio/net_cls data; 5.7-5.14 also flag bit 1 (no_refcnt). A flavour (CO-RE drops the ___
+ * suffix) so both layouts can be named in one object.
+ */
+struct sock_cgroup_data___old {
+	u64 val;
+};
+
+struct sock___old {
+	struct sock_cgroup_data___old sk_cgrp_data;
+};
+
 struct sock {
 	struct sock_common __sk_common;
 	struct sock_cgroup_data sk_cgrp_data;
@@ -177,6 +190,7 @@ struct task_struct___tapio {
 	pid_t tgid;
 	char comm[16];
 	struct css_set *cgroups;
+	const struct cred *cred;
 };
 
 struct trace_event_raw_inet_sock_set_state {

@@ -42,6 +42,14 @@ fn main() -> ExitCode {
                 None => return ExitCode::from(2),
             }
         }
+        // `memory-hog <cgroup.procs> <MiB> <wait|exit>`: the processes of scenarios/oom.rs.
+        Some("memory-hog") => {
+            use tapio_load::workload::AfterHog;
+            let procs = std::path::Path::new(args.get(2).map_or("", String::as_str));
+            let mib = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let after = if args.get(4).map(String::as_str) == Some("wait") { AfterHog::Wait } else { AfterHog::Exit };
+            tapio_load::workload::memory_hog(procs, mib, after)
+        }
         Some("security-ns-actor") => return scenarios::security_ns::actor(),
         Some("advanced-flood") => return scenarios::advanced::flooder(),
         _ => {}

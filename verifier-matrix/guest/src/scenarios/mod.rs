@@ -14,6 +14,7 @@ pub mod advanced;
 pub mod dns;
 pub mod dns_hostile;
 pub mod network;
+pub mod oom;
 pub mod security;
 pub mod security_ns;
 pub mod tcp_veth;
@@ -49,6 +50,7 @@ pub fn check(out: &mut Reporter, name: &str, pass: bool, detail: String) {
 /// because every monitor must load on every kernel of the matrix.
 pub fn run_all(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     network::run(out, loaded);
+    oom::run(out, loaded);
     dns::run(out, loaded);
     udp_dns::run(out, loaded);
     security::run(out, loaded);
