@@ -107,3 +107,87 @@ pub fn memory_hog(procs: &std::path::Path, mib: usize, after: AfterHog) -> ! {
         }
     }
 }
+
+/// A memory-limited cgroup for an OOM workload, removed on drop.
+///
+/// cgroup v2 where its root has the memory controller; on a hybrid host (v2 without memory, the
+/// v1 memory hierarchy beside it) a v1 memory cgroup, the task then staying in its v2 cgroup.
+/// Only directories of a mounted cgroup hierarchy are ever written.
+pub struct MemCgroup {
+    pub dir: std::path::PathBuf,
+    /// The victim's cgroup v2 id as the kernel monitor reads it (`task->cgroups->dfl_cgrp->kn->id`,
+    /// the inode number of the v2 directory), when it can be known.
+    pub expected_v2_id: Option<u64>,
+}
+
+impl MemCgroup {
+    /// A cgroup named `name` with a `limit`-byte memory limit and no swap; None when neither
+    /// hierarchy offers the memory controller here, with the reason.
+    pub fn create(name: &str, limit: u64) -> Result<Self, String> {
+        use std::os::unix::fs::MetadataExt;
+        let v2 = crate::cgroup2::mounted_root().map_err(|e| e.to_string())?;
+        if let Some(mount) = &v2 {
+            let controllers = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
+            if controllers.split_whitespace().any(|c| c == "memory") {
+                let _ = std::fs::write(mount.join("cgroup.subtree_control"), "+memory");
+                let dir = mount.join(name);
+                let _ = std::fs::create_dir(&dir);
+                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+                if let Err(e) = std::fs::write(dir.join("memory.max"), limit.to_string()) {
+                    let _ = std::fs::remove_dir(&dir);
+                    return Err(format!("{}: memory.max: {e}", dir.display()));
+                }
+                let id = std::fs::metadata(&dir).ok().map(|m| m.ino());
+                return Ok(Self { dir, expected_v2_id: id });
+            }
+        }
+        let v1 = v1_memory_mount().ok_or_else(|| {
+            format!("no memory controller: cgroup v2 at {v2:?} lacks it and no v1 memory hierarchy is mounted")
+        })?;
+        let dir = v1.join(name);
+        let _ = std::fs::create_dir(&dir);
+        if let Err(e) = std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(format!("{}: memory.limit_in_bytes: {e}", dir.display()));
+        }
+        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
+        let id = v2.as_deref().and_then(own_v2_cgroup_id);
+        Ok(Self { dir, expected_v2_id: id })
+    }
+
+    /// The file a process writes its pid to, to join.
+    pub fn procs(&self) -> std::path::PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // Its processes have been reaped by now; an empty cgroup can be removed.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Where the v1 memory hierarchy is mounted, from /proc/self/mountinfo.
+fn v1_memory_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut fields = right.split(' ');
+        let (fstype, options) = (fields.next()?, fields.nth(1)?);
+        (fstype == "cgroup" && options.split(',').any(|o| o == "memory")).then(|| left.split(' ').nth(4).map(Into::into))?
+    })
+}
+
+/// The inode of this process's cgroup v2 directory under `mount`: its cgroup id.
+fn own_v2_cgroup_id(mount: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(std::fs::metadata(mount.join(path.trim_start_matches('/'))).ok()?.ino())
+}

@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    os::unix::{fs::MetadataExt, process::ExitStatusExt},
+    os::unix::process::ExitStatusExt,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -19,7 +19,6 @@ use super::{check, collect, current_exe, discard, monitor, EVENT_WAIT};
 use crate::report::Reporter;
 
 const SCENARIO: &str = "kernel.oom_kill";
-const CGROUP: &str = "/sys/fs/cgroup/tapio-oom";
 
 fn hog(procs: &Path, mib: usize, after: &str) -> std::io::Result<Child> {
     Command::new(current_exe())
@@ -46,20 +45,15 @@ fn reap(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     let Some(m) = monitor(out, loaded, "kernel", SCENARIO) else { return };
-    let dir = Path::new(CGROUP);
-    let setup = (|| -> std::io::Result<u64> {
-        std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory")?;
-        let _ = std::fs::create_dir(dir);
-        let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-        std::fs::write(dir.join("memory.max"), (8u64 << 20).to_string())?;
-        Ok(std::fs::metadata(dir)?.ino())
-    })();
-    let cgroup_id = match setup {
-        Ok(id) => id,
-        Err(e) => return check(out, &format!("{SCENARIO}.setup"), false, format!("a cgroup with memory.max under {CGROUP}: {e}")),
+    let cg = match tapio_load::workload::MemCgroup::create("tapio-oom", 8 << 20) {
+        Ok(cg) => cg,
+        Err(e) => return check(out, &format!("{SCENARIO}.setup"), false, format!("a cgroup with a memory limit: {e}")),
+    };
+    let Some(cgroup_id) = cg.expected_v2_id else {
+        return check(out, &format!("{SCENARIO}.setup"), false, format!("{}: no cgroup v2 id to expect", cg.dir.display()));
     };
     discard(m);
-    let procs = dir.join("cgroup.procs");
+    let procs = cg.procs();
     let mut victim = match hog(&procs, 6, "wait") {
         Ok(c) => c,
         Err(e) => return check(out, &format!("{SCENARIO}.setup"), false, format!("spawn the victim: {e}")),
@@ -78,7 +72,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         |events| events.iter().any(|e| victim_of(&e.body) == Some(victim_pid)),
         EVENT_WAIT,
     );
-    let _ = std::fs::remove_dir(dir);
+    drop(cg);
     // The victim's comm: the agent's file name (`init` in a VM), as the kernel cuts it.
     let exe = current_exe();
     let name = Path::new(&exe).file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
