@@ -54,13 +54,18 @@ struct {
 } dns_recv_inflight SEC(".maps");
 
 /*
- * The message-carrying record is too large for the 512-byte stack. Slot 0 serves the syscall
- * path and packets going out, slot 1 packets coming in: ingress runs in softirq, which can
- * interrupt an egress program half-way through its record on the same CPU.
+ * The syscall path's message-carrying record, too large for the 512-byte stack. Safe as one
+ * per-CPU slot there: syscall tracepoint programs run with preemption off, and a program that
+ * interrupts them (a softirq's) is kept off by the kernel's per-CPU bpf_prog_active guard of
+ * tracepoint programs, or is a packet program, which never uses this slot. The packet path cannot
+ * use it: cgroup_skb programs run with migration off only (preemptible on PREEMPT and PREEMPT_RT
+ * kernels), an egress program runs in process context and in softirq alike, and nothing keeps one
+ * from nesting into another on the same CPU, so it writes its record into the ring (ring build)
+ * or has the kernel copy the message from the packet (perf build) instead (dns_skb_msg).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct dns_msg_event);
 } dns_scratch SEC(".maps");
@@ -368,11 +373,12 @@ static __always_inline void dns_skb_msg(struct __sk_buff *skb, const struct tapi
 					__u8 dir, __u32 off, __u32 len, __u32 avail, __u32 flags)
 {
 	struct dns_event base = {};
-	struct dns_msg_event *e;
-	__u32 slot = dir == DNS_DIR_SEND ? 0 : 1;
 	__u8 wire[DNS_HDR_LEN];
 	__u32 cap;
+#ifndef TAPIO_PERF
+	struct dns_msg_event *e;
 	__u64 rd;
+#endif
 
 	if (avail > len)
 		avail = len;
@@ -403,24 +409,27 @@ static __always_inline void dns_skb_msg(struct __sk_buff *skb, const struct tapi
 	base.msg_len = len;
 	base.direction = dir;
 	base.flags = flags;
-
-	e = bpf_map_lookup_elem(&dns_scratch, &slot);
-	if (!e) {
-		base.flags |= DNS_F_NO_SCRATCH;
-		tapio_emit(skb, &base, sizeof(base));
-		return;
-	}
-	e->base = base;
 	cap = avail > DNS_MSG_MAX ? DNS_MSG_MAX : avail;
+#ifdef TAPIO_PERF
+	/* The message goes out from the packet itself, after the record: nothing staged. */
+	base.cap_len = cap;
+	base.tail_off = off;
+	base.flags |= DNS_F_SKB_TAIL;
+	tapio_emit_skb_tail(skb, &base, sizeof(base), off + cap);
+#else
+	/* Written in place in the ring: no per-CPU slot another program could write meanwhile. */
+	e = tapio_reserve(sizeof(*e));
+	if (!e)
+		return;
+	e->base = base;
 	rd = cap;
 	TAPIO_BOUND_SIZE(rd, DNS_MSG_MAX);
-	if (bpf_skb_load_bytes(skb, off, e->msg, rd)) {
-		e->base.flags |= DNS_F_READ_FAILED;
-		tapio_emit(skb, &e->base, sizeof(e->base));
-		return;
-	}
-	e->base.cap_len = cap;
-	tapio_emit(skb, e, sizeof(*e));
+	if (bpf_skb_load_bytes(skb, off, e->msg, rd))
+		e->base.flags |= DNS_F_READ_FAILED; /* cap_len stays 0: no message bytes */
+	else
+		e->base.cap_len = cap;
+	tapio_submit(e, sizeof(*e));
+#endif
 }
 
 /*

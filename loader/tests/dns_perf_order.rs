@@ -126,6 +126,12 @@ fn perf_transport_matches_a_response_drained_before_its_query() {
             if r["latency_ns"].as_u64() != Some(want) {
                 problems.push(format!("{end} {id:#x}: response latency_ns {} (want {want})", r["latency_ns"]));
             }
+            // On perf the message bytes come from the packet after the record (DNS_F_SKB_TAIL).
+            for e in [q, r] {
+                if e["qname"] != "perf.tapio.test" || e["truncated"] != false {
+                    problems.push(format!("{end} {id:#x}: {} without its question: {e}", e["event"]));
+                }
+            }
             if qi > ri {
                 problems.push(format!("{end} {id:#x}: the response came out before its query"));
             }
