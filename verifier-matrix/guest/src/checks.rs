@@ -79,6 +79,7 @@ pub fn run_all(out: &mut Reporter) {
     // Drop the attached monitors first: the fallback checks load their own copies.
     drop(loaded);
     crate::fallbacks::perf_transport(out, btf.as_ref());
+    crate::fallbacks::perf_dns(out, btf.as_ref());
     crate::fallbacks::kprobe_capability(out, btf.as_ref());
     crate::fallbacks::kprobe_network(out, btf.as_ref());
 }

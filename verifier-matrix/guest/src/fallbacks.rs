@@ -41,6 +41,64 @@ pub fn perf_transport(out: &mut Reporter, btf: Option<&aya::Btf>) {
     }));
 }
 
+/// The dns monitor from its perf object: one UDP query and its response on loopback. On the
+/// packet path the perf build sends each message straight from the packet, after the record
+/// (BPF_F_CTXLEN, DNS_F_SKB_TAIL): both must decode with their question.
+pub fn perf_dns(out: &mut Reporter, btf: Option<&aya::Btf>) {
+    let options = LoadOptions { transport: Some(Transport::Perf), ..Default::default() };
+    let Some(spec) = monitors::monitor("dns") else { return };
+    let mut m = match monitors::load(spec, btf, &options) {
+        Ok(m) => m,
+        Err(e) => {
+            out.line(&json!({ "kind": "check", "name": "fallback.perf_dns", "pass": false, "detail": e.to_string() }));
+            return;
+        }
+    };
+    let path = if m.fallbacks.is_empty() { "packet" } else { "syscalls" };
+    let exchange = (|| -> std::io::Result<u16> {
+        let server = std::thread::spawn(|| -> std::io::Result<()> {
+            let sock = std::net::UdpSocket::bind("127.0.0.9:53")?;
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            let mut buf = [0u8; 512];
+            let (n, from) = sock.recv_from(&mut buf)?;
+            buf[2] |= 0x80;
+            sock.send_to(&buf[..n], from).map(|_| ())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        client.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let mut q = vec![0x7e, 0x57, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in ["perf", "tapio", "test"] {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        client.send_to(&q, "127.0.0.9:53")?;
+        let mut buf = [0u8; 512];
+        client.recv(&mut buf)?;
+        server.join().map_err(|_| std::io::Error::other("responder panicked"))??;
+        Ok(client.local_addr()?.port())
+    })();
+    let decode = DecodeOptions::default();
+    let mut seen = Vec::new();
+    let _ = m.events.wait(std::time::Duration::from_secs(2));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    while let Some(record) = m.events.next() {
+        match events::decode(&record, &decode) {
+            Ok(e) => seen.push(serde_json::to_value(&e).expect("events serialize")),
+            Err(e) => seen.push(json!({ "decode_error": e.to_string() })),
+        }
+    }
+    let port = exchange.as_ref().ok().copied();
+    let ours: Vec<&serde_json::Value> = seen.iter().filter(|e| e["dns_id"] == 0x7e57).collect();
+    let complete = |kind: &str| ours.iter().any(|e| e["event"] == kind && e["qname"] == "perf.tapio.test" && e["truncated"] == false);
+    let pass = port.is_some() && complete("query") && complete("response") && seen.iter().all(|e| e.get("decode_error").is_none());
+    out.line(&json!({
+        "kind": "check", "name": "fallback.perf_dns", "pass": pass,
+        "detail": format!("{path} path over perf; exchange {exchange:?}; events: {ours:?}; lost {}", m.events.lost),
+    }));
+}
+
 /// The capability events through the kprobe path alone, even where fexit would win.
 pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let Some(spec) = monitors::monitor("security") else { return };
