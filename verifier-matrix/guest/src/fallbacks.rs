@@ -10,6 +10,8 @@ use tapio_load::{
     monitors::{self, LoadOptions},
 };
 
+use tapio_matrix_protocol::Line;
+
 use crate::report::Reporter;
 
 /// The process monitor from its perf object: one exec, its events read from per-CPU buffers.
@@ -19,7 +21,7 @@ pub fn perf_transport(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let mut m = match monitors::load(spec, btf, &options) {
         Ok(m) => m,
         Err(e) => {
-            out.line(&json!({ "kind": "check", "name": "fallback.perf", "pass": false, "detail": e.to_string() }));
+            out.line(&Line::check("fallback.perf", false, e.to_string()));
             return;
         }
     };
@@ -35,10 +37,11 @@ pub fn perf_transport(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let exec = seen.iter().any(|e| e["event"] == "exec" && e["argv"][3] == "tapio-perf-leaf");
     let exit = seen.iter().any(|e| e["event"] == "exit" && e["exit_code"] == 9);
     let pass = status.is_ok_and(|s| s.code() == Some(9)) && exec && exit && m.events.lost == 0;
-    out.line(&json!({
-        "kind": "check", "name": "fallback.perf", "pass": pass,
-        "detail": format!("{} events over perf, exec seen {exec}, exit seen {exit}, lost {}", seen.len(), m.events.lost),
-    }));
+    out.line(&Line::check(
+        "fallback.perf",
+        pass,
+        format!("{} events over perf, exec seen {exec}, exit seen {exit}, lost {}", seen.len(), m.events.lost),
+    ));
 }
 
 /// The dns monitor from its perf object: one UDP query and its response on loopback. On the
@@ -50,7 +53,7 @@ pub fn perf_dns(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let mut m = match monitors::load(spec, btf, &options) {
         Ok(m) => m,
         Err(e) => {
-            out.line(&json!({ "kind": "check", "name": "fallback.perf_dns", "pass": false, "detail": e.to_string() }));
+            out.line(&Line::check("fallback.perf_dns", false, e.to_string()));
             return;
         }
     };
@@ -93,10 +96,11 @@ pub fn perf_dns(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let ours: Vec<&serde_json::Value> = seen.iter().filter(|e| e["dns_id"] == 0x7e57).collect();
     let complete = |kind: &str| ours.iter().any(|e| e["event"] == kind && e["qname"] == "perf.tapio.test" && e["truncated"] == false);
     let pass = port.is_some() && complete("query") && complete("response") && seen.iter().all(|e| e.get("decode_error").is_none());
-    out.line(&json!({
-        "kind": "check", "name": "fallback.perf_dns", "pass": pass,
-        "detail": format!("{path} path over perf; exchange {exchange:?}; events: {ours:?}; lost {}", m.events.lost),
-    }));
+    out.line(&Line::check(
+        "fallback.perf_dns",
+        pass,
+        format!("{path} path over perf; exchange {exchange:?}; events: {ours:?}; lost {}", m.events.lost),
+    ));
 }
 
 /// The capability events through the kprobe path alone, even where fexit would win.
@@ -104,7 +108,7 @@ pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let Some(spec) = monitors::monitor("security") else { return };
     let Some(program) = spec.programs.iter().find(|p| p.name == "sec_capable_kprobe") else { return };
     if let Err(why) = tapio_load::plan::attach_path(&program.attach) {
-        out.line(&json!({ "kind": "skip", "name": "fallback.kprobe", "reason": why }));
+        out.line(&Line::skip("fallback.kprobe", why));
         return;
     }
     let result = (|| -> Result<(usize, bool), String> {
@@ -137,7 +141,7 @@ pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
         Ok((count, seen)) => (seen, format!("{count} records through kprobe:cap_capable, CAP_SYS_ADMIN seen {seen}")),
         Err(e) => (false, e),
     };
-    out.line(&json!({ "kind": "check", "name": "fallback.kprobe", "pass": pass, "detail": detail }));
+    out.line(&Line::check("fallback.kprobe", pass, detail));
 }
 
 /// The network monitor's `connect_attempt` and `accept_return` through `kprobe:tcp_connect` and
@@ -151,7 +155,7 @@ pub fn kprobe_network(out: &mut Reporter, btf: Option<&aya::Btf>) {
         spec.programs.iter().filter(|p| matches!(p.name, "network_connect_kprobe" | "network_accept_kretprobe")).collect();
     for p in &programs {
         if let Err(why) = tapio_load::plan::attach_path(&p.attach) {
-            out.line(&json!({ "kind": "skip", "name": NAME, "reason": format!("{}: {why}", p.attach.describe()) }));
+            out.line(&Line::skip(NAME, format!("{}: {why}", p.attach.describe())));
             return;
         }
     }
@@ -197,5 +201,5 @@ pub fn kprobe_network(out: &mut Reporter, btf: Option<&aya::Btf>) {
         Ok((pass, detail))
     })();
     let (pass, detail) = result.unwrap_or_else(|e| (false, e));
-    out.line(&json!({ "kind": "check", "name": NAME, "pass": pass, "detail": detail }));
+    out.line(&Line::check(NAME, pass, detail));
 }

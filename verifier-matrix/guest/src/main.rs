@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     // matrix_overhead.rs). The same kernel, initramfs and mounts, then straight to the end: no
     // monitor is loaded, so its wall time is what booting to a trivial init costs.
     if in_vm && std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.split_whitespace().any(|w| w == "tapio.bare")) {
-        out.line(&serde_json::json!({ "kind": "done" }));
+        out.line(&tapio_matrix_protocol::Line::Done);
         out.flush();
         setup::power_off();
     }
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     out.line(&report::kernel_info());
     faults::hang_if_asked();
     checks::run_all(&mut out);
-    out.line(&serde_json::json!({ "kind": "done" }));
+    out.line(&tapio_matrix_protocol::Line::Done);
     out.flush();
     if in_vm {
         setup::power_off();

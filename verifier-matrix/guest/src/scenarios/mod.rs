@@ -29,12 +29,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tapio_load::{
     events::{self, DecodeOptions, Event},
     monitors::{self, LoadedMonitor},
     snapshot::{self, Roles},
 };
+
+use tapio_matrix_protocol::Line;
 
 use crate::report::Reporter;
 
@@ -43,7 +45,7 @@ pub const EVENT_WAIT: Duration = Duration::from_secs(5);
 
 /// One named pass/fail line for the report's "checks passed" column.
 pub fn check(out: &mut Reporter, name: &str, pass: bool, detail: String) {
-    out.line(&json!({ "kind": "check", "name": name, "pass": pass, "detail": detail }));
+    out.line(&Line::check(name, pass, detail));
 }
 
 /// Runs every scenario whose monitors loaded; a missing monitor is a failed check, not a skip,
@@ -154,9 +156,11 @@ pub fn collect(
 /// failed redaction check is a failed check line instead.
 pub fn snapshot(out: &mut Reporter, monitor: &str, scenario: &str, events: &[Value], roles: &Roles) {
     match snapshot::normalize(events, roles) {
-        Ok(n) => out.line(&json!({
-            "kind": "snapshot", "monitor": monitor, "scenario": scenario, "body": snapshot::render(&n),
-        })),
+        Ok(n) => out.line(&Line::Snapshot {
+            monitor: monitor.to_owned(),
+            scenario: scenario.to_owned(),
+            body: snapshot::render(&n),
+        }),
         Err(e) => check(out, &format!("{monitor}.{scenario}.snapshot_normalize"), false, e.to_string()),
     }
 }

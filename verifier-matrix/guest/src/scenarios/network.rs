@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tapio_load::{
     events::{kernel::KernelBody, Body, Event},
     monitors::LoadedMonitor,
@@ -30,6 +30,8 @@ use tapio_load::{
 };
 
 use super::{check, collect, current_exe, discard, lost, monitor, snapshot, Collected, EVENT_WAIT};
+use tapio_matrix_protocol::Line;
+
 use crate::report::Reporter;
 
 const SCENARIO: &str = "tcp_loopback";
@@ -157,7 +159,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
                                 let (pass, detail) = call_checks(event, path, &values, f, me);
                                 check(out, &check_name, pass, detail);
                             }
-                            Err(why) => out.line(&json!({ "kind": "skip", "name": check_name, "reason": why })),
+                            Err(why) => out.line(&Line::skip(check_name, why)),
                         }
                     }
                 }
