@@ -185,7 +185,7 @@ fn tcp_lifecycle_over_ipv4_and_ipv6() {
                 let line = format!("monitor network: {group}: unavailable: {why}");
                 assert!(stderr.contains(&line), "expected `{line}` in stderr:\n{stderr}");
                 assert!(!events.iter().any(|e| e["event"] == event), "no {event} without a path");
-                println!("SKIP {event} events: unavailable on this kernel: {why}");
+                common::skip_for_kernel(&format!("{event} events"), format!("unavailable on this kernel: {why}"));
             }
         }
     }
@@ -253,7 +253,7 @@ fn oom_kill_in_memory_limited_cgroup() {
     let cg = match tapio_load::workload::MemCgroup::create(&format!("tapio-oom-{}", std::process::id()), 8 << 20) {
         Ok(cg) => cg,
         Err(why) => {
-            println!("SKIP oom_kill_in_memory_limited_cgroup: no cgroup with a memory controller can be created here: {why}");
+            common::skip::skip("oom_kill_in_memory_limited_cgroup", common::skip::Why::Environment(format!("no cgroup with a memory controller can be created here: {why}")));
             return;
         }
     };
