@@ -202,6 +202,7 @@ fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
             (u64::from(thread_pid), "thread_leaf".to_owned()),
         ],
         exe: exe.clone(),
+        cgroups: crate::scenarios::own_cgroups(),
         ..Default::default()
     };
     match tapio_load::snapshot::normalize(&scenario, &roles) {

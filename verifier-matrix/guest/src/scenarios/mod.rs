@@ -170,6 +170,19 @@ pub fn current_exe() -> String {
     std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "/init".to_owned())
 }
 
+/// The cgroup v2 id the agent runs in (the inode of its directory), which its workloads inherit:
+/// the one cgroup a scenario's events may name (tapio_load::snapshot::Roles::cgroups). Empty
+/// when it cannot be read, which leaves the check off rather than failing every scenario.
+pub fn own_cgroups() -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(Some(root)) = tapio_load::cgroup2::mounted_root() else { return Vec::new() };
+    let Some(path) = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
+    else {
+        return Vec::new();
+    };
+    std::fs::metadata(root.join(path.trim().trim_start_matches('/'))).map(|m| vec![m.ino()]).unwrap_or_default()
+}
+
 /// The calling thread's id.
 pub fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.

@@ -128,7 +128,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     // may complete in softirq after the final syscall returned.
     let closes = |events: &[Event]| events.iter().filter(|e| e.event == "close").count() >= 3 * flows.len();
     let me = std::process::id();
-    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new() };
+    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
     for f in &flows {
         roles.ports.push((f.server, format!("server_v{}", f.family)));
         roles.ports.push((f.client, format!("client_v{}", f.family)));

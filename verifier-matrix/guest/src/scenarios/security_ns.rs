@@ -317,7 +317,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
             v["old_cap_permitted"] = json!("[caps:initial]");
         }
     }
-    let roles = Roles { pids: vec![(actor, "actor".to_owned()), (holder, "holder".to_owned())], exe, ports: Vec::new() };
+    let roles = Roles { pids: vec![(actor, "actor".to_owned()), (holder, "holder".to_owned())], exe, ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
     snapshot(out, "security", SCENARIO, &values, &roles);
 }
 
