@@ -64,6 +64,7 @@ fn capture(extra: &[&str]) -> Vec<String> {
         pids: vec![(me, "test".to_owned()), (sh, "sh".to_owned())],
         exe: "/bin/sh".to_owned(),
         ports: vec![(server_port, "server".to_owned()), (client_port, "client".to_owned())],
+        ..Default::default()
     };
     normalize(&picked, &roles).expect("normalise").iter().map(Value::to_string).collect()
 }
