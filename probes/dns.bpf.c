@@ -54,13 +54,18 @@ struct {
 } dns_recv_inflight SEC(".maps");
 
 /*
- * The message-carrying record is too large for the 512-byte stack. Slot 0 serves the syscall
- * path and packets going out, slot 1 packets coming in: ingress runs in softirq, which can
- * interrupt an egress program half-way through its record on the same CPU.
+ * The syscall path's message-carrying record, too large for the 512-byte stack. Safe as one
+ * per-CPU slot there: syscall tracepoint programs run with preemption off, and a program that
+ * interrupts them (a softirq's) is kept off by the kernel's per-CPU bpf_prog_active guard of
+ * tracepoint programs, or is a packet program, which never uses this slot. The packet path cannot
+ * use it: cgroup_skb programs run with migration off only (preemptible on PREEMPT and PREEMPT_RT
+ * kernels), an egress program runs in process context and in softirq alike, and nothing keeps one
+ * from nesting into another on the same CPU, so it writes its record into the ring (ring build)
+ * or has the kernel copy the message from the packet (perf build) instead (dns_skb_msg).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct dns_msg_event);
 } dns_scratch SEC(".maps");
@@ -223,7 +228,7 @@ static __always_inline int dns_recv_enter(__u64 fd, __u64 buf, __u64 buf_len, __
 }
 
 /* Receive exit: the return value is the real length; read the data the entry pointed at. */
-static __always_inline int dns_recv_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int dns_recv_exit(struct syscall_trace_exit *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct dns_recv_args *args;
@@ -262,19 +267,19 @@ static __always_inline int dns_recv_exit(struct trace_event_raw_sys_exit *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int dns_sendto(struct trace_event_raw_sys_enter *ctx)
+int dns_sendto(struct syscall_trace_enter *ctx)
 {
 	return dns_send_buf(ctx, ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[4]);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
-int dns_write(struct trace_event_raw_sys_enter *ctx)
+int dns_write(struct syscall_trace_enter *ctx)
 {
 	return dns_send_buf(ctx, ctx->args[0], ctx->args[1], ctx->args[2], 0);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int dns_sendmsg(struct trace_event_raw_sys_enter *ctx)
+int dns_sendmsg(struct syscall_trace_enter *ctx)
 {
 	struct tapio_flow f = {};
 
@@ -284,7 +289,7 @@ int dns_sendmsg(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmmsg")
-int dns_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+int dns_sendmmsg(struct syscall_trace_enter *ctx)
 {
 	struct tapio_flow f = {};
 	__u64 vec = ctx->args[1], vlen = ctx->args[2];
@@ -301,7 +306,7 @@ int dns_sendmmsg(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
-int dns_writev(struct trace_event_raw_sys_enter *ctx)
+int dns_writev(struct syscall_trace_enter *ctx)
 {
 	struct tapio_flow f = {};
 
@@ -311,37 +316,37 @@ int dns_writev(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int dns_recvfrom_enter(struct trace_event_raw_sys_enter *ctx)
+int dns_recvfrom_enter(struct syscall_trace_enter *ctx)
 {
 	return dns_recv_enter(ctx->args[0], ctx->args[1], ctx->args[2], ctx->args[4], 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int dns_recvfrom_exit(struct trace_event_raw_sys_exit *ctx)
+int dns_recvfrom_exit(struct syscall_trace_exit *ctx)
 {
 	return dns_recv_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int dns_recvmsg_enter(struct trace_event_raw_sys_enter *ctx)
+int dns_recvmsg_enter(struct syscall_trace_enter *ctx)
 {
 	return dns_recv_enter(ctx->args[0], 0, 0, 0, ctx->args[1]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int dns_recvmsg_exit(struct trace_event_raw_sys_exit *ctx)
+int dns_recvmsg_exit(struct syscall_trace_exit *ctx)
 {
 	return dns_recv_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_read")
-int dns_read_enter(struct trace_event_raw_sys_enter *ctx)
+int dns_read_enter(struct syscall_trace_enter *ctx)
 {
 	return dns_recv_enter(ctx->args[0], ctx->args[1], ctx->args[2], 0, 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
-int dns_read_exit(struct trace_event_raw_sys_exit *ctx)
+int dns_read_exit(struct syscall_trace_exit *ctx)
 {
 	return dns_recv_exit(ctx);
 }
@@ -368,11 +373,12 @@ static __always_inline void dns_skb_msg(struct __sk_buff *skb, const struct tapi
 					__u8 dir, __u32 off, __u32 len, __u32 avail, __u32 flags)
 {
 	struct dns_event base = {};
-	struct dns_msg_event *e;
-	__u32 slot = dir == DNS_DIR_SEND ? 0 : 1;
 	__u8 wire[DNS_HDR_LEN];
 	__u32 cap;
+#ifndef TAPIO_PERF
+	struct dns_msg_event *e;
 	__u64 rd;
+#endif
 
 	if (avail > len)
 		avail = len;
@@ -403,24 +409,27 @@ static __always_inline void dns_skb_msg(struct __sk_buff *skb, const struct tapi
 	base.msg_len = len;
 	base.direction = dir;
 	base.flags = flags;
-
-	e = bpf_map_lookup_elem(&dns_scratch, &slot);
-	if (!e) {
-		base.flags |= DNS_F_NO_SCRATCH;
-		tapio_emit(skb, &base, sizeof(base));
-		return;
-	}
-	e->base = base;
 	cap = avail > DNS_MSG_MAX ? DNS_MSG_MAX : avail;
+#ifdef TAPIO_PERF
+	/* The message goes out from the packet itself, after the record: nothing staged. */
+	base.cap_len = cap;
+	base.tail_off = off;
+	base.flags |= DNS_F_SKB_TAIL;
+	tapio_emit_skb_tail(skb, &base, sizeof(base), off + cap);
+#else
+	/* Written in place in the ring: no per-CPU slot another program could write meanwhile. */
+	e = tapio_reserve(sizeof(*e));
+	if (!e)
+		return;
+	e->base = base;
 	rd = cap;
 	TAPIO_BOUND_SIZE(rd, DNS_MSG_MAX);
-	if (bpf_skb_load_bytes(skb, off, e->msg, rd)) {
-		e->base.flags |= DNS_F_READ_FAILED;
-		tapio_emit(skb, &e->base, sizeof(e->base));
-		return;
-	}
-	e->base.cap_len = cap;
-	tapio_emit(skb, e, sizeof(*e));
+	if (bpf_skb_load_bytes(skb, off, e->msg, rd))
+		e->base.flags |= DNS_F_READ_FAILED; /* cap_len stays 0: no message bytes */
+	else
+		e->base.cap_len = cap;
+	tapio_submit(e, sizeof(*e));
+#endif
 }
 
 /*

@@ -364,7 +364,7 @@ static __always_inline int udp_send_sock(struct network_udp_send *s, __u64 fd)
  * before binding it, and a failed send is no flow. sendmmsg returns the messages sent, the others
  * bytes (0 is an empty datagram, still sent).
  */
-static __always_inline int udp_send_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int udp_send_exit(struct syscall_trace_exit *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct network_udp_send *parked;
@@ -418,7 +418,7 @@ static __always_inline int udp_recv_enter(__u64 fd, __u64 uaddr, __u64 umsg)
  * is 0: a zero-length datagram carries no DNS message, and 0 is also what a receive on a shut-down
  * socket returns.
  */
-static __always_inline int udp_recv_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int udp_recv_exit(struct syscall_trace_exit *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct network_udp_recv *args;
@@ -492,7 +492,7 @@ int BPF_KRETPROBE(network_accept_kretprobe, struct sock *newsk)
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
-int network_udp_sendto(struct trace_event_raw_sys_enter *ctx)
+int network_udp_sendto(struct syscall_trace_enter *ctx)
 {
 	struct network_udp_send s = {};
 
@@ -504,13 +504,13 @@ int network_udp_sendto(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendto")
-int network_udp_sendto_exit(struct trace_event_raw_sys_exit *ctx)
+int network_udp_sendto_exit(struct syscall_trace_exit *ctx)
 {
 	return udp_send_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int network_udp_sendmsg(struct trace_event_raw_sys_enter *ctx)
+int network_udp_sendmsg(struct syscall_trace_enter *ctx)
 {
 	struct network_udp_send s = {};
 
@@ -522,13 +522,13 @@ int network_udp_sendmsg(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int network_udp_sendmsg_exit(struct trace_event_raw_sys_exit *ctx)
+int network_udp_sendmsg_exit(struct syscall_trace_exit *ctx)
 {
 	return udp_send_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmmsg")
-int network_udp_sendmmsg(struct trace_event_raw_sys_enter *ctx)
+int network_udp_sendmmsg(struct syscall_trace_enter *ctx)
 {
 	struct network_udp_send s = {};
 	__u64 vec = ctx->args[1], vlen = ctx->args[2];
@@ -548,31 +548,31 @@ int network_udp_sendmmsg(struct trace_event_raw_sys_enter *ctx)
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendmmsg")
-int network_udp_sendmmsg_exit(struct trace_event_raw_sys_exit *ctx)
+int network_udp_sendmmsg_exit(struct syscall_trace_exit *ctx)
 {
 	return udp_send_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int network_udp_recvfrom_enter(struct trace_event_raw_sys_enter *ctx)
+int network_udp_recvfrom_enter(struct syscall_trace_enter *ctx)
 {
 	return udp_recv_enter(ctx->args[0], ctx->args[4], 0);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int network_udp_recvfrom_exit(struct trace_event_raw_sys_exit *ctx)
+int network_udp_recvfrom_exit(struct syscall_trace_exit *ctx)
 {
 	return udp_recv_exit(ctx);
 }
 
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int network_udp_recvmsg_enter(struct trace_event_raw_sys_enter *ctx)
+int network_udp_recvmsg_enter(struct syscall_trace_enter *ctx)
 {
 	return udp_recv_enter(ctx->args[0], 0, ctx->args[1]);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int network_udp_recvmsg_exit(struct trace_event_raw_sys_exit *ctx)
+int network_udp_recvmsg_exit(struct syscall_trace_exit *ctx)
 {
 	return udp_recv_exit(ctx);
 }

@@ -21,6 +21,32 @@ struct {
 	__type(value, struct process_exec_event);
 } process_scratch SEC(".maps");
 
+/* include/linux/sched/signal.h: a group exit (exit_group(), a fatal signal) is in progress. */
+#define TAPIO_SIGNAL_GROUP_EXIT 0x4
+
+/* A process, as its exit is reported once: the tgid and the leader's start (a reused tgid is
+ * another process). */
+struct process_exit_key {
+	__u32 tgid;
+	__u32 _pad0;
+	__u64 start_time;
+};
+
+/*
+ * Processes whose exit was reported, on kernels whose sched_process_exit lacks group_dead: there
+ * the last threads out are found by signal->live == 0, which every thread that decremented it
+ * before reaching the tracepoint sees, so threads exiting together would each report the process.
+ * The first to insert its process here reports it (the update with BPF_NOEXIST is atomic under
+ * the bucket lock). An entry is only needed for the microseconds the threads race; LRU (4.10+)
+ * lets old ones go.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct process_exit_key);
+	__type(value, __u8);
+} process_exited SEC(".maps");
+
 /* The inode of the pid namespace the task lives in (not the one its children get). */
 static __always_inline __u32 task_pid_ns(struct task_struct *task)
 {
@@ -121,20 +147,55 @@ int process_fork(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+/*
+ * Whether the exiting thread reports its process: the thread for which the kernel found the
+ * group dead, where the tracepoint says so; else the first thread to claim the process once
+ * signal->live is 0. Cheap tests first: most exits are of threads that are not the last.
+ */
+static __always_inline int exit_reports(struct trace_event_raw_sched_process_exit *ctx, struct task_struct *task,
+					__u64 *start_time)
+{
+	struct process_exit_key key = {};
+	__u8 one = 1;
+
+	if (bpf_core_field_exists(ctx->group_dead)) {
+		if (!ctx->group_dead)
+			return 0;
+		*start_time = BPF_CORE_READ(task, group_leader, start_time);
+		return 1;
+	}
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0;
+	*start_time = BPF_CORE_READ(task, group_leader, start_time);
+	key.tgid = bpf_get_current_pid_tgid() >> 32;
+	key.start_time = *start_time;
+	return bpf_map_update_elem(&process_exited, &key, &one, BPF_NOEXIST) == 0;
+}
+
 SEC("tracepoint/sched/sched_process_exit")
-int process_exit(void *ctx)
+int process_exit(struct trace_event_raw_sched_process_exit *ctx)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct process_event e = {};
+	__u64 start_time = 0;
+	unsigned int flags;
 
-	/* One record per process: only the last thread out reports, once signal->live hits 0. */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	/* One record per process, timed from the process's start, not the reporting thread's. */
+	if (!exit_reports(ctx, task, &start_time))
 		return 0;
 	tapio_fill_header(&e.hdr, TAPIO_MONITOR_PROCESS, PROCESS_EXIT);
 	e.ppid = BPF_CORE_READ(task, real_parent, tgid);
 	e.pid_ns = task_pid_ns(task);
-	e.exit_code = BPF_CORE_READ(task, exit_code);
-	e.duration_ns = e.hdr.ts_ns - BPF_CORE_READ(task, start_time);
+	/*
+	 * The status wait() returns (wait_task_zombie): the group's code after a group exit, else the
+	 * leader's own, whichever thread happens to be the last out.
+	 */
+	flags = BPF_CORE_READ(task, signal, flags);
+	if (flags & TAPIO_SIGNAL_GROUP_EXIT)
+		e.exit_code = BPF_CORE_READ(task, signal, group_exit_code);
+	else
+		e.exit_code = BPF_CORE_READ(task, group_leader, exit_code);
+	e.duration_ns = e.hdr.ts_ns - start_time;
 	tapio_emit(ctx, &e, sizeof(e));
 	return 0;
 }

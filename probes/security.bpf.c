@@ -158,7 +158,7 @@ static __always_inline void security_park(struct security_mount_event *e)
 }
 
 /* Adds the return value to the parked record of `syscall` and sends it. */
-static __always_inline int security_finish(struct trace_event_raw_sys_exit *ctx, __u32 syscall)
+static __always_inline int security_finish(struct syscall_trace_exit *ctx, __u32 syscall)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct security_mount_event *e;
@@ -179,7 +179,7 @@ static __always_inline int security_finish(struct trace_event_raw_sys_exit *ctx,
 }
 
 /* setuid/setgid take one id; setre*id two, setres*id three; (id_t)-1 leaves one unchanged. */
-static __always_inline int security_setid(struct trace_event_raw_sys_enter *ctx, __u32 syscall, int n)
+static __always_inline int security_setid(struct syscall_trace_enter *ctx, __u32 syscall, int n)
 {
 	/* Context reads first, at constant offsets: the verifier refuses a moved ctx pointer. */
 	__u32 a0 = ctx->args[0], a1 = ctx->args[1], a2 = ctx->args[2];
@@ -196,7 +196,7 @@ static __always_inline int security_setid(struct trace_event_raw_sys_enter *ctx,
 	return 0;
 }
 
-static __always_inline int security_capset(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int security_capset(struct syscall_trace_enter *ctx)
 {
 	void *headerp = (void *)ctx->args[0], *datap = (void *)ctx->args[1];
 	struct security_mount_event *e = security_begin(SECURITY_CRED_CHANGE, SECURITY_SYS_CAPSET);
@@ -225,7 +225,7 @@ static __always_inline int security_capset(struct trace_event_raw_sys_enter *ctx
 	return 0;
 }
 
-static __always_inline int security_ptrace(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int security_ptrace(struct syscall_trace_enter *ctx)
 {
 	__u64 request = ctx->args[0], target = ctx->args[1], addr = ctx->args[2];
 	struct security_mount_event *e;
@@ -243,7 +243,7 @@ static __always_inline int security_ptrace(struct trace_event_raw_sys_enter *ctx
 	return 0;
 }
 
-static __always_inline int security_vm_writev(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int security_vm_writev(struct syscall_trace_enter *ctx)
 {
 	__u64 target = ctx->args[0], liovcnt = ctx->args[2], riovcnt = ctx->args[4];
 	struct security_mount_event *e = security_begin(SECURITY_VM_WRITEV, SECURITY_SYS_PROCESS_VM_WRITEV);
@@ -257,7 +257,7 @@ static __always_inline int security_vm_writev(struct trace_event_raw_sys_enter *
 	return 0;
 }
 
-static __always_inline int security_setns(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int security_setns(struct syscall_trace_enter *ctx)
 {
 	__u64 fd = ctx->args[0], nstype = ctx->args[1];
 	struct security_mount_event *e = security_begin(SECURITY_SETNS, SECURITY_SYS_SETNS);
@@ -270,7 +270,7 @@ static __always_inline int security_setns(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-static __always_inline int security_unshare(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int security_unshare(struct syscall_trace_enter *ctx)
 {
 	__u64 flags = ctx->args[0];
 	struct security_mount_event *e;
@@ -285,7 +285,7 @@ static __always_inline int security_unshare(struct trace_event_raw_sys_enter *ct
 	return 0;
 }
 
-static __always_inline int security_mount(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int security_mount(struct syscall_trace_enter *ctx)
 {
 	void *source = (void *)ctx->args[0], *target = (void *)ctx->args[1], *fstype = (void *)ctx->args[2];
 	__u64 flags = ctx->args[3];
@@ -312,7 +312,7 @@ static __always_inline int security_mount(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-static __always_inline int security_module(struct trace_event_raw_sys_enter *ctx, __u32 syscall)
+static __always_inline int security_module(struct syscall_trace_enter *ctx, __u32 syscall)
 {
 	__u64 a0 = ctx->args[0], a1 = ctx->args[1], a2 = ctx->args[2];
 	struct security_mount_event *e = security_begin(SECURITY_MODULE_LOAD, syscall);
@@ -332,10 +332,10 @@ static __always_inline int security_module(struct trace_event_raw_sys_enter *ctx
 /* One entry and one exit program per syscall; each delegates. */
 #define SECURITY_ENTER(name, call)                                                                  \
 	SEC("tracepoint/syscalls/sys_enter_" #name)                                                 \
-	int sec_enter_##name(struct trace_event_raw_sys_enter *ctx) { return call; }
+	int sec_enter_##name(struct syscall_trace_enter *ctx) { return call; }
 #define SECURITY_EXIT(name, syscall)                                                                \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                                                  \
-	int sec_exit_##name(struct trace_event_raw_sys_exit *ctx) { return security_finish(ctx, syscall); }
+	int sec_exit_##name(struct syscall_trace_exit *ctx) { return security_finish(ctx, syscall); }
 
 SECURITY_ENTER(setuid, security_setid(ctx, SECURITY_SYS_SETUID, 1))
 SECURITY_ENTER(setgid, security_setid(ctx, SECURITY_SYS_SETGID, 1))

@@ -492,14 +492,16 @@ fn read_object(obj: &ObjectInput<'_>) -> Result<(RawBtf, Vec<CoreRelo>, Vec<Stri
 }
 
 /// The context types the kernel hands tracepoint programs, kept whole so a program reading its
-/// context through CO-RE finds it: `trace_event_raw_<event>` (syscalls share `sys_enter`/
-/// `sys_exit`), and `bpf_raw_tracepoint_args` for raw tracepoints.
+/// context through CO-RE finds it: `trace_event_raw_<event>`, `syscall_trace_enter`/`_exit` for
+/// every `syscalls/` event (kernel/trace/trace.h; not raw_syscalls' `trace_event_raw_sys_enter`,
+/// whose offsets differ where trace_entry is not 8 bytes), and `bpf_raw_tracepoint_args` for
+/// raw tracepoints.
 fn context_type_names(section: &str) -> Vec<String> {
     let mut parts = section.split('/');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("tracepoint" | "tp"), Some("syscalls"), Some(event)) => {
-            let generic = if event.starts_with("sys_enter") { "sys_enter" } else { "sys_exit" };
-            vec![format!("trace_event_raw_{generic}")]
+            let generic = if event.starts_with("sys_enter") { "enter" } else { "exit" };
+            vec![format!("syscall_trace_{generic}")]
         }
         (Some("tracepoint" | "tp"), Some(_), Some(event)) => vec![format!("trace_event_raw_{event}")],
         (Some("raw_tracepoint" | "raw_tp"), _, _) => vec!["bpf_raw_tracepoint_args".to_owned()],
@@ -708,9 +710,34 @@ mod tests {
 
     #[test]
     fn context_types_of_tracepoints() {
-        assert_eq!(context_type_names("tracepoint/syscalls/sys_enter_read"), ["trace_event_raw_sys_enter"]);
+        assert_eq!(context_type_names("tracepoint/syscalls/sys_enter_read"), ["syscall_trace_enter"]);
+        assert_eq!(context_type_names("tracepoint/syscalls/sys_exit_read"), ["syscall_trace_exit"]);
+        assert_eq!(context_type_names("tracepoint/raw_syscalls/sys_enter"), ["trace_event_raw_sys_enter"]);
         assert_eq!(context_type_names("tracepoint/sched/sched_process_exec"), ["trace_event_raw_sched_process_exec"]);
         assert_eq!(context_type_names("raw_tracepoint/mark_victim"), ["bpf_raw_tracepoint_args"]);
         assert!(context_type_names("xdp").is_empty());
+    }
+
+    /// issue 15 (PREEMPT_RT): a `syscalls/` program that reads its context through raw_syscalls'
+    /// `trace_event_raw_sys_enter/exit` gets offsets that are wrong wherever trace_entry is not
+    /// 8 bytes (Debian's 6.1 rt: attach fails with EACCES, or args shift by one). Every such
+    /// relocation must be against `syscall_trace_enter/exit`, the events' own layout.
+    #[test]
+    fn syscall_tracepoints_read_their_own_context_layout() {
+        let mut checked = 0;
+        for obj in crate::bundle::OBJECTS {
+            let (local, relos, _) = read_object(&ObjectInput { file: obj.file, bytes: obj.bytes }).expect("object");
+            for r in relos.iter().filter(|r| r.section.starts_with("tracepoint/syscalls/")) {
+                let root = essential_name(local.name(r.type_id));
+                assert!(
+                    !root.starts_with("trace_event_raw_sys_"),
+                    "{} {}: context read through raw_syscalls' {root}",
+                    obj.file,
+                    r.section
+                );
+                checked += usize::from(root.starts_with("syscall_trace_"));
+            }
+        }
+        assert!(checked > 0, "no syscalls/ program reads its context through CO-RE");
     }
 }

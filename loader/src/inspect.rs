@@ -196,3 +196,41 @@ pub fn render_text(infos: &[ObjectInfo]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    /// issue 15, item 6: a program the kernel may run nested with another on the same CPU, or
+    /// preempted (cgroup_skb: migration off only, in process context and in softirq alike, with
+    /// no recursion guard; fexit: migration off only), must not build records in a per-CPU slot,
+    /// which the other run would overwrite half-way. Only `stats` (counters) is allowed there.
+    #[test]
+    fn nestable_programs_use_no_per_cpu_scratch() {
+        let mut checked = 0;
+        for obj in crate::bundle::OBJECTS {
+            let info = super::inspect(obj.file, obj.bytes).expect("inspect");
+            let percpu: Vec<&str> = info
+                .maps
+                .iter()
+                .filter(|m| m.map_type == super::map_type_name(6) && m.name != "stats")
+                .map(|m| m.name.as_str())
+                .collect();
+            let elf = object::File::parse(obj.bytes).expect("elf");
+            for section in elf.sections() {
+                let name = section.name().unwrap_or_default();
+                if !(name.starts_with("cgroup_skb/") || name.starts_with("fexit/") || name.starts_with("fentry/")) {
+                    continue;
+                }
+                checked += 1;
+                for (_, reloc) in section.relocations() {
+                    let object::RelocationTarget::Symbol(index) = reloc.target() else { continue };
+                    let symbol = elf.symbol_by_index(index).expect("symbol");
+                    let target = symbol.name().unwrap_or_default();
+                    assert!(!percpu.contains(&target), "{} {name}: uses the per-CPU map {target}", obj.file);
+                }
+            }
+        }
+        assert!(checked > 0, "no cgroup_skb or fexit program found");
+    }
+}

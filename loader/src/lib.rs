@@ -29,3 +29,4 @@ pub mod snapshot;
 pub mod sock_owners;
 pub mod tracefs;
 pub mod transport;
+pub mod workload;

@@ -70,7 +70,7 @@ pub enum PinError {
     Unpinnable { monitor: &'static str, program: &'static str },
     #[error("monitor {monitor}: program {program}: missing from the object")]
     MissingProgram { monitor: &'static str, program: &'static str },
-    #[error("monitor {monitor}: program {program}: take link: {source}")]
+    #[error("monitor {monitor}: program {program}: take link: {source}{}", crate::monitors::os_error_suffix(.source))]
     TakeLink {
         monitor: &'static str,
         program: &'static str,
@@ -84,21 +84,21 @@ pub enum PinError {
         #[source]
         source: std::io::Error,
     },
-    #[error("monitor {monitor}: pin {path}: {source}")]
+    #[error("monitor {monitor}: pin {path}: {source}{}", crate::monitors::os_error_suffix(.source))]
     Pin {
         monitor: &'static str,
         path: PathBuf,
         #[source]
         source: aya::pin::PinError,
     },
-    #[error("monitor {monitor}: program {program}: id: {source}")]
+    #[error("monitor {monitor}: program {program}: id: {source}{}", crate::monitors::os_error_suffix(.source))]
     ProgramInfo {
         monitor: &'static str,
         program: String,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("monitor {monitor}: map id {id}: {source}")]
+    #[error("monitor {monitor}: map id {id}: {source}{}", crate::monitors::os_error_suffix(.source))]
     MapById {
         monitor: &'static str,
         id: u32,

@@ -327,10 +327,12 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
 
     let mut summary = RunSummary::default();
     let mut stopping = false;
-    // dns: responses are matched to queries here, and a periodic tick reports the queries whose
-    // window ran out as `timeout` events (see crate::dns).
+    // dns: events are put in kernel time order, then responses matched to queries; a periodic
+    // tick reports the queries whose window ran out as `timeout` events (see crate::dns::order).
     let dns_on = options.monitors.iter().any(|m| m.name == "dns");
-    let mut dns = crate::dns::Correlator::new(options.decode.dns_timeout, crate::dns::DEFAULT_CAPACITY);
+    let hold = crate::dns::order::hold_for(&options.load.delivery);
+    let mut dns = crate::dns::Sequencer::new(options.decode.dns_timeout, crate::dns::DEFAULT_CAPACITY, hold);
+    let mut ordered = Vec::new();
     dns.publish(&counters); // metrics: tapio_dns_inflight*
     let mut dns_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     // The configuration file is watched as well as re-read on SIGHUP.
@@ -384,11 +386,16 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 }
             }
             _ = dns_tick.tick(), if dns_on => {
-                let mut expired = dns.expire(crate::dns::monotonic_ns());
+                // dns: what the watermark has passed comes out in kernel time order, with the
+                // timeouts that fell due (crate::dns::order).
+                dns.advance(crate::dns::monotonic_ns(), &mut ordered);
+                let mut released: Vec<_> = ordered.drain(..).collect();
                 if let Some(a) = attributor.as_mut() {
-                    expired.iter_mut().for_each(|event| a.annotate(event));
+                    released.iter_mut().for_each(|event| a.annotate(event));
                 }
-                sink.send(expired).map_err(|e| output_failed(e, &output_name))?;
+                if !released.is_empty() {
+                    sink.send(released).map_err(|e| output_failed(e, &output_name))?;
+                }
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
             }
             ready = streamer.ready() => ready.map_err(RunError::Reactor)?,
@@ -397,7 +404,6 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         // buffer are compared); on a stop signal this is the last pass. Records are decoded here
         // and written by the output thread, so a stalled reader never holds this loop.
         let decode = &options.decode;
-        let mut out = Vec::new();
         let taken = streamer.drain_each(|record| {
             // attribution: the watcher's records update the map and are not output.
             if let Some(mkdir) = monitors::cgroup_watch::decode(record) {
@@ -415,9 +421,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             // decode_all: an advanced batch record expands into its events.
             match events::decode_all(record, decode) {
                 Ok(decoded) => {
-                    for mut event in decoded {
-                        dns.observe(&mut event);
-                        out.push(event);
+                    // dns events wait for the watermark (crate::dns::order); the rest pass.
+                    for event in decoded {
+                        dns.push(event, &mut ordered);
                     }
                 }
                 Err(e) => {
@@ -429,6 +435,10 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             Ok(())
         });
         let taken = taken.map_err(|source| RunError::Output { path: output_name.clone(), source })?;
+        if taken > 0 {
+            dns.advance(crate::dns::monotonic_ns(), &mut ordered);
+        }
+        let mut out: Vec<_> = ordered.drain(..).collect();
         // attribution: after the whole pass, so the announcement of a cgroup drained later in
         // the pass than its first event's record (another ring) is applied all the same.
         if let Some(a) = attributor.as_mut() {
@@ -436,13 +446,22 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 a.annotate(event);
             }
         }
-        if taken > 0 {
+        if !out.is_empty() {
             sink.send(out).map_err(|e| output_failed(e, &output_name))?;
             dns.publish(&counters); // metrics: tapio_dns_inflight*
         }
         if stopping {
             break;
         }
+    }
+    // dns: the run is over and no record is on its way: release what the watermark still holds.
+    dns.flush(crate::dns::monotonic_ns(), &mut ordered);
+    let mut last: Vec<_> = ordered.drain(..).collect();
+    if let Some(a) = attributor.as_mut() {
+        last.iter_mut().for_each(|event| a.annotate(event));
+    }
+    if !last.is_empty() {
+        sink.send(last).map_err(|e| output_failed(e, &output_name))?;
     }
     sink.finish(OUTPUT_DRAIN_TIMEOUT).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
     summary.written = counters.events_written.load(std::sync::atomic::Ordering::Relaxed);
@@ -478,7 +497,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
 fn reload(
     trigger: &str,
     decode: &mut DecodeOptions,
-    dns: &mut crate::dns::Correlator,
+    dns: &mut crate::dns::Sequencer,
     source: Option<&crate::config::Reload>,
     counters: &crate::output::metrics::Counters,
     objects: &crate::output::metrics::SharedObjects,

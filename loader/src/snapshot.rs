@@ -2,7 +2,8 @@
 //!
 //! Ids become the role a process plays in the scenario (`[pid:leaf]`), timestamps are dropped,
 //! and values that differ per run are redacted only after they are checked: a redacted id must
-//! be an integer, a duration must be positive. A failed check is an error, never a silent pass.
+//! be an integer, a duration must be positive, a timestamp non-zero and in order, a cgroup the
+//! one the scenario ran in. A failed check is an error, never a silent pass.
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -28,7 +29,18 @@ pub struct Roles {
     /// `[port:role]` in `sport`/`dport`. Ports not listed (53, 0 of an unconnected socket) stay as
     /// they are: they are fixed by the scenario, and an unexpected one must show up as drift.
     pub ports: Vec<(u16, String)>,
+    /// The cgroup v2 ids the scenario's processes ran in. When given, every event's `cgroup_id`
+    /// that names a task or socket of the scenario must be one of them (still shown redacted); an
+    /// event whose task is whatever the kernel interrupted is exempt, unless its cgroup is the
+    /// socket's.
+    pub cgroups: Vec<u64>,
 }
+
+/// How far a record's `ts_ns` may be behind the one read before it. Records are stamped before
+/// they are committed, so two CPUs can commit in the other order: by the time between the stamp
+/// and the commit, microseconds, or as long as the host deschedules an emulated CPU (TCG) in
+/// between. Past this, the order is a bug, not a race.
+pub const TS_SKEW_NS: u64 = 100_000_000;
 
 impl Roles {
     fn role(&self, pid: u64) -> Value {
@@ -73,6 +85,7 @@ fn unattributed(obj: &Map<String, Value>) -> bool {
 pub fn normalize(events: &[Value], roles: &Roles) -> Result<Vec<Value>, NormalizeError> {
     let exe_comm: String = roles.exe.rsplit('/').next().unwrap_or_default().chars().take(15).collect();
     let mut out = Vec::with_capacity(events.len());
+    let mut last_ts = 0u64;
     for (index, event) in events.iter().enumerate() {
         let fail = |field: &str, problem| NormalizeError { index, field: field.to_owned(), problem, event: event.to_string() };
         let Some(obj) = event.as_object() else {
@@ -80,10 +93,31 @@ pub fn normalize(events: &[Value], roles: &Roles) -> Result<Vec<Value>, Normaliz
         };
         let mut n = Map::new();
         let unowned = unattributed(obj);
+        // The socket's own cgroup names the scenario even when the task does not. The xdp
+        // monitor's records are the loader's counters: no task, cgroup 0 by contract.
+        let cgroup_is_ours = (!unowned || obj.get("sock_cgroup") == Some(&Value::Bool(true)))
+            && obj.get("monitor").and_then(Value::as_str) != Some("xdp");
+        // A `timeout` is the loader's, stamped with its query's deadline and written when the
+        // window ends, after records stamped later: in order in event time, not in the list.
+        let synthesized = obj.get("event").and_then(Value::as_str) == Some("timeout");
         for (k, v) in obj {
             let k = k.as_str();
             let value = if k == "ts_ns" {
+                let ts = v.as_u64().filter(|&t| t > 0).ok_or_else(|| fail(k, "must be a non-zero integer"))?;
+                if synthesized {
+                    continue;
+                }
+                if ts.saturating_add(TS_SKEW_NS) < last_ts {
+                    return Err(fail(k, "earlier than the record before it by more than TS_SKEW_NS"));
+                }
+                last_ts = last_ts.max(ts);
                 continue;
+            } else if k == "cgroup_id" && !roles.cgroups.is_empty() && cgroup_is_ours {
+                let id = v.as_u64().ok_or_else(|| fail(k, "must be an integer"))?;
+                if !roles.cgroups.contains(&id) {
+                    return Err(fail(k, "not a cgroup the scenario ran in"));
+                }
+                Value::String(format!("[{k}]"))
             } else if unowned && TASK_FIELDS.contains(&k) {
                 if k != "comm" {
                     v.as_u64().ok_or_else(|| fail(k, "id is not an integer"))?;
@@ -147,6 +181,7 @@ mod tests {
             pids: vec![(10, "agent".into()), (11, "leaf".into())],
             exe: "/init".into(),
             ports: vec![(40001, "client".into())],
+            cgroups: Vec::new(),
         }
     }
 
@@ -185,5 +220,28 @@ mod tests {
         assert_eq!(normalize(&text_pid, &roles()).unwrap_err().field, "pid");
         let addr = vec![json!({"addr": 140_000_000_u64})];
         assert_eq!(normalize(&addr, &roles()).unwrap()[0], json!({"addr": "[addr]"}));
+    }
+
+    /// issue 15, item 10: a zero or out-of-order timestamp and a cgroup other than the scenario's
+    /// fail, where they used to be redacted unseen.
+    #[test]
+    fn timestamps_and_cgroups_are_checked_before_they_are_dropped() {
+        let mut r = roles();
+        r.cgroups = vec![7];
+        let ok = vec![json!({"ts_ns": 100, "cgroup_id": 7}), json!({"ts_ns": 200, "cgroup_id": 7})];
+        assert_eq!(normalize(&ok, &r).unwrap(), vec![json!({"cgroup_id": "[cgroup_id]"}); 2]);
+        let zero = vec![json!({"ts_ns": 0, "cgroup_id": 7})];
+        assert_eq!(normalize(&zero, &r).unwrap_err().problem, "must be a non-zero integer");
+        let backwards = vec![json!({"ts_ns": 5 * TS_SKEW_NS}), json!({"ts_ns": TS_SKEW_NS})];
+        assert_eq!(normalize(&backwards, &r).unwrap_err().index, 1);
+        let skewed = vec![json!({"ts_ns": 1000}), json!({"ts_ns": 900})];
+        assert!(normalize(&skewed, &r).is_ok(), "two CPUs may commit in the other order");
+        let foreign = vec![json!({"ts_ns": 1, "cgroup_id": 8})];
+        assert_eq!(normalize(&foreign, &r).unwrap_err().problem, "not a cgroup the scenario ran in");
+        // Whatever task a softirq interrupted may be in any cgroup, unless the socket's is given.
+        let interrupted = json!({"ts_ns": 1, "monitor": "network", "owner_known": false, "cgroup_id": 8, "pid": 1});
+        assert!(normalize(&[interrupted], &r).is_ok());
+        let sock = json!({"ts_ns": 1, "monitor": "kernel", "sock_cgroup": true, "cgroup_id": 8, "pid": 1});
+        assert_eq!(normalize(&[sock], &r).unwrap_err().field, "cgroup_id");
     }
 }

@@ -20,8 +20,7 @@ const MAX_BYTES: usize = 64 * 1024;
 
 fn skip_without_vmlinux(test: &str) -> bool {
     if !Path::new(VMLINUX).exists() {
-        println!("SKIP {test}: vmlinux btf unsupported (requires >= 5.4 with CONFIG_DEBUG_INFO_BTF), no {VMLINUX}");
-        return true;
+        return common::skip::skip(test, common::skip::Why::Kernel(format!("vmlinux btf unsupported (requires >= 5.4 with CONFIG_DEBUG_INFO_BTF), no {VMLINUX}")));
     }
     false
 }

@@ -53,7 +53,7 @@ fn known_facts_of_a_btf_kernel() {
         return;
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        println!("SKIP known_facts_of_a_btf_kernel: vmlinux btf unsupported (requires >= 5.4)");
+        common::skip_for_kernel("known_facts_of_a_btf_kernel", "vmlinux btf unsupported (requires >= 5.4)");
         return;
     }
     let all = features::probe_all();
@@ -117,7 +117,7 @@ fn permission_error_is_error_not_absent() {
     {
         Ok(out) => out,
         Err(e) => {
-            println!("SKIP permission_error_is_error_not_absent: setpriv unavailable ({e})");
+            common::skip::skip("permission_error_is_error_not_absent", common::skip::Why::Environment(format!("setpriv unavailable ({e})")));
             return;
         }
     };

@@ -31,7 +31,7 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
         (
             "dns",
             mirror_layout!("dns_event", tapio_load::events::dns::DnsEvent {
-                hdr, flow, dns_id, dns_flags, qdcount, ancount, msg_len, cap_len, direction, _pad0, flags
+                hdr, flow, dns_id, dns_flags, qdcount, ancount, msg_len, cap_len, direction, _pad0, tail_off, flags
             }),
         ),
         ("dns", mirror_layout!("dns_msg_event", tapio_load::events::dns::DnsMsgEvent { base, msg })),

@@ -185,7 +185,7 @@ fn tcp_lifecycle_over_ipv4_and_ipv6() {
                 let line = format!("monitor network: {group}: unavailable: {why}");
                 assert!(stderr.contains(&line), "expected `{line}` in stderr:\n{stderr}");
                 assert!(!events.iter().any(|e| e["event"] == event), "no {event} without a path");
-                println!("SKIP {event} events: unavailable on this kernel: {why}");
+                common::skip_for_kernel(&format!("{event} events"), format!("unavailable on this kernel: {why}"));
             }
         }
     }
@@ -242,82 +242,6 @@ fn plan_names_each_network_path_or_the_kernel_reason() {
     }
 }
 
-/// A memory-limited cgroup made for one test, removed on drop.
-struct MemCgroup {
-    dir: std::path::PathBuf,
-    /// The victim's cgroup v2 id as the probe reads it (`task->cgroups->dfl_cgrp->kn->id`, the
-    /// inode number of the v2 directory), when it can be known.
-    expected_v2_id: Option<u64>,
-}
-
-/// Where cgroup v2 is mounted, from /proc/self/mountinfo.
-fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        right.starts_with("cgroup2 ").then(|| left.split(' ').nth(4).map(Into::into))?
-    })
-}
-
-/// The inode of this process's cgroup v2 directory: its cgroup id.
-fn own_v2_cgroup_id(mount: &std::path::Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(std::fs::metadata(mount.join(path.trim_start_matches('/'))).ok()?.ino())
-}
-
-impl MemCgroup {
-    /// A cgroup v2 child with `memory.max = limit`; where v2 has no memory controller (a hybrid
-    /// host), a v1 memory cgroup with the same limit. None when neither can be made.
-    fn create(limit: u64) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let name = format!("tapio-oom-{}", std::process::id());
-        let v2 = cgroup2_mount();
-        if let Some(mount) = &v2 {
-            let controllers = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
-            if controllers.split_whitespace().any(|c| c == "memory") {
-                let _ = std::fs::write(mount.join("cgroup.subtree_control"), "+memory");
-                let dir = mount.join(&name);
-                std::fs::create_dir(&dir).ok()?;
-                let _ = std::fs::write(dir.join("memory.swap.max"), "0");
-                if std::fs::write(dir.join("memory.max"), limit.to_string()).is_err() {
-                    let _ = std::fs::remove_dir(&dir);
-                    return None;
-                }
-                let id = std::fs::metadata(&dir).ok().map(|m| m.ino());
-                return Some(Self { dir, expected_v2_id: id });
-            }
-        }
-        let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
-        if !v1.join("memory.limit_in_bytes").exists() {
-            return None;
-        }
-        let dir = v1.join(&name);
-        std::fs::create_dir(&dir).ok()?;
-        if std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).is_err() {
-            let _ = std::fs::remove_dir(&dir);
-            return None;
-        }
-        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
-        // The child stays in this process's v2 cgroup: that is the id the probe reports.
-        let id = v2.as_deref().and_then(own_v2_cgroup_id);
-        Some(Self { dir, expected_v2_id: id })
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        // The killed child has been reaped by now; an empty cgroup can be removed.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// `tail /dev/zero` (which buffers a line that never ends) inside an 8 MiB cgroup is OOM-killed;
 /// the kernel monitor reports the victim's pid, comm and cgroup.
 #[test]
@@ -326,12 +250,15 @@ fn oom_kill_in_memory_limited_cgroup() {
         return;
     }
     let _serial = kernel_lock();
-    let Some(cg) = MemCgroup::create(8 << 20) else {
-        println!("SKIP oom_kill_in_memory_limited_cgroup: no cgroup with a memory controller can be created here");
-        return;
+    let cg = match tapio_load::workload::MemCgroup::create(&format!("tapio-oom-{}", std::process::id()), 8 << 20) {
+        Ok(cg) => cg,
+        Err(why) => {
+            common::skip::skip("oom_kill_in_memory_limited_cgroup", common::skip::Why::Environment(format!("no cgroup with a memory controller can be created here: {why}")));
+            return;
+        }
     };
     let loader = Loader::start(&["--monitors", "kernel"]);
-    let procs = cg.dir.join("cgroup.procs");
+    let procs = cg.procs();
     // The shell moves itself into the cgroup, then becomes `tail`, so the victim is this pid.
     let mut child = std::process::Command::new("/bin/sh")
         .args(["-c", &format!("echo $$ > {} && exec tail /dev/zero", procs.display())])

@@ -162,3 +162,62 @@ fn perf_transport_delivers_exec() {
         "exit of /bin/true missing"
     );
 }
+
+/// Processes whose threads all end at the same instant (issue 15, item 3), both ways a process
+/// ends: exit_group() from every thread, and every thread's own exit(), the leader's included.
+/// Each process's threads are started 200 ms after the process. Every process must be reported
+/// exactly once, with the exit code wait() returned (which thread's code that is depends on the
+/// kernel: see `ThreadsExit::Each`) and a `duration_ns` counted from the process's start (at
+/// least the 200 ms), not from the start of whichever thread was last out.
+#[test]
+fn threads_exiting_together_report_one_exit_timed_from_the_process_start() {
+    if skip_unless_root("threads_exiting_together_report_one_exit_timed_from_the_process_start") {
+        return;
+    }
+    let _serial = kernel_lock();
+    let loader = Loader::start(&["--monitors", "process"]);
+    const LATE_MS: u64 = 200;
+    const ROUNDS: usize = 30;
+    let scenario = env!("CARGO_BIN_EXE_tapio-scenario");
+    let mut runs = Vec::new();
+    for mode in [tapio_load::workload::ThreadsExit::Group, tapio_load::workload::ThreadsExit::Each] {
+        // Several at once: their exits land together on both CPUs.
+        let children: Vec<_> = (0..ROUNDS)
+            .map(|_| {
+                Command::new(scenario)
+                    .args(["threads-exit", "8", &LATE_MS.to_string(), mode.name()])
+                    .spawn()
+                    .expect("spawn tapio-scenario threads-exit")
+            })
+            .collect();
+        for mut child in children {
+            let pid = child.id() as u64;
+            let status = child.wait().expect("wait for threads-exit");
+            runs.push((mode, pid, status.code()));
+        }
+    }
+    let (events, stderr, status) = loader.finish();
+    assert!(status.success(), "{stderr}");
+    let mut problems = Vec::new();
+    for (mode, pid, code) in runs {
+        let what = format!("{} pid {pid}", mode.name());
+        let Some(code) = code.filter(|c| mode.wait_codes().contains(c)) else {
+            problems.push(format!("{what}: wait() status {code:?}, the workload is broken"));
+            continue;
+        };
+        let exits: Vec<&Value> = events.iter().filter(|e| e["event"] == "exit" && e["tgid"] == pid).collect();
+        if exits.len() != 1 {
+            problems.push(format!("{what}: {} exit events (want 1)", exits.len()));
+        }
+        for e in exits {
+            if e["exit_code"] != i64::from(code) {
+                problems.push(format!("{what}: exit_code {} (wait() said {code})", e["exit_code"]));
+            }
+            let took = e["duration_ns"].as_u64().unwrap_or(0);
+            if took < LATE_MS * 1_000_000 {
+                problems.push(format!("{what}: duration_ns {took} is less than the process's {LATE_MS} ms before its threads started"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+}

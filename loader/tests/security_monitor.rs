@@ -294,7 +294,7 @@ fn security_events_from_real_syscalls() {
         assert_eq!(finit["fd"], -1);
         assert_eq!(finit["result"], -libc::EBADF as i64);
     } else {
-        println!("SKIP module_load events: kernel built without CONFIG_MODULES (no init_module tracepoint)");
+        common::skip_for_kernel("module_load events", "kernel built without CONFIG_MODULES (no init_module tracepoint)");
         assert!(
             stderr.contains("init_module: unavailable") && stderr.contains("CONFIG_MODULES"),
             "the loader says why module loads are not watched; stderr:\n{stderr}"
@@ -336,7 +336,7 @@ fn capability_events_from_the_cap_capable_tracepoint() {
             (major, minor) < (6, 14),
             "running {major}.{minor}: the capability:cap_capable tracepoint exists from 6.14, but tracefs does not list it"
         );
-        println!("SKIP capability_events_from_the_cap_capable_tracepoint: capability:cap_capable unsupported (requires >= 6.14, running {major}.{minor})");
+        common::skip_for_kernel("capability_events_from_the_cap_capable_tracepoint", format!("capability:cap_capable unsupported (requires >= 6.14, running {major}.{minor})"));
         return;
     }
     // Each child checks CAP_SYS_ADMIN once: as root (granted), then as uid 4321 (refused; a uid

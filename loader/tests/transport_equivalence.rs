@@ -64,6 +64,7 @@ fn capture(extra: &[&str]) -> Vec<String> {
         pids: vec![(me, "test".to_owned()), (sh, "sh".to_owned())],
         exe: "/bin/sh".to_owned(),
         ports: vec![(server_port, "server".to_owned()), (client_port, "client".to_owned())],
+        ..Default::default()
     };
     normalize(&picked, &roles).expect("normalise").iter().map(Value::to_string).collect()
 }
@@ -74,7 +75,7 @@ fn ringbuf_perf_and_minimized_btf_agree() {
         return;
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        println!("SKIP ringbuf_perf_and_minimized_btf_agree: no /sys/kernel/btf/vmlinux to minimize");
+        common::skip_for_kernel("ringbuf_perf_and_minimized_btf_agree", "vmlinux btf unsupported (requires >= 5.4), no /sys/kernel/btf/vmlinux to minimize");
         return;
     }
     let _serial = kernel_lock();

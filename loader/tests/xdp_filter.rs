@@ -21,13 +21,11 @@ use tapio_load::{
     },
 };
 
+#[path = "common/skip.rs"]
+mod skip;
+
 fn skip_unless_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP {test}: needs root (CAP_BPF, CAP_NET_ADMIN) to load XDP and make namespaces");
-        return true;
-    }
-    false
+    skip::unless_root(test, "CAP_BPF, CAP_NET_ADMIN to load XDP and make namespaces")
 }
 
 fn ip(args: &[&str]) {

@@ -33,6 +33,11 @@ enum dns_direction {
 #define DNS_F_RUNT 0x8 /* a UDP message shorter than the 12-byte header: msg_len bytes, no fields */
 #define DNS_F_PACKET 0x10 /* read from the packet (cgroup_skb), not from a syscall's buffer */
 #define DNS_F_NO_OWNER 0x20 /* packet path: the socket's owner is unknown (it predates the monitor) */
+/*
+ * packet path, perf build: the record is this dns_event followed by the packet's first
+ * tail_off + cap_len bytes from its network header, so the message is at tail_off of them.
+ */
+#define DNS_F_SKB_TAIL 0x40
 
 /* TCP messages looked at per segment on the packet path (pipelined queries share segments). */
 #define DNS_TCP_MSGS_PER_SEGMENT 2
@@ -64,7 +69,8 @@ struct dns_event {
 	__u32 msg_len;    /* the real message length: the syscall's return value or the TCP prefix */
 	__u32 cap_len;    /* bytes valid in dns_msg_event.msg (0 in a header-only record) */
 	__u8 direction;   /* enum dns_direction */
-	__u8 _pad0[3];
+	__u8 _pad0;
+	__u16 tail_off;   /* DNS_F_SKB_TAIL: where the message starts in the packet bytes that follow */
 	__u32 flags;      /* DNS_F_* */
 };
 _Static_assert(sizeof(struct dns_event) == 112, "dns_event layout");

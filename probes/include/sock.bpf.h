@@ -39,18 +39,36 @@ static __always_inline int tapio_read_flow(struct tapio_flow *f, struct sock *sk
 	return 1;
 }
 
+/* sock_cgroup_data's low bits before 5.15 (include/linux/cgroup-defs.h): is_data, no_refcnt. */
+#define TAPIO_SKCD_FLAG_BITS 0x3
+
 /*
- * The cgroup v2 id the socket was charged to when it was created (sk_cgrp_data, 5.15+ layout).
- * Unlike bpf_get_current_cgroup_id() it is right in softirq, where most state changes run.
- * Returns 0 when the kernel has the older tagged-pointer layout or no socket cgroup data.
+ * The cgroup v2 id the socket was charged to when it was created (sk_cgrp_data). Unlike
+ * bpf_get_current_cgroup_id() it is right in softirq, where most state changes run.
+ *
+ * Since 5.15 sk_cgrp_data.cgroup is a plain pointer. Before, sk_cgrp_data.val is the pointer
+ * itself unless one of its low bits is set: is_data (net_prio or net_cls took the word over, and
+ * the kernel from then on attributes every socket to the root cgroup) or no_refcnt (cgroup socket
+ * matching was disabled). The kernel's own sock_cgroup_ptr() reads it the same way.
+ *
+ * Returns 0 when the socket has no cgroup of its own to report: those flagged words, an empty
+ * one, or a kernel with neither layout.
  */
 static __always_inline __u64 tapio_sock_cgroup_id(struct sock *sk)
 {
 	struct cgroup *cg;
 
-	if (!bpf_core_field_exists(struct sock_cgroup_data, cgroup))
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
+		cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	} else if (bpf_core_field_exists(struct sock_cgroup_data___old, val)) {
+		__u64 v = BPF_CORE_READ((struct sock___old *)sk, sk_cgrp_data.val);
+
+		if (v & TAPIO_SKCD_FLAG_BITS)
+			return 0;
+		cg = (struct cgroup *)v;
+	} else {
 		return 0;
-	cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	}
 	if (!cg)
 		return 0;
 	return BPF_CORE_READ(cg, kn, id);

@@ -82,6 +82,49 @@ static __always_inline long tapio_emit(void *ctx, void *data, __u64 size)
 	return err;
 }
 
+#ifdef TAPIO_PERF
+/*
+ * perf build, skb programs only: sends `size` bytes of `data` followed by the first `tail` bytes
+ * of the packet (from the network header), copied by the kernel straight from the skb
+ * (bpf_perf_event_output's BPF_F_CTXLEN_MASK, 4.x). Nothing is staged in a map, so nothing can
+ * be overwritten by another program on the same CPU while it is being sent.
+ */
+static __always_inline long tapio_emit_skb_tail(struct __sk_buff *skb, void *data, __u64 size, __u32 tail)
+{
+	long err = bpf_perf_event_output(skb, &events, BPF_F_CURRENT_CPU | ((__u64)tail << 32), data, size);
+
+	tapio_count(err ? TAPIO_STAT_LOST : TAPIO_STAT_EMITTED);
+	return err;
+}
+#else
+/*
+ * ring build: room for one `size`-byte record in the ring itself, written in place and sent with
+ * tapio_submit(): a record that never sits in a shared per-CPU slot cannot be overwritten by
+ * another program on the same CPU (a preempted one, or a softirq). NULL (counted lost) when the
+ * ring is full; `size` must be a constant.
+ */
+static __always_inline void *tapio_reserve(__u64 size)
+{
+	void *r = bpf_ringbuf_reserve(&events, size, 0);
+
+	if (!r)
+		tapio_count(TAPIO_STAT_LOST);
+	return r;
+}
+
+/* Sends a tapio_reserve()d record of `size` bytes under the delivery policy, as tapio_emit(). */
+static __always_inline void tapio_submit(void *r, __u64 size)
+{
+	__u64 flags = 0;
+
+	if (tapio_wakeup_bytes)
+		flags = bpf_ringbuf_query(&events, TAPIO_RB_AVAIL_DATA) + size >= tapio_wakeup_bytes ?
+				TAPIO_RB_FORCE_WAKEUP : TAPIO_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(r, flags);
+	tapio_count(TAPIO_STAT_EMITTED);
+}
+#endif
+
 static __always_inline void tapio_fill_header(struct tapio_header *h, __u8 monitor, __u8 kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();

@@ -58,6 +58,8 @@ struct mm_struct {
 
 struct signal_struct {
 	atomic_t live;
+	int group_exit_code;
+	unsigned int flags; /* SIGNAL_GROUP_EXIT 0x4 (include/linux/sched/signal.h, unchanged since 2.6) */
 };
 
 struct task_struct {
@@ -80,6 +82,18 @@ struct trace_entry {
 	unsigned char flags;
 	unsigned char preempt_count;
 	int pid;
+};
+
+/*
+ * sched_process_exit with the caller's group_dead (7.x and this host's 6.18; 6.12 and older use
+ * trace_event_raw_sched_process_template, without it): for bpf_core_field_exists and the read.
+ */
+struct trace_event_raw_sched_process_exit {
+	struct trace_entry ent;
+	char comm[16];
+	pid_t pid;
+	int prio;
+	bool group_dead;
 };
 
 struct trace_event_raw_sched_process_exec {
@@ -130,6 +144,19 @@ struct sock_cgroup_data {
 	struct cgroup *cgroup;
 };
 
+/*
+ * 4.19-5.14: one word that is either the socket's cgroup v2 pointer or, with bit 0 (is_data) set,
+ * net_prio/net_cls data; 5.7-5.14 also flag bit 1 (no_refcnt). A flavour (CO-RE drops the ___
+ * suffix) so both layouts can be named in one object.
+ */
+struct sock_cgroup_data___old {
+	u64 val;
+};
+
+struct sock___old {
+	struct sock_cgroup_data___old sk_cgrp_data;
+};
+
 struct sock {
 	struct sock_common __sk_common;
 	struct sock_cgroup_data sk_cgrp_data;
@@ -163,6 +190,7 @@ struct task_struct___tapio {
 	pid_t tgid;
 	char comm[16];
 	struct css_set *cgroups;
+	const struct cred *cred;
 };
 
 struct trace_event_raw_inet_sock_set_state {
@@ -211,7 +239,7 @@ struct task_struct___sockfd {
 	struct files_struct *files;
 };
 
-/* syscalls/sys_enter_<name> and sys_exit_<name> share these layouts with raw_syscalls. */
+/* raw_syscalls/sys_enter and sys_exit (and the raw tracepoints of the same names). */
 struct trace_event_raw_sys_enter {
 	struct trace_entry ent;
 	long id;
@@ -221,6 +249,26 @@ struct trace_event_raw_sys_enter {
 struct trace_event_raw_sys_exit {
 	struct trace_entry ent;
 	long id;
+	long ret;
+};
+
+/*
+ * syscalls/sys_enter_<name> and sys_exit_<name> (kernel/trace/trace.h): an `int nr`, not
+ * raw_syscalls' `long id`. The offsets agree only while trace_entry is 8 bytes. PREEMPT_RT
+ * kernels that add preempt_lazy_count to trace_entry (Debian's 6.1 rt flavour: 12 bytes) put
+ * raw_syscalls' args at 24 but these at 16, so a program relocated against the raw_syscalls
+ * type reads the next argument, or past the event's end, which perf_event_set_bpf_prog()
+ * refuses at attach with EACCES. args is a flexible array in the kernel; CO-RE accepts any index.
+ */
+struct syscall_trace_enter {
+	struct trace_entry ent;
+	int nr;
+	unsigned long args[6];
+};
+
+struct syscall_trace_exit {
+	struct trace_entry ent;
+	int nr;
 	long ret;
 };
 

@@ -410,7 +410,7 @@ fn resolve_debian(
     [modules_pattern, base_pattern]: [Option<&str>; 2],
     index: &[IndexEntry],
 ) -> Pin {
-    let Some(image) = resolve(index, image_pattern, &entry.line) else {
+    let Some(image) = resolve(index, image_pattern, crate::manifest::line_version(&entry.line)) else {
         return Pin::Unavailable {
             reason: format!(
                 "no package matching {image_pattern} with version {}.* in {suite}",

@@ -65,10 +65,22 @@ pub struct Manifest {
     pub kernels: Vec<KernelEntry>,
 }
 
+/// The upstream version a kernel line names: `6.1` for both `6.1` and `6.1-rt`.
+///
+/// A line is `<major>.<minor>`, optionally followed by `-<flavour>` when one release series
+/// ships builds that differ in what matters to the probes (Debian's `rt` flavour is built with
+/// PREEMPT_RT, which changes `struct trace_entry` and what runs preemptible). A resolved
+/// package's version must be in the version part; per-kernel snapshot variants are named by it
+/// too, so `6.1-rt` meets the reasoned variants of `6.1`.
+pub fn line_version(line: &str) -> &str {
+    line.split_once('-').map_or(line, |(version, _)| version)
+}
+
 /// One kernel line the matrix knows about.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelEntry {
-    /// The kernel line, e.g. `6.1`; a resolved package's upstream version must start with it.
+    /// The kernel line, e.g. `6.1` or `6.1-rt` ([`line_version`]); a resolved package's upstream
+    /// version must start with its version part.
     pub line: String,
     /// Whether the line is part of the default matrix run.
     pub default: bool,
@@ -148,6 +160,12 @@ impl Manifest {
         for e in raw.kernels {
             if kernels.iter().any(|k: &KernelEntry| k.line == e.line) {
                 return Err(invalid(&e.line, "listed twice"));
+            }
+            let version = line_version(&e.line);
+            let flavour = e.line.strip_prefix(version).and_then(|f| f.strip_prefix('-'));
+            let numeric = version.split('.').count() == 2 && version.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            if !numeric || flavour.is_some_and(|f| f.is_empty() || !f.bytes().all(|b| b.is_ascii_alphanumeric())) {
+                return Err(invalid(&e.line, "a line is <major>.<minor>, optionally -<flavour> (e.g. 6.1-rt)"));
             }
             let source = match (e.suite, e.image_package, e.kernel_file) {
                 (Some(suite), Some(image_package), None) => {
@@ -502,6 +520,19 @@ kernel_file = "local/vmlinuz-5.4"
         let text = "[[kernel]]\nline = \"6.6\"\nsuite = \"sid\"\nkernel_file = \"x\"\n";
         let err = Manifest::parse(text, Path::new("k.toml"), PathBuf::new()).unwrap_err();
         assert!(err.to_string().contains("kernel 6.6"), "{err}");
+    }
+
+    #[test]
+    fn flavoured_lines_resolve_by_their_version() {
+        let text = "[[kernel]]\nline = \"6.1-rt\"\nsuite = \"bookworm\"\nimage_package = \"linux-image-*-rt-amd64-unsigned\"\n";
+        let m = Manifest::parse(text, Path::new("k.toml"), PathBuf::new()).unwrap();
+        assert_eq!(m.kernels[0].line, "6.1-rt");
+        assert_eq!(line_version(&m.kernels[0].line), "6.1");
+        assert_eq!(line_version("6.12"), "6.12");
+        for bad in ["rt", "6.1-", "6.1-r t", "6", "6.1.2", "6.1-rt-x"] {
+            let text = format!("[[kernel]]\nline = \"{bad}\"\nsuite = \"s\"\nimage_package = \"p\"\n");
+            assert!(Manifest::parse(&text, Path::new("k.toml"), PathBuf::new()).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

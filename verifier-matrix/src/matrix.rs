@@ -341,20 +341,30 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
 }
 
 /// Compares every row's snapshots with the stored ones; drift fails the row with the diff.
-/// Stored snapshots that no row produced fail the run (on the first row that booted), unless a
-/// row skipped their scenario: a skip line named `<monitor>.<scenario>` carries the kernel's
-/// reason, and the report lists it (never as a pass).
+/// Every row that ran must produce every stored scenario's snapshot, or skip the scenario with a
+/// skip line named `<monitor>.<scenario>` that carries the kernel's reason (listed, never a
+/// pass); a row that did neither fails. Stored snapshots that no row produced fail the run (on
+/// the first row that booted).
 fn check_snapshots(options: &Options, rows: &mut [Row]) {
+    let stored = crate::snapshots::stored_scenarios(&options.workspace);
     let mut referenced = std::collections::BTreeSet::new();
     let mut skipped = std::collections::BTreeSet::new();
     for row in rows.iter_mut() {
         let Some(results) = &row.results else { continue };
+        let mut row_skipped = std::collections::BTreeSet::new();
         for skip in &results.skips {
             if let Some((monitor, scenario)) = skip.name.split_once('.') {
                 skipped.insert((monitor.to_owned(), scenario.to_owned()));
+                row_skipped.insert((monitor.to_owned(), scenario.to_owned()));
             }
         }
-        let mut problems = Vec::new();
+        let produced: std::collections::BTreeSet<_> =
+            results.snapshots.iter().map(|s| (s.monitor.clone(), s.scenario.clone())).collect();
+        let mut problems: Vec<String> = stored
+            .iter()
+            .filter(|k| !produced.contains(*k) && !row_skipped.contains(*k))
+            .map(|(m, s)| format!("snapshot {m}/{s} not produced, and no skip line `{m}.{s}` says why"))
+            .collect();
         for snap in &results.snapshots {
             referenced.insert((snap.monitor.clone(), snap.scenario.clone()));
             let compared = crate::snapshots::compare(
@@ -382,12 +392,13 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
     }
 }
 
-/// The kernel line a row's per-kernel snapshot variants are named by: the manifest line, or for
-/// a user-supplied kernel (`file:...`, `deb:...`) and the host, the release's `major.minor`, so
-/// a brought 6.1 kernel meets the same reasoned variants as the manifest's 6.1.
+/// The kernel line a row's per-kernel snapshot variants are named by: the manifest line's
+/// version (`6.1` for `6.1` and `6.1-rt`), or for a user-supplied kernel (`file:...`, `deb:...`)
+/// and the host, the release's `major.minor`, so a brought 6.1 kernel meets the same reasoned
+/// variants as the manifest's 6.1.
 fn variant_key(row: &Row) -> String {
     if row.line.starts_with(|c: char| c.is_ascii_digit()) {
-        return row.line.clone();
+        return crate::manifest::line_version(&row.line).to_owned();
     }
     row.release
         .as_deref()
@@ -413,6 +424,17 @@ fn add_problems(row: &mut Row, problems: Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flavoured_rows_meet_their_versions_snapshot_variants() {
+        let mut rt = empty_row("6.1-rt", Verdict::Pass);
+        rt.release = Some("6.1.0-50-rt-amd64".to_owned());
+        assert_eq!(variant_key(&rt), "6.1");
+        assert_eq!(variant_key(&empty_row("6.12", Verdict::Pass)), "6.12");
+        let mut deb = empty_row("deb:x.deb", Verdict::Pass);
+        deb.release = Some("6.1.0-54-rt-amd64".to_owned());
+        assert_eq!(variant_key(&deb), "6.1");
+    }
 
     #[test]
     fn modules_are_found_compressed_or_explained() {
@@ -471,6 +493,51 @@ mod tests {
         let mut rows = [row(Some("xdp.veth_prefixes"))];
         check_snapshots(&options, &mut rows);
         assert_eq!(rows[0].verdict, Verdict::Pass);
+    }
+
+    /// issue 15, item 10: another row producing a scenario's snapshot does not excuse a row that
+    /// produced it not, nor skipped it.
+    #[test]
+    fn every_row_produces_every_stored_scenario_or_skips_it() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
+        crate::snapshots::compare(dir.path(), "6.1", "dns", "udp_tcp", "[2]", true).unwrap();
+        let options = Options {
+            workspace: dir.path().to_owned(),
+            selection: Selection::Default,
+            jobs: 1,
+            timeout: Duration::from_secs(1),
+            kernel_file: None,
+            modules: None,
+            kernel_deb: None,
+            out_dir: dir.path().to_owned(),
+            accept_snapshots: false,
+            fault: None,
+        };
+        let row = |line: &str, scenarios: &[(&str, &str, &str)]| {
+            let mut results = results::GuestResults::default();
+            for (monitor, scenario, body) in scenarios {
+                results.snapshots.push(results::SnapshotBody {
+                    monitor: (*monitor).to_owned(),
+                    scenario: (*scenario).to_owned(),
+                    body: (*body).to_owned(),
+                });
+            }
+            let mut r = empty_row(line, Verdict::Pass);
+            r.results = Some(results);
+            r
+        };
+        let mut rows = [
+            row("6.1", &[("process", "exec_chain", "[1]"), ("dns", "udp_tcp", "[2]")]),
+            row("6.12", &[("process", "exec_chain", "[1]")]),
+        ];
+        check_snapshots(&options, &mut rows);
+        assert_eq!(rows[0].verdict, Verdict::Pass);
+        assert!(
+            matches!(&rows[1].verdict, Verdict::Fail(why) if why.contains("snapshot dns/udp_tcp not produced")),
+            "{:?}",
+            rows[1].verdict
+        );
     }
 
     /// The image holds the module where the guest loads it from, or the reason it has none.

@@ -69,6 +69,9 @@ pub fn judge(results: &GuestResults, splats: &[Splat]) -> Verdict {
     for e in &results.setup_errors {
         problems.push(format!("setup: {e}"));
     }
+    for m in &results.malformed {
+        problems.push(format!("malformed {m}"));
+    }
     for v in results.verifier.iter().filter(|v| !v.accepted && v.skipped.is_none()) {
         let why = v.error.as_deref().unwrap_or("no error text");
         problems.push(format!("verifier rejected {}/{}: {why}", v.monitor, v.program));
@@ -208,6 +211,31 @@ mod tests {
         assert!(matches!(judge(&r, &[]), Verdict::Fail(m) if m.contains("did not finish")));
         let r = GuestResults { done: true, ..Default::default() };
         assert!(matches!(judge(&r, &[]), Verdict::Fail(m) if m.contains("no program")));
+    }
+
+    /// issue 15, item 8: a line the harness does not understand fails the row, naming the line;
+    /// before, results.rs dropped unknown kinds and judge() ignored lines that were not JSON.
+    #[test]
+    fn a_bad_results_line_fails_the_row() {
+        let good_lines: Vec<String> = [
+            r#"{"kind":"kernel","release":"6.1.0","version":"1","btf":true}"#,
+            r#"{"kind":"program","monitor":"process","program":"process_exec","status":"attached","path":"tp"}"#,
+            r#"{"kind":"check","name":"process.leaf","pass":true,"detail":""}"#,
+            r#"{"kind":"done"}"#,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(judge(&crate::results::parse(&good_lines), &[]), Verdict::Pass);
+        for bad in [
+            r#"{"kind":"chek","name":"process.exit","pass":false,"detail":"a misspelt kind"}"#,
+            r#"{"kind":"check","name":"process.exit","passed":false,"detail":"a misspelt field"}"#,
+            "tapio-guest: something printed on the results port",
+        ] {
+            let mut lines = good_lines.clone();
+            lines.insert(2, bad.to_owned());
+            let verdict = judge(&crate::results::parse(&lines), &[]);
+            assert!(matches!(&verdict, Verdict::Fail(m) if m.contains("malformed results line 3") && m.contains(bad)), "{bad}: {verdict:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Reads what the guest agent sent on the results channel: one JSON object per line.
+//! Reads what the guest agent sent on the results channel: one [`Line`] per line
+//! (tapio-matrix-protocol, the type the agent writes them with).
 
 use serde::Serialize;
-use serde_json::Value;
+use tapio_matrix_protocol::{Line, ProgramStatus};
 
 /// One program that attached, or one monitor that failed to load.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -59,68 +60,47 @@ pub struct GuestResults {
     pub events: u64,
     /// The agent reached its last line: nothing was cut off.
     pub done: bool,
-    /// Lines that were not JSON (kept so nothing the guest said is lost).
-    pub garbage: Vec<String>,
+    /// Lines that are not a protocol [`Line`] (not JSON, an unknown kind, a misspelt or missing
+    /// field), each with what is wrong with it: they fail the row, so a misspelt check can never
+    /// vanish.
+    pub malformed: Vec<String>,
 }
 
-fn s(v: &Value, key: &str) -> String {
-    v[key].as_str().unwrap_or_default().to_owned()
-}
-
-/// Parses the results lines; unknown kinds are ignored, malformed lines kept as garbage.
+/// Parses the results lines; a line that is not a protocol [`Line`] is kept in `malformed` with
+/// the reason (blank lines aside).
 pub fn parse(lines: &[String]) -> GuestResults {
     let mut r = GuestResults::default();
-    for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            r.garbage.push(line.to_owned());
-            continue;
-        };
-        match v["kind"].as_str() {
-            Some("kernel") => {
-                r.release = v["release"].as_str().map(str::to_owned);
-                r.btf = v["btf"].as_bool();
+    for (n, line) in lines.iter().map(|l| l.trim()).enumerate().filter(|(_, l)| !l.is_empty()) {
+        let line = match Line::parse(line) {
+            Ok(l) => l,
+            Err(why) => {
+                r.malformed.push(format!("results line {}: {why}: {line}", n + 1));
+                continue;
             }
-            Some("program") if v["status"] == "unavailable" => r.unavailable.push(ProgramResult {
-                monitor: s(&v, "monitor"),
-                program: s(&v, "program"),
-                attached: false,
-                detail: s(&v, "path"),
-            }),
-            Some("program") => r.programs.push(ProgramResult {
-                monitor: s(&v, "monitor"),
-                program: s(&v, "program"),
-                attached: v["status"] == "attached",
-                detail: s(&v, "path"),
-            }),
-            Some("monitor") => r.programs.push(ProgramResult {
-                monitor: s(&v, "monitor"),
-                program: "*".to_owned(),
-                attached: false,
-                detail: s(&v, "error"),
-            }),
-            Some("verifier") => r.verifier.push(VerifierResult {
-                monitor: s(&v, "monitor"),
-                program: s(&v, "program"),
-                accepted: v["accepted"].as_bool().unwrap_or(false),
-                verified_insns: v["verified_insns"].as_u64(),
-                error: v["error"].as_str().map(str::to_owned),
-                skipped: v["skipped"].as_str().map(str::to_owned),
-            }),
-            Some("check") => r.checks.push(CheckResult {
-                name: s(&v, "name"),
-                pass: v["pass"].as_bool().unwrap_or(false),
-                detail: s(&v, "detail"),
-            }),
-            Some("snapshot") => r.snapshots.push(SnapshotBody {
-                monitor: s(&v, "monitor"),
-                scenario: s(&v, "scenario"),
-                body: s(&v, "body"),
-            }),
-            Some("skip") => r.skips.push(CheckResult { name: s(&v, "name"), pass: false, detail: s(&v, "reason") }),
-            Some("setup") => r.setup_errors.push(s(&v, "error")),
-            Some("events") => r.events += v["count"].as_u64().unwrap_or(0),
-            Some("done") => r.done = true,
-            _ => {}
+        };
+        match line {
+            Line::Kernel { release, btf, .. } => {
+                r.release = Some(release);
+                r.btf = Some(btf);
+            }
+            Line::Program { monitor, program, status: ProgramStatus::Unavailable, path, .. } => {
+                r.unavailable.push(ProgramResult { monitor, program, attached: false, detail: path })
+            }
+            Line::Program { monitor, program, status: ProgramStatus::Attached, path, .. } => {
+                r.programs.push(ProgramResult { monitor, program, attached: true, detail: path })
+            }
+            Line::Monitor { monitor, error, .. } => {
+                r.programs.push(ProgramResult { monitor, program: "*".to_owned(), attached: false, detail: error })
+            }
+            Line::Verifier { monitor, program, accepted, verified_insns, error, skipped, .. } => {
+                r.verifier.push(VerifierResult { monitor, program, accepted, verified_insns, error, skipped })
+            }
+            Line::Check { name, pass, detail } => r.checks.push(CheckResult { name, pass, detail }),
+            Line::Snapshot { monitor, scenario, body } => r.snapshots.push(SnapshotBody { monitor, scenario, body }),
+            Line::Skip { name, reason } => r.skips.push(CheckResult { name, pass: false, detail: reason }),
+            Line::Setup { error } => r.setup_errors.push(error),
+            Line::Events { count, .. } => r.events += count,
+            Line::Done => r.done = true,
         }
     }
     r
@@ -131,13 +111,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_agent_lines_and_keeps_garbage() {
+    fn parses_agent_lines_and_keeps_malformed_ones() {
         let lines: Vec<String> = [
-            r#"{"kind":"kernel","release":"6.1.0-50-cloud-amd64","btf":true}"#,
+            r#"{"kind":"kernel","release":"6.1.0-50-cloud-amd64","version":"1 SMP","btf":true}"#,
             r#"{"kind":"program","monitor":"process","program":"process_exec","status":"attached","path":"tracepoint:sched/sched_process_exec"}"#,
-            r#"{"kind":"monitor","monitor":"dns","status":"failed","error":"verifier says no"}"#,
+            r#"{"kind":"monitor","monitor":"dns","error":"verifier says no","load_us":3}"#,
             r#"{"kind":"check","name":"process.leaf","pass":false,"detail":"ppid 5"}"#,
             "not json",
+            r#"{"kind":"chekc","name":"process.exit","pass":true,"detail":""}"#,
             r#"{"kind":"done"}"#,
         ]
         .map(str::to_owned)
@@ -147,7 +128,9 @@ mod tests {
         assert_eq!(r.programs.len(), 2);
         assert!(r.programs[0].attached && !r.programs[1].attached);
         assert!(!r.checks[0].pass);
-        assert_eq!(r.garbage, vec!["not json".to_owned()]);
+        assert_eq!(r.malformed.len(), 2, "{:?}", r.malformed);
+        assert!(r.malformed[0].starts_with("results line 5: ") && r.malformed[0].ends_with(": not json"), "{}", r.malformed[0]);
+        assert!(r.malformed[1].contains("unknown variant `chekc`"), "{}", r.malformed[1]);
         assert!(r.done);
     }
 }

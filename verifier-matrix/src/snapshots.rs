@@ -100,6 +100,25 @@ pub fn compare(workspace: &Path, kernel: &str, monitor: &str, scenario: &str, bo
     })
 }
 
+/// Every (monitor, scenario) with a stored snapshot, shared or per-kernel: what every row must
+/// produce or skip with the kernel's reason.
+pub fn stored_scenarios(workspace: &Path) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let Ok(monitors) = std::fs::read_dir(workspace.join("snapshots")) else { return out };
+    for m in monitors.flatten().filter(|d| d.path().is_dir()) {
+        let monitor = m.file_name().to_string_lossy().into_owned();
+        for f in std::fs::read_dir(m.path()).into_iter().flatten().flatten() {
+            let path = f.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("snap") {
+                continue;
+            }
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            out.insert((monitor.clone(), stem.split_once('@').map_or(stem.as_str(), |(s, _)| s).to_owned()));
+        }
+    }
+    out
+}
+
 /// Stored snapshots no scenario produced in this run.
 pub fn unreferenced(workspace: &Path, referenced: &BTreeSet<(String, String)>) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -1,14 +1,19 @@
 //! End-to-end proof of the VM half of the harness: a tiny static `/init` packed by our own
 //! cpio writer, booted on a real distribution kernel by our runner.
 //!
-//! Needs a bootable `vmlinuz` in `TAPIO_TEST_KERNEL`; without one every test here prints a
-//! SKIP line and passes, so `cargo test` stays hermetic on machines without kernels.
+//! Needs a bootable `vmlinuz` in `TAPIO_TEST_KERNEL`; without one every test here reports a SKIP
+//! and passes, so `cargo test` stays hermetic on machines without kernels, except under
+//! `make test`, which gives it the cached 6.1 kernel and fails a test that skips for lack of one
+//! (loader/tests/common/skip.rs).
 //! `TAPIO_ACCEL=tcg|kvm` skips the KVM probe.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+#[path = "../../loader/tests/common/skip.rs"]
+mod skip;
 
 use verifier_matrix::console::SplatKind;
 use verifier_matrix::initramfs::Initramfs;
@@ -23,7 +28,7 @@ fn test_kernel(test: &str) -> Option<PathBuf> {
     match std::env::var_os("TAPIO_TEST_KERNEL") {
         Some(k) if !k.is_empty() => Some(PathBuf::from(k)),
         _ => {
-            println!("SKIP {test}: no kernel (set TAPIO_TEST_KERNEL)");
+            skip::skip(test, skip::Why::Environment("no kernel (set TAPIO_TEST_KERNEL)".to_owned()));
             None
         }
     }

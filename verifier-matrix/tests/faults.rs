@@ -5,6 +5,9 @@
 //!
 //! Needs `TAPIO_TEST_KERNEL` (a vmlinuz; `make test` points it at the cached 6.1 kernel) and root.
 
+#[path = "../../loader/tests/common/skip.rs"]
+mod skip;
+
 use std::{path::PathBuf, sync::Mutex, time::Duration};
 
 use verifier_matrix::{
@@ -22,12 +25,10 @@ fn kernel() -> Option<PathBuf> {
 
 fn run(test: &str, fault: Option<Fault>, timeout: Duration) -> Option<Vec<Row>> {
     let Some(kernel) = kernel() else {
-        println!("SKIP {test}: no kernel (set TAPIO_TEST_KERNEL)");
+        skip::skip(test, skip::Why::Environment("no kernel (set TAPIO_TEST_KERNEL)".to_owned()));
         return None;
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP {test}: needs root for the host row");
+    if skip::unless_root(test, "the host row loads into this kernel") {
         return None;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

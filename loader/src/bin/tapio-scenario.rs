@@ -6,6 +6,9 @@
 //! execs (so the child's `parent` differs from its `real_parent`), and finally another non-leader
 //! thread that execs, replacing the whole process. It prints one JSON line with the ids involved,
 //! then becomes `/bin/sh -c 'exit 5'`.
+//!
+//! `threads-exit <threads> <late_ms> <group|each>`: [`tapio_load::workload::threads_exit`], a
+//! process whose threads all end at once.
 
 use std::{
     ffi::CString,
@@ -158,8 +161,20 @@ fn main() -> ExitCode {
             let nonce = args.get(2).map(String::as_str).unwrap_or("0");
             lineage(nonce)
         }
+        Some("threads-exit") => {
+            let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(4);
+            let late = std::time::Duration::from_millis(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0));
+            let mode = args.get(4).and_then(|m| tapio_load::workload::ThreadsExit::parse(m));
+            match mode {
+                Some(mode) => tapio_load::workload::threads_exit(threads, late, mode),
+                None => {
+                    eprintln!("usage: tapio-scenario threads-exit <threads> <late_ms> <group|each>");
+                    ExitCode::from(2)
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: tapio-scenario lineage <nonce>");
+            eprintln!("usage: tapio-scenario lineage <nonce> | threads-exit <threads> <late_ms> <group|each>");
             ExitCode::from(2)
         }
     }

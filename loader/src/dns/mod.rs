@@ -7,7 +7,10 @@
 //! hash: at most `capacity` pending queries, the oldest dropped (and counted) first, so a flood of
 //! unanswered queries costs a fixed amount of memory.
 
+pub mod order;
 pub mod wire;
+
+pub use order::Sequencer;
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -22,6 +22,9 @@ pub const DNS_F_NO_SCRATCH: u32 = 0x1;
 pub const DNS_F_READ_FAILED: u32 = 0x2;
 /// A UDP message shorter than the 12-byte DNS header: no field of it can be trusted.
 pub const DNS_F_RUNT: u32 = 0x8;
+/// perf build, packet path: the message bytes are in the packet bytes that follow the record,
+/// from `tail_off` on (`probes/include/dns.h`).
+pub const DNS_F_SKB_TAIL: u32 = 0x40;
 pub const DNS_F_TCP_PREFIX: u32 = 0x4;
 
 /// Bytes of message in a full record (`DNS_MSG_MAX`).
@@ -40,7 +43,8 @@ pub struct DnsEvent {
     pub msg_len: u32,
     pub cap_len: u32,
     pub direction: u8,
-    pub _pad0: [u8; 3],
+    pub _pad0: u8,
+    pub tail_off: u16,
     pub flags: u32,
 }
 
@@ -110,7 +114,17 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
         kind => return Err(DecodeError::UnknownKind { monitor: "dns", kind }),
     };
     let full = bytes.len() >= std::mem::size_of::<DnsMsgEvent>() && base.cap_len > 0;
-    let question = if full {
+    let question = if base.flags & DNS_F_SKB_TAIL != 0 {
+        // The record, then the packet from its network header: the message is at tail_off.
+        let start = std::mem::size_of::<DnsEvent>() + usize::from(base.tail_off);
+        let cap = (base.cap_len as usize).min(DNS_MSG_MAX);
+        let msg = bytes.get(start..start + cap).ok_or(DecodeError::Short {
+            what: "dns_event and its packet tail",
+            len: bytes.len(),
+            need: start + cap,
+        })?;
+        Some(wire::question(msg, base.msg_len as usize, base.qdcount))
+    } else if full {
         let e: DnsMsgEvent = read_record(bytes, "dns_msg_event")?;
         let cap = (base.cap_len as usize).min(DNS_MSG_MAX);
         Some(wire::question(&e.msg[..cap], base.msg_len as usize, base.qdcount))
@@ -129,6 +143,7 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
     // A runt's header was never read (the probe leaves its fields zero): no rcode or answer
     // count is reported for it rather than a NOERROR and 0 nobody sent.
     let runt = base.flags & DNS_F_RUNT != 0;
+    let has_message = question.is_some();
     let q = question.unwrap_or_default();
     let body = DnsBody {
         transport: if f.protocol == 6 { "tcp" } else { "udp" },
@@ -146,7 +161,7 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
         }),
         answers: (response && !runt).then_some(base.ancount),
         latency_ns: response.then_some(None),
-        truncated: !full || q.cut || q.malformed.is_some(),
+        truncated: !has_message || q.cut || q.malformed.is_some(),
         malformed: if runt {
             Some(format!("message of {} bytes is shorter than the 12-byte DNS header", base.msg_len))
         } else {
@@ -248,6 +263,37 @@ mod tests {
         assert_eq!((v["daddr"].as_str(), v["dport"].as_u64()), (Some("127.0.0.1"), Some(40000)));
         assert_eq!(v["truncated"], false);
         assert!(v.get("malformed").is_none());
+    }
+
+    /// The perf build's packet records: the record, then the packet from its IP header, the
+    /// message at tail_off (no per-CPU staging, issue 15 item 6). Decoded as the ring's records.
+    #[test]
+    fn packet_tail_record_decodes_like_a_full_record() {
+        let msg = MSG;
+        let decode_bytes = |b: &[u8]| {
+            let h: TapioHeader = read_record(b, "h").unwrap();
+            serde_json::to_value(decode(&h, b).unwrap()).unwrap()
+        };
+        let full = decode_bytes(&record(DNS_RESPONSE, msg, msg.len() as u32, true));
+        assert_eq!(full["qname"], "nx.tapio.test");
+        let mut tail = record(DNS_RESPONSE, msg, msg.len() as u32, false);
+        let mut base: DnsEvent = read_record(&tail, "dns_event").unwrap();
+        base.flags = DNS_F_SKB_TAIL;
+        base.cap_len = msg.len() as u32;
+        base.tail_off = 28; // a 20-byte IPv4 header and an 8-byte UDP header
+        tail.clear();
+        // SAFETY: DnsEvent is repr(C) plain data.
+        tail.extend_from_slice(unsafe {
+            std::slice::from_raw_parts((&base as *const DnsEvent).cast::<u8>(), std::mem::size_of::<DnsEvent>())
+        });
+        tail.extend_from_slice(&[0x45; 28]);
+        tail.extend_from_slice(msg);
+        tail.extend_from_slice(&[0; 4]); // perf pads the sample
+        assert_eq!(decode_bytes(&tail), full);
+        // Cut short: a decode error, never bytes from past the record.
+        tail.truncate(std::mem::size_of::<DnsEvent>() + 30);
+        let h: TapioHeader = read_record(&tail, "header").unwrap();
+        assert!(decode(&h, &tail).is_err());
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub fn drop_threshold(rate: f64) -> u64 {
 pub enum AdvancedError {
     #[error("monitor advanced: map {0}: missing from the object")]
     Missing(&'static str),
-    #[error("monitor advanced: map {map}: {source}")]
+    #[error("monitor advanced: map {map}: {source}{}", crate::monitors::os_error_suffix(.source))]
     Map {
         map: &'static str,
         #[source]

@@ -208,12 +208,71 @@ pub fn log_tail(log: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The OS error under `e`, as `: Permission denied (os error 13, EACCES)`, for messages whose
+/// text stops short of it: aya's `SyscallError` displays as "`bpf_link_create` failed" and keeps
+/// the errno in its source. Empty when the chain has no OS error or the text already shows it.
+pub fn os_error_suffix(e: &(dyn std::error::Error + 'static)) -> String {
+    let text = e.to_string();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(code) = err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) {
+            if text.contains(&format!("os error {code}")) {
+                return String::new();
+            }
+            let io = std::io::Error::from_raw_os_error(code).to_string();
+            return match errno_name(code) {
+                // "Permission denied (os error 13)" -> "Permission denied (os error 13, EACCES)"
+                Some(name) => format!(": {}, {name})", io.strip_suffix(')').unwrap_or(&io)),
+                None => format!(": {io}"),
+            };
+        }
+        cur = err.source();
+    }
+    String::new()
+}
+
+/// `e` followed by its OS error ([`os_error_suffix`]).
+pub fn with_os_error(e: &(dyn std::error::Error + 'static)) -> String {
+    format!("{e}{}", os_error_suffix(e))
+}
+
+/// The symbolic names of the errnos the bpf(2) and perf_event_open(2) calls return, which
+/// kernel sources and their documentation use (`bpf_link_create` returns EACCES when ...).
+fn errno_name(code: i32) -> Option<&'static str> {
+    Some(match code {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::ESRCH => "ESRCH",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENODEV => "ENODEV",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::ERANGE => "ERANGE",
+        libc::ENOSYS => "ENOSYS",
+        libc::ELOOP => "ELOOP",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        // The kernel's internal ENOTSUPP, which bpf(2) leaks to user space.
+        524 => "ENOTSUPP",
+        _ => return None,
+    })
+}
+
 /// Why a monitor could not be loaded or one of its programs attached.
 #[derive(Debug, Error)]
 pub enum MonitorError {
     #[error("monitor {monitor}: no embedded object for transport {transport}")]
     NoObject { monitor: &'static str, transport: Transport },
-    #[error("monitor {monitor}: load object: {source}")]
+    #[error("monitor {monitor}: load object: {source}{}", os_error_suffix(.source))]
     Object {
         monitor: &'static str,
         #[source]
@@ -233,7 +292,7 @@ pub enum MonitorError {
         io_error: std::io::Error,
         log: String,
     },
-    #[error("monitor {monitor}: program {program}: {stage}: {source}")]
+    #[error("monitor {monitor}: program {program}: {stage}: {source}{}", os_error_suffix(.source))]
     Program {
         monitor: &'static str,
         program: &'static str,
@@ -856,6 +915,25 @@ mod tests {
         let why = optional_unavailable(&security::SPEC, &security::INIT_MODULE, |_: &str, name: &str| name != "sys_exit_init_module")
             .expect("init_module unavailable");
         assert_eq!(why, "tracepoint syscalls/sys_exit_init_module does not exist in this kernel (built without CONFIG_MODULES: no module can be loaded)");
+    }
+
+    /// issue 15: "attach: `bpf_link_create` failed" told nobody why; the errno is in the message.
+    #[test]
+    fn attach_error_carries_the_os_error() {
+        let source = ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+        });
+        let e = program_error("security", "sec_exit_setuid", "attach", source);
+        assert_eq!(
+            e.to_string(),
+            "monitor security: program sec_exit_setuid: attach: `bpf_link_create` failed: Permission denied (os error 13, EACCES)"
+        );
+        assert!(e.is_permission());
+        // Text that shows the errno already is left alone.
+        let io = std::io::Error::from_raw_os_error(libc::EINVAL);
+        assert_eq!(os_error_suffix(&io), "");
+        assert_eq!(with_os_error(&io), "Invalid argument (os error 22)");
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl fmt::Display for AttachMode {
 pub enum XdpFilterError {
     #[error("monitor xdp_filter: no embedded object")]
     NoObject,
-    #[error("monitor xdp_filter: load object: {0}")]
+    #[error("monitor xdp_filter: load object: {0}{suffix}", suffix = crate::monitors::os_error_suffix(.0))]
     Object(#[source] EbpfError),
     #[error("monitor xdp_filter: {what} {name}: missing from the object")]
     Missing { what: &'static str, name: &'static str },
@@ -202,19 +202,19 @@ pub enum XdpFilterError {
         io_error: io::Error,
         log: String,
     },
-    #[error("monitor xdp_filter: program xdp_filter: {stage}: {source}")]
+    #[error("monitor xdp_filter: program xdp_filter: {stage}: {source}{}", crate::monitors::os_error_suffix(.source))]
     Program {
         stage: &'static str,
         #[source]
         source: ProgramError,
     },
-    #[error("monitor xdp_filter: map {map}: {source}")]
+    #[error("monitor xdp_filter: map {map}: {source}{}", crate::monitors::os_error_suffix(.source))]
     Map {
         map: &'static str,
         #[source]
         source: MapError,
     },
-    #[error("monitor xdp_filter: map xdpf_cpumap: cpu {cpu}: {source}")]
+    #[error("monitor xdp_filter: map xdpf_cpumap: cpu {cpu}: {source}{}", crate::monitors::os_error_suffix(.source))]
     CpuMap {
         cpu: u32,
         #[source]

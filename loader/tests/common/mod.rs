@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test file uses a different part of this module")]
 
 pub mod dnsmasq;
+pub mod skip;
 
 use std::{
     io::{BufRead, BufReader},
@@ -22,14 +23,15 @@ pub fn kernel_lock() -> std::sync::MutexGuard<'static, ()> {
     KERNEL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Skips (returns true, printing why) when not root: these tests load into the running kernel.
+/// Skips (returns true, reported by [`skip::skip`]) when not root: these tests load into the
+/// running kernel. Under `make test` that is a failure, not a skip.
 pub fn skip_unless_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("SKIP {test}: needs root (CAP_BPF and CAP_PERFMON) to load BPF programs");
-        return true;
-    }
-    false
+    skip::unless_root(test, "CAP_BPF and CAP_PERFMON to load BPF programs")
+}
+
+/// Reports a skip whose reason is a fact of the running kernel (listed, never a failure).
+pub fn skip_for_kernel(test: &str, reason: impl Into<String>) {
+    skip::skip(test, skip::Why::Kernel(reason.into()));
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.

@@ -4,6 +4,7 @@
 use std::{process::Command, time::Instant};
 
 use serde_json::{json, Value};
+use tapio_matrix_protocol::{Line, ProgramStatus};
 use tapio_load::{
     events::{self, DecodeOptions},
     monitors::{self, LoadOptions, LoadedMonitor},
@@ -14,18 +15,18 @@ use crate::report::Reporter;
 
 /// One named pass/fail line.
 fn check(out: &mut Reporter, name: &str, pass: bool, detail: String) {
-    out.line(&json!({ "kind": "check", "name": name, "pass": pass, "detail": detail }));
+    out.line(&Line::check(name, pass, detail));
 }
 
 pub fn run_all(out: &mut Reporter) {
     privileges::raise_memlock();
     if let Err(e) = tracefs::ensure_mounted() {
-        out.line(&json!({ "kind": "setup", "error": e.to_string() }));
+        out.line(&Line::Setup { error: e.to_string() });
     }
     let btf = match run::load_btf(None) {
         Ok(btf) => Some(btf),
         Err(e) => {
-            out.line(&json!({ "kind": "setup", "error": e.to_string() }));
+            out.line(&Line::Setup { error: e.to_string() });
             None
         }
     };
@@ -35,10 +36,15 @@ pub fn run_all(out: &mut Reporter) {
     let mut verdicts = tapio_load::check::check(&all, btf.as_ref());
     verdicts.push(tapio_load::check::check_xdp_filter(btf.as_ref()));
     for c in verdicts {
-        out.line(&json!({
-            "kind": "verifier", "monitor": c.monitor, "program": c.program, "accepted": c.accepted,
-            "verified_insns": c.verified_insns, "load_us": c.load_us, "error": c.error, "skipped": c.skipped,
-        }));
+        out.line(&Line::Verifier {
+            monitor: c.monitor.to_owned(),
+            program: c.program.to_owned(),
+            accepted: c.accepted,
+            verified_insns: c.verified_insns.map(u64::from),
+            load_us: Some(c.load_us),
+            error: c.error,
+            skipped: c.skipped,
+        });
     }
     let mut loaded: Vec<LoadedMonitor> = Vec::new();
     for spec in monitors::MONITORS {
@@ -46,28 +52,37 @@ pub fn run_all(out: &mut Reporter) {
         match monitors::load(spec, btf.as_ref(), &LoadOptions::default()) {
             Ok(m) => {
                 for r in &m.reports {
-                    out.line(&json!({
-                        "kind": "program", "monitor": r.monitor, "program": r.program,
-                        "status": "attached", "path": r.path, "transport": m.transport,
-                        "load_us": r.load_time.as_micros() as u64,
-                    }));
+                    out.line(&Line::Program {
+                        monitor: r.monitor.to_owned(),
+                        program: r.program.to_owned(),
+                        status: ProgramStatus::Attached,
+                        path: r.path.clone(),
+                        transport: Some(m.transport.to_string()),
+                        load_us: Some(r.load_time.as_micros() as u64),
+                    });
                 }
                 for (program, why) in &m.unavailable {
-                    out.line(&json!({
-                        "kind": "program", "monitor": m.spec.name, "program": program,
-                        "status": "unavailable", "path": why,
-                    }));
+                    out.line(&Line::Program {
+                        monitor: m.spec.name.to_owned(),
+                        program: (*program).to_owned(),
+                        status: ProgramStatus::Unavailable,
+                        path: why.clone(),
+                        transport: None,
+                        load_us: None,
+                    });
                 }
                 loaded.push(m);
             }
-            Err(e) => out.line(&json!({
-                "kind": "monitor", "monitor": spec.name, "status": "failed",
-                "error": e.to_string(), "load_us": started.elapsed().as_micros() as u64,
-            })),
+            Err(e) => out.line(&Line::Monitor {
+                monitor: spec.name.to_owned(),
+                error: e.to_string(),
+                load_us: started.elapsed().as_micros() as u64,
+            }),
         }
     }
     if let Some(process) = loaded.iter_mut().find(|m| m.spec.name == "process") {
         process_workload(out, process);
+        threads_exit_workload(out, process);
     } else {
         check(out, "process.lineage", false, "process monitor did not load".to_owned());
     }
@@ -78,6 +93,7 @@ pub fn run_all(out: &mut Reporter) {
     // Drop the attached monitors first: the fallback checks load their own copies.
     drop(loaded);
     crate::fallbacks::perf_transport(out, btf.as_ref());
+    crate::fallbacks::perf_dns(out, btf.as_ref());
     crate::fallbacks::kprobe_capability(out, btf.as_ref());
     crate::fallbacks::kprobe_network(out, btf.as_ref());
 }
@@ -186,16 +202,65 @@ fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
             (u64::from(thread_pid), "thread_leaf".to_owned()),
         ],
         exe: exe.clone(),
+        cgroups: crate::scenarios::own_cgroups(),
         ..Default::default()
     };
     match tapio_load::snapshot::normalize(&scenario, &roles) {
-        Ok(events) => out.line(&json!({
-            "kind": "snapshot", "monitor": "process", "scenario": "exec_chain",
-            "body": tapio_load::snapshot::render(&events),
-        })),
+        Ok(events) => out.line(&Line::Snapshot {
+            monitor: "process".to_owned(),
+            scenario: "exec_chain".to_owned(),
+            body: tapio_load::snapshot::render(&events),
+        }),
         Err(e) => check(out, "process.snapshot_normalize", false, e.to_string()),
     }
     let lost = monitors::stat(&m.ebpf, 1).unwrap_or(0);
     check(out, "process.no_loss", lost == 0, format!("{lost} records lost"));
-    out.line(&json!({ "kind": "events", "monitor": "process", "count": decoded.len() }));
+    out.line(&Line::Events { monitor: "process".to_owned(), count: decoded.len() as u64 });
+}
+
+/// Processes whose threads all end at once (tapio_load::workload::threads_exit), both ways: each
+/// must be reported once, with wait()'s exit code and a duration from the process's start.
+/// Kernels before 7.x find the last thread out by `signal->live` and claim the process in a map;
+/// newer ones say `group_dead` in the tracepoint.
+fn threads_exit_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
+    use tapio_load::workload::ThreadsExit;
+    const LATE_MS: u64 = 100;
+    let _ = drain(m);
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "/init".to_owned());
+    let mut runs = Vec::new();
+    for mode in [ThreadsExit::Group, ThreadsExit::Each] {
+        let children: Vec<_> = (0..6)
+            .filter_map(|_| Command::new(&exe).args(["threads-exit", "4", &LATE_MS.to_string(), mode.name()]).spawn().ok())
+            .collect();
+        for mut child in children {
+            let pid = child.id();
+            let code = child.wait().ok().and_then(|s| s.code());
+            runs.push((mode, pid, code));
+        }
+    }
+    let (decoded, errors) = drain(m);
+    let mut problems = errors;
+    if runs.len() != 12 {
+        problems.push(format!("{} of 12 workload processes started", runs.len()));
+    }
+    for (mode, pid, code) in runs {
+        let what = format!("{} pid {pid}", mode.name());
+        let Some(code) = code.filter(|c| mode.wait_codes().contains(c)) else {
+            problems.push(format!("{what}: wait() status {code:?}"));
+            continue;
+        };
+        let exits: Vec<&Value> = decoded.iter().filter(|e| e["event"] == "exit" && e["tgid"] == pid).collect();
+        if exits.len() != 1 {
+            problems.push(format!("{what}: {} exit events", exits.len()));
+        }
+        for e in exits {
+            if e["exit_code"] != i64::from(code) {
+                problems.push(format!("{what}: exit_code {} (wait() said {code})", e["exit_code"]));
+            }
+            if e["duration_ns"].as_u64().unwrap_or(0) < LATE_MS * 1_000_000 {
+                problems.push(format!("{what}: duration_ns {} under the process's {LATE_MS} ms", e["duration_ns"]));
+            }
+        }
+    }
+    check(out, "process.threads_exit", problems.is_empty(), format!("12 processes of 5 threads; problems: {problems:?}"));
 }

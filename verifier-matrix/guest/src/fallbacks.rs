@@ -10,6 +10,8 @@ use tapio_load::{
     monitors::{self, LoadOptions},
 };
 
+use tapio_matrix_protocol::Line;
+
 use crate::report::Reporter;
 
 /// The process monitor from its perf object: one exec, its events read from per-CPU buffers.
@@ -19,7 +21,7 @@ pub fn perf_transport(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let mut m = match monitors::load(spec, btf, &options) {
         Ok(m) => m,
         Err(e) => {
-            out.line(&json!({ "kind": "check", "name": "fallback.perf", "pass": false, "detail": e.to_string() }));
+            out.line(&Line::check("fallback.perf", false, e.to_string()));
             return;
         }
     };
@@ -35,10 +37,70 @@ pub fn perf_transport(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let exec = seen.iter().any(|e| e["event"] == "exec" && e["argv"][3] == "tapio-perf-leaf");
     let exit = seen.iter().any(|e| e["event"] == "exit" && e["exit_code"] == 9);
     let pass = status.is_ok_and(|s| s.code() == Some(9)) && exec && exit && m.events.lost == 0;
-    out.line(&json!({
-        "kind": "check", "name": "fallback.perf", "pass": pass,
-        "detail": format!("{} events over perf, exec seen {exec}, exit seen {exit}, lost {}", seen.len(), m.events.lost),
-    }));
+    out.line(&Line::check(
+        "fallback.perf",
+        pass,
+        format!("{} events over perf, exec seen {exec}, exit seen {exit}, lost {}", seen.len(), m.events.lost),
+    ));
+}
+
+/// The dns monitor from its perf object: one UDP query and its response on loopback. On the
+/// packet path the perf build sends each message straight from the packet, after the record
+/// (BPF_F_CTXLEN, DNS_F_SKB_TAIL): both must decode with their question.
+pub fn perf_dns(out: &mut Reporter, btf: Option<&aya::Btf>) {
+    let options = LoadOptions { transport: Some(Transport::Perf), ..Default::default() };
+    let Some(spec) = monitors::monitor("dns") else { return };
+    let mut m = match monitors::load(spec, btf, &options) {
+        Ok(m) => m,
+        Err(e) => {
+            out.line(&Line::check("fallback.perf_dns", false, e.to_string()));
+            return;
+        }
+    };
+    let path = if m.fallbacks.is_empty() { "packet" } else { "syscalls" };
+    let exchange = (|| -> std::io::Result<u16> {
+        let server = std::thread::spawn(|| -> std::io::Result<()> {
+            let sock = std::net::UdpSocket::bind("127.0.0.9:53")?;
+            sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            let mut buf = [0u8; 512];
+            let (n, from) = sock.recv_from(&mut buf)?;
+            buf[2] |= 0x80;
+            sock.send_to(&buf[..n], from).map(|_| ())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        client.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let mut q = vec![0x7e, 0x57, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in ["perf", "tapio", "test"] {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        client.send_to(&q, "127.0.0.9:53")?;
+        let mut buf = [0u8; 512];
+        client.recv(&mut buf)?;
+        server.join().map_err(|_| std::io::Error::other("responder panicked"))??;
+        Ok(client.local_addr()?.port())
+    })();
+    let decode = DecodeOptions::default();
+    let mut seen = Vec::new();
+    let _ = m.events.wait(std::time::Duration::from_secs(2));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    while let Some(record) = m.events.next() {
+        match events::decode(&record, &decode) {
+            Ok(e) => seen.push(serde_json::to_value(&e).expect("events serialize")),
+            Err(e) => seen.push(json!({ "decode_error": e.to_string() })),
+        }
+    }
+    let port = exchange.as_ref().ok().copied();
+    let ours: Vec<&serde_json::Value> = seen.iter().filter(|e| e["dns_id"] == 0x7e57).collect();
+    let complete = |kind: &str| ours.iter().any(|e| e["event"] == kind && e["qname"] == "perf.tapio.test" && e["truncated"] == false);
+    let pass = port.is_some() && complete("query") && complete("response") && seen.iter().all(|e| e.get("decode_error").is_none());
+    out.line(&Line::check(
+        "fallback.perf_dns",
+        pass,
+        format!("{path} path over perf; exchange {exchange:?}; events: {ours:?}; lost {}", m.events.lost),
+    ));
 }
 
 /// The capability events through the kprobe path alone, even where fexit would win.
@@ -46,7 +108,7 @@ pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let Some(spec) = monitors::monitor("security") else { return };
     let Some(program) = spec.programs.iter().find(|p| p.name == "sec_capable_kprobe") else { return };
     if let Err(why) = tapio_load::plan::attach_path(&program.attach) {
-        out.line(&json!({ "kind": "skip", "name": "fallback.kprobe", "reason": why }));
+        out.line(&Line::skip("fallback.kprobe", why));
         return;
     }
     let result = (|| -> Result<(usize, bool), String> {
@@ -79,7 +141,7 @@ pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
         Ok((count, seen)) => (seen, format!("{count} records through kprobe:cap_capable, CAP_SYS_ADMIN seen {seen}")),
         Err(e) => (false, e),
     };
-    out.line(&json!({ "kind": "check", "name": "fallback.kprobe", "pass": pass, "detail": detail }));
+    out.line(&Line::check("fallback.kprobe", pass, detail));
 }
 
 /// The network monitor's `connect_attempt` and `accept_return` through `kprobe:tcp_connect` and
@@ -93,7 +155,7 @@ pub fn kprobe_network(out: &mut Reporter, btf: Option<&aya::Btf>) {
         spec.programs.iter().filter(|p| matches!(p.name, "network_connect_kprobe" | "network_accept_kretprobe")).collect();
     for p in &programs {
         if let Err(why) = tapio_load::plan::attach_path(&p.attach) {
-            out.line(&json!({ "kind": "skip", "name": NAME, "reason": format!("{}: {why}", p.attach.describe()) }));
+            out.line(&Line::skip(NAME, format!("{}: {why}", p.attach.describe())));
             return;
         }
     }
@@ -139,5 +201,5 @@ pub fn kprobe_network(out: &mut Reporter, btf: Option<&aya::Btf>) {
         Ok((pass, detail))
     })();
     let (pass, detail) = result.unwrap_or_else(|e| (false, e));
-    out.line(&json!({ "kind": "check", "name": NAME, "pass": pass, "detail": detail }));
+    out.line(&Line::check(NAME, pass, detail));
 }

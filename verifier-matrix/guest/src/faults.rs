@@ -2,7 +2,6 @@
 //! on: `tapio.fixture=rejected` loads a program the verifier must refuse; `tapio.hang` never
 //! finishes (the harness must time the guest out).
 
-use serde_json::json;
 use tapio_load::{bundle::FIXTURE_REJECTED, monitors::log_tail};
 
 use crate::report::Reporter;
@@ -41,8 +40,13 @@ pub fn rejected_fixture_if_asked(out: &mut Reporter, btf: Option<&aya::Btf>) {
             other => other.to_string(),
         })
     });
-    out.line(&json!({
-        "kind": "verifier", "monitor": "fixture", "program": "fixture_rejected",
-        "accepted": verdict.is_ok(), "verified_insns": null, "error": verdict.err(),
-    }));
+    out.line(&tapio_matrix_protocol::Line::Verifier {
+        monitor: "fixture".to_owned(),
+        program: "fixture_rejected".to_owned(),
+        accepted: verdict.is_ok(),
+        verified_insns: None,
+        load_us: None,
+        error: verdict.err(),
+        skipped: None,
+    });
 }

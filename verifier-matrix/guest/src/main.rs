@@ -32,6 +32,24 @@ fn main() -> ExitCode {
     // `security-ns-actor` and `advanced-flood`: the actors of security/ns_caps_module and
     // advanced/flood_dedup (scenarios/security_ns.rs, scenarios/advanced.rs).
     match args.get(1).map(String::as_str) {
+        // `threads-exit <threads> <late_ms> <group|each>`: tapio_load::workload::threads_exit.
+        Some("threads-exit") => {
+            let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(4);
+            let late = std::time::Duration::from_millis(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0));
+            let mode = args.get(4).and_then(|m| tapio_load::workload::ThreadsExit::parse(m));
+            match mode {
+                Some(mode) => tapio_load::workload::threads_exit(threads, late, mode),
+                None => return ExitCode::from(2),
+            }
+        }
+        // `memory-hog <cgroup.procs> <MiB> <wait|exit>`: the processes of scenarios/oom.rs.
+        Some("memory-hog") => {
+            use tapio_load::workload::AfterHog;
+            let procs = std::path::Path::new(args.get(2).map_or("", String::as_str));
+            let mib = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let after = if args.get(4).map(String::as_str) == Some("wait") { AfterHog::Wait } else { AfterHog::Exit };
+            tapio_load::workload::memory_hog(procs, mib, after)
+        }
         Some("security-ns-actor") => return scenarios::security_ns::actor(),
         Some("advanced-flood") => return scenarios::advanced::flooder(),
         _ => {}
@@ -47,7 +65,7 @@ fn main() -> ExitCode {
     // matrix_overhead.rs). The same kernel, initramfs and mounts, then straight to the end: no
     // monitor is loaded, so its wall time is what booting to a trivial init costs.
     if in_vm && std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| c.split_whitespace().any(|w| w == "tapio.bare")) {
-        out.line(&serde_json::json!({ "kind": "done" }));
+        out.line(&tapio_matrix_protocol::Line::Done);
         out.flush();
         setup::power_off();
     }
@@ -55,7 +73,7 @@ fn main() -> ExitCode {
     out.line(&report::kernel_info());
     faults::hang_if_asked();
     checks::run_all(&mut out);
-    out.line(&serde_json::json!({ "kind": "done" }));
+    out.line(&tapio_matrix_protocol::Line::Done);
     out.flush();
     if in_vm {
         setup::power_off();

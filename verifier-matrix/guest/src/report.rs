@@ -5,7 +5,7 @@ use std::{
     io::{self, Write},
 };
 
-use serde_json::{json, Value};
+use tapio_matrix_protocol::Line;
 
 /// Writes result lines to one sink.
 pub struct Reporter {
@@ -40,8 +40,9 @@ impl Reporter {
         Self { out: Box::new(io::stdout()) }
     }
 
-    pub fn line(&mut self, value: &Value) {
-        let _ = writeln!(self.out, "{value}");
+    /// Writes one result line ([`Line::to_json`]).
+    pub fn line(&mut self, line: &Line) {
+        let _ = writeln!(self.out, "{}", line.to_json());
         let _ = self.out.flush();
     }
 
@@ -51,7 +52,7 @@ impl Reporter {
 }
 
 /// The running kernel's identity: release and whether it has BTF.
-pub fn kernel_info() -> Value {
+pub fn kernel_info() -> Line {
     // SAFETY: utsname is plain data written by uname.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: u is a valid utsname to write.
@@ -60,10 +61,9 @@ pub fn kernel_info() -> Value {
         let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
-    json!({
-        "kind": "kernel",
-        "release": field(&u.release),
-        "version": field(&u.version),
-        "btf": std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
-    })
+    Line::Kernel {
+        release: field(&u.release),
+        version: field(&u.version),
+        btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+    }
 }

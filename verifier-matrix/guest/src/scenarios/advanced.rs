@@ -302,6 +302,6 @@ fn flood(out: &mut Reporter, m: &mut LoadedMonitor, mut child: Child, before: &A
             v
         })
         .collect();
-    let roles = Roles { pids: vec![(u64::from(flooder), "flooder".to_owned())], exe: current_exe(), ports: Vec::new() };
+    let roles = Roles { pids: vec![(u64::from(flooder), "flooder".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
     snapshot(out, "advanced", SCENARIO, &values, &roles);
 }

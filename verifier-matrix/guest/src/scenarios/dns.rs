@@ -324,6 +324,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         pids: vec![(u64::from(me), "agent".to_owned()), (u64::from(server_tid), "dns_server".to_owned())],
         exe: current_exe(),
         ports,
+        cgroups: crate::scenarios::own_cgroups(),
     };
     snapshot(out, "dns", SCENARIO, &values, &roles);
 }

@@ -244,7 +244,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         }
     }
     ports.sort();
-    let roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports };
+    let roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports, cgroups: crate::scenarios::own_cgroups() };
     snapshot(out, "dns", SCENARIO, &values, &roles);
 }
 

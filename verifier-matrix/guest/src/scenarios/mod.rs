@@ -14,6 +14,7 @@ pub mod advanced;
 pub mod dns;
 pub mod dns_hostile;
 pub mod network;
+pub mod oom;
 pub mod security;
 pub mod security_ns;
 pub mod tcp_veth;
@@ -28,12 +29,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tapio_load::{
     events::{self, DecodeOptions, Event},
     monitors::{self, LoadedMonitor},
     snapshot::{self, Roles},
 };
+
+use tapio_matrix_protocol::Line;
 
 use crate::report::Reporter;
 
@@ -42,13 +45,14 @@ pub const EVENT_WAIT: Duration = Duration::from_secs(5);
 
 /// One named pass/fail line for the report's "checks passed" column.
 pub fn check(out: &mut Reporter, name: &str, pass: bool, detail: String) {
-    out.line(&json!({ "kind": "check", "name": name, "pass": pass, "detail": detail }));
+    out.line(&Line::check(name, pass, detail));
 }
 
 /// Runs every scenario whose monitors loaded; a missing monitor is a failed check, not a skip,
 /// because every monitor must load on every kernel of the matrix.
 pub fn run_all(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     network::run(out, loaded);
+    oom::run(out, loaded);
     dns::run(out, loaded);
     udp_dns::run(out, loaded);
     security::run(out, loaded);
@@ -152,9 +156,11 @@ pub fn collect(
 /// failed redaction check is a failed check line instead.
 pub fn snapshot(out: &mut Reporter, monitor: &str, scenario: &str, events: &[Value], roles: &Roles) {
     match snapshot::normalize(events, roles) {
-        Ok(n) => out.line(&json!({
-            "kind": "snapshot", "monitor": monitor, "scenario": scenario, "body": snapshot::render(&n),
-        })),
+        Ok(n) => out.line(&Line::Snapshot {
+            monitor: monitor.to_owned(),
+            scenario: scenario.to_owned(),
+            body: snapshot::render(&n),
+        }),
         Err(e) => check(out, &format!("{monitor}.{scenario}.snapshot_normalize"), false, e.to_string()),
     }
 }
@@ -162,6 +168,19 @@ pub fn snapshot(out: &mut Reporter, monitor: &str, scenario: &str, events: &[Val
 /// The agent's executable, as the process scenario names it.
 pub fn current_exe() -> String {
     std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "/init".to_owned())
+}
+
+/// The cgroup v2 id the agent runs in (the inode of its directory), which its workloads inherit:
+/// the one cgroup a scenario's events may name (tapio_load::snapshot::Roles::cgroups). Empty
+/// when it cannot be read, which leaves the check off rather than failing every scenario.
+pub fn own_cgroups() -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(Some(root)) = tapio_load::cgroup2::mounted_root() else { return Vec::new() };
+    let Some(path) = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
+    else {
+        return Vec::new();
+    };
+    std::fs::metadata(root.join(path.trim().trim_start_matches('/'))).map(|m| vec![m.ino()]).unwrap_or_default()
 }
 
 /// The calling thread's id.

@@ -22,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tapio_load::{
     events::{kernel::KernelBody, Body, Event},
     monitors::LoadedMonitor,
@@ -30,6 +30,8 @@ use tapio_load::{
 };
 
 use super::{check, collect, current_exe, discard, lost, monitor, snapshot, Collected, EVENT_WAIT};
+use tapio_matrix_protocol::Line;
+
 use crate::report::Reporter;
 
 const SCENARIO: &str = "tcp_loopback";
@@ -126,7 +128,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     // may complete in softirq after the final syscall returned.
     let closes = |events: &[Event]| events.iter().filter(|e| e.event == "close").count() >= 3 * flows.len();
     let me = std::process::id();
-    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new() };
+    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
     for f in &flows {
         roles.ports.push((f.server, format!("server_v{}", f.family)));
         roles.ports.push((f.client, format!("client_v{}", f.family)));
@@ -157,7 +159,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
                                 let (pass, detail) = call_checks(event, path, &values, f, me);
                                 check(out, &check_name, pass, detail);
                             }
-                            Err(why) => out.line(&json!({ "kind": "skip", "name": check_name, "reason": why })),
+                            Err(why) => out.line(&Line::skip(check_name, why)),
                         }
                     }
                 }

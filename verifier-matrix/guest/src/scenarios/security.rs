@@ -208,6 +208,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         pids: vec![(actor, "actor".to_owned()), (target, "target".to_owned())],
         exe,
         ports: Vec::new(),
+        cgroups: crate::scenarios::own_cgroups(),
     };
     snapshot(out, "security", SCENARIO, &values, &roles);
 }

@@ -40,6 +40,8 @@ use super::{
     security::{actor_result, sys, ZERO},
     snapshot, EVENT_WAIT,
 };
+use tapio_matrix_protocol::Line;
+
 use crate::report::Reporter;
 
 const SCENARIO: &str = "ns_caps_module";
@@ -302,7 +304,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         let none = values.iter().all(|v| v["event"] != "module_load");
         if none {
             let reason = format!("module_load unavailable: {}", no_modules[0]);
-            out.line(&json!({ "kind": "skip", "name": name("module_load_in_container"), "reason": reason }));
+            out.line(&Line::skip(name("module_load_in_container"), reason));
         } else {
             check(out, &name("module_load_in_container"), false, "module events from programs reported unavailable".to_owned());
         }
@@ -315,7 +317,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
             v["old_cap_permitted"] = json!("[caps:initial]");
         }
     }
-    let roles = Roles { pids: vec![(actor, "actor".to_owned()), (holder, "holder".to_owned())], exe, ports: Vec::new() };
+    let roles = Roles { pids: vec![(actor, "actor".to_owned()), (holder, "holder".to_owned())], exe, ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
     snapshot(out, "security", SCENARIO, &values, &roles);
 }
 

@@ -74,7 +74,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         let detail = flow_checks("network", &values, f, me);
         check(out, &format!("{name}.v{}", f.family), detail.is_empty(), detail.join("; "));
     }
-    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new() };
+    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
     for f in &flows {
         roles.ports.push((f.server, format!("server_v{}", f.family)));
         roles.ports.push((f.client, format!("client_v{}", f.family)));

@@ -160,6 +160,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         pids: vec![(u64::from(me), "agent".to_owned()), (u64::from(server_tid), "dns_server".to_owned())],
         exe: current_exe(),
         ports: runs.iter().map(|r| (r.client.port(), format!("client_v{}", r.family))).collect(),
+        cgroups: crate::scenarios::own_cgroups(),
     };
     snapshot(out, "network", SCENARIO, &values, &roles);
 }

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::json;
+use tapio_matrix_protocol::Line;
 
 use crate::{
     netlink::{NetNs, Netlink},
@@ -142,7 +142,7 @@ pub fn pair_or_report(out: &mut Reporter, scenario: &str, tag: &str, root_addrs:
     match VethPair::create(tag, root_addrs, ns_addrs) {
         Ok(p) => Some(p),
         Err(Unavailable::Kernel(why)) => {
-            out.line(&json!({ "kind": "skip", "name": scenario, "reason": why }));
+            out.line(&Line::skip(scenario, why));
             None
         }
         Err(Unavailable::Failed(why)) => {

@@ -170,7 +170,7 @@ pub fn run(out: &mut Reporter) {
     }
     let want = Counters { pass: 2 * ROUNDS + 4, drop: 2 * ROUNDS, ..Default::default() };
     check(out, &format!("{name}.counters"), before == want, format!("{before:?} after every step (want {want:?}: nothing but the scenario's datagrams)"));
-    let roles = Roles { pids: vec![(u64::from(std::process::id()), "agent".to_owned())], exe: current_exe(), ports: Vec::new() };
+    let roles = Roles { pids: vec![(u64::from(std::process::id()), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
     snapshot(out, "xdp", SCENARIO, &records, &roles);
     // Detached where it was attached: before 5.9 the link is the interface's netlink slot,
     // addressed by an index only that namespace resolves.

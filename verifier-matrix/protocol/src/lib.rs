@@ -1,0 +1,126 @@
+//! The results channel between the guest agent and the harness: one JSON object per line, each
+//! a [`Line`]. The agent writes only `Line`s ([`Line::to_json`]); the harness reads each line back
+//! with [`Line::parse`], and a line that is not exactly one of them (not JSON, an unknown kind, a
+//! misspelt or missing field) is an error that fails the row, never a line silently dropped.
+//!
+//! This crate owns the protocol and nothing else: it depends on serde only, so the guest (a static
+//! binary inside the VM) and the harness share the type without sharing anything heavier.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a program attached or is unavailable on this kernel (a kernel fact, with the reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgramStatus {
+    Attached,
+    Unavailable,
+}
+
+/// One result line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Line {
+    /// The running kernel: first line of every run.
+    Kernel { release: String, version: String, btf: bool },
+    /// One program of a loaded monitor: where it attached, or why it is unavailable.
+    Program {
+        monitor: String,
+        program: String,
+        status: ProgramStatus,
+        /// The attach path, or the reason it is unavailable.
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transport: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        load_us: Option<u64>,
+    },
+    /// A monitor that failed to load.
+    Monitor { monitor: String, error: String, load_us: u64 },
+    /// One program through the kernel's verifier, unattached.
+    Verifier {
+        monitor: String,
+        program: String,
+        accepted: bool,
+        verified_insns: Option<u64>,
+        load_us: Option<u64>,
+        error: Option<String>,
+        /// An alternative path the kernel lacks, not loaded (a kernel fact, not a rejection).
+        skipped: Option<String>,
+    },
+    /// One named check.
+    Check { name: String, pass: bool, detail: String },
+    /// A check the kernel cannot run, with the kernel's reason: listed, never a pass.
+    Skip { name: String, reason: String },
+    /// The normalised events of one (monitor, scenario), compared with `snapshots/`.
+    Snapshot { monitor: String, scenario: String, body: String },
+    /// Something the agent needed before the checks failed.
+    Setup { error: String },
+    /// Events one workload decoded, for the report.
+    Events { monitor: String, count: u64 },
+    /// The agent's last line: nothing after it was cut off.
+    Done,
+}
+
+impl Line {
+    /// The line as the agent writes it: one JSON object, no newline.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a Line always serialises")
+    }
+
+    /// Reads one line back; an error says what is wrong with it.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        serde_json::from_str(line).map_err(|e| e.to_string())
+    }
+
+    /// A check line.
+    pub fn check(name: impl Into<String>, pass: bool, detail: impl Into<String>) -> Self {
+        Self::Check { name: name.into(), pass, detail: detail.into() }
+    }
+
+    /// A skip line.
+    pub fn skip(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Skip { name: name.into(), reason: reason.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_round_trips() {
+        let lines = [
+            Line::Kernel { release: "6.1.0-50-cloud-amd64".into(), version: "#1 SMP".into(), btf: true },
+            Line::Program {
+                monitor: "process".into(),
+                program: "process_exec".into(),
+                status: ProgramStatus::Attached,
+                path: "tracepoint:sched/sched_process_exec".into(),
+                transport: Some("ringbuf".into()),
+                load_us: Some(12),
+            },
+            Line::Monitor { monitor: "dns".into(), error: "verifier says no".into(), load_us: 3 },
+            Line::check("process.leaf", false, "ppid 5"),
+            Line::skip("fallback.kprobe", "no kprobes"),
+            Line::Done,
+        ];
+        for l in lines {
+            assert_eq!(Line::parse(&l.to_json()), Ok(l));
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_misspelt_fields_and_garbage_are_errors() {
+        for bad in [
+            "not json",
+            r#"{"kind":"chekc","name":"x","pass":true,"detail":""}"#,
+            r#"{"kind":"check","nmae":"x","pass":true,"detail":""}"#,
+            r#"{"kind":"check","name":"x","pass":true,"detail":"","extra":1}"#,
+            r#"{"kind":"check","name":"x","detail":""}"#,
+            r#"{"name":"x","pass":true,"detail":""}"#,
+            r#"{"kind":"program","monitor":"m","program":"p","status":"maybe","path":""}"#,
+        ] {
+            assert!(Line::parse(bad).is_err(), "accepted: {bad}");
+        }
+    }
+}
