@@ -107,6 +107,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "metrics_address", kind: Kind::String, default: "\"127.0.0.1:9464\"", flag: Some("--metrics-address"), example: "\"0.0.0.0:9464\"", doc: "Address of the Prometheus endpoint (/metrics, /healthz), or `off`." },
     KeyDoc { key: "pin_path", kind: Kind::String, default: "-", flag: Some("--pin-path"), example: "\"/sys/fs/bpf/tapio\"", doc: "bpffs directory where links and maps are pinned so programs stay attached across restarts; a start that finds pins there adopts them. Unset: nothing outlives the loader." },
     KeyDoc { key: "strict", kind: Kind::Boolean, default: "false", flag: Some("--strict"), example: "true", doc: "A monitor that fails to load or attach stops the loader (exit 1). Unset: the loader runs the monitors that did load, reports each failure with the kernel's reason (log, `/healthz`, `tapio_monitor_failed`) and exits only when none loaded." },
+    KeyDoc { key: "in_container_fallback", kind: Kind::Boolean, default: "false", flag: None, example: "true", doc: "Before 6.18 the security monitor's `in_container` compares each mount namespace with pid 1's, read from `/proc/1/ns/mnt` (needs CAP_SYS_PTRACE in a container). Unset, an unreadable reference fails the security monitor with the reason; true, it runs and decides `in_container` by the pid namespace alone. 6.18+ has a fixed reference and never needs it." },
     KeyDoc { key: "sampling", kind: Kind::RateTable, default: "{}", flag: None, example: "{ advanced = 0.5 }", doc: "Fraction of events kept, 0.0-1.0 (1.0 when absent), per monitor that samples: only `advanced` does (in the kernel, before the buffer); a rate for another monitor is refused, since nothing would read it." },
     KeyDoc { key: "syscall_sampling", kind: Kind::SyscallRateTable, default: "{}", flag: None, example: "{ read = 0.1, write = 0.5 }", doc: "The advanced monitor's kept fraction per watched syscall (`read`, `write`, `openat`, `close`), 0.0-1.0, overriding `sampling.advanced` for that syscall. Reloaded live." },
     KeyDoc { key: "dedup_window_ms", kind: Kind::Integer, default: "0", flag: None, example: "500", doc: "The advanced monitor reports identical events within this window once (with a suppressed count); 0 disables. At most 60000. Reloaded live." },
@@ -132,6 +133,7 @@ pub struct Partial {
     pub metrics_address: Option<String>,
     pub pin_path: Option<PathBuf>,
     pub strict: Option<bool>,
+    pub in_container_fallback: Option<bool>,
     pub sampling: Option<BTreeMap<String, f64>>,
     pub syscall_sampling: Option<BTreeMap<String, f64>>,
     pub dedup_window_ms: Option<i64>,
@@ -168,6 +170,7 @@ impl Partial {
             metrics_address: over.metrics_address.or(self.metrics_address),
             pin_path: over.pin_path.or(self.pin_path),
             strict: over.strict.or(self.strict),
+            in_container_fallback: over.in_container_fallback.or(self.in_container_fallback),
             sampling,
             syscall_sampling,
             dedup_window_ms: over.dedup_window_ms.or(self.dedup_window_ms),
@@ -208,6 +211,8 @@ pub struct Config {
     pub pin_path: Option<PathBuf>,
     /// A monitor that fails stops the run (else: degrade, see crate::run).
     pub strict: bool,
+    /// See the `in_container_fallback` key.
+    pub in_container_fallback: bool,
     pub sampling: BTreeMap<String, f64>,
     /// The advanced monitor's rate per watched syscall, by name.
     pub syscall_sampling: BTreeMap<String, f64>,
@@ -356,6 +361,7 @@ impl Config {
                 other => other,
             },
             strict: p.strict.unwrap_or(false),
+            in_container_fallback: p.in_container_fallback.unwrap_or(false),
             sampling,
             syscall_sampling,
             dedup_window_ms: in_range("dedup_window_ms", p.dedup_window_ms, 0, 0, 60_000)? as u64,
@@ -645,6 +651,15 @@ mod tests {
         assert!(c.strict);
         let e = from_env([("TAPIO_ARGV_MAX".to_owned(), "x".to_owned())]).unwrap_err().to_string();
         assert!(e.contains("TAPIO_ARGV_MAX"), "{e}");
+    }
+
+    /// The security monitor's fallback is an explicit choice: off unless a layer sets it.
+    #[test]
+    fn in_container_fallback_is_off_unless_set() {
+        let c = resolve(None, Vec::new(), Partial::default()).expect("defaults resolve");
+        assert!(!c.in_container_fallback);
+        let c = resolve(None, [("TAPIO_IN_CONTAINER_FALLBACK".to_owned(), "true".to_owned())], Partial::default()).expect("env");
+        assert!(c.in_container_fallback);
     }
 
     #[test]

@@ -314,6 +314,7 @@ fn real_main(cli: Cli) -> Result<()> {
                         TransportArg::Ringbuf => tapio_load::bundle::Transport::Ringbuf,
                         TransportArg::Perf => tapio_load::bundle::Transport::Perf,
                     }),
+                    in_container_fallback: c.in_container_fallback,
                 },
                 metrics: c.metrics_address.map(|address| tapio_load::output::metrics::MetricsOptions {
                     address,

@@ -86,6 +86,9 @@ pub struct Plan {
     /// The same, in words, for this transport.
     pub delivery_detail: String,
     pub btf: String,
+    /// The security monitor's `in_container` reference: the initial mount namespace's inode and
+    /// where it came from, or why it cannot be read (crate::monitors::security::initial_mount_ns).
+    pub in_container_reference: String,
     pub programs: Vec<PlannedProgram>,
 }
 
@@ -216,7 +219,19 @@ pub fn plan(monitors: &[&'static MonitorSpec], btf: &BtfSource, delivery: Delive
             programs.push(planned);
         }
     }
-    Plan { kernel: kernel_release(), transport, delivery, delivery_detail: delivery.describe(transport), btf: btf.describe(), programs }
+    let in_container_reference = match crate::monitors::security::initial_mount_ns() {
+        Ok((inum, from)) => format!("mnt ns {inum} ({from})"),
+        Err(e) => format!("unreadable: {e}"),
+    };
+    Plan {
+        kernel: kernel_release(),
+        transport,
+        delivery,
+        delivery_detail: delivery.describe(transport),
+        btf: btf.describe(),
+        in_container_reference,
+        programs,
+    }
 }
 
 /// The plan as an aligned table.
@@ -224,6 +239,7 @@ pub fn render_text(plan: &Plan) -> String {
     use std::fmt::Write;
     let mut out = format!("kernel {}  transport {}  btf {}\n", plan.kernel, plan.transport, plan.btf);
     let _ = writeln!(out, "delivery {}", plan.delivery_detail);
+    let _ = writeln!(out, "in_container reference {}", plan.in_container_reference);
     for p in &plan.programs {
         let what = match (&p.path, &p.unavailable, &p.standby) {
             (Some(path), _, _) => match &p.fallback {

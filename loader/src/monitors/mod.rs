@@ -321,6 +321,12 @@ pub enum MonitorError {
         #[source]
         source: advanced::AdvancedError,
     },
+    #[error("monitor {monitor}: in_container has no reference mount namespace (grant CAP_SYS_PTRACE, or set in_container_fallback = true to decide by the pid namespace alone): {source}")]
+    MountNsReference {
+        monitor: &'static str,
+        #[source]
+        source: security::NamespaceError,
+    },
     #[error("monitor {monitor}: program {program}: attach: {source}")]
     Cgroup {
         monitor: &'static str,
@@ -424,6 +430,9 @@ pub struct LoadOptions {
     pub transport: Option<Transport>,
     /// When records wake the reader, and the reader's latency bound (crate::transport).
     pub delivery: crate::transport::Delivery,
+    /// security: decide `in_container` by the pid namespace alone when the mount namespace
+    /// reference is unreadable (config `in_container_fallback`), instead of failing the monitor.
+    pub in_container_fallback: bool,
 }
 
 impl LoadOptions {
@@ -485,7 +494,12 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
                 tracing::info!(inum, from, "security: initial mount namespace (the reference of in_container)");
                 config.set(0, security::SecurityConfig { init_mnt_ns: inum, _pad0: 0 }, 0).map_err(map_error)?;
             }
-            Err(e) => tracing::warn!("{e}; in_container is decided by the pid namespace alone (grant CAP_SYS_PTRACE to read pid 1's before 6.18)"),
+            Err(e) if options.in_container_fallback => {
+                tracing::warn!("{e}; in_container is decided by the pid namespace alone (in_container_fallback = true)")
+            }
+            // Without the reference every host process in another mount namespace than the
+            // loader's would look containerised: an error, not a silent degradation.
+            Err(source) => return Err(MonitorError::MountNsReference { monitor, source }),
         }
     }
     // advanced: knobs, sampling rates and the pre-filter set are maps the loader fills (no global
