@@ -66,6 +66,10 @@ fn mount_event(events: &Path, target: &str) -> Option<serde_json::Value> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|e| e["event"] == "mount" && e["target"] == target)
+        .map(|mut e| {
+            common::relative_in_container(std::slice::from_mut(&mut e));
+            e
+        })
 }
 
 #[test]
@@ -82,6 +86,9 @@ fn the_daemonset_security_context_runs_under_podman() {
         return;
     };
     let _kernel = common::kernel_lock();
+    // The manifest mounts the node's tracefs into the pod (hostPath /sys/kernel/tracing): a node
+    // has it mounted, and the read-only, capability-limited container cannot mount it itself.
+    tapio_load::tracefs::ensure_mounted().expect("mount tracefs on the host, as a node has it");
     let dir = tempfile::tempdir().expect("tempdir");
     let rootfs = dir.path().join("rootfs");
     for d in ["usr/bin", "etc/tapio", "out", "proc", "sys", "dev", "tmp"] {

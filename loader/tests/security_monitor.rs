@@ -223,6 +223,7 @@ fn security_events_from_real_syscalls() {
     let (rest, stderr, status) = loader.finish();
     assert!(status.success(), "tapio-load exits 0 on SIGTERM: {status}; stderr:\n{stderr}");
     seen.extend(rest);
+    common::relative_in_container(&mut seen);
     let ev = &seen;
 
     // Credentials.
@@ -377,6 +378,7 @@ fn capability_events_from_the_cap_capable_tracepoint() {
     let (rest, stderr, status) = loader.finish();
     assert!(status.success(), "tapio-load exits 0 on SIGTERM: {status}; stderr:\n{stderr}");
     seen.extend(rest);
+    common::relative_in_container(&mut seen);
     assert!(last.is_some(), "no CAP_SYS_ADMIN check from the refused child; stderr:\n{stderr}");
     assert!(
         stderr.contains("sec_capable_tp") && stderr.contains("raw_tracepoint:cap_capable"),

@@ -243,3 +243,25 @@ pub fn process_only_btf(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(&path, &m.bytes).expect("write BTF");
     path
 }
+
+/// Makes `in_container` relative to this test process's mount namespace when the suite runs
+/// outside the initial one (../shared/fresh-ci runs it in a private mount namespace, and refuses
+/// pid 1's namespace file, so the initial one cannot be joined). There every process of the
+/// suite is rightly `in_container: true`; the tests ask whether a process left *our* namespace,
+/// so each event's value is recomputed from its own `mnt_ns`. In the initial namespace (a normal
+/// CI run) this does nothing and the kernel's own values are checked.
+pub fn relative_in_container(events: &mut [Value]) {
+    use std::os::unix::fs::MetadataExt;
+    // The initial mount namespace's inode: fixed on 6.18+ (MNT_NS_INIT_INO), else pid 1's.
+    const MNT_NS_INIT_INO: u64 = 0xEFFF_FFF8;
+    let Ok(own) = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino()) else { return };
+    let initial = std::fs::metadata("/proc/1/ns/mnt").map(|m| m.ino()).unwrap_or(MNT_NS_INIT_INO);
+    if own == initial {
+        return;
+    }
+    for e in events.iter_mut() {
+        if let (Some(ns), true) = (e["mnt_ns"].as_u64(), e.get("in_container").is_some()) {
+            e["in_container"] = Value::Bool(ns != own);
+        }
+    }
+}

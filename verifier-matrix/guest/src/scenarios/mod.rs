@@ -188,3 +188,30 @@ pub fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
+
+/// The initial mount namespace's inode: fixed on 6.18+ (`MNT_NS_INIT_INO`), else pid 1's.
+const MNT_NS_INIT_INO: u64 = 0xEFFF_FFF8;
+
+/// Makes `in_container` relative to the agent's own mount namespace when the agent itself runs
+/// outside the initial one.
+///
+/// `in_container` compares a process's mount namespace with the initial one. In a guest, and on
+/// a host in its initial namespace, the agent is a host process and this does nothing. On a host
+/// where the whole suite runs in a private mount namespace (../shared/fresh-ci does, to start
+/// without tracefs) every process of the suite is, rightly, `in_container: true`, and the
+/// initial namespace cannot be joined (pid 1's namespace file is refused there). The scenarios
+/// ask whether a process left *our* namespace, so there each event's value is recomputed from its
+/// own `mnt_ns`: true exactly when it differs from the agent's.
+pub(super) fn relative_in_container(values: &mut [Value]) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(own) = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino()) else { return };
+    let initial = std::fs::metadata("/proc/1/ns/mnt").map(|m| m.ino()).unwrap_or(MNT_NS_INIT_INO);
+    if own == initial {
+        return;
+    }
+    for v in values.iter_mut() {
+        if let (Some(ns), true) = (v["mnt_ns"].as_u64(), v.get("in_container").is_some()) {
+            v["in_container"] = Value::Bool(ns != own);
+        }
+    }
+}

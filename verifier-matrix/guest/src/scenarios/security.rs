@@ -201,7 +201,8 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     let ours = |e: &tapio_load::events::Event| (u64::from(e.tgid) == actor || u64::from(e.tgid) == target) && e.event != "capability";
     let c = collect(m, ours, |_| true, EVENT_WAIT);
     let dropped = lost(m) - lost_before;
-    let values = c.values();
+    let mut values = c.values();
+    super::relative_in_container(&mut values);
     check(out, "security.cred_ns.decode", c.errors.is_empty() && dropped == 0, format!("{} events, {dropped} lost, errors: {:?}", values.len(), c.errors));
     key_checks(out, &values, actor, target, report["poke_addr"].as_u64().unwrap_or(0));
     let roles = Roles {

@@ -284,6 +284,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     let c = collect(m, ours, |_| true, EVENT_WAIT);
     let dropped = lost(m) - lost_before;
     let mut values = c.values();
+    super::relative_in_container(&mut values);
     check(out, &name("decode"), c.errors.is_empty() && dropped == 0, format!("{} events, {dropped} lost, errors: {:?}", values.len(), c.errors));
     let initial = (report["initial_eff"].clone(), report["initial_perm"].clone());
     key_checks(out, &values, actor, holder, &initial);
