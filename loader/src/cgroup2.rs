@@ -10,7 +10,7 @@
 use std::{
     ffi::CString,
     fs::File,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use thiserror::Error;
@@ -94,11 +94,6 @@ pub fn root() -> Result<PathBuf, Cgroup2Error> {
 pub fn open_root() -> Result<File, Cgroup2Error> {
     let path = root()?;
     File::open(&path).map_err(|source| Cgroup2Error::Open { path: path.clone(), source })
-}
-
-/// Whether `path` is the mount point of the v2 root (for tests and `plan`).
-pub fn is_root(path: &Path) -> bool {
-    matches!(mounted_root(), Ok(Some(p)) if p == path)
 }
 
 #[cfg(test)]
