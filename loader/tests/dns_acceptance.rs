@@ -12,23 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{dnsmasq::Dnsmasq, kernel_lock, skip_unless_root, Loader};
+use common::{dns_wire::query, dnsmasq::Dnsmasq, kernel_lock, skip_unless_root, Loader};
 use serde_json::Value;
-
-/// A DNS query for `name` with id `id`, type `qtype`, recursion desired.
-fn query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&id.to_be_bytes());
-    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        m.push(label.len() as u8);
-        m.extend_from_slice(label.as_bytes());
-    }
-    m.push(0);
-    m.extend_from_slice(&qtype.to_be_bytes());
-    m.extend_from_slice(&[0, 1]);
-    m
-}
 
 /// A NOERROR response header for `id` with one question and no answers, then `question`.
 fn response(id: u16, question: &[u8]) -> Vec<u8> {

@@ -14,17 +14,9 @@ use std::{
 use common::{kernel_lock, skip_unless_root, Loader};
 use serde_json::Value;
 
-/// A query for `name` with id `id`, type A.
+/// A query for `name` with id `id`, type A (the tests' shared builder).
 fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut m = Vec::new();
-    m.extend_from_slice(&id.to_be_bytes());
-    m.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        m.push(label.len() as u8);
-        m.extend_from_slice(label.as_bytes());
-    }
-    m.extend_from_slice(&[0, 0, 1, 0, 1]);
-    m
+    common::dns_wire::query(id, name, 1)
 }
 
 /// A NOERROR response to `q` with no answers.

@@ -455,24 +455,29 @@ mod tests {
         assert_eq!(find_module(Some(modules), "kernel/drivers/net", "veth").unwrap(), net.join("veth.ko"));
     }
 
-    /// A stored snapshot no row produced fails the run, unless a row skipped its scenario.
-    #[test]
-    fn a_skipped_scenario_accounts_for_its_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
-        crate::snapshots::compare(dir.path(), "6.1", "xdp", "veth_prefixes", "[2]", true).unwrap();
-        let options = Options {
-            workspace: dir.path().to_owned(),
+    /// Default-matrix options whose workspace and output are `dir` (snapshot checks only).
+    fn options_in(dir: &std::path::Path) -> Options {
+        Options {
+            workspace: dir.to_owned(),
             selection: Selection::Default,
             jobs: 1,
             timeout: Duration::from_secs(1),
             kernel_file: None,
             modules: None,
             kernel_deb: None,
-            out_dir: dir.path().to_owned(),
+            out_dir: dir.to_owned(),
             accept_snapshots: false,
             fault: None,
-        };
+        }
+    }
+
+    /// A stored snapshot no row produced fails the run, unless a row skipped its scenario.
+    #[test]
+    fn a_skipped_scenario_accounts_for_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
+        crate::snapshots::compare(dir.path(), "6.1", "xdp", "veth_prefixes", "[2]", true).unwrap();
+        let options = options_in(dir.path());
         let row = |skip: Option<&str>| {
             let mut results = results::GuestResults::default();
             results.snapshots.push(results::SnapshotBody {
@@ -502,18 +507,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
         crate::snapshots::compare(dir.path(), "6.1", "dns", "udp_tcp", "[2]", true).unwrap();
-        let options = Options {
-            workspace: dir.path().to_owned(),
-            selection: Selection::Default,
-            jobs: 1,
-            timeout: Duration::from_secs(1),
-            kernel_file: None,
-            modules: None,
-            kernel_deb: None,
-            out_dir: dir.path().to_owned(),
-            accept_snapshots: false,
-            fault: None,
-        };
+        let options = options_in(dir.path());
         let row = |line: &str, scenarios: &[(&str, &str, &str)]| {
             let mut results = results::GuestResults::default();
             for (monitor, scenario, body) in scenarios {
