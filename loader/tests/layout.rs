@@ -76,7 +76,7 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
         (
             "security",
             mirror_layout!("security_mount_event", tapio_load::events::security::SecurityMountEvent {
-                base, source, target, fstype
+                base, source, target, fstype, from_dfd, to_dfd, origin, _pad0
             }),
         ),
         (

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 OR MIT */
 /*
  * The security monitor's records: credential changes, process injection, namespace changes,
- * mounts and module loads, told apart by hdr.kind. The syscall is in `syscall`.
+ * mounts (mount(2) and the new mount API) and module loads, told apart by hdr.kind. The syscall
+ * is in `syscall`.
  */
 #ifndef __TAPIO_SECURITY_H__
 #define __TAPIO_SECURITY_H__
@@ -21,6 +22,7 @@ enum security_kind {
 	SECURITY_MOUNT = 6,
 	SECURITY_MODULE_LOAD = 7,
 	SECURITY_CAPABILITY = 8, /* arg0: capability, arg1: cap_capable opts, ret: its verdict */
+	SECURITY_DETACHED_MOUNT = 9, /* fsmount, open_tree(OPEN_TREE_CLONE): a mount not (yet) in the tree */
 };
 
 /* The syscall behind a record, in security_event.syscall; mirrored in loader/src/events/security.rs. */
@@ -39,6 +41,12 @@ enum security_syscall {
 	SECURITY_SYS_MOUNT = 12,
 	SECURITY_SYS_INIT_MODULE = 13,
 	SECURITY_SYS_FINIT_MODULE = 14,
+	SECURITY_SYS_FSOPEN = 15,         /* never sent: names its file's entry in security_mount_fds */
+	SECURITY_SYS_FSMOUNT = 16,
+	SECURITY_SYS_OPEN_TREE = 17,
+	SECURITY_SYS_MOVE_MOUNT = 18,
+	SECURITY_SYS_OPEN_TREE_ATTR = 19,
+	SECURITY_SYS_FSCONFIG = 20,       /* never sent: parked from its entry to its exit */
 };
 
 /* Flags in security_event.flags. */
@@ -85,16 +93,48 @@ struct security_event {
 };
 _Static_assert(sizeof(struct security_event) == 168, "security_event layout");
 
-/* A mount sends this, which starts with a security_event. */
+/*
+ * A mount sends this, which starts with a security_event: SECURITY_MOUNT (mount, move_mount) and
+ * SECURITY_DETACHED_MOUNT (fsmount, open_tree with OPEN_TREE_CLONE).
+ *
+ * New mount API (5.2+): fsopen(fstype) gives an fs context fd, fsconfig(fd, "source", ...) names
+ * the source, fsmount(fd) makes a detached mount and gives its fd; open_tree(dfd, path,
+ * OPEN_TREE_CLONE) makes a detached copy of a tree (a bind mount); move_mount(from_dfd, from_path,
+ * to_dfd, to_path) puts one into the tree. The probe remembers what each such fd was made from
+ * (security_mount_fds), so move_mount's record carries the source and fstype of the mount it
+ * attaches, and `origin` names the syscall that made it.
+ */
 struct security_mount_event {
 	struct security_event base;
-	char source[SECURITY_SOURCE_LEN];
-	char target[SECURITY_TARGET_LEN];
-	char fstype[SECURITY_FSTYPE_LEN];
+	char source[SECURITY_SOURCE_LEN];  /* mount: source; fsmount: fsconfig's "source"; open_tree: its path */
+	char target[SECURITY_TARGET_LEN];  /* mount: target; move_mount: to_path (relative to to_dfd) */
+	char fstype[SECURITY_FSTYPE_LEN];  /* mount: fstype; fsmount and move_mount: fsopen's fs name */
+	__s32 from_dfd;  /* move_mount: from_dfd; open_tree: dfd; fsmount: the fs context fd */
+	__s32 to_dfd;    /* move_mount: to_dfd (AT_FDCWD is -100) */
+	__u32 origin;    /* move_mount: the syscall that made the mount at from_dfd (enum security_syscall);
+			  * fsmount: SECURITY_SYS_FSOPEN; 0 if the monitor did not see it made */
+	__u32 _pad0;
 };
 _Static_assert(sizeof(struct security_mount_event) ==
-		       168 + SECURITY_SOURCE_LEN + SECURITY_TARGET_LEN + SECURITY_FSTYPE_LEN,
+		       168 + SECURITY_SOURCE_LEN + SECURITY_TARGET_LEN + SECURITY_FSTYPE_LEN + 16,
 	       "security_mount_event layout");
+
+/*
+ * What a new-mount-API fd was made from, keyed by its struct file: a private map of the probe, not
+ * an event. Keyed by the file, not the fd number, so a dup()ed fd or one passed to another
+ * process (runtimes make mounts in one process and attach them in another) is still known, and
+ * a reused fd number is not taken for the mount it used to hold. `inode` is the file's, checked
+ * too: a freed file's address taken by another file matches only with the same inode.
+ */
+struct security_mount_fd {
+	__u64 inode;
+	__u32 syscall;  /* SECURITY_SYS_FSOPEN, _FSMOUNT, _OPEN_TREE, _OPEN_TREE_ATTR */
+	__u32 flags;    /* SECURITY_F_SOURCE_TRUNCATED, SECURITY_F_FSTYPE_TRUNCATED */
+	char source[SECURITY_SOURCE_LEN];
+	char fstype[SECURITY_FSTYPE_LEN];
+};
+_Static_assert(sizeof(struct security_mount_fd) == 16 + SECURITY_SOURCE_LEN + SECURITY_FSTYPE_LEN,
+	       "security_mount_fd layout");
 
 /* The security_config array's one slot, filled by the loader after load. */
 struct security_config {

@@ -309,6 +309,7 @@ struct nsproxy {
 /* A view of task_struct for the security probe's fields (CO-RE drops the ___ suffix). */
 struct task_struct___security {
 	const struct cred *cred;
+	struct files_struct *files;
 	struct nsproxy *nsproxy;
 	struct pid *thread_pid;
 };

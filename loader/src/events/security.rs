@@ -12,6 +12,8 @@ pub const SECURITY_UNSHARE: u8 = 5;
 pub const SECURITY_MOUNT: u8 = 6;
 pub const SECURITY_MODULE_LOAD: u8 = 7;
 pub const SECURITY_CAPABILITY: u8 = 8;
+/// fsmount, open_tree(OPEN_TREE_CLONE): a mount made but not (yet) attached to the tree.
+pub const SECURITY_DETACHED_MOUNT: u8 = 9;
 
 pub const SECURITY_F_IN_CONTAINER: u32 = 0x1;
 pub const SECURITY_F_MNT_NS_UNKNOWN: u32 = 0x2;
@@ -23,6 +25,9 @@ pub const SECURITY_F_FSTYPE_TRUNCATED: u32 = 0x40;
 pub const SECURITY_F_RESULT_UNKNOWN: u32 = 0x80;
 pub const SECURITY_F_USER_NS: u32 = 0x100;
 pub const SECURITY_F_OPTS_UNKNOWN: u32 = 0x200;
+
+/// Any of a mount record's strings cut to its field.
+const MOUNT_TRUNCATED: u32 = SECURITY_F_SOURCE_TRUNCATED | SECURITY_F_TARGET_TRUNCATED | SECURITY_F_FSTYPE_TRUNCATED;
 
 /// `(uid_t)-1`: the id the caller left unchanged.
 pub const SECURITY_ID_UNCHANGED: u32 = u32::MAX;
@@ -62,10 +67,17 @@ pub struct SecurityMountEvent {
     pub source: [u8; 128],
     pub target: [u8; 256],
     pub fstype: [u8; 32],
+    /// move_mount: from_dfd; open_tree: dfd; fsmount: the fs context fd.
+    pub from_dfd: i32,
+    /// move_mount: to_dfd (`AT_FDCWD` is -100).
+    pub to_dfd: i32,
+    /// move_mount: the `enum security_syscall` that made the mount at from_dfd, 0 if not seen.
+    pub origin: u32,
+    pub _pad0: u32,
 }
 
 /// `enum security_syscall`, index = value.
-const SYSCALLS: [&str; 15] = [
+const SYSCALLS: [&str; 21] = [
     "",
     "setuid",
     "setgid",
@@ -81,6 +93,12 @@ const SYSCALLS: [&str; 15] = [
     "mount",
     "init_module",
     "finit_module",
+    "fsopen",
+    "fsmount",
+    "open_tree",
+    "move_mount",
+    "open_tree_attr",
+    "fsconfig",
 ];
 
 /// Capability names by bit (include/uapi/linux/capability.h).
@@ -223,6 +241,39 @@ pub enum SecurityDetail {
     },
     Unshare { flags: u64, namespaces: Vec<&'static str> },
     Mount { source: String, target: String, fstype: String, flags: u64, truncated: bool },
+    /// move_mount: `target` is to_path as given (relative to `to_dfd` unless absolute; -100 is
+    /// `AT_FDCWD`). With an empty from_path the mount is from_dfd's, and where the monitor saw
+    /// that fd made, `source` and `fstype` are that mount's and `detached_by` names the syscall
+    /// (`fsmount`, `open_tree`, `open_tree_attr`); else `source` is from_path and `detached_by`
+    /// is null.
+    MoveMount {
+        source: String,
+        target: String,
+        fstype: String,
+        /// MOVE_MOUNT_*.
+        flags: u64,
+        truncated: bool,
+        from_dfd: i64,
+        to_dfd: i64,
+        detached_by: Option<&'static str>,
+    },
+    /// fsmount (`fs_fd`, `attr_flags`: MOUNT_ATTR_*; `source` is fsconfig's, `fstype` fsopen's,
+    /// both empty when the monitor did not see the context made) or open_tree with
+    /// OPEN_TREE_CLONE (`dfd`; `source` is the path copied, `fstype` empty). `result` is the new
+    /// mount's fd.
+    DetachedMount {
+        source: String,
+        fstype: String,
+        /// FSMOUNT_* for fsmount; OPEN_TREE_* and AT_* for open_tree.
+        flags: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attr_flags: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fs_fd: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dfd: Option<i64>,
+        truncated: bool,
+    },
     InitModule { len: u64 },
     /// A capable() check: the capability, whether it was checked against a non-initial user
     /// namespace, whether the verdict (`result`) was seen (tracepoint, fexit) or not (kprobe), and
@@ -322,9 +373,38 @@ pub fn decode(h: &TapioHeader, bytes: &[u8]) -> Result<Event, DecodeError> {
             SecurityDetail::Setns { fd: e.arg1 as i32 as i64, nstype: e.arg0, namespaces: namespace_names(e.arg0) },
         ),
         SECURITY_UNSHARE => ("unshare", SecurityDetail::Unshare { flags: e.arg0, namespaces: namespace_names(e.arg0) }),
+        SECURITY_MOUNT if syscall == "move_mount" => {
+            let m: SecurityMountEvent = read_record(bytes, "security_mount_event")?;
+            let detail = SecurityDetail::MoveMount {
+                source: c_string(&m.source),
+                target: c_string(&m.target),
+                fstype: c_string(&m.fstype),
+                flags: e.arg0,
+                truncated: e.flags & MOUNT_TRUNCATED != 0,
+                from_dfd: i64::from(m.from_dfd),
+                to_dfd: i64::from(m.to_dfd),
+                detached_by: SYSCALLS.get(m.origin as usize).copied().filter(|s| !s.is_empty()),
+            };
+            ("mount", detail)
+        }
+        SECURITY_DETACHED_MOUNT if matches!(syscall, "fsmount" | "open_tree" | "open_tree_attr") => {
+            let m: SecurityMountEvent = read_record(bytes, "security_mount_event")?;
+            let fsmount = syscall == "fsmount";
+            let fd = Some(i64::from(m.from_dfd));
+            let detail = SecurityDetail::DetachedMount {
+                source: c_string(&m.source),
+                fstype: c_string(&m.fstype),
+                flags: e.arg0,
+                attr_flags: fsmount.then_some(e.arg1),
+                fs_fd: fd.filter(|_| fsmount),
+                dfd: fd.filter(|_| !fsmount),
+                truncated: e.flags & MOUNT_TRUNCATED != 0,
+            };
+            ("detached_mount", detail)
+        }
         SECURITY_MOUNT => {
             let m: SecurityMountEvent = read_record(bytes, "security_mount_event")?;
-            let cut = SECURITY_F_SOURCE_TRUNCATED | SECURITY_F_TARGET_TRUNCATED | SECURITY_F_FSTYPE_TRUNCATED;
+            let cut = MOUNT_TRUNCATED;
             let detail = SecurityDetail::Mount {
                 source: c_string(&m.source),
                 target: c_string(&m.target),
@@ -410,6 +490,83 @@ mod tests {
         let bytes = record(SECURITY_MOUNT, 12, |_| {});
         let err = decode(&read_record(&bytes, "h").unwrap(), &bytes).unwrap_err();
         assert!(matches!(err, DecodeError::Short { what: "security_mount_event", .. }), "{err}");
+    }
+
+    fn mount_record(kind: u8, syscall: u32, f: impl FnOnce(&mut SecurityMountEvent)) -> Vec<u8> {
+        let base = SecurityEvent {
+            hdr: TapioHeader { monitor: 5, kind, ..Default::default() },
+            syscall,
+            new_id: [SECURITY_ID_UNCHANGED; 3],
+            ..Default::default()
+        };
+        let mut m = SecurityMountEvent {
+            base,
+            source: [0; 128],
+            target: [0; 256],
+            fstype: [0; 32],
+            from_dfd: 0,
+            to_dfd: 0,
+            origin: 0,
+            _pad0: 0,
+        };
+        f(&mut m);
+        // SAFETY: SecurityMountEvent is repr(C) plain data with no padding bytes.
+        unsafe { std::slice::from_raw_parts((&m as *const SecurityMountEvent).cast::<u8>(), size_of::<SecurityMountEvent>()) }
+            .to_vec()
+    }
+
+    fn put(dst: &mut [u8], s: &str) {
+        dst[..s.len()].copy_from_slice(s.as_bytes());
+    }
+
+    /// move_mount is a `mount` event; the mount it attaches came from fsmount, named with the
+    /// context's source and fstype.
+    #[test]
+    fn move_mount_names_the_mount_it_attaches() {
+        let bytes = mount_record(SECURITY_MOUNT, 18, |m| {
+            put(&mut m.target, "/mnt/x");
+            put(&mut m.source, "/dev/sda1");
+            put(&mut m.fstype, "ext4");
+            m.from_dfd = 5;
+            m.to_dfd = -100;
+            m.origin = 16;
+            m.base.arg0 = 4;
+        });
+        let v = serde_json::to_value(decode(&read_record(&bytes, "h").unwrap(), &bytes).unwrap()).unwrap();
+        assert_eq!(v["event"], "mount");
+        assert_eq!(v["syscall"], "move_mount");
+        assert_eq!((v["target"].as_str(), v["source"].as_str(), v["fstype"].as_str()), (Some("/mnt/x"), Some("/dev/sda1"), Some("ext4")));
+        assert_eq!((v["from_dfd"].as_i64(), v["to_dfd"].as_i64(), v["flags"].as_u64()), (Some(5), Some(-100), Some(4)));
+        assert_eq!(v["detached_by"], "fsmount");
+        let unseen = mount_record(SECURITY_MOUNT, 18, |m| put(&mut m.target, "/mnt/y"));
+        let v = serde_json::to_value(decode(&read_record(&unseen, "h").unwrap(), &unseen).unwrap()).unwrap();
+        assert!(v["detached_by"].is_null(), "an fd not seen made: {v}");
+    }
+
+    /// fsmount and open_tree(OPEN_TREE_CLONE) are `detached_mount` events, each with its own fd field.
+    #[test]
+    fn detached_mounts_carry_their_fd() {
+        let fsmount = mount_record(SECURITY_DETACHED_MOUNT, 16, |m| {
+            put(&mut m.fstype, "tmpfs");
+            m.from_dfd = 3;
+            m.base.arg1 = 0x2;
+            m.base.ret = 4;
+        });
+        let v = serde_json::to_value(decode(&read_record(&fsmount, "h").unwrap(), &fsmount).unwrap()).unwrap();
+        assert_eq!((v["event"].as_str(), v["syscall"].as_str(), v["fstype"].as_str()), (Some("detached_mount"), Some("fsmount"), Some("tmpfs")));
+        assert_eq!((v["fs_fd"].as_i64(), v["attr_flags"].as_u64(), v["result"].as_i64()), (Some(3), Some(2), Some(4)));
+        assert!(v.get("dfd").is_none() && v.get("target").is_none(), "{v}");
+        let clone = mount_record(SECURITY_DETACHED_MOUNT, 17, |m| {
+            put(&mut m.source, "/srv");
+            m.from_dfd = -100;
+            m.base.arg0 = 1;
+        });
+        let v = serde_json::to_value(decode(&read_record(&clone, "h").unwrap(), &clone).unwrap()).unwrap();
+        assert_eq!((v["event"].as_str(), v["syscall"].as_str(), v["source"].as_str()), (Some("detached_mount"), Some("open_tree"), Some("/srv")));
+        assert_eq!(v["dfd"], -100);
+        assert!(v.get("fs_fd").is_none() && v.get("attr_flags").is_none(), "{v}");
+        let wrong = mount_record(SECURITY_DETACHED_MOUNT, 12, |_| {});
+        assert!(decode(&read_record(&wrong, "h").unwrap(), &wrong).is_err(), "mount(2) is never a detached mount");
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub struct OptionalPrograms {
 }
 
 /// Every set of optional programs.
-pub const OPTIONAL: &[OptionalPrograms] = &[security::INIT_MODULE, security::FINIT_MODULE];
+pub const OPTIONAL: &[OptionalPrograms] =
+    &[security::INIT_MODULE, security::FINIT_MODULE, security::NEW_MOUNT_API, security::OPEN_TREE_ATTR];
 
 /// Why `set` of `spec` cannot run, if `exists(category, name)` lacks any of its tracepoints.
 pub fn optional_unavailable(spec: &MonitorSpec, set: &OptionalPrograms, exists: impl Fn(&str, &str) -> bool) -> Option<String> {
@@ -948,6 +949,15 @@ mod tests {
         let io = std::io::Error::from_raw_os_error(libc::EINVAL);
         assert_eq!(os_error_suffix(&io), "");
         assert_eq!(with_os_error(&io), "Invalid argument (os error 22)");
+    }
+
+    /// The new mount API is left out whole when any of its tracepoints is missing.
+    #[test]
+    fn a_kernel_without_move_mount_leaves_the_new_mount_api_out() {
+        let why = optional_unavailable(&security::SPEC, &security::NEW_MOUNT_API, |_: &str, name: &str| !name.contains("move_mount"))
+            .expect("new_mount_api unavailable");
+        assert!(why.starts_with("tracepoints syscalls/sys_exit_move_mount, syscalls/sys_enter_move_mount do not exist"), "{why}");
+        assert!(optional_unavailable(&security::SPEC, &security::NEW_MOUNT_API, |_: &str, _: &str| true).is_none());
     }
 
     #[test]

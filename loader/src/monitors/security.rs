@@ -1,12 +1,20 @@
 //! The security monitor: credential changes, ptrace and process_vm_writev, setns and unshare,
-//! mounts and module loads, each flagged `in_container` (probes/security.bpf.c).
+//! mounts (`mount(2)` and the new mount API) and module loads, each flagged `in_container`
+//! (probes/security.bpf.c).
 //!
 //! Needs only syscall tracepoints: `syscalls/sys_enter_*` and `sys_exit_*` exist since 2.6.37
 //! (<https://github.com/torvalds/linux/blob/v2.6.37/include/trace/events/syscalls.h>, with
 //! `CONFIG_FTRACE_SYSCALLS`); user memory is read with `bpf_probe_read_user` (5.5,
 //! <https://github.com/torvalds/linux/commit/6ae08ae3dea2cfa03dd3665a3c8475c2d429ef47>). No loops
-//! and no global data. The tracepoints do not fire for 32-bit compat syscalls on a 64-bit kernel,
-//! nor does this monitor see the new mount API (fsopen/fsmount/move_mount).
+//! and no global data. The tracepoints do not fire for 32-bit compat syscalls on a 64-bit kernel.
+//!
+//! The new mount API ([`NEW_MOUNT_API`], 5.2+; util-linux 2.39+ mounts with it): `move_mount`
+//! is reported as a `mount` event with its target path and, when the mount came from an fd this
+//! monitor saw made, the source and fstype of that mount and the syscall that made it (`fsmount`
+//! after `fsopen`/`fsconfig`, or `open_tree(OPEN_TREE_CLONE)`: a bind mount). `fsmount` and
+//! `open_tree(OPEN_TREE_CLONE)` are reported as `detached_mount` events: such a mount is usable
+//! through its fd without ever being attached. `open_tree_attr` (6.15+) is [`OPEN_TREE_ATTR`].
+//! `mount_setattr` (5.12+, changes the attributes of mounts already there) is not watched.
 //!
 //! `capability` events: from the `capability:cap_capable` tracepoint where the kernel has it
 //! (6.14+, traced at the end of `cap_capable()` with its verdict;
@@ -30,7 +38,11 @@
 //! `sb_mount`, `kernel_load_data`) and fentry need BPF trampolines, which that host refuses
 //! (EPERM at load, while `tp_btf` loads), and it has no kprobes. A kernel that allows BPF-LSM
 //! could take those paths first through [`super::ProgramGroup`]s, as `capability` does; that is
-//! not done yet.
+//! not done yet. The new mount API's tracepoints add no slow path of their own: the monitor has
+//! put every syscall on it already, and past it the kernel runs a syscall's programs only when
+//! that syscall's bit is set (`perf_syscall_enter` in kernel/trace/trace_syscalls.c), so other
+//! syscalls pay nothing for them; `fsconfig`, the one called per mount option, returns at once
+//! unless it sets a `source` on a context this monitor saw made.
 //!
 //! The loader writes the initial mount namespace into [`CONFIG_MAP`] after load (see
 //! [`initial_mount_ns`]); the probe compares each caller's against it.
@@ -67,6 +79,39 @@ pub const FINIT_MODULE: super::OptionalPrograms = super::OptionalPrograms {
     name: "finit_module",
     programs: &["sec_exit_finit_module", "sec_enter_finit_module"],
     missing_when: "built without CONFIG_MODULES: no module can be loaded",
+};
+
+/// The new mount API: `fsopen`, `fsconfig`, `fsmount`, `open_tree` and `move_mount`, all added
+/// in 5.2 (<https://github.com/torvalds/linux/blob/v5.2/fs/fsopen.c>,
+/// <https://github.com/torvalds/linux/blob/v5.2/fs/namespace.c>). A kernel without them (or
+/// without their tracepoints) mounts through `mount(2)` only, which the rest of the monitor
+/// watches. `fsopen` and `fsconfig` send nothing: they fill what the monitor remembers of an fs
+/// context (its fstype, and the `source` the kernel took).
+pub const NEW_MOUNT_API: super::OptionalPrograms = super::OptionalPrograms {
+    monitor: "security",
+    name: "new_mount_api",
+    programs: &[
+        "sec_exit_fsopen",
+        "sec_exit_fsconfig",
+        "sec_exit_fsmount",
+        "sec_exit_open_tree",
+        "sec_exit_move_mount",
+        "sec_enter_fsopen",
+        "sec_enter_fsconfig",
+        "sec_enter_fsmount",
+        "sec_enter_open_tree",
+        "sec_enter_move_mount",
+    ],
+    missing_when: "the new mount API is 5.2+: before it, mounts are made with mount(2) alone",
+};
+
+/// `open_tree_attr` (6.15+, <https://github.com/torvalds/linux/blob/v6.15/fs/namespace.c>):
+/// `open_tree` with mount attributes set on the copy, reported as `open_tree` is.
+pub const OPEN_TREE_ATTR: super::OptionalPrograms = super::OptionalPrograms {
+    monitor: "security",
+    name: "open_tree_attr",
+    programs: &["sec_exit_open_tree_attr", "sec_enter_open_tree_attr"],
+    missing_when: "open_tree_attr is 6.15+: before it, detached bind mounts are made with open_tree alone",
 };
 
 /// Mirror of `struct security_config` (probes/include/security.h).
@@ -143,6 +188,12 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         enter("sec_exit_mount", "sys_exit_mount"),
         enter("sec_exit_init_module", "sys_exit_init_module"),
         enter("sec_exit_finit_module", "sys_exit_finit_module"),
+        enter("sec_exit_fsopen", "sys_exit_fsopen"),
+        enter("sec_exit_fsconfig", "sys_exit_fsconfig"),
+        enter("sec_exit_fsmount", "sys_exit_fsmount"),
+        enter("sec_exit_open_tree", "sys_exit_open_tree"),
+        enter("sec_exit_open_tree_attr", "sys_exit_open_tree_attr"),
+        enter("sec_exit_move_mount", "sys_exit_move_mount"),
         enter("sec_enter_setuid", "sys_enter_setuid"),
         enter("sec_enter_setgid", "sys_enter_setgid"),
         enter("sec_enter_setreuid", "sys_enter_setreuid"),
@@ -157,6 +208,12 @@ pub const SPEC: MonitorSpec = MonitorSpec {
         enter("sec_enter_mount", "sys_enter_mount"),
         enter("sec_enter_init_module", "sys_enter_init_module"),
         enter("sec_enter_finit_module", "sys_enter_finit_module"),
+        enter("sec_enter_fsopen", "sys_enter_fsopen"),
+        enter("sec_enter_fsconfig", "sys_enter_fsconfig"),
+        enter("sec_enter_fsmount", "sys_enter_fsmount"),
+        enter("sec_enter_open_tree", "sys_enter_open_tree"),
+        enter("sec_enter_open_tree_attr", "sys_enter_open_tree_attr"),
+        enter("sec_enter_move_mount", "sys_enter_move_mount"),
         ProgramSpec { name: "sec_capable_tp", attach: AttachPoint::RawTracePoint { name: "cap_capable" } },
         ProgramSpec { name: "sec_capable_fexit", attach: AttachPoint::Fexit { function: "cap_capable" } },
         ProgramSpec { name: "sec_capable_kprobe", attach: AttachPoint::Kprobe { function: "cap_capable" } },
