@@ -51,6 +51,8 @@ fn main() -> ExitCode {
             tapio_load::workload::memory_hog(procs, mib, after)
         }
         Some("security-ns-actor") => return scenarios::security_ns::actor(),
+        // `security-mount-actor`: the actor of security/mount_api (scenarios/security_mount.rs).
+        Some("security-mount-actor") => return scenarios::security_mount::actor(),
         Some("advanced-flood") => return scenarios::advanced::flooder(),
         _ => {}
     }

@@ -16,6 +16,7 @@ pub mod dns_hostile;
 pub mod network;
 pub mod oom;
 pub mod security;
+pub mod security_mount;
 pub mod security_ns;
 pub mod tcp_veth;
 pub mod udp_dns;
@@ -57,6 +58,7 @@ pub fn run_all(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     udp_dns::run(out, loaded);
     security::run(out, loaded);
     security_ns::run(out, loaded);
+    security_mount::run(out, loaded);
     dns_hostile::run(out, loaded);
     advanced::run(out, loaded);
     tcp_veth::run(out, loaded);
