@@ -61,6 +61,35 @@ pub fn actor() -> ExitCode {
     actor_result(actor_steps())
 }
 
+/// Moves the caller into a new mount namespace whose mounts are all private, so that what it
+/// mounts next stays there (a shared root would carry it back into the initial namespace).
+pub(super) fn private_mount_ns() -> io::Result<()> {
+    let private = libc::MS_REC | libc::MS_PRIVATE;
+    // SAFETY: unshare takes flags; "/" is NUL-terminated and the other pointers may be NULL.
+    unsafe {
+        sys("unshare", libc::unshare(libc::CLONE_NEWNS).into())?;
+        sys("mount private", libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), private, std::ptr::null()).into())?;
+    }
+    Ok(())
+}
+
+/// Runs the agent re-executed as `role` (an actor, which ends by itself or by its own alarm, so
+/// this cannot wait forever) and returns the JSON line it printed; a failed spawn, an unreadable
+/// line or a failed exit is a value with an `error`.
+pub(super) fn run_actor(exe: &str, role: &str) -> Value {
+    let output = Command::new(exe).arg(role).stdin(Stdio::null()).stderr(Stdio::inherit()).output();
+    let mut report: Value = match &output {
+        Ok(o) => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({ "error": format!("actor output: {e}") })),
+        Err(e) => json!({ "error": format!("spawn the actor: {e}") }),
+    };
+    if let Ok(o) = &output {
+        if !o.status.success() && report.get("error").is_none() {
+            report = json!({ "error": format!("actor {role}: {}", o.status), "report": report });
+        }
+    }
+    report
+}
+
 /// Prints an actor's results (or its error) as the one JSON line its agent reads.
 pub(super) fn actor_result(result: io::Result<Value>) -> ExitCode {
     match result {
@@ -142,15 +171,10 @@ fn actor_steps() -> io::Result<Value> {
     };
 
     let c = |s: &str| CString::new(s).expect("no NUL");
-    let (root, target_dir, tmpfs, source, data) = (c("/"), c(MOUNT_TARGET), c("tmpfs"), c("tapio-tmpfs"), c("size=1m"));
-    // SAFETY: valid NUL-terminated strings; unshare takes flags only.
+    let (target_dir, tmpfs, source, data) = (c(MOUNT_TARGET), c("tmpfs"), c("tapio-tmpfs"), c("size=1m"));
+    private_mount_ns()?;
+    // SAFETY: valid NUL-terminated strings.
     unsafe {
-        sys("unshare", libc::unshare(libc::CLONE_NEWNS).into())?;
-        // Private first: a shared root would carry the tmpfs back into the initial namespace.
-        sys(
-            "mount private",
-            libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()).into(),
-        )?;
         sys(
             "mount tmpfs",
             libc::mount(source.as_ptr(), target_dir.as_ptr(), tmpfs.as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, data.as_ptr().cast())
@@ -171,14 +195,9 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         return check(out, "security.cred_ns.actor", false, format!("create {MOUNT_TARGET}: {e}"));
     }
     let exe = current_exe();
-    // The actor ends by itself, or by its own alarm: output() cannot wait forever.
-    let output = Command::new(&exe).arg("security-actor").stdin(Stdio::null()).stderr(Stdio::inherit()).output();
+    let report = run_actor(&exe, "security-actor");
     let _ = std::fs::remove_dir(MOUNT_TARGET);
-    let report: Value = match &output {
-        Ok(o) => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({ "error": format!("actor output: {e}") })),
-        Err(e) => json!({ "error": format!("spawn the actor: {e}") }),
-    };
-    let ok = output.as_ref().is_ok_and(|o| o.status.success()) && report.get("error").is_none();
+    let ok = report.get("error").is_none();
     check(out, "security.cred_ns.actor", ok, report.to_string());
     if !ok {
         return;

@@ -29,7 +29,7 @@
 use std::{
     ffi::{CStr, CString},
     io,
-    process::{Command, ExitCode, Stdio},
+    process::ExitCode,
 };
 
 use serde_json::{json, Value};
@@ -37,7 +37,7 @@ use tapio_load::{monitors::LoadedMonitor, snapshot::Roles};
 
 use super::{
     check, collect, current_exe, discard, lost, monitor,
-    security::{actor_result, sys, ZERO},
+    security::{actor_result, run_actor, sys, ZERO},
     snapshot, EVENT_WAIT,
 };
 use tapio_matrix_protocol::Line;
@@ -232,14 +232,9 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     let lost_before = lost(m);
     let modules_before = std::fs::read_to_string("/proc/modules").ok();
     let exe = current_exe();
-    // The actor ends by itself, or by its own alarm: output() cannot wait forever.
-    let output = Command::new(&exe).arg("security-ns-actor").stdin(Stdio::null()).stderr(Stdio::inherit()).output();
+    let report = run_actor(&exe, "security-ns-actor");
     let modules_after = std::fs::read_to_string("/proc/modules").ok();
-    let report: Value = match &output {
-        Ok(o) => serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({ "error": format!("actor output: {e}") })),
-        Err(e) => json!({ "error": format!("spawn the actor: {e}") }),
-    };
-    let ok = output.as_ref().is_ok_and(|o| o.status.success()) && report.get("error").is_none();
+    let ok = report.get("error").is_none();
     check(out, &name("actor"), ok, report.to_string());
     if !ok {
         return;
