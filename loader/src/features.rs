@@ -20,6 +20,7 @@ use std::{
 };
 
 use serde::Serialize;
+use tapio_kernel_gates as gates;
 use thiserror::Error;
 
 /// One probed gate.
@@ -50,6 +51,31 @@ impl FeatureStatus {
     pub fn is_present(&self) -> bool {
         matches!(self, Self::Present)
     }
+
+    /// The answer as the skip judge reads it ([`gates::judge`]): a permission error is a
+    /// refusal (policy: lockdown, an LSM, a sysctl), never "unsupported"; only a root process's
+    /// refusals say anything about the kernel, which [`kernel_facts`] sees to.
+    pub fn answer(&self) -> gates::ProbeAnswer {
+        match self {
+            Self::Present => gates::ProbeAnswer::Supported,
+            Self::Absent { reason } => gates::ProbeAnswer::Unsupported { reason: reason.clone() },
+            Self::Error { errno, message } if matches!(*errno, libc::EPERM | libc::EACCES) => {
+                gates::ProbeAnswer::Refused { errno: *errno, message: message.clone() }
+            }
+            Self::Error { errno, message } => gates::ProbeAnswer::Failed { errno: *errno, message: message.clone() },
+        }
+    }
+}
+
+/// The running kernel's facts for [`gates::judge`]: its version, its config (`/proc/config.gz`
+/// or `/boot/config-<release>`) and, when this process is root, every probe's answer (an
+/// unprivileged process's EPERM says nothing about the kernel, so it is left out).
+pub fn kernel_facts() -> gates::KernelFacts {
+    let release = crate::plan::kernel_release();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let probes = if root { probe_all().into_iter().map(|f| (f.name.to_owned(), f.status.answer())).collect() } else { Default::default() };
+    gates::KernelFacts { running: gates::KernelVersion::parse(&release), config: gates::KernelConfig::running(&release), probes }
 }
 
 /// The internal failure of one probe step, before it is classified into a [`FeatureStatus`].
@@ -92,49 +118,55 @@ type ProbeResult = Result<(), ProbeError>;
 // ---------------------------------------------------------------------------------------------
 // The table.
 
-/// A probe: name, first upstream version, and the attempt.
-struct Gate {
-    name: &'static str,
-    since: &'static str,
+/// A probe: the feature it decides (name, first upstream version, config options: one table for
+/// the loader, the harness and the tests, in tapio-kernel-gates) and the attempt.
+struct Probe {
+    gate: &'static str,
     run: fn() -> ProbeResult,
 }
 
-const GATES: &[Gate] = &[
-    Gate { name: "perf event array", since: "4.3", run: probe_perf_event_array },
-    Gate { name: "bpf_perf_event_output", since: "4.4", run: probe_perf_event_output },
-    Gate { name: "xdp", since: "4.8", run: probe_xdp },
-    Gate { name: "lru hash", since: "4.10", run: probe_lru_hash },
-    Gate { name: "generic xdp", since: "4.12", run: probe_generic_xdp },
-    Gate { name: "bpf_redirect_map", since: "4.14", run: probe_redirect_map },
-    Gate { name: "cpumap", since: "4.15", run: probe_cpumap },
-    Gate { name: "bpf-to-bpf calls", since: "4.16", run: probe_bpf_to_bpf },
-    Gate { name: "raw tracepoint", since: "4.17", run: probe_raw_tracepoint },
-    Gate { name: "btf", since: "4.18", run: probe_btf },
-    Gate { name: "btf func info", since: "5.0", run: probe_btf_func_info },
-    Gate { name: "btf var+datasec", since: "5.2", run: probe_btf_datasec },
-    Gate { name: "large programs", since: "5.2", run: probe_large_program },
-    Gate { name: "global data", since: "5.2", run: probe_global_data },
-    Gate { name: "bounded loops", since: "5.3", run: probe_bounded_loop },
-    Gate { name: "vmlinux btf", since: "5.4", run: probe_vmlinux_btf },
-    Gate { name: "bpf_probe_read_kernel", since: "5.5", run: probe_probe_read_kernel },
-    Gate { name: "fentry", since: "5.5", run: probe_fentry },
-    Gate { name: "tp_btf", since: "5.5", run: probe_tp_btf },
-    Gate { name: "lsm", since: "5.7", run: probe_lsm },
-    Gate { name: "bpf_link", since: "5.7", run: probe_bpf_link },
-    Gate { name: "ring buffer", since: "5.8", run: probe_ringbuf },
-    Gate { name: "bpf_ktime_get_boot_ns", since: "5.8", run: probe_ktime_get_boot_ns },
-    Gate { name: "cpumap program", since: "5.9", run: probe_cpumap_program },
-    Gate { name: "module btf", since: "5.11", run: probe_module_btf },
-    Gate { name: "bpf_get_current_task_btf", since: "5.11", run: probe_get_current_task_btf },
-    Gate { name: "bloom filter", since: "5.16", run: probe_bloom_filter },
-    Gate { name: "bpf_loop", since: "5.17", run: probe_bpf_loop },
-    Gate { name: "kprobe_multi", since: "5.18", run: probe_kprobe_multi },
-    Gate { name: "kprobe", since: "4.1", run: probe_kprobe },
+impl Probe {
+    fn gate(&self) -> &'static gates::Gate {
+        gates::gate(self.gate).expect("every probe's feature is in tapio_kernel_gates::GATES (tested)")
+    }
+}
+
+const PROBES: &[Probe] = &[
+    Probe { gate: "perf event array", run: probe_perf_event_array },
+    Probe { gate: "bpf_perf_event_output", run: probe_perf_event_output },
+    Probe { gate: "xdp", run: probe_xdp },
+    Probe { gate: "lru hash", run: probe_lru_hash },
+    Probe { gate: "generic xdp", run: probe_generic_xdp },
+    Probe { gate: "bpf_redirect_map", run: probe_redirect_map },
+    Probe { gate: "cpumap", run: probe_cpumap },
+    Probe { gate: "bpf-to-bpf calls", run: probe_bpf_to_bpf },
+    Probe { gate: "raw tracepoint", run: probe_raw_tracepoint },
+    Probe { gate: "btf", run: probe_btf },
+    Probe { gate: "btf func info", run: probe_btf_func_info },
+    Probe { gate: "btf var+datasec", run: probe_btf_datasec },
+    Probe { gate: "large programs", run: probe_large_program },
+    Probe { gate: "global data", run: probe_global_data },
+    Probe { gate: "bounded loops", run: probe_bounded_loop },
+    Probe { gate: "vmlinux btf", run: probe_vmlinux_btf },
+    Probe { gate: "bpf_probe_read_kernel", run: probe_probe_read_kernel },
+    Probe { gate: "fentry", run: probe_fentry },
+    Probe { gate: "tp_btf", run: probe_tp_btf },
+    Probe { gate: "lsm", run: probe_lsm },
+    Probe { gate: "bpf_link", run: probe_bpf_link },
+    Probe { gate: "ring buffer", run: probe_ringbuf },
+    Probe { gate: "bpf_ktime_get_boot_ns", run: probe_ktime_get_boot_ns },
+    Probe { gate: "cpumap program", run: probe_cpumap_program },
+    Probe { gate: "module btf", run: probe_module_btf },
+    Probe { gate: "bpf_get_current_task_btf", run: probe_get_current_task_btf },
+    Probe { gate: "bloom filter", run: probe_bloom_filter },
+    Probe { gate: "bpf_loop", run: probe_bpf_loop },
+    Probe { gate: "kprobe_multi", run: probe_kprobe_multi },
+    Probe { gate: "kprobe", run: probe_kprobe },
 ];
 
 /// The names of all probes, in table order.
 pub fn names() -> impl Iterator<Item = &'static str> {
-    GATES.iter().map(|g| g.name)
+    PROBES.iter().map(|p| p.gate().name)
 }
 
 static ALL: OnceLock<Vec<Feature>> = OnceLock::new();
@@ -143,7 +175,7 @@ static ALL: OnceLock<Vec<Feature>> = OnceLock::new();
 pub fn probe_all() -> Vec<Feature> {
     ALL.get_or_init(|| {
         crate::privileges::raise_memlock();
-        GATES.iter().map(run_gate).collect()
+        PROBES.iter().map(run_probe).collect()
     })
     .clone()
 }
@@ -154,13 +186,14 @@ pub fn probe(name: &str) -> Option<Feature> {
     if let Some(all) = ALL.get() {
         return all.iter().find(|f| f.name == name).cloned();
     }
-    let gate = GATES.iter().find(|g| g.name == name)?;
+    let probe = PROBES.iter().find(|p| p.gate == name)?;
     crate::privileges::raise_memlock();
-    Some(run_gate(gate))
+    Some(run_probe(probe))
 }
 
-fn run_gate(gate: &Gate) -> Feature {
-    let status = classify((gate.run)());
+fn run_probe(probe: &Probe) -> Feature {
+    let gate = probe.gate();
+    let status = classify((probe.run)());
     tracing::debug!(feature = gate.name, ?status, "probed");
     Feature { name: gate.name, since: gate.since, status }
 }
@@ -1116,6 +1149,13 @@ fn probe_module_btf() -> ProbeResult {
 mod tests {
     use super::*;
     use crate::btf::{Btf, Type};
+
+    #[test]
+    fn every_probe_decides_a_feature_of_the_table() {
+        for p in PROBES {
+            assert!(gates::gate(p.gate).is_some(), "probe {} has no entry in tapio_kernel_gates::GATES", p.gate);
+        }
+    }
 
     #[test]
     fn names_are_unique() {

@@ -20,7 +20,8 @@ const MAX_BYTES: usize = 64 * 1024;
 
 fn skip_without_vmlinux(test: &str) -> bool {
     if !Path::new(VMLINUX).exists() {
-        return common::skip::skip(test, common::skip::Why::Kernel(format!("vmlinux btf unsupported (requires >= 5.4 with CONFIG_DEBUG_INFO_BTF), no {VMLINUX}")));
+        common::skip_for_kernel(test, &tapio_kernel_gates::Needs::one("vmlinux btf"), format!("no {VMLINUX}"));
+        return true;
     }
     false
 }

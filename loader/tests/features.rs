@@ -8,8 +8,9 @@ use tapio_load::features::{self, Feature, FeatureStatus};
 
 mod common;
 
-/// Features a distribution may switch off even on a kernel newer than the gate.
-const MAY_BE_DISABLED: &[&str] = &["kprobe", "fentry", "tp_btf", "lsm", "kprobe_multi"];
+/// Features a kernel newer than the gate may lack for a reason no config option states: the BPF
+/// LSM runs only when the boot command line's `lsm=` (or CONFIG_LSM's default list) names it.
+const OFF_AT_BOOT: &[&str] = &["lsm"];
 
 /// Set in the unprivileged child of [`permission_error_is_error_not_absent`].
 const CHILD_ENV: &str = "TAPIO_FEATURES_UNPRIVILEGED_CHILD";
@@ -53,7 +54,7 @@ fn known_facts_of_a_btf_kernel() {
         return;
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        common::skip_for_kernel("known_facts_of_a_btf_kernel", "vmlinux btf unsupported (requires >= 5.4)");
+        common::skip_for_kernel("known_facts_of_a_btf_kernel", &tapio_kernel_gates::Needs::one("vmlinux btf"), "no /sys/kernel/btf/vmlinux");
         return;
     }
     let all = features::probe_all();
@@ -64,8 +65,8 @@ fn known_facts_of_a_btf_kernel() {
     }
 }
 
-/// cilium's checkVersion: on a kernel at least as new as a gate, "absent" is a probe bug unless
-/// distributions are known to disable the feature.
+/// cilium's checkVersion: on a kernel at least as new as a gate, "absent" is a probe bug unless the
+/// kernel explains it (tapio_kernel_gates::judge: a config option of the feature off).
 #[test]
 fn no_feature_absent_on_a_newer_kernel() {
     if common::skip_unless_root("no_feature_absent_on_a_newer_kernel") {
@@ -74,13 +75,17 @@ fn no_feature_absent_on_a_newer_kernel() {
     let running = running_version();
     let all = features::probe_all();
     let table = features::render_text(&all);
-    let wrong: Vec<_> = all
-        .iter()
-        .filter(|f| parse_version(f.since) <= running && !MAY_BE_DISABLED.contains(&f.name))
-        .filter(|f| matches!(f.status, FeatureStatus::Absent { .. }))
-        .map(|f| f.name)
-        .collect();
-    assert!(wrong.is_empty(), "absent although the kernel {running:?} is newer than the gate: {wrong:?}\n{table}");
+    let facts = features::kernel_facts();
+    let mut wrong = Vec::new();
+    for f in all.iter().filter(|f| matches!(f.status, FeatureStatus::Absent { .. }) && !OFF_AT_BOOT.contains(&f.name)) {
+        match tapio_kernel_gates::judge(&tapio_kernel_gates::Needs::one(f.name), &facts) {
+            tapio_kernel_gates::Judgement::Explained { excuses } => {
+                println!("{} absent: {}", f.name, excuses.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+            }
+            tapio_kernel_gates::Judgement::Unexplained { why } => wrong.push(why),
+        }
+    }
+    assert!(wrong.is_empty(), "absent although the kernel {running:?} should have it: {wrong:#?}\n{table}");
 }
 
 /// The JSON form the `features --json` command prints is stable: `{name, since, status: {state, ..}}`.

@@ -185,7 +185,7 @@ fn tcp_lifecycle_over_ipv4_and_ipv6() {
                 let line = format!("monitor network: {group}: unavailable: {why}");
                 assert!(stderr.contains(&line), "expected `{line}` in stderr:\n{stderr}");
                 assert!(!events.iter().any(|e| e["event"] == event), "no {event} without a path");
-                common::skip_for_kernel(&format!("{event} events"), format!("unavailable on this kernel: {why}"));
+                common::skip_for_kernel(&format!("{event} events"), &common::needs_of("network", group), format!("unavailable on this kernel: {why}"));
             }
         }
     }

@@ -295,7 +295,7 @@ fn security_events_from_real_syscalls() {
         assert_eq!(finit["fd"], -1);
         assert_eq!(finit["result"], -libc::EBADF as i64);
     } else {
-        common::skip_for_kernel("module_load events", "kernel built without CONFIG_MODULES (no init_module tracepoint)");
+        common::skip_for_kernel("module_load events", &common::needs_of("security", "init_module"), "no init_module tracepoint");
         assert!(
             stderr.contains("init_module: unavailable") && stderr.contains("CONFIG_MODULES"),
             "the loader says why module loads are not watched; stderr:\n{stderr}"
@@ -304,13 +304,6 @@ fn security_events_from_real_syscalls() {
 
     let left = common::programs_left_after("sec_", Duration::from_secs(2));
     assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
-}
-
-/// The kernel's release as (major, minor), from `/proc/sys/kernel/osrelease`.
-fn kernel_version() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// Whether tracefs lists `capability/cap_capable` (mounted by the loader or the system).
@@ -332,12 +325,12 @@ fn capability_events_from_the_cap_capable_tracepoint() {
     // Started first: the loader mounts tracefs when it is not mounted.
     let loader = Loader::start(&["--monitors", "security"]);
     if !cap_capable_tracepoint_exists() {
-        let (major, minor) = kernel_version();
-        assert!(
-            (major, minor) < (6, 14),
-            "running {major}.{minor}: the capability:cap_capable tracepoint exists from 6.14, but tracefs does not list it"
+        // Fails instead on 6.14 and later, where the tracepoint exists, unless the kernel explains it.
+        common::skip_for_kernel(
+            "capability_events_from_the_cap_capable_tracepoint",
+            &tapio_kernel_gates::Needs::one("cap_capable tracepoint"),
+            "tracefs does not list capability/cap_capable",
         );
-        common::skip_for_kernel("capability_events_from_the_cap_capable_tracepoint", format!("capability:cap_capable unsupported (requires >= 6.14, running {major}.{minor})"));
         return;
     }
     // Each child checks CAP_SYS_ADMIN once: as root (granted), then as uid 4321 (refused; a uid

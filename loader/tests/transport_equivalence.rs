@@ -75,7 +75,7 @@ fn ringbuf_perf_and_minimized_btf_agree() {
         return;
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        common::skip_for_kernel("ringbuf_perf_and_minimized_btf_agree", "vmlinux btf unsupported (requires >= 5.4), no /sys/kernel/btf/vmlinux to minimize");
+        common::skip_for_kernel("ringbuf_perf_and_minimized_btf_agree", &tapio_kernel_gates::Needs::one("vmlinux btf"), "no /sys/kernel/btf/vmlinux to minimize");
         return;
     }
     let _serial = kernel_lock();

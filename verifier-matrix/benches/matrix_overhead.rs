@@ -195,7 +195,9 @@ fn boot(artifacts: &KernelArtifacts, initrd: &Path, dir: &Path, accel: Accel, ba
         );
     }
     let lines = o.results_lines();
-    let parsed = results::parse(&lines);
+    let mut parsed = results::parse(&lines);
+    // The kernel's config, as the matrix gives its judge (skips are judged against it).
+    parsed.set_config(matrix::guest_config(artifacts));
     let verdict = if bare {
         if !parsed.done {
             bail!("{}: bare boot powered off without its done line (is the guest agent built with tapio.bare?)", artifacts.release);

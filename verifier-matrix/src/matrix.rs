@@ -170,6 +170,17 @@ pub fn pack(guest: &Path, artifacts: &KernelArtifacts, out: &Path) -> Result<()>
     image.write_to(out).with_context(|| format!("initramfs: write {}", out.display()))
 }
 
+/// The booted kernel's own config, as its package ships it (`boot/config-<release>`, or
+/// `lib/modules/<release>/config` in the 7.x packaging: fetch.rs finds either): the judge reads
+/// the options that explain a missing feature from it. Public so the matrix benchmark judges its
+/// rows as the matrix does.
+pub fn guest_config(artifacts: &KernelArtifacts) -> Result<tapio_kernel_gates::KernelConfig, String> {
+    let Some(path) = &artifacts.config else {
+        return Err("the kernel came without a config (a --kernel-file run, or a package without one)".to_owned());
+    };
+    tapio_kernel_gates::KernelConfig::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Boots one kernel and judges it.
 fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sender<Progress>) -> Row {
     let dir = options.out_dir.join(b.line.replace(['/', ':'], "_"));
@@ -195,7 +206,9 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
         Err(e) => row.verdict = Verdict::BootFailed(format!("qemu: {e}")),
         Ok(o) => {
             row.wall = Some(o.wall);
-            let parsed = results::parse(&o.results_lines());
+            let mut parsed = results::parse(&o.results_lines());
+            parsed.set_config(guest_config(&b.artifacts));
+            parsed.explain();
             row.verdict = match &o.status {
                 GuestStatus::PoweredOff => judge(&parsed, &o.splats),
                 GuestStatus::Panicked => Verdict::BootFailed("kernel panic".to_owned()),
@@ -256,7 +269,13 @@ fn host_row(guest: &Path, timeout: Duration) -> Row {
     }
     let text = reader.join().unwrap_or_default();
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let parsed = results::parse(&lines);
+    let mut parsed = results::parse(&lines);
+    let release = parsed.release.clone().unwrap_or_default();
+    parsed.set_config(
+        tapio_kernel_gates::KernelConfig::running(&release)
+            .ok_or_else(|| format!("neither /proc/config.gz nor /boot/config-{release} is readable")),
+    );
+    parsed.explain();
     row.wall = Some(started.elapsed());
     row.release = parsed.release.clone();
     row.accel = Some("none".to_owned());
@@ -486,7 +505,12 @@ mod tests {
                 body: "[1]".to_owned(),
             });
             if let Some(name) = skip {
-                results.skips.push(results::CheckResult { name: name.to_owned(), pass: false, detail: "no veth".to_owned() });
+                results.skips.push(results::SkipResult {
+                    name: name.to_owned(),
+                    detail: "no veth".to_owned(),
+                    needs: tapio_kernel_gates::Needs::one("veth"),
+                    judgement: None,
+                });
             }
             let mut r = empty_row("6.1", Verdict::Pass);
             r.results = Some(results);

@@ -61,6 +61,11 @@ mod secs {
 }
 
 /// Decides a booted row's verdict from what the agent sent and what the console showed.
+///
+/// A program unavailable, a check skipped or a program the verifier pass skipped is a kernel
+/// fact only when the kernel explains it ([`tapio_kernel_gates::judge`]: older than the feature,
+/// the feature's config off, or its probe refused as root); otherwise it fails the row, as
+/// cilium/ebpf's `checkVersion` fails a test that skips on a kernel that should have the feature.
 pub fn judge(results: &GuestResults, splats: &[Splat]) -> Verdict {
     let mut problems = Vec::new();
     if !results.done {
@@ -81,6 +86,12 @@ pub fn judge(results: &GuestResults, splats: &[Splat]) -> Verdict {
     }
     for c in results.checks.iter().filter(|c| !c.pass) {
         problems.push(format!("check {} failed", c.name));
+    }
+    let facts = results.facts();
+    for (what, needs) in results.not_run() {
+        if let tapio_kernel_gates::Judgement::Unexplained { why } = tapio_kernel_gates::judge(needs, &facts) {
+            problems.push(format!("{what} and the kernel does not explain it (needs {needs}): {why}"));
+        }
     }
     if results.programs.is_empty() {
         problems.push("no program reported".to_owned());
@@ -163,11 +174,26 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
     let (pass, fail, boot, unavailable) = totals(rows);
     let _ = writeln!(out, "\n{pass} passed, {fail} failed, {boot} failed to boot, {unavailable} unavailable (not counted as passed)\n");
     for r in rows {
+        // Every skip with the kernel's explanation (or UNEXPLAINED, which failed the row).
+        let judged = |j: &Option<tapio_kernel_gates::Judgement>| match j {
+            Some(j) => format!(" ({j})"),
+            None => String::new(),
+        };
         for u in r.results.iter().flat_map(|res| &res.unavailable) {
-            let _ = writeln!(out, "- {}: {}/{} unavailable: {}", r.line, u.monitor, u.program, u.detail);
+            let _ = writeln!(out, "- {}: {}/{} unavailable: {}{}", r.line, u.monitor, u.program, first_line(&u.detail), judged(&u.judgement));
+        }
+        for v in r.results.iter().flat_map(|res| &res.verifier).filter(|v| v.skipped.is_some()) {
+            let why = v.skipped.as_deref().unwrap_or_default();
+            let _ = writeln!(out, "- {}: verifier skipped {}/{}: {why}{}", r.line, v.monitor, v.program, judged(&v.judgement));
         }
         for skip in r.results.iter().flat_map(|res| &res.skips) {
-            let _ = writeln!(out, "- {}: SKIP {}: {}", r.line, skip.name, skip.detail);
+            let _ = writeln!(out, "- {}: SKIP {}: {}{}", r.line, skip.name, skip.detail, judged(&skip.judgement));
+        }
+        if let Some(source) = r.results.as_ref().and_then(|res| res.config_source.as_deref()) {
+            let has_skips = r.results.as_ref().is_some_and(|res| !res.not_run().is_empty());
+            if has_skips {
+                let _ = writeln!(out, "- {}: kernel config: {source}", r.line);
+            }
         }
         match &r.verdict {
             Verdict::Pass => {}
@@ -193,7 +219,14 @@ mod tests {
     fn good() -> GuestResults {
         GuestResults {
             release: Some("6.1".into()),
-            programs: vec![ProgramResult { monitor: "process".into(), program: "process_exec".into(), attached: true, detail: String::new() }],
+            programs: vec![ProgramResult {
+                monitor: "process".into(),
+                program: "process_exec".into(),
+                attached: true,
+                detail: String::new(),
+                needs: Default::default(),
+                judgement: None,
+            }],
             checks: vec![CheckResult { name: "process.leaf".into(), pass: true, detail: String::new() }],
             done: true,
             ..Default::default()

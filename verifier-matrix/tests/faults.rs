@@ -23,6 +23,15 @@ fn kernel() -> Option<PathBuf> {
     std::env::var_os("TAPIO_TEST_KERNEL").map(PathBuf::from).filter(|p| p.exists())
 }
 
+/// The kernel's modules where a package unpacks them beside it (`<root>/boot/vmlinuz-<release>`,
+/// `<root>/lib/modules/<release>`): the veth scenarios need the veth module, and a kernel that
+/// has veth (CONFIG_VETH=m) yet skips them for want of the module fails its row (the skip judge).
+fn modules_beside(kernel: &std::path::Path) -> Option<PathBuf> {
+    let release = kernel.file_name()?.to_str()?.strip_prefix("vmlinuz-")?;
+    let dir = kernel.parent()?.parent()?.join("lib/modules").join(release);
+    dir.is_dir().then_some(dir)
+}
+
 fn run(test: &str, fault: Option<Fault>, timeout: Duration) -> Option<Vec<Row>> {
     let Some(kernel) = kernel() else {
         skip::skip(test, skip::Why::Environment("no kernel (set TAPIO_TEST_KERNEL)".to_owned()));
@@ -39,8 +48,8 @@ fn run(test: &str, fault: Option<Fault>, timeout: Duration) -> Option<Vec<Row>> 
         selection: Selection::Lines(vec!["host".to_owned()]),
         jobs: 1,
         timeout,
+        modules: modules_beside(&kernel),
         kernel_file: Some(kernel),
-        modules: None,
         kernel_deb: None,
         out_dir,
         accept_snapshots: false,

@@ -79,6 +79,30 @@ impl AttachPoint {
         }
     }
 
+    /// The kernel features (tapio_kernel_gates names) this attach point needs, for the skip judge:
+    /// what a kernel must lack, or refuse, for the program to be unavailable there.
+    pub fn needs(&self) -> &'static [&'static str] {
+        match self {
+            Self::TracePoint { category: "syscalls", name } if name.ends_with("init_module") => {
+                &["syscall tracepoints", "module syscall tracepoints"]
+            }
+            Self::TracePoint { category: "syscalls", .. } => &["syscall tracepoints"],
+            Self::TracePoint { category: "capability", name: "cap_capable" } => &["cap_capable tracepoint"],
+            Self::TracePoint { .. } => &["tracepoint"],
+            Self::RawTracePoint { name: "cap_capable" } => &["raw tracepoint", "cap_capable tracepoint"],
+            Self::RawTracePoint { .. } => &["raw tracepoint"],
+            Self::Fexit { .. } => &["fentry"],
+            Self::Kprobe { .. } | Self::Kretprobe { .. } => &["kprobe"],
+            Self::CgroupSkb { .. } => &["cgroup skb"],
+            Self::CgroupSockCreate => &["cgroup sock"],
+        }
+    }
+
+    /// [`AttachPoint::needs`] as the judge's one-path [`tapio_kernel_gates::Needs`].
+    pub fn needs_list(&self) -> tapio_kernel_gates::Needs {
+        tapio_kernel_gates::Needs::all(self.needs())
+    }
+
     /// Whether the program runs on a syscall tracepoint, which puts every syscall of every task
     /// on the tracing slow path while it is attached.
     pub fn is_syscall_tracepoint(&self) -> bool {
@@ -197,6 +221,33 @@ pub struct MonitorSpec {
 
 /// Every monitor `tapio-load` knows.
 pub const MONITORS: &[MonitorSpec] = &[process::SPEC, network::SPEC, kernel::SPEC, dns::SPEC, security::SPEC, advanced::SPEC];
+
+/// What the kernel must have for `name` of `spec` to run, where `name` is a program or a
+/// capability that `load` may report unavailable: a group of alternative programs (any one path
+/// will do), a capability with alternative program sets (any one set, each needing all its
+/// programs' features), or a set of optional programs (all of them).
+pub fn needs_of(spec: &MonitorSpec, name: &str) -> tapio_kernel_gates::Needs {
+    let attach = |program: &str| spec.programs.iter().find(|p| p.name == program).map(|p| p.attach.needs()).unwrap_or(&[]);
+    let union = |programs: &[&str]| {
+        let mut all: Vec<String> = Vec::new();
+        for f in programs.iter().flat_map(|p| attach(p)) {
+            if !all.iter().any(|a| a == f) {
+                all.push((*f).to_owned());
+            }
+        }
+        all
+    };
+    if let Some(g) = GROUPS.iter().find(|g| g.monitor == spec.name && g.name == name) {
+        return tapio_kernel_gates::Needs(g.programs.iter().map(|p| union(&[p])).collect());
+    }
+    if let Some(a) = ALTERNATIVES.iter().find(|a| a.monitor == spec.name && a.name == name) {
+        return tapio_kernel_gates::Needs(a.sets.iter().map(|s| union(s.programs)).collect());
+    }
+    if let Some(o) = OPTIONAL.iter().find(|o| o.monitor == spec.name && o.name == name) {
+        return tapio_kernel_gates::Needs(vec![union(o.programs)]);
+    }
+    tapio_kernel_gates::Needs(vec![union(&[name])])
+}
 
 /// Finds a monitor by name.
 pub fn monitor(name: &str) -> Option<&'static MonitorSpec> {
@@ -830,6 +881,36 @@ pub fn stat(ebpf: &Ebpf, index: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What each capability `load` may report unavailable needs, in the judge's terms: a group
+    /// is any of its paths, a set of optional programs all of its features.
+    #[test]
+    fn unavailable_capabilities_name_their_features() {
+        let needs = |monitor: &str, name: &str| needs_of(monitor_spec(monitor), name);
+        assert_eq!(needs("network", "connect_attempt"), tapio_kernel_gates::Needs::any(&[&["fentry"], &["kprobe"]]));
+        assert_eq!(needs("network", "accept_return"), tapio_kernel_gates::Needs::any(&[&["fentry"], &["kprobe"]]));
+        assert_eq!(
+            needs("security", "init_module"),
+            tapio_kernel_gates::Needs::all(&["syscall tracepoints", "module syscall tracepoints"])
+        );
+        assert_eq!(
+            needs("security", "capability"),
+            tapio_kernel_gates::Needs::any(&[&["raw tracepoint", "cap_capable tracepoint"], &["fentry"], &["kprobe"]])
+        );
+        assert_eq!(needs("network", "udp_flow"), tapio_kernel_gates::Needs::any(&[&["cgroup sock", "cgroup skb"], &["syscall tracepoints"]]));
+        // Every feature any program needs is in the table.
+        for m in MONITORS {
+            for p in m.programs {
+                for f in p.attach.needs() {
+                    assert!(tapio_kernel_gates::gate(f).is_some(), "{}/{}: {f} not in tapio_kernel_gates::GATES", m.name, p.name);
+                }
+            }
+        }
+    }
+
+    fn monitor_spec(name: &str) -> &'static MonitorSpec {
+        MONITORS.iter().find(|m| m.name == name).expect("a monitor")
+    }
 
     /// Every program's attach point agrees with its object's section: aya takes a kprobe's kind
     /// (entry or return) from the section, so a `Kretprobe` spec on a `kprobe/` section would

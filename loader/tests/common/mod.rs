@@ -30,9 +30,16 @@ pub fn skip_unless_root(test: &str) -> bool {
     skip::unless_root(test, "CAP_BPF and CAP_PERFMON to load BPF programs")
 }
 
-/// Reports a skip whose reason is a fact of the running kernel (listed, never a failure).
-pub fn skip_for_kernel(test: &str, reason: impl Into<String>) {
-    skip::skip(test, skip::Why::Kernel(reason.into()));
+/// Reports a skip for want of `needs` (kernel features, tapio_kernel_gates names): listed with
+/// the kernel's explanation, or a failure when the running kernel should have them and nothing
+/// (its version, its config, a probe refused as root) explains why it has not.
+pub fn skip_for_kernel(test: &str, needs: &tapio_kernel_gates::Needs, reason: impl Into<String>) {
+    skip::skip(test, skip::Why::kernel(reason, needs, &tapio_load::features::kernel_facts()));
+}
+
+/// What `name` (a program or a capability the loader may report unavailable) of `monitor` needs.
+pub fn needs_of(monitor: &str, name: &str) -> tapio_kernel_gates::Needs {
+    tapio_load::monitors::needs_of(tapio_load::monitors::monitor(monitor).expect("a monitor"), name)
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.

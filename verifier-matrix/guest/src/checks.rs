@@ -30,12 +30,21 @@ pub fn run_all(out: &mut Reporter) {
             None
         }
     };
+    // Every feature probe's answer, as root: the facts (with the kernel's version and config)
+    // the harness judges each skip and unavailable program by.
+    for f in tapio_load::features::probe_all() {
+        out.line(&Line::Feature { name: f.name.to_owned(), answer: f.status.answer() });
+    }
     // The verifier pass first: every program loaded unattached, as `tapio-load check` does.
     let all: Vec<_> = monitors::MONITORS.iter().collect();
     crate::faults::rejected_fixture_if_asked(out, btf.as_ref());
     let mut verdicts = tapio_load::check::check(&all, btf.as_ref());
     verdicts.push(tapio_load::check::check_xdp_filter(btf.as_ref()));
     for c in verdicts {
+        let needs = match (&c.skipped, monitors::monitor(c.monitor)) {
+            (Some(_), Some(spec)) => monitors::needs_of(spec, c.program),
+            _ => Default::default(),
+        };
         out.line(&Line::Verifier {
             monitor: c.monitor.to_owned(),
             program: c.program.to_owned(),
@@ -44,6 +53,7 @@ pub fn run_all(out: &mut Reporter) {
             load_us: Some(c.load_us),
             error: c.error,
             skipped: c.skipped,
+            needs,
         });
     }
     let mut loaded: Vec<LoadedMonitor> = Vec::new();
@@ -59,6 +69,7 @@ pub fn run_all(out: &mut Reporter) {
                         path: r.path.clone(),
                         transport: Some(m.transport.to_string()),
                         load_us: Some(r.load_time.as_micros() as u64),
+                        needs: Default::default(),
                     });
                 }
                 for (program, why) in &m.unavailable {
@@ -69,6 +80,7 @@ pub fn run_all(out: &mut Reporter) {
                         path: why.clone(),
                         transport: None,
                         load_us: None,
+                        needs: monitors::needs_of(m.spec, program),
                     });
                 }
                 loaded.push(m);

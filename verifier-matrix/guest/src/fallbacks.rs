@@ -108,7 +108,7 @@ pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let Some(spec) = monitors::monitor("security") else { return };
     let Some(program) = spec.programs.iter().find(|p| p.name == "sec_capable_kprobe") else { return };
     if let Err(why) = tapio_load::plan::attach_path(&program.attach) {
-        out.line(&Line::skip("fallback.kprobe", why));
+        out.line(&Line::skip("fallback.kprobe", why, program.attach.needs_list()));
         return;
     }
     let result = (|| -> Result<(usize, bool), String> {
@@ -155,7 +155,7 @@ pub fn kprobe_network(out: &mut Reporter, btf: Option<&aya::Btf>) {
         spec.programs.iter().filter(|p| matches!(p.name, "network_connect_kprobe" | "network_accept_kretprobe")).collect();
     for p in &programs {
         if let Err(why) = tapio_load::plan::attach_path(&p.attach) {
-            out.line(&Line::skip(NAME, format!("{}: {why}", p.attach.describe())));
+            out.line(&Line::skip(NAME, format!("{}: {why}", p.attach.describe()), p.attach.needs_list()));
             return;
         }
     }

@@ -48,5 +48,6 @@ pub fn rejected_fixture_if_asked(out: &mut Reporter, btf: Option<&aya::Btf>) {
         load_us: None,
         error: verdict.err(),
         skipped: None,
+        needs: Default::default(),
     });
 }

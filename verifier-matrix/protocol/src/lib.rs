@@ -3,10 +3,15 @@
 //! with [`Line::parse`], and a line that is not exactly one of them (not JSON, an unknown kind, a
 //! misspelt or missing field) is an error that fails the row, never a line silently dropped.
 //!
-//! This crate owns the protocol and nothing else: it depends on serde only, so the guest (a static
-//! binary inside the VM) and the harness share the type without sharing anything heavier.
+//! This crate owns the protocol and nothing else: it depends on serde and on the kernel-feature
+//! table's types (tapio-kernel-gates: data only) so the guest (a static binary inside the VM) and
+//! the harness share the type without sharing anything heavier.
+//!
+//! Whatever cannot run names the kernel features it needs (`needs`), so the harness can judge,
+//! against the kernel's version, config and probe answers, whether the kernel explains it.
 
 use serde::{Deserialize, Serialize};
+pub use tapio_kernel_gates::{Needs, ProbeAnswer};
 
 /// Whether a program attached or is unavailable on this kernel (a kernel fact, with the reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +38,9 @@ pub enum Line {
         transport: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         load_us: Option<u64>,
+        /// For an unavailable program: the kernel features it needs (empty when attached).
+        #[serde(default, skip_serializing_if = "Needs::is_empty")]
+        needs: Needs,
     },
     /// A monitor that failed to load.
     Monitor { monitor: String, error: String, load_us: u64 },
@@ -46,11 +54,22 @@ pub enum Line {
         error: Option<String>,
         /// An alternative path the kernel lacks, not loaded (a kernel fact, not a rejection).
         skipped: Option<String>,
+        /// For a skipped program: the kernel features it needs.
+        #[serde(default, skip_serializing_if = "Needs::is_empty")]
+        needs: Needs,
     },
     /// One named check.
     Check { name: String, pass: bool, detail: String },
-    /// A check the kernel cannot run, with the kernel's reason: listed, never a pass.
-    Skip { name: String, reason: String },
+    /// A check the kernel cannot run, with the kernel's reason and the features it needs:
+    /// listed, never a pass.
+    Skip {
+        name: String,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Needs::is_empty")]
+        needs: Needs,
+    },
+    /// One kernel feature's probe answer (tapio-load `features`), as root.
+    Feature { name: String, answer: ProbeAnswer },
     /// The normalised events of one (monitor, scenario), compared with `snapshots/`.
     Snapshot { monitor: String, scenario: String, body: String },
     /// Something the agent needed before the checks failed.
@@ -77,9 +96,9 @@ impl Line {
         Self::Check { name: name.into(), pass, detail: detail.into() }
     }
 
-    /// A skip line.
-    pub fn skip(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Skip { name: name.into(), reason: reason.into() }
+    /// A skip line: the check, why it cannot run, and the kernel features it needs.
+    pub fn skip(name: impl Into<String>, reason: impl Into<String>, needs: Needs) -> Self {
+        Self::Skip { name: name.into(), reason: reason.into(), needs }
     }
 }
 
@@ -98,10 +117,21 @@ mod tests {
                 path: "tracepoint:sched/sched_process_exec".into(),
                 transport: Some("ringbuf".into()),
                 load_us: Some(12),
+                needs: Needs::default(),
             },
+            Line::Program {
+                monitor: "network".into(),
+                program: "connect_attempt".into(),
+                status: ProgramStatus::Unavailable,
+                path: "fexit: refused".into(),
+                transport: None,
+                load_us: None,
+                needs: Needs::any(&[&["fentry"], &["kprobe"]]),
+            },
+            Line::Feature { name: "fentry".into(), answer: ProbeAnswer::Refused { errno: 1, message: "m".into() } },
             Line::Monitor { monitor: "dns".into(), error: "verifier says no".into(), load_us: 3 },
             Line::check("process.leaf", false, "ppid 5"),
-            Line::skip("fallback.kprobe", "no kprobes"),
+            Line::skip("fallback.kprobe", "no kprobes", Needs::one("kprobe")),
             Line::Done,
         ];
         for l in lines {

@@ -159,7 +159,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
                                 let (pass, detail) = call_checks(event, path, &values, f, me);
                                 check(out, &check_name, pass, detail);
                             }
-                            Err(why) => out.line(&Line::skip(check_name, why)),
+                            Err(why) => out.line(&Line::skip(check_name, why, call_needs(event))),
                         }
                     }
                 }
@@ -187,6 +187,11 @@ pub(super) fn call_path(m: &LoadedMonitor, event: &str) -> Result<String, String
         || format!("{event}: no path attached and none reported unavailable"),
         |(_, why)| format!("{event} unavailable: {why}"),
     ))
+}
+
+/// What one of [`CALL_EVENTS`] needs of the kernel: any path of its program group.
+pub(super) fn call_needs(event: &str) -> tapio_matrix_protocol::Needs {
+    tapio_load::monitors::monitor("network").map(|spec| tapio_load::monitors::needs_of(spec, event)).unwrap_or_default()
 }
 
 /// `connect_attempt`'s `result` is the one field whose presence depends on the path (see the

@@ -300,7 +300,10 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         let none = values.iter().all(|v| v["event"] != "module_load");
         if none {
             let reason = format!("module_load unavailable: {}", no_modules[0]);
-            out.line(&Line::skip(name("module_load_in_container"), reason));
+            let needs = tapio_load::monitors::monitor("security")
+                .map(|spec| tapio_load::monitors::needs_of(spec, "init_module"))
+                .unwrap_or_default();
+            out.line(&Line::skip(name("module_load_in_container"), reason, needs));
         } else {
             check(out, &name("module_load_in_container"), false, "module events from programs reported unavailable".to_owned());
         }

@@ -142,7 +142,7 @@ pub fn pair_or_report(out: &mut Reporter, scenario: &str, tag: &str, root_addrs:
     match VethPair::create(tag, root_addrs, ns_addrs) {
         Ok(p) => Some(p),
         Err(Unavailable::Kernel(why)) => {
-            out.line(&Line::skip(scenario, why));
+            out.line(&Line::skip(scenario, why, tapio_matrix_protocol::Needs::one("veth")));
             None
         }
         Err(Unavailable::Failed(why)) => {
