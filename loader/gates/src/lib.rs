@@ -174,6 +174,20 @@ pub const GATES: &[Gate] = &[
         &["CONFIG_BPF_EVENTS", "CONFIG_FTRACE_SYSCALLS", "CONFIG_MODULES"],
         "4.7: \"perf, bpf: allow bpf programs attach to tracepoints\" (98b5c2c65c29)",
     ),
+    // fsopen, fsconfig, fsmount, open_tree and move_mount (and so their syscall tracepoints)
+    // came together in 5.2.
+    g(
+        "new mount API syscalls",
+        "5.2",
+        &["CONFIG_BPF_EVENTS", "CONFIG_FTRACE_SYSCALLS"],
+        "5.2: \"vfs: syscall: Add move_mount(2) to move mounts around\" (2db154b3ea8e)",
+    ),
+    g(
+        "open_tree_attr syscall",
+        "6.15",
+        &["CONFIG_BPF_EVENTS", "CONFIG_FTRACE_SYSCALLS"],
+        "6.15: \"fs: add open_tree_attr()\"",
+    ),
     g("cap_capable tracepoint", "6.14", &["CONFIG_BPF_EVENTS"], "6.14: \"capability: add trace event for cap_capable\""),
     g("cgroup skb", "4.10", &["CONFIG_CGROUP_BPF"], "4.10: \"bpf: add new prog type for cgroup socket filtering\" (0e33661de493)"),
     g("cgroup sock", "4.10", &["CONFIG_CGROUP_BPF"], "4.10: \"bpf: Add new cgroup attach type to enable sock modifications\""),

@@ -86,6 +86,14 @@ impl AttachPoint {
             Self::TracePoint { category: "syscalls", name } if name.ends_with("init_module") => {
                 &["syscall tracepoints", "module syscall tracepoints"]
             }
+            Self::TracePoint { category: "syscalls", name } if name.ends_with("open_tree_attr") => {
+                &["syscall tracepoints", "open_tree_attr syscall"]
+            }
+            Self::TracePoint { category: "syscalls", name }
+                if ["fsopen", "fsconfig", "fsmount", "open_tree", "move_mount"].iter().any(|s| name.ends_with(s)) =>
+            {
+                &["syscall tracepoints", "new mount API syscalls"]
+            }
             Self::TracePoint { category: "syscalls", .. } => &["syscall tracepoints"],
             Self::TracePoint { category: "capability", name: "cap_capable" } => &["cap_capable tracepoint"],
             Self::TracePoint { .. } => &["tracepoint"],
@@ -896,6 +904,14 @@ mod tests {
         assert_eq!(
             needs("security", "capability"),
             tapio_kernel_gates::Needs::any(&[&["raw tracepoint", "cap_capable tracepoint"], &["fentry"], &["kprobe"]])
+        );
+        assert_eq!(
+            needs("security", "new_mount_api"),
+            tapio_kernel_gates::Needs::all(&["syscall tracepoints", "new mount API syscalls"])
+        );
+        assert_eq!(
+            needs("security", "open_tree_attr"),
+            tapio_kernel_gates::Needs::all(&["syscall tracepoints", "open_tree_attr syscall"])
         );
         assert_eq!(needs("network", "udp_flow"), tapio_kernel_gates::Needs::any(&[&["cgroup sock", "cgroup skb"], &["syscall tracepoints"]]));
         // Every feature any program needs is in the table.
