@@ -160,6 +160,20 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TAPIO_LOG").unwrap_or_else(|_| "info".into()))
         .init();
+    // insta fails a snapshot assertion by panicking; the comparison catches it and reports the
+    // drift in the row, so those panics stay off the terminal. Every other panic is printed.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if !tapio_snapshots::is_snapshot_panic(message) {
+            default_hook(info);
+        }
+    }));
     match real_main() {
         Ok(code) => code,
         Err(e) => {

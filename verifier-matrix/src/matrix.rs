@@ -376,13 +376,20 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
                 options.accept_snapshots,
             );
             if let Err(diff) = compared {
-                problems.push(diff);
+                problems.push(diff.to_string());
             }
         }
         add_problems(row, problems);
     }
     let accounted: std::collections::BTreeSet<_> = referenced.union(&skipped).cloned().collect();
-    let stale = crate::snapshots::unreferenced(&options.workspace, &accounted);
+    let mut stale = crate::snapshots::unreferenced(&options.workspace, &accounted);
+    // A variant for a kernel the matrix never runs (neither a manifest line nor the host) is
+    // unreferenced too, whichever kernels this run chose.
+    if let Ok(lock) = Lock::load(&options.workspace.join("vm-images/kernels.lock")) {
+        let host = rows.iter().find(|r| r.line == "host").and_then(|r| r.release.clone()).or_else(host_release);
+        let live = crate::snapshots::live_kernels(&lock, host.as_deref());
+        stale.extend(tapio_snapshots::audit(&options.workspace, &live).stale);
+    }
     // Only a run that produced snapshots can call others unreferenced.
     if !stale.is_empty() && !referenced.is_empty() {
         if let Some(row) = rows.iter_mut().find(|r| r.results.is_some()) {
@@ -400,13 +407,12 @@ fn variant_key(row: &Row) -> String {
     if row.line.starts_with(|c: char| c.is_ascii_digit()) {
         return crate::manifest::line_version(&row.line).to_owned();
     }
-    row.release
-        .as_deref()
-        .and_then(|r| {
-            let mut parts = r.split(|c: char| !c.is_ascii_digit());
-            Some(format!("{}.{}", parts.next()?, parts.next()?))
-        })
-        .unwrap_or_else(|| row.line.clone())
+    row.release.as_deref().and_then(crate::snapshots::release_key).unwrap_or_else(|| row.line.clone())
+}
+
+/// The running kernel's release (`uname -r`), whose `major.minor` the host row's variants use.
+pub fn host_release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned())
 }
 
 fn add_problems(row: &mut Row, problems: Vec<String>) {
