@@ -34,9 +34,10 @@
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
-use insta::{internals::Content, Settings, Snapshot};
+use insta::{internals::Content, Comparator, DefaultComparator, Settings, Snapshot};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -223,13 +224,45 @@ pub fn settings(dir: &Path) -> Settings {
 /// The outcome of one insta assertion.
 enum Asserted {
     Match,
-    Differs,
+    /// The events differ from the stored snapshot; the new snapshot's text.
+    Differs(String),
+    /// No snapshot is stored under the name.
+    NoneStored,
     CheckFailed(String),
 }
 
+/// insta's own comparison, recording its verdict and the new text: whether an assertion
+/// matched is read here, not from whether it panicked (`cargo insta test` sets
+/// `INSTA_FORCE_PASS`, so a drift does not panic there).
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Option<(bool, String)>>>);
+
+impl Recorder {
+    fn record(&self, pass: bool, test: &Snapshot) -> bool {
+        let text = test.contents().as_text().map(ToString::to_string).unwrap_or_default();
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((pass, text));
+        pass
+    }
+}
+
+impl Comparator for Recorder {
+    fn matches(&self, reference: &Snapshot, test: &Snapshot) -> bool {
+        self.record(DefaultComparator.matches(reference, test), test)
+    }
+
+    fn matches_fully(&self, reference: &Snapshot, test: &Snapshot) -> bool {
+        self.record(DefaultComparator.matches_fully(reference, test), test)
+    }
+
+    fn dyn_clone(&self) -> Box<dyn Comparator> {
+        Box::new(self.clone())
+    }
+}
+
 /// Runs insta's assertion of `events` as snapshot `name` (with `suffix`, `info` and
-/// `description` as metadata) in `dir`. insta writes the `.snap.new` on a difference and
-/// panics; the panic is caught here and becomes [`Asserted::Differs`].
+/// `description` as metadata) in `dir`. insta writes the `.snap.new` on a difference (as
+/// `INSTA_UPDATE` and `.config/insta.yaml` say) and panics, unless `INSTA_FORCE_PASS`; the
+/// panic is caught here.
 fn assert_events(dir: &Path, name: &str, suffix: Option<&str>, info: Option<&Content>, description: Option<&str>, events: &Value) -> Asserted {
     let mut s = settings(dir);
     if let Some(suffix) = suffix {
@@ -241,20 +274,27 @@ fn assert_events(dir: &Path, name: &str, suffix: Option<&str>, info: Option<&Con
     if let Some(d) = description {
         s.set_description(d);
     }
+    let recorder = Recorder::default();
+    s.set_comparator(Box::new(recorder.clone()));
     let outcome = s.bind(|| catch_unwind(AssertUnwindSafe(|| insta::assert_json_snapshot!(name, events))));
-    match outcome {
-        Ok(()) => Asserted::Match,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            match msg.find(CHECK_FAILED) {
-                Some(i) => Asserted::CheckFailed(msg[i + CHECK_FAILED.len()..].trim_start_matches(": ").to_owned()),
-                None => Asserted::Differs,
-            }
+    if let Err(payload) = outcome {
+        let msg = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        if let Some(i) = msg.find(CHECK_FAILED) {
+            return Asserted::CheckFailed(msg[i + CHECK_FAILED.len()..].trim_start_matches(": ").to_owned());
         }
+        if !msg.starts_with("snapshot assertion for ") {
+            return Asserted::CheckFailed(format!("insta: {msg}"));
+        }
+    }
+    let verdict = recorder.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    match verdict {
+        Some((true, _)) => Asserted::Match,
+        Some((false, new)) => Asserted::Differs(new),
+        None => Asserted::NoneStored,
     }
 }
 
@@ -305,7 +345,8 @@ fn diff(old: &str, new: &str) -> String {
 /// Accepts a pending file the way `cargo insta accept` does: insta rewrites it as the snapshot.
 fn accept_pending(name: &str, pending: &Path, target: &Path) -> Result<(), SnapshotError> {
     let file = |message: String| SnapshotError::File { name: name.to_owned(), path: pending.to_owned(), message };
-    let snapshot = Snapshot::from_file(pending).map_err(|e| file(e.to_string()))?;
+    let snapshot = Snapshot::from_file(pending)
+        .map_err(|e| file(format!("{e} (insta writes no pending file with INSTA_UPDATE=no)")))?;
     snapshot.save(target).map_err(|e| file(e.to_string()))?;
     std::fs::remove_file(pending).map_err(|e| file(e.to_string()))
 }
@@ -331,19 +372,19 @@ pub fn compare(workspace: &Path, kernel: &str, monitor: &str, scenario: &str, bo
         }
         let old = text_of(&variant);
         let info = stored.metadata().private_info().cloned();
+        let pending = pending_path(&variant);
         return match assert_events(&dir, scenario, Some(kernel), info.as_ref(), stored.metadata().description(), &events) {
             Asserted::Match => Ok(()),
             Asserted::CheckFailed(why) => Err(check(why, &name)),
-            Asserted::Differs if accept => accept_pending(&name, &pending_path(&variant), &variant),
-            Asserted::Differs => {
-                let pending = pending_path(&variant);
-                let diff = diff(&old, &text_of(&pending));
-                Err(SnapshotError::Drifted { name, kernel: kernel.to_owned(), pending, variant, diff })
+            Asserted::Differs(_) | Asserted::NoneStored if accept => accept_pending(&name, &pending, &variant),
+            // The variant was read above; insta finding none means it went away meanwhile.
+            Asserted::NoneStored => Err(SnapshotError::File { name, path: variant, message: "vanished during the comparison".to_owned() }),
+            Asserted::Differs(new) => {
+                Err(SnapshotError::Drifted { name, kernel: kernel.to_owned(), pending, variant, diff: diff(&old, &new) })
             }
         };
     }
 
-    let existed = shared.exists();
     let old = text_of(&shared);
     let own_pending = pending_path(&variant);
     match assert_events(&dir, scenario, None, None, None, &events) {
@@ -353,14 +394,13 @@ pub fn compare(workspace: &Path, kernel: &str, monitor: &str, scenario: &str, bo
             Ok(())
         }
         Asserted::CheckFailed(why) => Err(check(why, &shared_name)),
-        Asserted::Differs if accept => accept_pending(&shared_name, &pending_path(&shared), &shared),
-        Asserted::Differs if !existed => {
+        Asserted::Differs(_) | Asserted::NoneStored if accept => accept_pending(&shared_name, &pending_path(&shared), &shared),
+        Asserted::NoneStored => {
             Err(SnapshotError::New { name: shared_name, kernel: kernel.to_owned(), pending: pending_path(&shared) })
         }
-        Asserted::Differs => {
+        Asserted::Differs(new) => {
             // The shared `.snap.new` would be overwritten by the next drifted kernel: this
             // kernel's drift is stored under its own name, for its own review.
-            let new = text_of(&pending_path(&shared));
             let _ = std::fs::remove_file(pending_path(&shared));
             let info = Content::Map(vec![
                 (Content::from("kernel"), Content::from(kernel)),
@@ -371,13 +411,7 @@ pub fn compare(workspace: &Path, kernel: &str, monitor: &str, scenario: &str, bo
                  write in info.reason why the kernel differs. If every kernel drifted alike, change the shared snapshot instead."
             );
             let _ = assert_events(&dir, scenario, Some(kernel), Some(&info), Some(&description), &events);
-            Err(SnapshotError::Drifted {
-                name: shared_name,
-                kernel: kernel.to_owned(),
-                pending: own_pending,
-                variant,
-                diff: diff(&old, &new),
-            })
+            Err(SnapshotError::Drifted { name: shared_name, kernel: kernel.to_owned(), pending: own_pending, variant, diff: diff(&old, &new) })
         }
     }
 }
