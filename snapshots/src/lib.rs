@@ -325,21 +325,10 @@ fn text_of(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The stored snapshot against the new events: the changed lines with three of context (a
+/// snapshot is hundreds of lines; the report shows what moved).
 fn diff(old: &str, new: &str) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    for change in similar::TextDiff::from_lines(old, new).iter_all_changes() {
-        let sign = match change.tag() {
-            similar::ChangeTag::Delete => '-',
-            similar::ChangeTag::Insert => '+',
-            similar::ChangeTag::Equal => ' ',
-        };
-        let _ = write!(out, "{sign}{change}");
-        if change.missing_newline() {
-            out.push('\n');
-        }
-    }
-    out
+    similar::TextDiff::from_lines(old, new).unified_diff().context_radius(3).header("stored", "this run").to_string()
 }
 
 /// Accepts a pending file the way `cargo insta accept` does: insta rewrites it as the snapshot.
