@@ -506,6 +506,30 @@ mod tests {
         assert_eq!(rows[0].verdict, Verdict::Pass);
     }
 
+    /// A variant for a kernel the matrix never runs (no line of the lock, not the host) is an
+    /// unreferenced snapshot, whichever kernels the run chose.
+    #[test]
+    fn a_variant_for_a_kernel_the_matrix_never_runs_is_unreferenced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("vm-images")).unwrap();
+        std::fs::write(dir.path().join("vm-images/kernels.lock"), "[[kernel]]\nline = \"6.1\"\ndefault = true\nunavailable = \"x\"\n").unwrap();
+        crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
+        let shared = std::fs::read_to_string(crate::snapshots::snap_path(dir.path(), "process", "exec_chain")).unwrap();
+        let variant = shared.replacen("expression: events\n", "expression: events\ninfo:\n  kernel: \"4.19\"\n  reason: old\n", 1);
+        std::fs::write(crate::snapshots::variant_path(dir.path(), "process", "exec_chain", "4.19"), variant).unwrap();
+        let mut results = results::GuestResults::default();
+        results.snapshots.push(results::SnapshotBody { monitor: "process".to_owned(), scenario: "exec_chain".to_owned(), body: "[1]".to_owned() });
+        let mut row = empty_row("6.1", Verdict::Pass);
+        row.results = Some(results);
+        let mut rows = [row];
+        check_snapshots(&options_in(dir.path()), &mut rows);
+        assert!(
+            matches!(&rows[0].verdict, Verdict::Fail(why) if why.contains("unreferenced snapshots") && why.contains("exec_chain@4.19.snap")),
+            "{:?}",
+            rows[0].verdict
+        );
+    }
+
     /// issue 15, item 10: another row producing a scenario's snapshot does not excuse a row that
     /// produced it not, nor skipped it.
     #[test]
