@@ -26,6 +26,10 @@ test: setup
 	@mkdir -p target && rm -f $(SKIP_LOG)
 	TAPIO_TEST_KERNEL="$$($(CARGO) xtask vm-images path 6.1)" TAPIO_STRICT_SKIPS=1 TAPIO_SKIP_LOG=$(SKIP_LOG) \
 		$(CARGO) test --locked --workspace --no-fail-fast
+	# The stored snapshots as cargo-insta checks them: none pending, none unreferenced (a variant for
+	# a kernel the matrix does not run), every one in the exact form and metadata the matrix writes.
+	$(CARGO) insta test --require-full-match --unreferenced=reject -p tapio-snapshots -p verifier-matrix \
+		--lib --test snapshots_stored --test snapshot_review
 	$(CARGO) xtask verifier-matrix
 	@echo "Tests skipped (each for a fact of this kernel):"; cat $(SKIP_LOG) 2>/dev/null || echo "  none"
 

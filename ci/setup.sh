@@ -43,4 +43,12 @@ if command -v rustup >/dev/null 2>&1; then
     rustup target add x86_64-unknown-linux-musl
   fi
 fi
+# cargo-insta: `cargo insta review/accept/pending-snapshots` for the snapshots a matrix run leaves,
+# and `make test`'s `cargo insta test --require-full-match --unreferenced=reject`. Pinned to the
+# insta crate's version in Cargo.lock; kept as it is when some cargo-insta already works.
+CARGO_INSTA_VERSION=1.49.0
+if ! cargo insta --version >/dev/null 2>&1; then
+  echo "ci/setup.sh: installing cargo-insta ${CARGO_INSTA_VERSION}" >&2
+  cargo install cargo-insta --version "${CARGO_INSTA_VERSION}" --locked
+fi
 echo "ci/setup.sh: ready" >&2

@@ -529,6 +529,8 @@ pub fn reference_markdown() -> String {
 
 #[cfg(test)]
 mod tests {
+    use rstest::rstest;
+
     use super::*;
 
     fn check(text: &str) -> Result<Config, ConfigError> {
@@ -564,55 +566,52 @@ mod tests {
         assert_eq!(KEYS.iter().find(|k| k.key == "delivery_bound_ms").map(|k| k.default), Some(c.delivery.bound_ms.to_string().as_str()));
     }
 
-    #[test]
-    fn bad_configurations_name_their_key() {
-        let cases = [
-            ("colour = 1", "colour"),
-            ("argv_max = \"many\"", "argv_max"),
-            ("argv_max = 0", "argv_max"),
-            ("ring_size = -4096", "ring_size"),
-            ("ring_size = 5000", "ring_size"),
-            ("monitors = [\"nope\"]", "monitors"),
-            ("dns_ports = [0]", "dns_ports"),
-            ("metrics_address = \"localhost\"", "metrics_address"),
-            ("[sampling]\ndns = 1.5", "sampling.dns"),
-            ("[sampling]\nnope = 0.5", "sampling.nope"),
-            ("[sampling]\ndns = \"half\"", "sampling.dns"),
-            ("monitors = [\"advanced\"]\nbatch_size = 0", "batch_size"),
-            ("monitors = [\"advanced\"]\nbatch_size = 65", "batch_size"),
-            ("monitors = [\"advanced\"]\n[syscall_sampling]\nexecve = 0.5", "syscall_sampling.execve"),
-            ("monitors = [\"advanced\"]\n[syscall_sampling]\nread = 2.0", "syscall_sampling.read"),
-            ("output_queue_events = 1", "output_queue_events"),
-            ("strict = \"yes\"", "strict"),
-            ("monitors = [\"advanced\"]\ndedup_window_ms = -1", "dedup_window_ms"),
-            ("delivery = \"lazy\"", "delivery"),
-            ("delivery_bound_ms = 0", "delivery_bound_ms"),
-            ("delivery_bound_ms = 5000", "delivery_bound_ms"),
-        ];
-        for (text, key) in cases {
-            let e = check(text).expect_err(text).to_string();
-            assert!(e.contains(key), "{text:?}: {e}");
-            assert!(!e.contains('\n'), "{text:?}: one line expected: {e}");
-        }
+    #[rstest]
+    #[case("colour = 1", "colour")]
+    #[case("argv_max = \"many\"", "argv_max")]
+    #[case("argv_max = 0", "argv_max")]
+    #[case("ring_size = -4096", "ring_size")]
+    #[case("ring_size = 5000", "ring_size")]
+    #[case("monitors = [\"nope\"]", "monitors")]
+    #[case("dns_ports = [0]", "dns_ports")]
+    #[case("metrics_address = \"localhost\"", "metrics_address")]
+    #[case("[sampling]\ndns = 1.5", "sampling.dns")]
+    #[case("[sampling]\nnope = 0.5", "sampling.nope")]
+    #[case("[sampling]\ndns = \"half\"", "sampling.dns")]
+    #[case("monitors = [\"advanced\"]\nbatch_size = 0", "batch_size")]
+    #[case("monitors = [\"advanced\"]\nbatch_size = 65", "batch_size")]
+    #[case("monitors = [\"advanced\"]\n[syscall_sampling]\nexecve = 0.5", "syscall_sampling.execve")]
+    #[case("monitors = [\"advanced\"]\n[syscall_sampling]\nread = 2.0", "syscall_sampling.read")]
+    #[case("output_queue_events = 1", "output_queue_events")]
+    #[case("strict = \"yes\"", "strict")]
+    #[case("monitors = [\"advanced\"]\ndedup_window_ms = -1", "dedup_window_ms")]
+    #[case("delivery = \"lazy\"", "delivery")]
+    #[case("delivery_bound_ms = 0", "delivery_bound_ms")]
+    #[case("delivery_bound_ms = 5000", "delivery_bound_ms")]
+    fn bad_configurations_name_their_key(#[case] text: &str, #[case] key: &str) {
+        let e = check(text).expect_err(text).to_string();
+        assert!(e.contains(key), "{text:?}: {e}");
+        assert!(!e.contains('\n'), "{text:?}: one line expected: {e}");
     }
 
     /// A key nothing would read is refused with the reason: sampling for a monitor that does not
     /// sample, and the advanced monitor's keys when it is not asked for.
+    #[rstest]
+    #[case("monitors = [\"process\"]\n[sampling]\nprocess = 1.0", "sampling.process", "the process monitor does not sample")]
+    #[case("monitors = [\"dns\", \"advanced\"]\n[sampling]\ndns = 0.5", "sampling.dns", "only the advanced monitor samples")]
+    #[case("[sampling]\nadvanced = 0.5", "sampling.advanced", "`monitors` does not include advanced")]
+    #[case("dedup_window_ms = 500", "dedup_window_ms", "only the advanced monitor reads it")]
+    #[case("batch_size = 32", "batch_size", "only the advanced monitor reads it")]
+    #[case("flush_interval_ms = 50", "flush_interval_ms", "only the advanced monitor reads it")]
+    #[case("[syscall_sampling]\nread = 0.5", "syscall_sampling", "only the advanced monitor reads it")]
+    fn keys_nothing_reads_are_refused_with_the_reason(#[case] text: &str, #[case] key: &str, #[case] why: &str) {
+        let e = check(text).expect_err(text).to_string();
+        assert!(e.starts_with(&format!("config key {key}: refused: nothing reads it: ")) && e.contains(why), "{text:?}: {e}");
+    }
+
+    /// The keys nothing reads without the advanced monitor are read, and applied, with it.
     #[test]
-    fn keys_nothing_reads_are_refused_with_the_reason() {
-        let cases = [
-            ("monitors = [\"process\"]\n[sampling]\nprocess = 1.0", "sampling.process", "the process monitor does not sample"),
-            ("monitors = [\"dns\", \"advanced\"]\n[sampling]\ndns = 0.5", "sampling.dns", "only the advanced monitor samples"),
-            ("[sampling]\nadvanced = 0.5", "sampling.advanced", "`monitors` does not include advanced"),
-            ("dedup_window_ms = 500", "dedup_window_ms", "only the advanced monitor reads it"),
-            ("batch_size = 32", "batch_size", "only the advanced monitor reads it"),
-            ("flush_interval_ms = 50", "flush_interval_ms", "only the advanced monitor reads it"),
-            ("[syscall_sampling]\nread = 0.5", "syscall_sampling", "only the advanced monitor reads it"),
-        ];
-        for (text, key, why) in cases {
-            let e = check(text).expect_err(text).to_string();
-            assert!(e.starts_with(&format!("config key {key}: refused: nothing reads it: ")) && e.contains(why), "{text:?}: {e}");
-        }
+    fn the_advanced_keys_apply_with_the_advanced_monitor() {
         // The same keys with the advanced monitor asked for are read, and applied.
         let c = check("monitors = [\"advanced\"]\ndedup_window_ms = 500\nbatch_size = 32\n[sampling]\nadvanced = 0.5\n[syscall_sampling]\nread = 0.1\n").unwrap();
         let options = crate::monitors::advanced::AdvancedOptions::from_config(&c);

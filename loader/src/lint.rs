@@ -961,11 +961,9 @@ mod tests {
         assert_eq!(report.missing(), 0, "{}", render_text(&report));
     }
 
-    #[test]
-    fn ringbuf_variants_are_clean_on_5_8_and_newer() {
-        for min in ["5.8", "5.16", "6.1"] {
-            let report = bundle_report(min);
-            assert_eq!(report.missing(), 0, "{}", render_text(&report));
-        }
+    #[rstest::rstest]
+    fn ringbuf_variants_are_clean_on_5_8_and_newer(#[values("5.8", "5.16", "6.1")] min: &str) {
+        let report = bundle_report(min);
+        assert_eq!(report.missing(), 0, "{}", render_text(&report));
     }
 }

@@ -8,6 +8,7 @@ use std::{
 };
 
 use common::kernel_lock;
+use rstest::rstest;
 use tapio_load::bundle::OBJECTS;
 
 fn tapio(args: &[&str]) -> Output {
@@ -31,19 +32,22 @@ fn unknown_monitor() {
     assert_clean_failure(&out, &["unknown monitor `nope`", "process"]);
 }
 
+#[rstest]
+#[case::truncated("truncated.bpf.o", |real: &[u8]| real[..real.len() / 3].to_vec())]
+#[case::garbage("garbage.bpf.o", |_: &[u8]| b"this is not an ELF object at all".to_vec())]
+fn corrupt_and_truncated_objects(#[case] name: &str, #[case] spoil: fn(&[u8]) -> Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, spoil(OBJECTS[0].bytes)).unwrap();
+    let p = path.to_str().unwrap();
+    let out = tapio(&["inspect", "--object", p]);
+    assert_clean_failure(&out, &[p]);
+}
+
 #[test]
-fn corrupt_and_truncated_objects() {
+fn a_whole_object_is_inspected() {
     let dir = tempfile::tempdir().unwrap();
     let real = OBJECTS[0].bytes;
-    let truncated = dir.path().join("truncated.bpf.o");
-    std::fs::write(&truncated, &real[..real.len() / 3]).unwrap();
-    let garbage = dir.path().join("garbage.bpf.o");
-    std::fs::write(&garbage, b"this is not an ELF object at all").unwrap();
-    for path in [&truncated, &garbage] {
-        let p = path.to_str().unwrap();
-        let out = tapio(&["inspect", "--object", p]);
-        assert_clean_failure(&out, &[p]);
-    }
     let whole = dir.path().join("whole.bpf.o");
     std::fs::write(&whole, real).unwrap();
     let out = tapio(&["inspect", "--json", "--object", whole.to_str().unwrap()]);

@@ -12,6 +12,7 @@ use std::{
 };
 
 use common::{http_get, sample};
+use rstest::rstest;
 
 #[test]
 fn a_monitor_that_fails_to_load_leaves_the_others_running() {
@@ -60,8 +61,11 @@ fn a_monitor_that_fails_to_load_leaves_the_others_running() {
     assert!(stderr.contains("attached 1 monitor(s) (1 not running: kernel)"), "{stderr}");
 }
 
-#[test]
-fn strict_or_nothing_loaded_stops_the_run() {
+#[rstest]
+#[case::strict_flag(&["--monitors", "process,kernel", "--strict"], None)]
+#[case::nothing_loaded(&["--monitors", "kernel"], None)]
+#[case::strict_from_the_environment(&["--monitors", "process,kernel"], Some("true"))]
+fn strict_or_nothing_loaded_stops_the_run(#[case] args: &[&str], #[case] strict_env: Option<&str>) {
     if common::skip_unless_root("strict_or_nothing_loaded_stops_the_run") {
         return;
     }
@@ -69,31 +73,18 @@ fn strict_or_nothing_loaded_stops_the_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let btf = common::process_only_btf(dir.path());
     let btf = btf.to_str().expect("utf-8 path");
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_tapio-load"))
-            .args(["run", "--metrics-address", "off", "--btf", btf])
-            .args(args)
-            .stdout(Stdio::null())
-            .output()
-            .expect("run tapio-load")
-    };
-    for args in [&["--monitors", "process,kernel", "--strict"][..], &["--monitors", "kernel"][..]] {
-        let out = run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} must exit non-zero:\n{stderr}");
-        assert!(!stderr.contains("streaming events"), "{args:?} started streaming:\n{stderr}");
-        let error = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
-        let full = &stderr[stderr.find(error).expect("error line")..];
-        assert!(full.contains("monitor kernel: program kernel_sock_state: verifier rejected it"), "{args:?}: {full}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tapio-load"));
+    cmd.args(["run", "--metrics-address", "off", "--btf", btf]).args(args).stdout(Stdio::null()).env_remove("TAPIO_STRICT");
+    if let Some(value) = strict_env {
+        cmd.env("TAPIO_STRICT", value);
     }
-    // The environment and the file set it too.
-    let out = Command::new(env!("CARGO_BIN_EXE_tapio-load"))
-        .args(["run", "--metrics-address", "off", "--btf", btf, "--monitors", "process,kernel"])
-        .env("TAPIO_STRICT", "true")
-        .stdout(Stdio::null())
-        .output()
-        .expect("run tapio-load");
-    assert!(!out.status.success(), "TAPIO_STRICT=true: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd.output().expect("run tapio-load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} must exit non-zero:\n{stderr}");
+    assert!(!stderr.contains("streaming events"), "{args:?} started streaming:\n{stderr}");
+    let error = stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    let full = &stderr[stderr.find(error).expect("error line")..];
+    assert!(full.contains("monitor kernel: program kernel_sock_state: verifier rejected it"), "{args:?}: {full}");
 }
 
 /// `check --json` carries the verifier's whole log, not the tail an error message shows, and

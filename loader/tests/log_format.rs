@@ -5,6 +5,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
+use rstest::rstest;
 use serde_json::Value;
 
 fn json_lines(stderr: &str) -> Vec<Value> {
@@ -60,28 +61,33 @@ fn json_diagnostics_carry_structured_fields() {
     assert_eq!((start["monitors_running"].as_u64(), start["monitors_failed"].as_u64()), (Some(1), Some(1)), "{start}");
 }
 
-#[test]
-fn json_errors_and_the_text_default() {
-    let run = |args: &[&str], env: Option<&str>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tapio-load"));
-        cmd.args(args).stdout(Stdio::null()).env_remove("TAPIO_LOG_FORMAT");
-        if let Some(format) = env {
-            cmd.env("TAPIO_LOG_FORMAT", format);
-        }
-        cmd.output().expect("run tapio-load")
-    };
-    for (args, env) in [(&["--log-format", "json", "run", "--monitors", "nope"][..], None), (&["run", "--monitors", "nope"][..], Some("json"))] {
-        let out = run(args, env);
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let records = json_lines(&stderr);
-        assert_eq!(records.len(), 1, "{stderr}");
-        assert_eq!(records[0]["level"], "ERROR");
-        assert!(records[0]["message"].as_str().is_some_and(|m| m.contains("unknown monitor `nope`")), "{stderr}");
+fn run_tapio(args: &[&str], env: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tapio-load"));
+    cmd.args(args).stdout(Stdio::null()).env_remove("TAPIO_LOG_FORMAT");
+    if let Some(format) = env {
+        cmd.env("TAPIO_LOG_FORMAT", format);
     }
-    let out = run(&["run", "--monitors", "nope"], None);
+    cmd.output().expect("run tapio-load")
+}
+
+#[rstest]
+#[case::flag(&["--log-format", "json", "run", "--monitors", "nope"], None)]
+#[case::env(&["run", "--monitors", "nope"], Some("json"))]
+fn json_errors(#[case] args: &[&str], #[case] env: Option<&str>) {
+    let out = run_tapio(args, env);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let records = json_lines(&stderr);
+    assert_eq!(records.len(), 1, "{stderr}");
+    assert_eq!(records[0]["level"], "ERROR");
+    assert!(records[0]["message"].as_str().is_some_and(|m| m.contains("unknown monitor `nope`")), "{stderr}");
+}
+
+#[test]
+fn text_is_the_default_and_an_unknown_format_is_refused() {
+    let out = run_tapio(&["run", "--monitors", "nope"], None);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: config key monitors: "), "text is the default: {stderr}");
-    let out = run(&["--log-format", "xml", "run"], None);
+    let out = run_tapio(&["--log-format", "xml", "run"], None);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("expected `text` or `json`"));
 }

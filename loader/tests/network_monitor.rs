@@ -10,6 +10,7 @@ use std::{
 };
 
 use common::{kernel_lock, skip_unless_root, Loader};
+use rstest::rstest;
 use serde_json::Value;
 use tapio_load::monitors::{self, AttachPoint};
 
@@ -202,8 +203,12 @@ fn tcp_lifecycle_over_ipv4_and_ipv6() {
 
 /// `plan` names, for each alternative network program, the path it would take or why it cannot:
 /// what the kernel itself answered (an errno or the absence of the kprobe PMU), never a guess.
-#[test]
-fn plan_names_each_network_path_or_the_kernel_reason() {
+#[rstest]
+#[case("network_connect_fexit", AttachPoint::Fexit { function: "tcp_connect" })]
+#[case("network_connect_kprobe", AttachPoint::Kprobe { function: "tcp_connect" })]
+#[case("network_accept_fexit", AttachPoint::Fexit { function: "inet_csk_accept" })]
+#[case("network_accept_kretprobe", AttachPoint::Kretprobe { function: "inet_csk_accept" })]
+fn plan_names_each_network_path_or_the_kernel_reason(#[case] name: &str, #[case] attach: AttachPoint) {
     if skip_unless_root("plan_names_each_network_path_or_the_kernel_reason") {
         return;
     }
@@ -218,26 +223,18 @@ fn plan_names_each_network_path_or_the_kernel_reason() {
         programs.iter().find(|p| p["program"] == name).unwrap_or_else(|| panic!("{name} missing from the plan: {plan}"))
     };
     assert_eq!(entry("network_set_state")["path"], "tracepoint:sock/inet_sock_set_state");
-    let fentry = tapio_load::features::probe("fentry").expect("an fentry gate").status;
-    let kprobe = tapio_load::features::probe("kprobe").expect("a kprobe gate").status;
-    for (name, attach) in [
-        ("network_connect_fexit", AttachPoint::Fexit { function: "tcp_connect" }),
-        ("network_connect_kprobe", AttachPoint::Kprobe { function: "tcp_connect" }),
-        ("network_accept_fexit", AttachPoint::Fexit { function: "inet_csk_accept" }),
-        ("network_accept_kretprobe", AttachPoint::Kretprobe { function: "inet_csk_accept" }),
-    ] {
-        let e = entry(name);
-        let gate = if matches!(attach, AttachPoint::Fexit { .. }) { &fentry } else { &kprobe };
-        match gate {
-            tapio_load::features::FeatureStatus::Present => assert_eq!(e["path"], attach.describe(), "{e}"),
-            tapio_load::features::FeatureStatus::Absent { reason } => {
-                let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: absent gate, yet a path: {e}"));
-                assert!(why.contains("unsupported") && why.contains(reason.as_str()), "{name}: {why}");
-            }
-            tapio_load::features::FeatureStatus::Error { message, .. } => {
-                let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: failed gate, yet a path: {e}"));
-                assert!(why.contains("probe failed") && why.contains(message.as_str()), "{name}: {why}");
-            }
+    let gate = if matches!(attach, AttachPoint::Fexit { .. }) { "fentry" } else { "kprobe" };
+    let gate = tapio_load::features::probe(gate).unwrap_or_else(|| panic!("a {gate} gate")).status;
+    let e = entry(name);
+    match gate {
+        tapio_load::features::FeatureStatus::Present => assert_eq!(e["path"], attach.describe(), "{e}"),
+        tapio_load::features::FeatureStatus::Absent { reason } => {
+            let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: absent gate, yet a path: {e}"));
+            assert!(why.contains("unsupported") && why.contains(reason.as_str()), "{name}: {why}");
+        }
+        tapio_load::features::FeatureStatus::Error { message, .. } => {
+            let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: failed gate, yet a path: {e}"));
+            assert!(why.contains("probe failed") && why.contains(message.as_str()), "{name}: {why}");
         }
     }
 }

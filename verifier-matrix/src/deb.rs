@@ -183,6 +183,8 @@ fn unpack_tar(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use rstest::rstest;
+
     use super::*;
 
     /// Builds a tar with the given (path, content) files; `None` content means a directory.
@@ -243,32 +245,24 @@ pub(crate) mod tests {
         ])
     }
 
-    #[test]
-    fn keeps_boot_and_normalises_usr_lib_modules() {
+    fn zst(data: &[u8]) -> Vec<u8> {
+        zstd::encode_all(data, 1).unwrap()
+    }
+
+    #[rstest]
+    #[case::xz("data.tar.xz", xz)]
+    #[case::zstd("data.tar.zst", zst)]
+    #[case::plain("data.tar", <[u8]>::to_vec)]
+    fn keeps_boot_and_normalises_usr_lib_modules(#[case] member: &str, #[case] compress: fn(&[u8]) -> Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
-        for (member, data) in [
-            ("data.tar.xz", xz(&kernel_tar())),
-            (
-                "data.tar.zst",
-                zstd::encode_all(&kernel_tar()[..], 1).unwrap(),
-            ),
-            ("data.tar", kernel_tar()),
-        ] {
-            let deb = dir.path().join(format!("{member}.deb"));
-            std::fs::write(&deb, deb_bytes(member, &data)).unwrap();
-            let out = dir.path().join(format!("{member}-out"));
-            let stats = extract_kernel_parts(&deb, &out).unwrap();
-            assert_eq!(stats.files, 2, "{member}");
-            assert_eq!(
-                std::fs::read(out.join("boot/vmlinuz-9.9.9-test")).unwrap(),
-                b"kernel"
-            );
-            assert_eq!(
-                std::fs::read(out.join("lib/modules/9.9.9-test/kernel/x.ko")).unwrap(),
-                b"module"
-            );
-            assert!(!out.join("usr").exists());
-        }
+        let deb = dir.path().join(format!("{member}.deb"));
+        std::fs::write(&deb, deb_bytes(member, &compress(&kernel_tar()))).unwrap();
+        let out = dir.path().join(format!("{member}-out"));
+        let stats = extract_kernel_parts(&deb, &out).unwrap();
+        assert_eq!(stats.files, 2, "{member}");
+        assert_eq!(std::fs::read(out.join("boot/vmlinuz-9.9.9-test")).unwrap(), b"kernel");
+        assert_eq!(std::fs::read(out.join("lib/modules/9.9.9-test/kernel/x.ko")).unwrap(), b"module");
+        assert!(!out.join("usr").exists());
     }
 
     #[test]

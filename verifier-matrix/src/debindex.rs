@@ -442,31 +442,28 @@ fn resolve_debian(
 
 #[cfg(test)]
 mod tests {
+    use rstest::rstest;
+
     use super::*;
 
-    #[test]
-    fn dpkg_version_ordering() {
-        use Ordering::*;
-        let cases = [
-            ("6.1.0-28", "6.1.0-9", Greater),
-            ("1.0~rc1", "1.0", Less),
-            ("1.0~rc1", "1.0~rc2", Less),
-            ("1.0~~", "1.0~", Less),
-            ("1.0", "1.0a", Less),
-            ("1.0a", "1.0+", Less),
-            ("1:1.0", "2.0", Greater),
-            ("1.0-1", "1.0-1", Equal),
-            ("1.00", "1.0", Equal),
-            ("6.1.176-1", "6.1.170-3", Greater),
-            ("7.3.4-1~bpo13+1", "7.3.4-1", Less),
-            ("7.2.12-1~bpo13+1", "7.2.9-1~bpo13+1", Greater),
-            ("1.0", "1.0-0", Equal),
-            ("2.30-1", "2.3-1", Greater),
-        ];
-        for (a, b, want) in cases {
-            assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
-            assert_eq!(compare_versions(b, a), want.reverse(), "{b} vs {a}");
-        }
+    #[rstest]
+    #[case("6.1.0-28", "6.1.0-9", Ordering::Greater)]
+    #[case("1.0~rc1", "1.0", Ordering::Less)]
+    #[case("1.0~rc1", "1.0~rc2", Ordering::Less)]
+    #[case("1.0~~", "1.0~", Ordering::Less)]
+    #[case("1.0", "1.0a", Ordering::Less)]
+    #[case("1.0a", "1.0+", Ordering::Less)]
+    #[case("1:1.0", "2.0", Ordering::Greater)]
+    #[case("1.0-1", "1.0-1", Ordering::Equal)]
+    #[case("1.00", "1.0", Ordering::Equal)]
+    #[case("6.1.176-1", "6.1.170-3", Ordering::Greater)]
+    #[case("7.3.4-1~bpo13+1", "7.3.4-1", Ordering::Less)]
+    #[case("7.2.12-1~bpo13+1", "7.2.9-1~bpo13+1", Ordering::Greater)]
+    #[case("1.0", "1.0-0", Ordering::Equal)]
+    #[case("2.30-1", "2.3-1", Ordering::Greater)]
+    fn dpkg_version_ordering(#[case] a: &str, #[case] b: &str, #[case] want: Ordering) {
+        assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
+        assert_eq!(compare_versions(b, a), want.reverse(), "{b} vs {a}");
     }
 
     #[test]

@@ -160,6 +160,26 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TAPIO_LOG").unwrap_or_else(|_| "info".into()))
         .init();
+    // The rows carry each snapshot diff into the report; insta's own printout of it (a whole
+    // snapshot for each kernel's pending entry) is off unless INSTA_OUTPUT asks for it. Set
+    // before any thread starts.
+    if std::env::var_os("INSTA_OUTPUT").is_none() {
+        std::env::set_var("INSTA_OUTPUT", "none");
+    }
+    // insta fails a snapshot assertion by panicking; the comparison catches it and reports the
+    // drift in the row, so those panics stay off the terminal. Every other panic is printed.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if !tapio_snapshots::is_snapshot_panic(message) {
+            default_hook(info);
+        }
+    }));
     match real_main() {
         Ok(code) => code,
         Err(e) => {

@@ -395,13 +395,20 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
                 options.accept_snapshots,
             );
             if let Err(diff) = compared {
-                problems.push(diff);
+                problems.push(diff.to_string());
             }
         }
         add_problems(row, problems);
     }
     let accounted: std::collections::BTreeSet<_> = referenced.union(&skipped).cloned().collect();
-    let stale = crate::snapshots::unreferenced(&options.workspace, &accounted);
+    let mut stale = crate::snapshots::unreferenced(&options.workspace, &accounted);
+    // A variant for a kernel the matrix never runs (neither a manifest line nor the host) is
+    // unreferenced too, whichever kernels this run chose.
+    if let Ok(lock) = Lock::load(&options.workspace.join("vm-images/kernels.lock")) {
+        let host = rows.iter().find(|r| r.line == "host").and_then(|r| r.release.clone()).or_else(host_release);
+        let live = crate::snapshots::live_kernels(&lock, host.as_deref());
+        stale.extend(tapio_snapshots::audit(&options.workspace, &live).stale);
+    }
     // Only a run that produced snapshots can call others unreferenced.
     if !stale.is_empty() && !referenced.is_empty() {
         if let Some(row) = rows.iter_mut().find(|r| r.results.is_some()) {
@@ -419,13 +426,12 @@ fn variant_key(row: &Row) -> String {
     if row.line.starts_with(|c: char| c.is_ascii_digit()) {
         return crate::manifest::line_version(&row.line).to_owned();
     }
-    row.release
-        .as_deref()
-        .and_then(|r| {
-            let mut parts = r.split(|c: char| !c.is_ascii_digit());
-            Some(format!("{}.{}", parts.next()?, parts.next()?))
-        })
-        .unwrap_or_else(|| row.line.clone())
+    row.release.as_deref().and_then(crate::snapshots::release_key).unwrap_or_else(|| row.line.clone())
+}
+
+/// The running kernel's release (`uname -r`), whose `major.minor` the host row's variants use.
+pub fn host_release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned())
 }
 
 fn add_problems(row: &mut Row, problems: Vec<String>) {
@@ -522,6 +528,30 @@ mod tests {
         let mut rows = [row(Some("xdp.veth_prefixes"))];
         check_snapshots(&options, &mut rows);
         assert_eq!(rows[0].verdict, Verdict::Pass);
+    }
+
+    /// A variant for a kernel the matrix never runs (no line of the lock, not the host) is an
+    /// unreferenced snapshot, whichever kernels the run chose.
+    #[test]
+    fn a_variant_for_a_kernel_the_matrix_never_runs_is_unreferenced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("vm-images")).unwrap();
+        std::fs::write(dir.path().join("vm-images/kernels.lock"), "[[kernel]]\nline = \"6.1\"\ndefault = true\nunavailable = \"x\"\n").unwrap();
+        crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
+        let shared = std::fs::read_to_string(crate::snapshots::snap_path(dir.path(), "process", "exec_chain")).unwrap();
+        let variant = shared.replacen("expression: events\n", "expression: events\ninfo:\n  kernel: \"4.19\"\n  reason: old\n", 1);
+        std::fs::write(crate::snapshots::variant_path(dir.path(), "process", "exec_chain", "4.19"), variant).unwrap();
+        let mut results = results::GuestResults::default();
+        results.snapshots.push(results::SnapshotBody { monitor: "process".to_owned(), scenario: "exec_chain".to_owned(), body: "[1]".to_owned() });
+        let mut row = empty_row("6.1", Verdict::Pass);
+        row.results = Some(results);
+        let mut rows = [row];
+        check_snapshots(&options_in(dir.path()), &mut rows);
+        assert!(
+            matches!(&rows[0].verdict, Verdict::Fail(why) if why.contains("unreferenced snapshots") && why.contains("exec_chain@4.19.snap")),
+            "{:?}",
+            rows[0].verdict
+        );
     }
 
     /// issue 15, item 10: another row producing a scenario's snapshot does not excuse a row that

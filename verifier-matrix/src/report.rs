@@ -213,6 +213,8 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use rstest::rstest;
+
     use super::*;
     use crate::results::{CheckResult, ProgramResult};
 
@@ -248,27 +250,28 @@ mod tests {
 
     /// issue 15, item 8: a line the harness does not understand fails the row, naming the line;
     /// before, results.rs dropped unknown kinds and judge() ignored lines that were not JSON.
+    const GOOD_LINES: [&str; 4] = [
+        r#"{"kind":"kernel","release":"6.1.0","version":"1","btf":true}"#,
+        r#"{"kind":"program","monitor":"process","program":"process_exec","status":"attached","path":"tp"}"#,
+        r#"{"kind":"check","name":"process.leaf","pass":true,"detail":""}"#,
+        r#"{"kind":"done"}"#,
+    ];
+
     #[test]
-    fn a_bad_results_line_fails_the_row() {
-        let good_lines: Vec<String> = [
-            r#"{"kind":"kernel","release":"6.1.0","version":"1","btf":true}"#,
-            r#"{"kind":"program","monitor":"process","program":"process_exec","status":"attached","path":"tp"}"#,
-            r#"{"kind":"check","name":"process.leaf","pass":true,"detail":""}"#,
-            r#"{"kind":"done"}"#,
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        assert_eq!(judge(&crate::results::parse(&good_lines), &[]), Verdict::Pass);
-        for bad in [
-            r#"{"kind":"chek","name":"process.exit","pass":false,"detail":"a misspelt kind"}"#,
-            r#"{"kind":"check","name":"process.exit","passed":false,"detail":"a misspelt field"}"#,
-            "tapio-guest: something printed on the results port",
-        ] {
-            let mut lines = good_lines.clone();
-            lines.insert(2, bad.to_owned());
-            let verdict = judge(&crate::results::parse(&lines), &[]);
-            assert!(matches!(&verdict, Verdict::Fail(m) if m.contains("malformed results line 3") && m.contains(bad)), "{bad}: {verdict:?}");
-        }
+    fn good_results_lines_pass() {
+        let lines: Vec<String> = GOOD_LINES.map(str::to_owned).to_vec();
+        assert_eq!(judge(&crate::results::parse(&lines), &[]), Verdict::Pass);
+    }
+
+    #[rstest]
+    #[case::misspelt_kind(r#"{"kind":"chek","name":"process.exit","pass":false,"detail":"a misspelt kind"}"#)]
+    #[case::misspelt_field(r#"{"kind":"check","name":"process.exit","passed":false,"detail":"a misspelt field"}"#)]
+    #[case::not_json("tapio-guest: something printed on the results port")]
+    fn a_bad_results_line_fails_the_row(#[case] bad: &str) {
+        let mut lines: Vec<String> = GOOD_LINES.map(str::to_owned).to_vec();
+        lines.insert(2, bad.to_owned());
+        let verdict = judge(&crate::results::parse(&lines), &[]);
+        assert!(matches!(&verdict, Verdict::Fail(m) if m.contains("malformed results line 3") && m.contains(bad)), "{bad}: {verdict:?}");
     }
 
     #[test]

@@ -1,103 +1,37 @@
-//! Snapshot checks of decoded events: one `snapshots/<monitor>/<scenario>.snap` shared by every
-//! kernel, in insta's file format so `cargo insta review` handles the `.snap.new` files written
-//! on drift.
-//!
-//! Where a kernel legitimately differs, `snapshots/<monitor>/<scenario>@<kernel-line>.snap` holds
-//! that kernel's events, and its header must say why (`info: reason: ...`): a difference is
-//! explained where it is stored, never absorbed by loosening the shared snapshot.
+//! The matrix's side of the snapshots: which stored scenarios every row must account for, and
+//! which kernels may have a variant. Comparing and writing is `tapio_snapshots` (insta); see
+//! that crate's doc for the files, the variants and their reasons, and the pending entries a
+//! drift leaves for `cargo insta review`.
 
 use std::{
     collections::BTreeSet,
-    fmt::Write as _,
     path::{Path, PathBuf},
 };
 
-const HEADER: &str = "---\nsource: verifier-matrix/src/snapshots.rs\nexpression: events\n---\n";
+pub use tapio_snapshots::{compare, pending_path, snap_path, variant_path, SnapshotError};
 
-/// The snapshot file of one (monitor, scenario).
-pub fn snap_path(workspace: &Path, monitor: &str, scenario: &str) -> PathBuf {
-    workspace.join("snapshots").join(monitor).join(format!("{scenario}.snap"))
-}
+use crate::manifest::{line_version, Lock};
 
-/// The per-kernel variant of one (monitor, scenario): used instead of the shared file when present.
-pub fn variant_path(workspace: &Path, monitor: &str, scenario: &str, kernel: &str) -> PathBuf {
-    workspace.join("snapshots").join(monitor).join(format!("{scenario}@{kernel}.snap"))
-}
-
-/// The `reason:` of a variant's header, if it has a non-empty one.
-fn variant_reason(text: &str) -> Option<&str> {
-    let rest = text.strip_prefix("---\n")?;
-    let header = &rest[..rest.find("\n---\n")?];
-    header
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix("reason:"))
-        .map(|r| r.trim().trim_matches('"'))
-        .filter(|r| !r.is_empty())
-}
-
-/// The header of `text`, kept when a variant is rewritten so its reason stays.
-fn stored_header(text: &str) -> Option<&str> {
-    let rest = text.strip_prefix("---\n")?;
-    rest.find("\n---\n").map(|i| &text[..i + 4 + 5])
-}
-
-/// The stored body: everything after insta's YAML header.
-fn stored_body(text: &str) -> &str {
-    let rest = text.strip_prefix("---\n").unwrap_or(text);
-    match rest.find("\n---\n") {
-        Some(i) => &rest[i + 5..],
-        None => text,
-    }
-}
-
-fn diff(old: &str, new: &str) -> String {
-    let mut out = String::new();
-    for change in similar::TextDiff::from_lines(old, new).iter_all_changes() {
-        let sign = match change.tag() {
-            similar::ChangeTag::Delete => '-',
-            similar::ChangeTag::Insert => '+',
-            similar::ChangeTag::Equal => ' ',
-        };
-        let _ = write!(out, "{sign}{change}");
-    }
+/// The kernels a snapshot variant may name: the version of every manifest line the matrix boots
+/// (a default line, or one resolved to a pinned package or file) and the host's `major.minor`.
+/// A variant for any other kernel is unreferenced.
+pub fn live_kernels(lock: &Lock, host_release: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = lock
+        .kernels
+        .iter()
+        .filter(|k| k.default || k.unavailable_reason().is_none())
+        .map(|k| line_version(&k.line).to_owned())
+        .collect();
+    out.extend(host_release.and_then(release_key));
+    out.sort();
+    out.dedup();
     out
 }
 
-/// Compares `body` with the stored snapshot. On drift (or no snapshot yet) writes `.snap.new`
-/// beside it, or with `accept` rewrites the `.snap`, and returns the readable difference.
-pub fn compare(workspace: &Path, kernel: &str, monitor: &str, scenario: &str, body: &str, accept: bool) -> Result<(), String> {
-    let variant = variant_path(workspace, monitor, scenario, kernel);
-    let variant_text = std::fs::read_to_string(&variant).ok();
-    let path = if variant_text.is_some() { variant.clone() } else { snap_path(workspace, monitor, scenario) };
-    if let Some(text) = &variant_text {
-        if variant_reason(text).is_none() {
-            return Err(format!("snapshot {monitor}/{scenario}: variant {} has no `reason:` in its header", variant.display()));
-        }
-    }
-    let name = if variant_text.is_some() { format!("{monitor}/{scenario}@{kernel}") } else { format!("{monitor}/{scenario}") };
-    let body = format!("{}\n", body.trim_end());
-    let stored = variant_text.or_else(|| std::fs::read_to_string(&path).ok());
-    if stored.as_deref().map(stored_body) == Some(body.as_str()) {
-        return Ok(());
-    }
-    let target = if accept { path.clone() } else { path.with_extension("snap.new") };
-    if let Some(dir) = target.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let header = stored.as_deref().and_then(stored_header).unwrap_or(HEADER);
-    let _ = std::fs::write(&target, format!("{header}{body}"));
-    if accept {
-        return Ok(());
-    }
-    Err(match stored {
-        None => format!("snapshot {name}: none stored yet (kernel {kernel}); wrote {}", target.display()),
-        Some(old) => format!(
-            "snapshot {name} drifted on kernel {kernel} (review: cargo insta review; new: {}; a legitimate kernel difference goes in {} with a `reason:`):\n{}",
-            target.display(),
-            variant.display(),
-            diff(stored_body(&old), &body)
-        ),
-    })
+/// `major.minor` of a kernel release string (`6.1.0-50-rt-amd64` is `6.1`).
+pub fn release_key(release: &str) -> Option<String> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some(format!("{}.{}", parts.next().filter(|p| !p.is_empty())?, parts.next().filter(|p| !p.is_empty())?))
 }
 
 /// Every (monitor, scenario) with a stored snapshot, shared or per-kernel: what every row must
@@ -146,34 +80,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drift_is_reported_with_a_diff_and_a_new_file() {
-        let dir = tempfile::tempdir().unwrap();
-        compare(dir.path(), "6.1", "process", "s", "[1]", true).unwrap();
-        assert!(compare(dir.path(), "6.1", "process", "s", "[1]", false).is_ok());
-        let err = compare(dir.path(), "5.10", "process", "s", "[2]", false).unwrap_err();
-        assert!(err.contains("drifted on kernel 5.10") && err.contains("-[1]") && err.contains("+[2]"), "{err}");
-        assert!(snap_path(dir.path(), "process", "s").with_extension("snap.new").exists());
-        let mut seen = BTreeSet::new();
-        assert_eq!(unreferenced(dir.path(), &seen).len(), 1);
-        seen.insert(("process".to_owned(), "s".to_owned()));
-        assert!(unreferenced(dir.path(), &seen).is_empty());
-    }
-
-    #[test]
-    fn a_kernel_variant_needs_a_reason_and_is_used_for_its_kernel_only() {
-        let dir = tempfile::tempdir().unwrap();
-        compare(dir.path(), "6.1", "network", "s", "[1]", true).unwrap();
-        let variant = variant_path(dir.path(), "network", "s", "5.10");
-        std::fs::write(&variant, "---\nsource: x\n---\n[2]\n").unwrap();
-        let err = compare(dir.path(), "5.10", "network", "s", "[2]", false).unwrap_err();
-        assert!(err.contains("no `reason:`"), "{err}");
-        std::fs::write(&variant, "---\nsource: x\ninfo:\n  reason: \"old layout\"\n---\n[2]\n").unwrap();
-        assert!(compare(dir.path(), "5.10", "network", "s", "[2]", false).is_ok());
-        assert!(compare(dir.path(), "6.1", "network", "s", "[1]", false).is_ok());
-        let err = compare(dir.path(), "5.10", "network", "s", "[3]", false).unwrap_err();
-        assert!(err.contains("network/s@5.10 drifted on kernel 5.10"), "{err}");
-        let mut seen = BTreeSet::new();
-        seen.insert(("network".to_owned(), "s".to_owned()));
-        assert!(unreferenced(dir.path(), &seen).is_empty());
+    fn the_host_and_the_booted_lines_are_live() {
+        let lock = Lock::parse(
+            "[[kernel]]\nline = \"4.19\"\ndefault = false\nunavailable = \"gone\"\n\n[[kernel]]\nline = \"6.1-rt\"\ndefault = true\nunavailable = \"x\"\n",
+            Path::new("kernels.lock"),
+            PathBuf::new(),
+        )
+        .unwrap();
+        assert_eq!(live_kernels(&lock, Some("6.18.44-fc-v1300")), vec!["6.1".to_owned(), "6.18".to_owned()]);
+        assert_eq!(release_key("6.1.0-50-rt-amd64").as_deref(), Some("6.1"));
+        assert_eq!(release_key("weird"), None);
     }
 }

@@ -104,6 +104,8 @@ impl Line {
 
 #[cfg(test)]
 mod tests {
+    use rstest::rstest;
+
     use super::*;
 
     #[test]
@@ -139,18 +141,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unknown_kinds_misspelt_fields_and_garbage_are_errors() {
-        for bad in [
-            "not json",
-            r#"{"kind":"chekc","name":"x","pass":true,"detail":""}"#,
-            r#"{"kind":"check","nmae":"x","pass":true,"detail":""}"#,
-            r#"{"kind":"check","name":"x","pass":true,"detail":"","extra":1}"#,
-            r#"{"kind":"check","name":"x","detail":""}"#,
-            r#"{"name":"x","pass":true,"detail":""}"#,
-            r#"{"kind":"program","monitor":"m","program":"p","status":"maybe","path":""}"#,
-        ] {
-            assert!(Line::parse(bad).is_err(), "accepted: {bad}");
-        }
+    #[rstest]
+    #[case::not_json("not json")]
+    #[case::unknown_kind(r#"{"kind":"chekc","name":"x","pass":true,"detail":""}"#)]
+    #[case::misspelt_field(r#"{"kind":"check","nmae":"x","pass":true,"detail":""}"#)]
+    #[case::extra_field(r#"{"kind":"check","name":"x","pass":true,"detail":"","extra":1}"#)]
+    #[case::missing_field(r#"{"kind":"check","name":"x","detail":""}"#)]
+    #[case::no_kind(r#"{"name":"x","pass":true,"detail":""}"#)]
+    #[case::unknown_status(r#"{"kind":"program","monitor":"m","program":"p","status":"maybe","path":""}"#)]
+    fn unknown_kinds_misspelt_fields_and_garbage_are_errors(#[case] bad: &str) {
+        assert!(Line::parse(bad).is_err(), "accepted: {bad}");
     }
 }
