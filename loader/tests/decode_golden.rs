@@ -9,7 +9,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use tapio_load::{attribution::Attributor, dns::order::Sequencer, events, monitors::cgroup_watch, output::json::JsonLines};
+use tapio_decode::{attribution::Attributor, dns::order::Sequencer, events};
+use tapio_runtime::monitors::cgroup_watch;
+use tapio_load::output::json::JsonLines;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)

@@ -11,7 +11,7 @@ use std::{
 
 use common::{kernel_lock, skip_unless_root, Loader};
 use serde_json::Value;
-use tapio_load::monitors::{self, AttachPoint};
+use tapio_runtime::monitors::{self, AttachPoint};
 
 /// One connection made by the test: both ends' addresses and what each side wrote.
 struct Conn {
@@ -76,7 +76,7 @@ fn group_path(group: &str) -> Result<(&'static str, String), Vec<(String, String
     let mut reasons = Vec::new();
     for name in group.programs {
         let p = spec.programs.iter().find(|p| p.name == *name).expect("a group program is in the monitor");
-        match tapio_load::plan::attach_path(&p.attach) {
+        match tapio_runtime::plan::attach_path(&p.attach) {
             Ok(path) => return Ok((p.name, path)),
             Err(why) => reasons.push((p.attach.describe(), why)),
         }
@@ -218,8 +218,8 @@ fn plan_names_each_network_path_or_the_kernel_reason() {
         programs.iter().find(|p| p["program"] == name).unwrap_or_else(|| panic!("{name} missing from the plan: {plan}"))
     };
     assert_eq!(entry("network_set_state")["path"], "tracepoint:sock/inet_sock_set_state");
-    let fentry = tapio_load::features::probe("fentry").expect("an fentry gate").status;
-    let kprobe = tapio_load::features::probe("kprobe").expect("a kprobe gate").status;
+    let fentry = tapio_features::features::probe("fentry").expect("an fentry gate").status;
+    let kprobe = tapio_features::features::probe("kprobe").expect("a kprobe gate").status;
     for (name, attach) in [
         ("network_connect_fexit", AttachPoint::Fexit { function: "tcp_connect" }),
         ("network_connect_kprobe", AttachPoint::Kprobe { function: "tcp_connect" }),
@@ -229,12 +229,12 @@ fn plan_names_each_network_path_or_the_kernel_reason() {
         let e = entry(name);
         let gate = if matches!(attach, AttachPoint::Fexit { .. }) { &fentry } else { &kprobe };
         match gate {
-            tapio_load::features::FeatureStatus::Present => assert_eq!(e["path"], attach.describe(), "{e}"),
-            tapio_load::features::FeatureStatus::Absent { reason } => {
+            tapio_features::features::FeatureStatus::Present => assert_eq!(e["path"], attach.describe(), "{e}"),
+            tapio_features::features::FeatureStatus::Absent { reason } => {
                 let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: absent gate, yet a path: {e}"));
                 assert!(why.contains("unsupported") && why.contains(reason.as_str()), "{name}: {why}");
             }
-            tapio_load::features::FeatureStatus::Error { message, .. } => {
+            tapio_features::features::FeatureStatus::Error { message, .. } => {
                 let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: failed gate, yet a path: {e}"));
                 assert!(why.contains("probe failed") && why.contains(message.as_str()), "{name}: {why}");
             }
@@ -250,7 +250,7 @@ fn oom_kill_in_memory_limited_cgroup() {
         return;
     }
     let _serial = kernel_lock();
-    let cg = match tapio_load::workload::MemCgroup::create(&format!("tapio-oom-{}", std::process::id()), 8 << 20) {
+    let cg = match tapio_testkit::workload::MemCgroup::create(&format!("tapio-oom-{}", std::process::id()), 8 << 20) {
         Ok(cg) => cg,
         Err(why) => {
             common::skip::skip("oom_kill_in_memory_limited_cgroup", common::skip::Why::Environment(format!("no cgroup with a memory controller can be created here: {why}")));

@@ -69,6 +69,16 @@ pub struct Counters {
     // --- end dns correlator ---
 }
 
+/// The DNS correlator publishes its table here (tapio-decode's `dns::Correlator::publish`).
+impl crate::dns::DnsGauges for Counters {
+    fn set_dns_inflight(&self, inflight: u64, capacity: u64, evicted: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.dns_inflight.store(inflight, Relaxed);
+        self.dns_inflight_capacity.store(capacity, Relaxed);
+        self.dns_inflight_evicted.store(evicted, Relaxed);
+    }
+}
+
 /// The loaded objects, shared read-only between the run loop and the endpoint. The run loop
 /// stops the endpoint before dropping its handle, so the last reference detaches everything.
 pub type SharedObjects = Arc<Vec<(&'static str, Ebpf)>>;

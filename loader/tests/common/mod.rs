@@ -237,9 +237,9 @@ pub fn planned_programs(monitors: &str) -> usize {
 /// way for one monitor to fail to load while another runs.
 pub fn process_only_btf(dir: &std::path::Path) -> std::path::PathBuf {
     let full = std::fs::read("/sys/kernel/btf/vmlinux").expect("read /sys/kernel/btf/vmlinux");
-    let object = tapio_load::bundle::object("process", tapio_load::bundle::Transport::Ringbuf).expect("process object");
-    let inputs = [tapio_load::btf_minimize::ObjectInput { file: object.file, bytes: object.bytes }];
-    let m = tapio_load::btf_minimize::minimize(&full, &inputs).expect("minimize BTF for the process monitor");
+    let object = tapio_bundle::object("process", tapio_bundle::Transport::Ringbuf).expect("process object");
+    let inputs = [tapio_object::btf_minimize::ObjectInput { file: object.file, bytes: object.bytes }];
+    let m = tapio_object::btf_minimize::minimize(&full, &inputs).expect("minimize BTF for the process monitor");
     let path = dir.join("process-only.btf");
     std::fs::write(&path, &m.bytes).expect("write BTF");
     path

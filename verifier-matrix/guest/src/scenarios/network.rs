@@ -23,11 +23,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::{
-    events::{kernel::KernelBody, Body, Event},
-    monitors::LoadedMonitor,
-    snapshot::Roles,
-};
+use tapio_decode::events::{kernel::KernelBody, Body, Event};
+use tapio_runtime::monitors::LoadedMonitor;
+use tapio_testkit::snapshot::Roles;
 
 use super::{check, collect, current_exe, discard, lost, monitor, snapshot, Collected, EVENT_WAIT};
 use tapio_matrix_protocol::Line;
@@ -178,7 +176,7 @@ pub(super) const CALL_EVENTS: [&str; 2] = ["connect_attempt", "accept_return"];
 
 /// The attach path the loader took for one of [`CALL_EVENTS`], or why none attached.
 pub(super) fn call_path(m: &LoadedMonitor, event: &str) -> Result<String, String> {
-    let group = tapio_load::monitors::GROUPS.iter().find(|g| g.monitor == "network" && g.name == event);
+    let group = tapio_runtime::monitors::GROUPS.iter().find(|g| g.monitor == "network" && g.name == event);
     let Some(group) = group else { return Err(format!("no program group {event}")) };
     if let Some(r) = m.reports.iter().find(|r| group.programs.contains(&r.program)) {
         return Ok(r.path.clone());

@@ -18,10 +18,8 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::{
-    monitors::xdp_filter::{AttachMode, Counters, FilterOptions, Prefix, StatsRecord, XdpFilter},
-    snapshot::Roles,
-};
+use tapio_runtime::monitors::xdp_filter::{AttachMode, Counters, FilterOptions, Prefix, StatsRecord, XdpFilter};
+use tapio_testkit::snapshot::Roles;
 
 use super::{check, current_exe, snapshot, veth};
 use crate::report::Reporter;

@@ -3,14 +3,14 @@
 //! A record is either the full `dns_msg_event` (header fields plus up to 512 message bytes) or,
 //! when the probe could not capture the bytes, the header-only `dns_event`; the record's length
 //! tells them apart. The question name is decoded here, against the real message length the
-//! probe recorded (see [`crate::dns::wire`]).
+//! probe recorded (see [`crate::dns_wire`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
 use super::{network::TapioFlow, read_record, Body, DecodeError, Event, TapioHeader};
-use crate::dns::wire;
+use crate::dns_wire as wire;
 
 pub const DNS_QUERY: u8 = 1;
 pub const DNS_RESPONSE: u8 = 2;
@@ -26,6 +26,9 @@ pub const DNS_F_RUNT: u32 = 0x8;
 /// from `tail_off` on (`probes/include/dns.h`).
 pub const DNS_F_SKB_TAIL: u32 = 0x40;
 pub const DNS_F_TCP_PREFIX: u32 = 0x4;
+
+/// Default time a query waits for its response before a `timeout` is reported (crate::dns).
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Bytes of message in a full record (`DNS_MSG_MAX`).
 pub const DNS_MSG_MAX: usize = 512;

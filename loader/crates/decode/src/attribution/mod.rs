@@ -24,7 +24,7 @@ use serde::Serialize;
 
 pub use parse::{Qos, Runtime};
 
-use crate::{events::Event, monitors::cgroup_watch::Mkdir};
+use crate::events::{cgroup_watch::Mkdir, Event};
 
 /// Pod and container cgroups remembered at most (about 250 bytes each: see docs/operations.md).
 pub const DEFAULT_CAPACITY: usize = 65_536;

@@ -4,6 +4,7 @@
 //! length before reading, so a short or foreign record is an error, never a garbage event.
 
 pub mod advanced;
+pub mod cgroup_watch;
 pub mod dns;
 pub mod kernel;
 pub mod network;
@@ -159,6 +160,6 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        Self { argv_max: 32, dns_timeout: crate::dns::DEFAULT_TIMEOUT }
+        Self { argv_max: 32, dns_timeout: dns::DEFAULT_TIMEOUT }
     }
 }

@@ -1,4 +1,4 @@
-//! DNS in user space: the wire decoding of captured messages ([`wire`]) and the correlator that
+//! DNS in user space: the wire decoding of captured messages ([`wire`], crate::dns_wire) and the correlator that
 //! matches responses to queries and reports queries left unanswered.
 //!
 //! Why matching happens here and not in BPF: a timeout is the absence of an event, which only a
@@ -8,7 +8,7 @@
 //! unanswered queries costs a fixed amount of memory.
 
 pub mod order;
-pub mod wire;
+pub use crate::dns_wire as wire;
 
 pub use order::Sequencer;
 
@@ -20,10 +20,22 @@ use std::{
 
 use crate::events::{Body, Event};
 
-/// Default time a query waits for its response before a `timeout` is reported.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::events::dns::DEFAULT_TIMEOUT;
 /// Default bound on queries waiting at once.
 pub const DEFAULT_CAPACITY: usize = 16 * 1024;
+
+/// Where [`Correlator::publish`] puts the table's size, bound and evictions: the agent's metrics
+/// counters implement it, so decoding needs no metrics code.
+pub trait DnsGauges {
+    /// Pending queries, the bound on them and the queries evicted so far.
+    fn set_dns_inflight(&self, inflight: u64, capacity: u64, evicted: u64);
+}
+
+impl<T: DnsGauges + ?Sized> DnsGauges for std::sync::Arc<T> {
+    fn set_dns_inflight(&self, inflight: u64, capacity: u64, evicted: u64) {
+        (**self).set_dns_inflight(inflight, capacity, evicted);
+    }
+}
 
 /// What a query and its response share: the process, the DNS id and the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,11 +101,8 @@ impl Correlator {
 
     /// Copies the table's size, bound and evictions into the metrics counters, so a scrape
     /// reads them without touching the correlator (which lives on the run loop's task).
-    pub fn publish(&self, counters: &crate::output::metrics::Counters) {
-        use std::sync::atomic::Ordering::Relaxed;
-        counters.dns_inflight.store(self.pending.len() as u64, Relaxed);
-        counters.dns_inflight_capacity.store(self.capacity as u64, Relaxed);
-        counters.dns_inflight_evicted.store(self.evicted, Relaxed);
+    pub fn publish(&self, counters: &impl DnsGauges) {
+        counters.set_dns_inflight(self.pending.len() as u64, self.capacity as u64, self.evicted);
     }
 
     /// Looks at one decoded event: a dns query is remembered, a dns response gets its

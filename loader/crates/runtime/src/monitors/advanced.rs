@@ -85,8 +85,12 @@ pub struct AdvancedConfig {
 
 // SAFETY: repr(C), integers only, no padding (32 bytes, asserted in C and by the layout test).
 unsafe impl aya::Pod for AdvancedConfig {}
+/// [`AdvancedBatch`] (tapio-decode's mirror, which knows no aya) as aya reads it from a map.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct PodBatch(AdvancedBatch);
 // SAFETY: repr(C) integers and byte arrays, no padding (asserted in C and by the layout test).
-unsafe impl aya::Pod for AdvancedBatch {}
+unsafe impl aya::Pod for PodBatch {}
 
 /// The syscalls the advanced monitor watches from the configuration, by name (the names
 /// `syscall_sampling` accepts): file I/O, a flood on any busy node, and what the old suite's
@@ -137,20 +141,6 @@ impl Default for AdvancedOptions {
 }
 
 impl AdvancedOptions {
-    /// The options the configuration keys give (`sampling.advanced`, `syscall_sampling`,
-    /// `dedup_window_ms`, `batch_size`, `flush_interval_ms`); the rest keep their defaults.
-    pub fn from_config(c: &crate::config::Config) -> Self {
-        Self {
-            batch_size: c.batch_size,
-            flush_interval: Duration::from_millis(c.flush_interval_ms),
-            dedup_window: Duration::from_millis(c.dedup_window_ms),
-            sampling: c.sampling.get(SPEC.name).copied().unwrap_or(1.0),
-            // Validated by crate::config: every name is a watched syscall.
-            rates: c.syscall_sampling.iter().filter_map(|(name, &rate)| Some((watched_syscall(name)?, rate))).collect(),
-            ..Self::default()
-        }
-    }
-
     /// The `advanced_config` slot these options give, for a loader whose own process is `me`.
     pub fn kernel_config(&self, me: u32) -> AdvancedConfig {
         // crate::config refuses a batch_size above a record's capacity; a library caller's
@@ -259,27 +249,6 @@ pub fn configure(ebpf: &mut Ebpf, options: &AdvancedOptions) -> Result<(), Advan
     apply(ebpf, options)
 }
 
-/// A reload (SIGHUP or a change of the watched file): applies the re-read configuration to every
-/// loaded advanced object. A failed map write only warns; the running values stay.
-pub fn on_reload<'a>(objects: impl IntoIterator<Item = &'a Ebpf>, config: &crate::config::Config) {
-    let options = AdvancedOptions::from_config(&config);
-    for ebpf in objects {
-        if ebpf.map(CONFIG_MAP).is_none() {
-            continue;
-        }
-        match apply(ebpf, &options) {
-            Ok(()) => tracing::info!(
-                batch_size = options.batch_size,
-                sampling = options.sampling,
-                syscall_sampling = ?config.syscall_sampling,
-                dedup_window_ms = options.dedup_window.as_millis() as u64,
-                "reload: advanced monitor reconfigured"
-            ),
-            Err(e) => tracing::warn!("reload: {e}"),
-        }
-    }
-}
-
 /// The advanced monitor's counters summed over CPUs. `seen = sent + sampled + deduped + dropped
 /// + buffered` at any quiet moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -307,13 +276,13 @@ pub fn stats(ebpf: &Ebpf) -> Result<AdvancedStats, AdvancedError> {
         Ok(array.get(&i, 0).map_err(|source| AdvancedError::Map { map: STATS_MAP, source })?.iter().sum())
     };
     let batches = ebpf.map(BATCHES_MAP).ok_or(AdvancedError::Missing(BATCHES_MAP))?;
-    let batches = PerCpuArray::<_, AdvancedBatch>::try_from(batches)
+    let batches = PerCpuArray::<_, PodBatch>::try_from(batches)
         .map_err(|source| AdvancedError::Map { map: BATCHES_MAP, source })?;
     let buffered = batches
         .get(&0, 0)
         .map_err(|source| AdvancedError::Map { map: BATCHES_MAP, source })?
         .iter()
-        .map(|b| u64::from(b.count.min(ADVANCED_BATCH_MAX as u32)))
+        .map(|b| u64::from(b.0.count.min(ADVANCED_BATCH_MAX as u32)))
         .sum();
     Ok(AdvancedStats {
         seen: sum(0)?,

@@ -1,4 +1,4 @@
-//! Compiles the C probes in `probes/` into BTF/CO-RE objects that `tapio-load` embeds.
+//! Compiles the C probes in `probes/` into BTF/CO-RE objects that `tapio-bundle` embeds.
 //!
 //! Each monitor is built twice, with a ring buffer and with a perf event array (`-DTAPIO_PERF`),
 //! because a map's type cannot be changed once the object exists. The objects depend only on the
@@ -61,7 +61,7 @@ fn compile(clang: &Path, strip: &Path, probes: &Path, source: &Path, out: &Path,
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let probes = manifest.join("../probes");
+    let probes = manifest.join("../../../probes");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-changed={}", probes.display());
     println!("cargo:rerun-if-changed={}", probes.join("include").display());

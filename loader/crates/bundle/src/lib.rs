@@ -37,13 +37,27 @@ pub struct EmbeddedObject {
     pub bytes: &'static [u8],
 }
 
+/// `include_bytes!` aligned to 16 bytes, so the ELF parser can read the object in place (what
+/// `aya::include_bytes_aligned!` does; here so the bundle needs no aya).
+macro_rules! include_bytes_aligned {
+    ($path:expr) => {{
+        #[repr(C)]
+        struct Aligned<B: ?Sized> {
+            _align: [u128; 0],
+            bytes: B,
+        }
+        const ALIGNED: &Aligned<[u8]> = &Aligned { _align: [], bytes: *include_bytes!($path) };
+        &ALIGNED.bytes
+    }};
+}
+
 macro_rules! embed {
     ($monitor:literal, $transport:expr, $file:literal) => {
         EmbeddedObject {
             monitor: $monitor,
             transport: $transport,
             file: $file,
-            bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", $file)),
+            bytes: include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", $file)),
         }
     };
 }
@@ -88,15 +102,15 @@ pub fn object(monitor: &str, transport: Transport) -> Option<&'static EmbeddedOb
 
 /// A fixture the verifier must reject (probes/fixtures/rejected.bpf.c): the verifier matrix
 /// loads it on request to prove rejections are reported with the log and the run goes on.
-pub static FIXTURE_REJECTED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_rejected.bpf.o"));
+pub static FIXTURE_REJECTED: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_rejected.bpf.o"));
 
 /// The synthetic producer of `benches/ring_decode.rs` (probes/fixtures/bench_producer.bpf.c): an
 /// XDP program that, under `BPF_PROG_TEST_RUN`, fills a ring buffer with process records, so the
 /// drain and decode path can be measured through the real ring. Not a monitor, not in [`OBJECTS`].
 pub static FIXTURE_BENCH_PRODUCER: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_bench_producer.bpf.o"));
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_bench_producer.bpf.o"));
 
 /// [`FIXTURE_BENCH_PRODUCER`] built with `-DTAPIO_PERF`: the same records through a perf event
 /// array, for the delivery benchmark's perf figures (`benches/delivery.rs`).
 pub static FIXTURE_BENCH_PRODUCER_PERF: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_bench_producer_perf.bpf.o"));
+    include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fixture_bench_producer_perf.bpf.o"));

@@ -22,18 +22,16 @@
 
 use std::{cmp::Reverse, collections::BinaryHeap, time::Duration};
 
-use super::Correlator;
-use crate::{
-    events::{Body, Event},
-    transport::Delivery,
-};
+use super::{Correlator, DnsGauges};
+use crate::events::{Body, Event};
 
-/// How far the watermark trails the clock under `delivery`: two delivery bounds (the drain
+/// How far the watermark trails the clock under a delivery `bound` (`Delivery::bound` in
+/// tapio-runtime's transport): two delivery bounds (the drain
 /// timer's longest sleep, and as much again for the run loop to take the batch) plus 10 ms for
 /// scheduling. 30 ms at the default 10 ms bound: that is what ordering adds to a DNS event's
 /// output latency.
-pub fn hold_for(delivery: &Delivery) -> Duration {
-    delivery.bound() * 2 + Duration::from_millis(10)
+pub fn hold_for(bound: Duration) -> Duration {
+    bound * 2 + Duration::from_millis(10)
 }
 
 /// One held event, ordered by kernel time, then by arrival.
@@ -101,7 +99,7 @@ impl Sequencer {
     }
 
     /// Copies the correlator's counters into the metrics ([`Correlator::publish`]).
-    pub fn publish(&self, counters: &crate::output::metrics::Counters) {
+    pub fn publish(&self, counters: &impl DnsGauges) {
         self.correlator.publish(counters);
     }
 
