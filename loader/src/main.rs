@@ -158,7 +158,7 @@ enum Command {
     /// The XDP prefix filter: attach to an interface, print periodic `stats` records.
     Xdp {
         #[command(subcommand)]
-        action: tapio_runtime::monitors::xdp_filter::XdpCommand,
+        action: XdpCommand,
     },
     /// Offline: what the objects meant for a kernel use that the kernel lacks (exit 1 if any).
     Lint {
@@ -176,6 +176,56 @@ enum Command {
         #[command(subcommand)]
         action: BtfAction,
     },
+}
+
+/// `tapio-load xdp` subcommands.
+#[derive(Debug, clap::Subcommand)]
+enum XdpCommand {
+    /// Attach the filter to an interface and print `stats` records until SIGINT or SIGTERM.
+    Attach(AttachArgs),
+}
+
+/// Arguments of `tapio-load xdp attach` (tapio-runtime's `monitors::xdp_filter::AttachArgs`).
+#[derive(Debug, Clone, clap::Args)]
+struct AttachArgs {
+    /// The interface to filter (native XDP where the driver allows, generic otherwise).
+    #[arg(long)]
+    iface: String,
+    /// A prefix to drop (`10.0.0.0/8`, `fd00::/8`, or one address); repeat for more.
+    #[arg(long = "block")]
+    blocks: Vec<monitors::xdp_filter::Prefix>,
+    /// Which addresses a blocklist applies to.
+    #[arg(long = "match", value_enum, default_value = "both")]
+    match_mode: MatchMode,
+    /// Steer passed IP packets across the first N online CPUs through the CPU map.
+    #[arg(long)]
+    steer_cpus: Option<u32>,
+    /// Milliseconds between `stats` records.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    interval_ms: u64,
+}
+
+/// Which packet addresses are looked up in the blocklists (`monitors::xdp_filter::MatchMode`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MatchMode {
+    /// Source address only (traffic from a blocked prefix).
+    Src,
+    /// Destination address only (traffic to a blocked prefix).
+    Dst,
+    /// Either address: a blocklisted prefix is cut off in both directions.
+    Both,
+}
+
+impl From<AttachArgs> for monitors::xdp_filter::AttachArgs {
+    fn from(a: AttachArgs) -> Self {
+        use monitors::xdp_filter::MatchMode as M;
+        let match_mode = match a.match_mode {
+            MatchMode::Src => M::Src,
+            MatchMode::Dst => M::Dst,
+            MatchMode::Both => M::Both,
+        };
+        Self { iface: a.iface, blocks: a.blocks, match_mode, steer_cpus: a.steer_cpus, interval_ms: a.interval_ms }
+    }
 }
 
 #[derive(Subcommand)]
@@ -342,7 +392,8 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Xdp { action: tapio_runtime::monitors::xdp_filter::XdpCommand::Attach(args) } => {
+        Command::Xdp { action: XdpCommand::Attach(args) } => {
+            let args = tapio_runtime::monitors::xdp_filter::AttachArgs::from(args);
             tapio_features::privileges::check()?;
             tapio_features::privileges::raise_memlock();
             let mut stdout = std::io::stdout().lock();

@@ -51,9 +51,7 @@ const RULES: &[Rule] = &[
         krate: "tapio-runtime",
         may_use: &["tapio-bundle", "tapio-object", "tapio-features", "tapio-decode"],
         tests_may_use: &[],
-        // clap: only for `tapio-load xdp attach`'s arguments, still beside the XDP filter (a
-        // follow-up moves them into the agent and adds "clap" here).
-        forbids: &["anyhow", "tracing-subscriber", "toml"],
+        forbids: &["anyhow", "clap", "tracing-subscriber", "toml"],
     },
     Rule {
         krate: "tapio-testkit",

@@ -21,7 +21,7 @@ pub fn mounted() -> bool {
 }
 
 /// Ok when tracefs is (now) mounted. Every path that attaches a classic tracepoint or looks one
-/// up calls this first ([`crate::monitors::load`], `check`, `plan`, `run`), so a library caller
+/// up calls this first (tapio-runtime's `monitors::load`, `check`, `plan`, `run`), so a library caller
 /// needs no set-up of its own. Serialized: two threads loading monitors at once mount it once.
 pub fn ensure_mounted() -> Result<(), TracefsError> {
     static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -3,7 +3,7 @@
 //!
 //! The id -> path map is filled twice over: a scan of the v2 hierarchy at start (a directory's
 //! inode number is its cgroup id, 5.5+), and the records of the cgroup_watch program
-//! (crate::monitors::cgroup_watch), which announces each cgroup as it is made, before any task
+//! (tapio-runtime's monitors::cgroup_watch), which announces each cgroup as it is made, before any task
 //! can run in it. The run loop applies the watcher's records of a drain pass before it attributes
 //! that pass's events, so a container whose whole life fits in one pass is still attributed.
 //!

@@ -1,5 +1,5 @@
 //! The dns monitor: DNS queries and responses (probes/dns.bpf.c), matched and timed in user
-//! space by [`crate::dns::Correlator`].
+//! space by tapio-decode's `dns::Correlator`.
 //!
 //! Two paths, tried in this order ([`MESSAGES`]):
 //! - `packet`: cgroup_skb programs on the cgroup v2 root read each message from the packet, and a

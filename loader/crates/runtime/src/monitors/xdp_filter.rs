@@ -91,7 +91,7 @@ impl Verdict {
 }
 
 /// Which packet addresses are looked up in the blocklists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatchMode {
     /// Source address only (traffic from a blocked prefix).
@@ -605,30 +605,18 @@ fn ipv4_checksum(header: &[u8]) -> u16 {
 // ---------------------------------------------------------------------------------------------
 // `tapio-load xdp`: attach, print periodic stats, detach on SIGINT/SIGTERM.
 
-/// `tapio-load xdp` subcommands.
-#[derive(Debug, clap::Subcommand)]
-pub enum XdpCommand {
-    /// Attach the filter to an interface and print `stats` records until SIGINT or SIGTERM.
-    Attach(AttachArgs),
-}
-
-/// Arguments of `tapio-load xdp attach`.
-#[derive(Debug, Clone, clap::Args)]
+/// Arguments of `tapio-load xdp attach` (the agent's CLI parses them: tapio-load's main.rs).
+#[derive(Debug, Clone)]
 pub struct AttachArgs {
     /// The interface to filter (native XDP where the driver allows, generic otherwise).
-    #[arg(long)]
     pub iface: String,
-    /// A prefix to drop (`10.0.0.0/8`, `fd00::/8`, or one address); repeat for more.
-    #[arg(long = "block")]
+    /// Prefixes to drop (`10.0.0.0/8`, `fd00::/8`, or one address).
     pub blocks: Vec<Prefix>,
     /// Which addresses a blocklist applies to.
-    #[arg(long = "match", value_enum, default_value = "both")]
     pub match_mode: MatchMode,
     /// Steer passed IP packets across the first N online CPUs through the CPU map.
-    #[arg(long)]
     pub steer_cpus: Option<u32>,
-    /// Milliseconds between `stats` records.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Milliseconds between `stats` records (at least 1).
     pub interval_ms: u64,
 }
 
