@@ -51,23 +51,9 @@ pub struct RunOptions {
     pub attribution: Option<usize>,
 }
 
-/// A monitor that was asked for and is not running, with the kernel's reason.
-#[derive(Debug, Clone)]
-pub struct MonitorFailure {
-    pub monitor: &'static str,
-    /// The error and its whole cause chain (the OS error included).
-    pub reason: String,
-    /// The OS error number the kernel answered with, when there is one.
-    pub errno: Option<i32>,
-    /// Whether that answer was EPERM or EACCES.
-    pub permission: bool,
-}
-
-impl MonitorFailure {
-    fn new(monitor: &'static str, e: &MonitorError) -> Self {
-        Self { monitor, reason: crate::errors::chain(e), errno: e.errno(), permission: e.is_permission() }
-    }
-}
+// What the run reports for a monitor that did not start: kept in the runtime, beside
+// MonitorError, so the metrics need not import the run loop.
+pub use crate::monitors::MonitorFailure;
 
 /// What [`load_all`] started: the monitors that loaded and why the others did not.
 #[derive(Default)]

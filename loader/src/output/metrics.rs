@@ -93,7 +93,7 @@ pub struct State {
     /// The monitors asked for, in order.
     pub requested: Vec<&'static str>,
     /// The monitors asked for that are not running, with the kernel's reason (crate::run).
-    pub failed: Vec<crate::run::MonitorFailure>,
+    pub failed: Vec<crate::monitors::MonitorFailure>,
     pub counters: Arc<Counters>,
     pub kernel_release: String,
     /// Programs adopted from `--pin-path` pins instead of loaded (see crate::pin): no object

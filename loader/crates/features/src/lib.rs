@@ -2,7 +2,7 @@
 //!
 //! Owns: the named kernel feature probes with the first kernel version of each ([`features`]),
 //! tracefs discovery and mounting ([`tracefs`]), the privilege check and `RLIMIT_MEMLOCK`
-//! ([`privileges`]) and cgroup2 discovery ([`cgroup2`]).
+//! ([`privileges`]), cgroup2 discovery ([`cgroup2`]) and the kernel's release ([`kernel`]).
 //!
 //! May import: tapio-object (BTF to build probe programs' types). May not import: aya, the
 //! decode or runtime crates, tokio, anyhow. The rules live in one table,
@@ -10,6 +10,7 @@
 
 pub mod cgroup2;
 pub mod features;
+pub mod kernel;
 pub mod privileges;
 pub mod tracefs;
 

@@ -20,9 +20,7 @@ use std::{
     sync::Arc,
 };
 
-use serde::Serialize;
-
-pub use parse::{Qos, Runtime};
+pub use parse::{Attribution, Qos, Runtime};
 
 use crate::events::{cgroup_watch::Mkdir, Event};
 
@@ -31,26 +29,6 @@ pub const DEFAULT_CAPACITY: usize = 65_536;
 
 /// Directory levels the scan descends at most (kubelet's deepest layout is 4 below the root).
 const SCAN_DEPTH: usize = 16;
-
-/// The container fields of an event: what [`parse::parse`] found, as the output names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Attribution {
-    /// 64 hex characters, never truncated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_runtime: Option<Runtime>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub qos: Option<Qos>,
-}
-
-impl From<parse::Parsed> for Attribution {
-    fn from(p: parse::Parsed) -> Self {
-        Self { container_id: p.container_id, container_runtime: p.runtime, pod_uid: p.pod_uid, qos: p.qos }
-    }
-}
 
 /// How the map was filled and used, for the metrics and the end-of-run log.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -201,6 +201,26 @@ fn colon_form(component: &str) -> Option<(Option<Pod>, Runtime, String)> {
     Some((systemd_pod(slice), runtime, container_id(id)?))
 }
 
+/// The container fields of an event: what [`parse`] found, as the output names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attribution {
+    /// 64 hex characters, never truncated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<Runtime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<Qos>,
+}
+
+impl From<Parsed> for Attribution {
+    fn from(p: Parsed) -> Self {
+        Self { container_id: p.container_id, container_runtime: p.runtime, pod_uid: p.pod_uid, qos: p.qos }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rstest::rstest;

@@ -84,7 +84,7 @@ pub struct Event {
     /// `container_id`, `container_runtime`, `pod_uid`, `qos` when the cgroup is a pod's or a
     /// container's (crate::attribution); absent for a host process.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub container: Option<std::sync::Arc<crate::attribution::Attribution>>,
+    pub container: Option<std::sync::Arc<crate::attribution::parse::Attribution>>,
     #[serde(flatten)]
     pub body: Body,
 }

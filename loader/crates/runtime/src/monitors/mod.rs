@@ -2,6 +2,7 @@
 //! each attaches; this module does the loading, attaching and reporting for all of them.
 
 pub mod advanced;
+pub mod attach_path;
 pub mod cgroup_watch;
 pub mod dns;
 pub mod kernel;
@@ -703,7 +704,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     // Optional programs whose tracepoints this kernel lacks: left out, the rest runs.
     let mut left_out: Vec<&'static str> = Vec::new();
     for set in OPTIONAL.iter().filter(|s| s.monitor == monitor) {
-        if let Some(why) = optional_unavailable(spec, set, |category, name| crate::plan::tracepoint_exists(Some(category), name)) {
+        if let Some(why) = optional_unavailable(spec, set, |category, name| attach_path::tracepoint_exists(Some(category), name)) {
             tracing::warn!("monitor {monitor}: {}: unavailable: {why}", set.name);
             unavailable.push((set.name, why));
             left_out.extend(set.programs);
@@ -804,7 +805,7 @@ pub enum PathError {
 /// Tries one alternative path: the feature gate first, then load and attach. Returns the load
 /// time and the link's id.
 pub fn try_path(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf: Option<&Btf>) -> Result<(Duration, LinkId), PathError> {
-    crate::plan::attach_path(&p.attach).map_err(PathError::Unavailable)?;
+    attach_path::attach_path(&p.attach).map_err(PathError::Unavailable)?;
     let classify = |e: MonitorError| match &e {
         MonitorError::Verifier { io_error, log, .. }
             if !log.trim().is_empty() && io_error.raw_os_error() != Some(libc::EPERM) =>
@@ -824,6 +825,25 @@ pub fn stat(ebpf: &Ebpf, index: u32) -> Option<u64> {
     let array = aya::maps::PerCpuArray::<_, u64>::try_from(map).ok()?;
     let values = array.get(&index, 0).ok()?;
     Some(values.iter().sum())
+}
+
+/// A monitor that was asked for and is not running, with the kernel's reason.
+#[derive(Debug, Clone)]
+pub struct MonitorFailure {
+    pub monitor: &'static str,
+    /// The error and its whole cause chain (the OS error included).
+    pub reason: String,
+    /// The OS error number the kernel answered with, when there is one.
+    pub errno: Option<i32>,
+    /// Whether that answer was EPERM or EACCES.
+    pub permission: bool,
+}
+
+impl MonitorFailure {
+    /// The failure `e` of `monitor`, with its whole cause chain.
+    pub fn new(monitor: &'static str, e: &MonitorError) -> Self {
+        Self { monitor, reason: crate::errors::chain(e), errno: e.errno(), permission: e.is_permission() }
+    }
 }
 
 #[cfg(test)]

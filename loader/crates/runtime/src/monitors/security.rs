@@ -107,7 +107,7 @@ const PID1_MNT_NS: &str = "/proc/1/ns/mnt";
 /// `in_container: true`. Unreadable, the probe decides by the pid namespace alone (see
 /// [`CONFIG_MAP`]) and the caller says so.
 pub fn initial_mount_ns() -> Result<(u32, &'static str), NamespaceError> {
-    initial_mount_ns_for(&crate::plan::kernel_release())
+    initial_mount_ns_for(&tapio_features::kernel::release())
 }
 
 fn initial_mount_ns_for(release: &str) -> Result<(u32, &'static str), NamespaceError> {
@@ -178,7 +178,7 @@ mod tests {
         }
         // On a 6.18+ host whose tests run in the initial mount namespace, the constant is that
         // namespace's number.
-        let release = crate::plan::kernel_release();
+        let release = tapio_features::kernel::release();
         let own = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino() as u32).ok();
         if crate::lint::KernelVersion::parse(&release).is_ok_and(|v| v >= FIXED_NS_INODES_SINCE) && own == Some(MNT_NS_INIT_INO) {
             assert_eq!(initial_mount_ns().map(|(ino, _)| ino).ok(), own);
