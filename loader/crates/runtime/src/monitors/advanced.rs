@@ -9,7 +9,7 @@
 //! (<https://github.com/torvalds/linux/commit/2d0e30c30f84d08dc16f0f2af41f1b8a85f0755e>).
 //! `BPF_MAP_TYPE_BLOOM_FILTER` arrived in 5.16
 //! (<https://github.com/torvalds/linux/commit/9330986c03006ab1d33d243b7cfe598a7a3c1baa>): a
-//! separate object carries it and [`object`] picks it only where the map type can be created.
+//! separate object carries it and [`object()`] picks it only where the map type can be created.
 //!
 //! Every knob is a map, not global data, so one object serves every kernel: `advanced_config`
 //! (batch size, flush bound, dedup window, tgid filters), `advanced_rates` (per syscall number)
@@ -35,7 +35,7 @@ pub const CONFIG_MAP: &str = "advanced_config";
 /// Drop thresholds per syscall number.
 pub const RATES_MAP: &str = "advanced_rates";
 /// The watched syscall numbers: one byte per syscall number (1: watched), or a bloom filter in
-/// the 5.16+ object that [`object`] does not pick.
+/// the 5.16+ object that [`object()`] does not pick.
 pub const FILTER_MAP: &str = "advanced_filter";
 /// Per-CPU counters (`enum advanced_stat`).
 pub const STATS_MAP: &str = "advanced_stats";
