@@ -2,6 +2,11 @@
 //!
 //! `tapio-load` is one self-contained binary; the objects built by `build.rs` are included at
 //! compile time, aligned so the ELF parser can read them in place.
+//!
+//! tapio-bundle owns the build of `probes/` (`build.rs`) and the objects it makes: [`OBJECTS`],
+//! [`object`], the `FIXTURE_*` test objects and [`Transport`]. It is data: it may not import aya,
+//! aya-obj, object, tokio, anyhow or any other tapio crate. The rules live in one table,
+//! `loader/tests/crate_rules.rs`; docs/architecture.md draws the picture.
 
 use std::fmt;
 
