@@ -4,7 +4,7 @@
 //! outputs and metrics ([`output`]) and logging ([`logging`]).
 //!
 //! May import every tapio crate below it; `anyhow` lives here (in `main.rs`) and in the harness
-//! only. No crate may import this one but the matrix guest's tests. The rules live in one table,
+//! only. It may not import the harness; no crate may import it. The rules live in one table,
 //! `tests/crate_rules.rs`; docs/architecture.md draws the picture.
 
 pub mod config;

@@ -205,6 +205,25 @@ fn workspace_crates_keep_to_their_rules() {
     assert!(breaches.is_empty(), "the crate rules (tests/crate_rules.rs, docs/architecture.md) are broken:\n{}", breaches.join("\n"));
 }
 
+/// Each loader crate says in its lib.rs doc what it owns and what it may not import.
+#[test]
+fn every_loader_crate_documents_what_it_may_not_import() {
+    let loader = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut libs = vec![loader.join("src/lib.rs")];
+    for entry in std::fs::read_dir(loader.join("crates")).expect("read loader/crates") {
+        libs.push(entry.expect("crate dir").path().join("src/lib.rs"));
+    }
+    for lib in libs {
+        let text = std::fs::read_to_string(&lib).unwrap_or_else(|e| panic!("read {}: {e}", lib.display()));
+        let doc: String = text.lines().take_while(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n").to_lowercase();
+        assert!(
+            doc.contains("owns") && doc.contains("may not import"),
+            "{}: the crate doc must say what the crate owns and what it may not import",
+            lib.display()
+        );
+    }
+}
+
 /// A fake graph: the rules as they stand, then one breach of each kind.
 fn fake() -> Graph {
     let mut g = Graph::default();
