@@ -17,7 +17,7 @@
  * pointer checked takes up to 255 steps; unrolled without loops (4.19's verifier takes none) that
  * is thousands of instructions per call site, past 4.19's 4096-instruction program limit. The
  * probe parses the fixed header and copies up to DNS_MSG_MAX bytes with the real length beside
- * them; the loader decodes the question against that real length (loader/src/dns/wire.rs).
+ * them; the loader decodes the question against that real length (loader/crates/decode/src/dns_wire.rs).
  *
  * No loops, no global data: the port knob is a map the loader fills, as 4.19 has no .rodata maps.
  */

@@ -11,7 +11,7 @@
 //! - flat out: back to back for [`FLAT_OUT`].
 //!
 //! The main thread drains the ring the way `tapio-load` does: it blocks in `poll` on the ring's
-//! fd ([`tapio_load::transport::EventSource::wait`]) until the kernel signals data, then decodes
+//! fd ([`tapio_runtime::transport::EventSource::wait`]) until the kernel signals data, then decodes
 //! every waiting record with `events::decode_all`. Each decoded event's latency is
 //! `CLOCK_MONOTONIC` read right after its record was decoded minus the event's `ts_ns`
 //! (`bpf_ktime_get_ns`, the same clock).
@@ -38,14 +38,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use tapio_load::{
-    events::{self, Body, DecodeOptions},
-    monitors::{
-        self,
-        advanced::{self, AdvancedOptions},
-        LoadOptions, LoadedMonitor,
-    },
-};
+use tapio_decode::events::{self, Body, DecodeOptions};
+use tapio_runtime::monitors::{self, advanced::{self, AdvancedOptions}, LoadOptions, LoadedMonitor};
 
 /// The controlled rate, events per second.
 const RATE: u64 = 10_000;
@@ -135,7 +129,7 @@ fn main() -> Result<()> {
         println!("SKIP advanced: needs root (CAP_BPF, CAP_PERFMON, sysctl write)");
         return Ok(());
     }
-    tapio_load::privileges::raise_memlock();
+    tapio_features::privileges::raise_memlock();
     let btf = aya::Btf::from_sys_fs().context("kernel BTF (/sys/kernel/btf/vmlinux)")?;
     let _stats = StatsSysctl::enable()?;
     let mut runs = Vec::new();

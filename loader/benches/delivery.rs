@@ -34,20 +34,15 @@ use aya::{
     EbpfLoader,
 };
 use serde_json::{json, Value};
-use tapio_load::{
-    bundle::{Transport, FIXTURE_BENCH_PRODUCER, FIXTURE_BENCH_PRODUCER_PERF},
-    events::{
-        self,
-        process::{ProcessEvent, ProcessExecEvent, PROCESS_FORK},
-        DecodeOptions, TapioHeader, MONITOR_PROCESS,
-    },
-    monitors::{
-        xdp_filter::{test_run, udp4_frame, XDP_PASS},
-        WAKEUP_BYTES,
-    },
-    output::json::JsonLines,
+use tapio_bundle::{Transport, FIXTURE_BENCH_PRODUCER, FIXTURE_BENCH_PRODUCER_PERF};
+use tapio_decode::{
+    events::{self, process::{ProcessEvent, ProcessExecEvent, PROCESS_FORK}, DecodeOptions, TapioHeader, MONITOR_PROCESS},
+};
+use tapio_runtime::{
+    monitors::{xdp_filter::{test_run, udp4_frame, XDP_PASS}, WAKEUP_BYTES},
     transport::{self, Delivery, DeliveryPolicy, EventSource, DEFAULT_RING_SIZE},
 };
+use tapio_load::output::json::JsonLines;
 use tokio::sync::watch;
 
 /// Rates and how long each is run: 100 records for a P99 at the low rate (the P99 of 100 is the

@@ -26,14 +26,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use tapio_load::{
-    events::{
-        self,
-        process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK},
-        DecodeOptions, TapioHeader, MONITOR_PROCESS,
-    },
-    output::json::JsonLines,
+use tapio_decode::{
+    events::{self, process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK}, DecodeOptions, TapioHeader, MONITOR_PROCESS},
 };
+use tapio_load::output::json::JsonLines;
 
 /// Execs in the process workload.
 const EXECS: u32 = 2000;
@@ -298,7 +294,7 @@ fn dns_network_memory() -> Result<(Vec<Figure>, Vec<String>)> {
     let dig = find_tool("dig", "dnsutils")?;
     let dnsmasq = find_tool("dnsmasq", "dnsmasq")?;
     // Every monitor the loader knows, so the memory figure is "everything attached".
-    let all: Vec<&str> = tapio_load::monitors::MONITORS.iter().map(|m| m.name).collect();
+    let all: Vec<&str> = tapio_runtime::monitors::MONITORS.iter().map(|m| m.name).collect();
     let loader = Loader::start(&all)?;
     let pid = loader.pid();
 

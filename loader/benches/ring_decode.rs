@@ -39,20 +39,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use serde_json::{json, Value};
-use tapio_load::{
-    bundle::{Transport, FIXTURE_BENCH_PRODUCER},
-    events::{
-        self,
-        process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK},
-        DecodeOptions, TapioHeader, MONITOR_PROCESS,
-    },
-    monitors::{
-        xdp_filter::{test_run, udp4_frame, XDP_PASS},
-        WAKEUP_BYTES,
-    },
-    output::json::JsonLines,
+use tapio_bundle::{Transport, FIXTURE_BENCH_PRODUCER};
+use tapio_decode::{
+    events::{self, process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK}, DecodeOptions, TapioHeader, MONITOR_PROCESS},
+};
+use tapio_runtime::{
+    monitors::{xdp_filter::{test_run, udp4_frame, XDP_PASS}, WAKEUP_BYTES},
     transport::{Delivery, EventSource},
 };
+use tapio_load::output::json::JsonLines;
 
 /// The ring size: the `events` map's default in probes/include/transport.bpf.h, which is what
 /// `tapio-load run` uses unless `--ring-size` says otherwise. Measuring at the default tells users

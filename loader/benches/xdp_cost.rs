@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use tapio_load::monitors::xdp_filter::{
+use tapio_runtime::monitors::xdp_filter::{
     test_run, udp4_frame, FilterOptions, MatchMode, XdpFilter, XDP_DROP, XDP_PASS,
 };
 

@@ -18,7 +18,10 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{events::advanced::ADVANCED_BATCH_MAX, monitors};
+use crate::{
+    events::advanced::ADVANCED_BATCH_MAX,
+    monitors::{self, advanced, advanced::AdvancedOptions},
+};
 
 /// Where `metrics_address` points when nothing says otherwise: loopback, so the endpoint is not
 /// exposed beyond the node unless an operator chooses to.
@@ -527,6 +530,42 @@ pub fn reference_markdown() -> String {
     out
 }
 
+/// The advanced monitor's options (tapio-runtime's `monitors::advanced`) that the
+/// configuration keys give (`sampling.advanced`, `syscall_sampling`, `dedup_window_ms`,
+/// `batch_size`, `flush_interval_ms`); the rest keep their defaults.
+pub fn advanced_options(c: &Config) -> AdvancedOptions {
+    AdvancedOptions {
+        batch_size: c.batch_size,
+        flush_interval: std::time::Duration::from_millis(c.flush_interval_ms),
+        dedup_window: std::time::Duration::from_millis(c.dedup_window_ms),
+        sampling: c.sampling.get(advanced::SPEC.name).copied().unwrap_or(1.0),
+        // Validated by crate::config: every name is a watched syscall.
+        rates: c.syscall_sampling.iter().filter_map(|(name, &rate)| Some((advanced::watched_syscall(name)?, rate))).collect(),
+        ..AdvancedOptions::default()
+    }
+}
+
+/// A reload (SIGHUP or a change of the watched file): applies the re-read configuration to every
+/// loaded advanced object. A failed map write only warns; the running values stay.
+pub fn reload_advanced<'a>(objects: impl IntoIterator<Item = &'a aya::Ebpf>, config: &Config) {
+    let options = advanced_options(config);
+    for ebpf in objects {
+        if ebpf.map(advanced::CONFIG_MAP).is_none() {
+            continue;
+        }
+        match advanced::apply(ebpf, &options) {
+            Ok(()) => tracing::info!(
+                batch_size = options.batch_size,
+                sampling = options.sampling,
+                syscall_sampling = ?config.syscall_sampling,
+                dedup_window_ms = options.dedup_window.as_millis() as u64,
+                "reload: advanced monitor reconfigured"
+            ),
+            Err(e) => tracing::warn!("reload: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rstest::rstest;
@@ -614,7 +653,7 @@ mod tests {
     fn the_advanced_keys_apply_with_the_advanced_monitor() {
         // The same keys with the advanced monitor asked for are read, and applied.
         let c = check("monitors = [\"advanced\"]\ndedup_window_ms = 500\nbatch_size = 32\n[sampling]\nadvanced = 0.5\n[syscall_sampling]\nread = 0.1\n").unwrap();
-        let options = crate::monitors::advanced::AdvancedOptions::from_config(&c);
+        let options = advanced_options(&c);
         assert_eq!((options.batch_size, options.sampling), (32, 0.5));
         assert_eq!(options.rates.get(&(libc::SYS_read as u32)), Some(&0.1));
         assert_eq!(options.kernel_config(1).batch_size, 32);

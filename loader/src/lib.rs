@@ -1,32 +1,20 @@
-//! tapio-load: loads the tapio-probes eBPF bundle on the running kernel, attaches what that
-//! kernel can run, decodes events into typed records and says plainly what it could not do.
+//! tapio-load: the agent. Loads the tapio-probes bundle on the running kernel through
+//! tapio-runtime, and owns what a node's operator touches: the CLI (`main.rs`), the
+//! configuration and its reload ([`config`], [`config_watch`]), the run loop ([`run`]), the
+//! outputs and metrics ([`output`]) and logging ([`logging`]).
+//!
+//! May import every tapio crate below it; `anyhow` lives here (in `main.rs`) and in the harness
+//! only. It may not import the harness; no crate may import it. The rules live in one table,
+//! `tests/crate_rules.rs`; docs/architecture.md draws the picture.
 
-pub mod attribution;
-pub mod btf;
-pub mod btf_minimize;
-pub mod cgroup2;
-pub mod cgroup_link;
 pub mod config;
 pub mod config_watch;
-pub mod check;
-pub mod bundle;
-pub mod dns;
-pub mod errors;
-pub mod events;
-pub mod features;
-pub mod helpers;
-pub mod inspect;
-pub mod layout;
-pub mod lint;
 pub mod logging;
-pub mod monitors;
 pub mod output;
-pub mod pin;
-pub mod plan;
-pub mod privileges;
 pub mod run;
-pub mod snapshot;
-pub mod sock_owners;
-pub mod tracefs;
-pub mod transport;
-pub mod workload;
+
+// What the agent takes from the crates below, under the names its modules use.
+use tapio_bundle as bundle;
+use tapio_decode::{attribution, dns, events};
+use tapio_features::{cgroup2, privileges};
+use tapio_runtime::{errors, monitors, pin, plan, transport};

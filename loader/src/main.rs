@@ -4,14 +4,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use tapio_load::{
-    bundle,
-    logging::LogFormat,
-    events::DecodeOptions,
-    inspect,
-    monitors::{self, LoadOptions},
-    run::{self, RunOptions},
-};
+use tapio_bundle as bundle;
+use tapio_load::{logging::LogFormat, run::{self, RunOptions}};
+use tapio_decode::events::DecodeOptions;
+use tapio_object::inspect;
+use tapio_runtime::monitors::{self, LoadOptions};
 
 #[derive(Parser)]
 #[command(name = "tapio-load", version, about = "Load the tapio-probes eBPF monitors on this kernel")]
@@ -161,7 +158,7 @@ enum Command {
     /// The XDP prefix filter: attach to an interface, print periodic `stats` records.
     Xdp {
         #[command(subcommand)]
-        action: tapio_load::monitors::xdp_filter::XdpCommand,
+        action: XdpCommand,
     },
     /// Offline: what the objects meant for a kernel use that the kernel lacks (exit 1 if any).
     Lint {
@@ -179,6 +176,56 @@ enum Command {
         #[command(subcommand)]
         action: BtfAction,
     },
+}
+
+/// `tapio-load xdp` subcommands.
+#[derive(Debug, clap::Subcommand)]
+enum XdpCommand {
+    /// Attach the filter to an interface and print `stats` records until SIGINT or SIGTERM.
+    Attach(AttachArgs),
+}
+
+/// Arguments of `tapio-load xdp attach` (tapio-runtime's `monitors::xdp_filter::AttachArgs`).
+#[derive(Debug, Clone, clap::Args)]
+struct AttachArgs {
+    /// The interface to filter (native XDP where the driver allows, generic otherwise).
+    #[arg(long)]
+    iface: String,
+    /// A prefix to drop (`10.0.0.0/8`, `fd00::/8`, or one address); repeat for more.
+    #[arg(long = "block")]
+    blocks: Vec<monitors::xdp_filter::Prefix>,
+    /// Which addresses a blocklist applies to.
+    #[arg(long = "match", value_enum, default_value = "both")]
+    match_mode: MatchMode,
+    /// Steer passed IP packets across the first N online CPUs through the CPU map.
+    #[arg(long)]
+    steer_cpus: Option<u32>,
+    /// Milliseconds between `stats` records.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    interval_ms: u64,
+}
+
+/// Which packet addresses are looked up in the blocklists (`monitors::xdp_filter::MatchMode`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MatchMode {
+    /// Source address only (traffic from a blocked prefix).
+    Src,
+    /// Destination address only (traffic to a blocked prefix).
+    Dst,
+    /// Either address: a blocklisted prefix is cut off in both directions.
+    Both,
+}
+
+impl From<AttachArgs> for monitors::xdp_filter::AttachArgs {
+    fn from(a: AttachArgs) -> Self {
+        use monitors::xdp_filter::MatchMode as M;
+        let match_mode = match a.match_mode {
+            MatchMode::Src => M::Src,
+            MatchMode::Dst => M::Dst,
+            MatchMode::Both => M::Both,
+        };
+        Self { iface: a.iface, blocks: a.blocks, match_mode, steer_cpus: a.steer_cpus, interval_ms: a.interval_ms }
+    }
 }
 
 #[derive(Subcommand)]
@@ -300,7 +347,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let file = config.as_deref().map(tapio_load::config::read_file).transpose()?.unwrap_or_default();
             let c = tapio_load::config::Config::from_partial(file.merge(overrides.clone()))?;
             cmd_run(RunOptions {
-                btf: c.btf_path(&tapio_load::plan::kernel_release()),
+                btf: c.btf_path(&tapio_runtime::plan::kernel_release()),
                 output_file: match &c.output {
                     tapio_load::config::Output::Stdout => None,
                     tapio_load::config::Output::File(path) => Some(path.clone()),
@@ -309,10 +356,10 @@ fn real_main(cli: Cli) -> Result<()> {
                 load: LoadOptions {
                     ring_size: c.ring_size,
                     delivery: c.delivery,
-                    advanced: tapio_load::monitors::advanced::AdvancedOptions::from_config(&c),
+                    advanced: tapio_load::config::advanced_options(&c),
                     transport: transport.map(|t| match t {
-                        TransportArg::Ringbuf => tapio_load::bundle::Transport::Ringbuf,
-                        TransportArg::Perf => tapio_load::bundle::Transport::Perf,
+                        TransportArg::Ringbuf => tapio_bundle::Transport::Ringbuf,
+                        TransportArg::Perf => tapio_bundle::Transport::Perf,
                     }),
                     in_container_fallback: c.in_container_fallback,
                 },
@@ -324,7 +371,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 reload: config.map(|file| tapio_load::config::Reload { file, overrides }),
                 pin_path: c.pin_path.clone(),
                 strict: c.strict,
-                attribution: Some(tapio_load::attribution::DEFAULT_CAPACITY),
+                attribution: Some(tapio_decode::attribution::DEFAULT_CAPACITY),
                 output_queue_events: c.output_queue_events,
                 monitors: c.monitors,
             })
@@ -340,29 +387,30 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Inspect { json, objects } => cmd_inspect(json, &objects),
         Command::Unpin { pin_path } => {
-            for dir in tapio_load::pin::unpin(&pin_path)? {
+            for dir in tapio_runtime::pin::unpin(&pin_path)? {
                 println!("unpinned {}", dir.display());
             }
             Ok(())
         }
-        Command::Xdp { action: tapio_load::monitors::xdp_filter::XdpCommand::Attach(args) } => {
-            tapio_load::privileges::check()?;
-            tapio_load::privileges::raise_memlock();
+        Command::Xdp { action: XdpCommand::Attach(args) } => {
+            let args = tapio_runtime::monitors::xdp_filter::AttachArgs::from(args);
+            tapio_features::privileges::check()?;
+            tapio_features::privileges::raise_memlock();
             let mut stdout = std::io::stdout().lock();
-            tapio_load::monitors::xdp_filter::run_attach(&args, None, &mut stdout, |mode| {
+            tapio_runtime::monitors::xdp_filter::run_attach(&args, None, &mut stdout, |mode| {
                 tracing::info!("xdp: attached to {} in {mode} mode", args.iface)
             })?;
             Ok(())
         }
         Command::Lint { min_kernel, json, objects } => {
-            let min = tapio_load::lint::KernelVersion::parse(&min_kernel)?;
-            let inputs = objects_or_bundle(&objects, &tapio_load::lint::bundle_objects_for(min))?;
+            let min = tapio_runtime::lint::KernelVersion::parse(&min_kernel)?;
+            let inputs = objects_or_bundle(&objects, &tapio_runtime::lint::bundle_objects_for(min))?;
             let refs: Vec<(String, &[u8])> = inputs.iter().map(|(f, b)| (f.clone(), b.as_slice())).collect();
-            let report = tapio_load::lint::lint(&refs, min)?;
+            let report = tapio_runtime::lint::lint(&refs, min)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", tapio_load::lint::render_text(&report));
+                print!("{}", tapio_runtime::lint::render_text(&report));
             }
             if report.missing() > 0 {
                 bail!("lint: {} features missing on {min}", report.missing());
@@ -374,9 +422,9 @@ fn real_main(cli: Cli) -> Result<()> {
             let inputs = objects_or_bundle(&objects, &all)?;
             let refs: Vec<_> = inputs
                 .iter()
-                .map(|(file, bytes)| tapio_load::btf_minimize::ObjectInput { file, bytes })
+                .map(|(file, bytes)| tapio_object::btf_minimize::ObjectInput { file, bytes })
                 .collect();
-            let m = tapio_load::btf_minimize::minimize_file(&from, &out, &refs)?;
+            let m = tapio_object::btf_minimize::minimize_file(&from, &out, &refs)?;
             println!(
                 "{}: {} bytes, {} of {} types, for {} CO-RE relocations ({} without a match in {})",
                 out.display(),
@@ -391,32 +439,32 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Plan { monitors, btf, btf_dir, config, delivery, delivery_bound_ms, json } => {
             let monitors = all_or(&monitors)?;
-            let source = tapio_load::plan::btf_source(btf.as_deref(), btf_dir.as_deref(), &tapio_load::plan::kernel_release());
+            let source = tapio_runtime::plan::btf_source(btf.as_deref(), btf_dir.as_deref(), &tapio_runtime::plan::kernel_release());
             let flags = tapio_load::config::Partial { delivery, delivery_bound_ms, ..Default::default() };
             let delivery = tapio_load::config::resolve(config.as_deref(), std::env::vars(), flags)?.delivery;
-            let _ = tapio_load::tracefs::ensure_mounted();
-            let plan = tapio_load::plan::plan(&monitors, &source, delivery);
+            let _ = tapio_features::tracefs::ensure_mounted();
+            let plan = tapio_runtime::plan::plan(&monitors, &source, delivery);
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
-                print!("{}", tapio_load::plan::render_text(&plan));
+                print!("{}", tapio_runtime::plan::render_text(&plan));
             }
             Ok(())
         }
         Command::Check { monitors, btf, json } => {
             let all_monitors = monitors.is_empty();
             let monitors = all_or(&monitors)?;
-            tapio_load::privileges::check()?;
-            tapio_load::privileges::raise_memlock();
+            tapio_features::privileges::check()?;
+            tapio_features::privileges::raise_memlock();
             let btf = tapio_load::run::load_btf(btf.as_ref())?;
-            let mut results = tapio_load::check::check(&monitors, Some(&btf));
+            let mut results = tapio_runtime::check::check(&monitors, Some(&btf));
             if all_monitors {
-                results.push(tapio_load::check::check_xdp_filter(Some(&btf)));
+                results.push(tapio_runtime::check::check_xdp_filter(Some(&btf)));
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
-                print!("{}", tapio_load::check::render_text(&results));
+                print!("{}", tapio_runtime::check::render_text(&results));
             }
             let rejected = results.iter().filter(|r| !r.accepted && r.skipped.is_none()).count();
             if rejected > 0 {
@@ -425,11 +473,11 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Features { json } => {
-            let features = tapio_load::features::probe_all();
+            let features = tapio_features::features::probe_all();
             if json {
                 println!("{}", serde_json::to_string_pretty(&features)?);
             } else {
-                print!("{}", tapio_load::features::render_text(&features));
+                print!("{}", tapio_features::features::render_text(&features));
             }
             Ok(())
         }
@@ -462,8 +510,8 @@ fn main() -> ExitCode {
             // error included; never a backtrace. In JSON, one object with the errno as a field.
             let e: &(dyn std::error::Error + 'static) = e.as_ref();
             match format {
-                LogFormat::Text => eprintln!("error: {}", tapio_load::errors::chain(e)),
-                LogFormat::Json => tracing::error!(errno = tapio_load::errors::errno(e), "error: {}", tapio_load::errors::chain(e)),
+                LogFormat::Text => eprintln!("error: {}", tapio_runtime::errors::chain(e)),
+                LogFormat::Json => tracing::error!(errno = tapio_runtime::errors::errno(e), "error: {}", tapio_runtime::errors::chain(e)),
             }
             ExitCode::FAILURE
         }

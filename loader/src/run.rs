@@ -51,23 +51,9 @@ pub struct RunOptions {
     pub attribution: Option<usize>,
 }
 
-/// A monitor that was asked for and is not running, with the kernel's reason.
-#[derive(Debug, Clone)]
-pub struct MonitorFailure {
-    pub monitor: &'static str,
-    /// The error and its whole cause chain (the OS error included).
-    pub reason: String,
-    /// The OS error number the kernel answered with, when there is one.
-    pub errno: Option<i32>,
-    /// Whether that answer was EPERM or EACCES.
-    pub permission: bool,
-}
-
-impl MonitorFailure {
-    fn new(monitor: &'static str, e: &MonitorError) -> Self {
-        Self { monitor, reason: crate::errors::chain(e), errno: e.errno(), permission: e.is_permission() }
-    }
-}
+// What the run reports for a monitor that did not start: kept in the runtime, beside
+// MonitorError, so the metrics need not import the run loop.
+pub use crate::monitors::MonitorFailure;
 
 /// What [`load_all`] started: the monitors that loaded and why the others did not.
 #[derive(Default)]
@@ -330,7 +316,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     // dns: events are put in kernel time order, then responses matched to queries; a periodic
     // tick reports the queries whose window ran out as `timeout` events (see crate::dns::order).
     let dns_on = options.monitors.iter().any(|m| m.name == "dns");
-    let hold = crate::dns::order::hold_for(&options.load.delivery);
+    let hold = crate::dns::order::hold_for(options.load.delivery.bound());
     let mut dns = crate::dns::Sequencer::new(options.decode.dns_timeout, crate::dns::DEFAULT_CAPACITY, hold);
     let mut ordered = Vec::new();
     dns.publish(&counters); // metrics: tapio_dns_inflight*
@@ -512,7 +498,7 @@ fn reload(
             decode.dns_timeout = std::time::Duration::from_millis(config.dns_timeout_ms);
             dns.set_window(decode.dns_timeout);
             // --- advanced: sampling, dedup window, batch size and flush bound follow the file ---
-            monitors::advanced::on_reload(objects.iter().map(|(_, ebpf)| ebpf), &config);
+            crate::config::reload_advanced(objects.iter().map(|(_, ebpf)| ebpf), &config);
             // --- end advanced ---
             counters.config_reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(argv_max = config.argv_max, dns_timeout_ms = config.dns_timeout_ms, "{trigger}: configuration reloaded");

@@ -6,20 +6,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use tapio_load::{
-    events::{self, DecodeOptions, Event},
-    monitors::{
-        self,
-        advanced::{self, AdvancedOptions, AdvancedStats},
-        LoadOptions, LoadedMonitor,
-    },
-};
+use tapio_decode::events::{self, DecodeOptions, Event};
+use tapio_runtime::monitors::{self, advanced::{self, AdvancedOptions, AdvancedStats}, LoadOptions, LoadedMonitor};
 
 const GETPPID: u32 = libc::SYS_getppid as u32;
 
 /// Loads the advanced monitor watching only this process's getppid calls.
 fn load(mut options: AdvancedOptions) -> LoadedMonitor {
-    tapio_load::privileges::raise_memlock();
+    tapio_features::privileges::raise_memlock();
     options.target_tgid = std::process::id();
     options.syscalls = vec![GETPPID];
     let btf = aya::Btf::from_sys_fs().expect("kernel BTF");

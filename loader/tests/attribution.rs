@@ -16,7 +16,7 @@ use serde_json::Value;
 const CONTAINER_FIELDS: [&str; 4] = ["container_id", "container_runtime", "pod_uid", "qos"];
 
 fn v2_root() -> PathBuf {
-    tapio_load::cgroup2::mounted_root().expect("read mountinfo").expect("the test host mounts the cgroup v2 hierarchy")
+    tapio_features::cgroup2::mounted_root().expect("read mountinfo").expect("the test host mounts the cgroup v2 hierarchy")
 }
 
 /// Removes the cgroups it made, deepest first, even when the test fails.

@@ -7,11 +7,8 @@ mod common;
 use std::{collections::BTreeMap, path::Path, process::Command};
 
 use serde_json::Value;
-use tapio_load::{
-    btf::Btf,
-    btf_minimize::{self, ObjectInput},
-    bundle,
-};
+use tapio_object::{btf::Btf, btf_minimize::{self, ObjectInput}};
+use tapio_bundle as bundle;
 
 const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 

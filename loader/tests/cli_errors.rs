@@ -9,7 +9,7 @@ use std::{
 
 use common::kernel_lock;
 use rstest::rstest;
-use tapio_load::bundle::OBJECTS;
+use tapio_bundle::OBJECTS;
 
 fn tapio(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tapio-load")).args(args).output().expect("run tapio-load")

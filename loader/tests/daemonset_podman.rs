@@ -88,7 +88,7 @@ fn the_daemonset_security_context_runs_under_podman() {
     let _kernel = common::kernel_lock();
     // The manifest mounts the node's tracefs into the pod (hostPath /sys/kernel/tracing): a node
     // has it mounted, and the read-only, capability-limited container cannot mount it itself.
-    tapio_load::tracefs::ensure_mounted().expect("mount tracefs on the host, as a node has it");
+    tapio_features::tracefs::ensure_mounted().expect("mount tracefs on the host, as a node has it");
     let dir = tempfile::tempdir().expect("tempdir");
     let rootfs = dir.path().join("rootfs");
     for d in ["usr/bin", "etc/tapio", "out", "proc", "sys", "dev", "tmp"] {

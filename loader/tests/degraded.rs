@@ -109,7 +109,7 @@ fn check_json_carries_the_whole_verifier_log() {
         .expect("a rejection");
     let log = longest["verifier_log"].as_str().unwrap_or_else(|| panic!("no verifier_log: {longest:#}"));
     let lines = log.lines().filter(|l| !l.trim().is_empty()).count();
-    assert!(lines > tapio_load::monitors::VERIFIER_LOG_TAIL, "log of {lines} lines: no longer than the tail, so nothing proves it whole:\n{log}");
+    assert!(lines > tapio_runtime::monitors::VERIFIER_LOG_TAIL, "log of {lines} lines: no longer than the tail, so nothing proves it whole:\n{log}");
     assert!(log.lines().next().is_some_and(|l| l.starts_with("0: R1=ctx()")), "the log's first line is missing:\n{log}");
     assert!(log.contains("invalid func unknown#195896080"), "{log}");
     let error = longest["error"].as_str().expect("error");

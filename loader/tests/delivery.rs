@@ -12,12 +12,9 @@ use std::{
 
 use aya::{programs::Xdp, EbpfLoader};
 use common::{kernel_lock, skip_unless_root, Loader};
-use tapio_load::{
-    bundle::{Transport, FIXTURE_BENCH_PRODUCER},
-    monitors::{
-        xdp_filter::{test_run, udp4_frame},
-        WAKEUP_BYTES,
-    },
+use tapio_bundle::{Transport, FIXTURE_BENCH_PRODUCER};
+use tapio_runtime::{
+    monitors::{xdp_filter::{test_run, udp4_frame}, WAKEUP_BYTES},
     transport::{Delivery, DeliveryPolicy, EventSource, DEFAULT_RING_SIZE},
 };
 
@@ -218,7 +215,7 @@ fn immediate_reader_never_misses_a_wake_up() {
         });
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let received = runtime.block_on(async {
-            let mut streamer = tapio_load::transport::Streamer::new(vec![source], immediate).expect("register the ring");
+            let mut streamer = tapio_runtime::transport::Streamer::new(vec![source], immediate).expect("register the ring");
             let mut received = 0u64;
             let mut quiet_since = std::time::Instant::now();
             loop {

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use tapio_load::features::{self, Feature, FeatureStatus};
+use tapio_features::features::{self, Feature, FeatureStatus};
 
 mod common;
 

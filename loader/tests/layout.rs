@@ -1,13 +1,8 @@
 //! Every Rust mirror of a C event struct has the layout recorded in each object's own BTF.
 
-use tapio_load::{
-    btf::StructLayout,
-    bundle::OBJECTS,
-    events::{process::{ProcessEvent, ProcessExecEvent}, TapioHeader},
-    inspect::object_btf,
-    layout::{check, LayoutError},
-    mirror_layout,
-};
+use tapio_object::{btf::StructLayout, inspect::object_btf, layout::{check, LayoutError}, mirror_layout};
+use tapio_bundle::OBJECTS;
+use tapio_decode::events::{process::{ProcessEvent, ProcessExecEvent}, TapioHeader};
 
 fn mirrors() -> Vec<(&'static str, StructLayout)> {
     vec![
@@ -24,50 +19,50 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
         ("process", mirror_layout!("process_exec_event", ProcessExecEvent { base, filename, args })),
         (
             "dns",
-            mirror_layout!("tapio_flow", tapio_load::events::network::TapioFlow {
+            mirror_layout!("tapio_flow", tapio_decode::events::network::TapioFlow {
                 saddr, daddr, sport, dport, ip_version, protocol, _pad0
             }),
         ),
         (
             "dns",
-            mirror_layout!("dns_event", tapio_load::events::dns::DnsEvent {
+            mirror_layout!("dns_event", tapio_decode::events::dns::DnsEvent {
                 hdr, flow, dns_id, dns_flags, qdcount, ancount, msg_len, cap_len, direction, _pad0, tail_off, flags
             }),
         ),
-        ("dns", mirror_layout!("dns_msg_event", tapio_load::events::dns::DnsMsgEvent { base, msg })),
+        ("dns", mirror_layout!("dns_msg_event", tapio_decode::events::dns::DnsMsgEvent { base, msg })),
         (
             "network",
-            mirror_layout!("tapio_flow", tapio_load::events::network::TapioFlow {
+            mirror_layout!("tapio_flow", tapio_decode::events::network::TapioFlow {
                 saddr, daddr, sport, dport, ip_version, protocol, _pad0
             }),
         ),
         (
             "network",
-            mirror_layout!("network_event", tapio_load::events::network::NetworkEvent {
+            mirror_layout!("network_event", tapio_decode::events::network::NetworkEvent {
                 hdr, flow, bytes_sent, bytes_received, oldstate, newstate, _pad0, flags, result, repeats
             }),
         ),
         (
             "kernel",
-            mirror_layout!("tapio_flow", tapio_load::events::network::TapioFlow {
+            mirror_layout!("tapio_flow", tapio_decode::events::network::TapioFlow {
                 saddr, daddr, sport, dport, ip_version, protocol, _pad0
             }),
         ),
         (
             "kernel",
-            mirror_layout!("kernel_sock_event", tapio_load::events::kernel::KernelSockEvent {
+            mirror_layout!("kernel_sock_event", tapio_decode::events::kernel::KernelSockEvent {
                 hdr, flow, oldstate, newstate, _pad0, flags
             }),
         ),
         (
             "kernel",
-            mirror_layout!("kernel_oom_event", tapio_load::events::kernel::KernelOomEvent {
+            mirror_layout!("kernel_oom_event", tapio_decode::events::kernel::KernelOomEvent {
                 hdr, victim_cgroup_id, victim_pid, victim_tgid, victim_uid, flags, victim_comm
             }),
         ),
         (
             "security",
-            mirror_layout!("security_event", tapio_load::events::security::SecurityEvent {
+            mirror_layout!("security_event", tapio_decode::events::security::SecurityEvent {
                 hdr, syscall, flags, ret, old_uid, old_euid, old_suid, old_gid, old_egid, old_sgid, new_id,
                 target_pid, old_cap_effective, old_cap_permitted, new_cap_effective, new_cap_permitted,
                 new_cap_inheritable, arg0, arg1, mnt_ns, pid_ns_level
@@ -75,33 +70,33 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
         ),
         (
             "security",
-            mirror_layout!("security_mount_event", tapio_load::events::security::SecurityMountEvent {
+            mirror_layout!("security_mount_event", tapio_decode::events::security::SecurityMountEvent {
                 base, source, target, fstype, from_dfd, to_dfd, origin, _pad0
             }),
         ),
         (
             "security",
-            mirror_layout!("security_config", tapio_load::monitors::security::SecurityConfig { init_mnt_ns, _pad0 }),
+            mirror_layout!("security_config", tapio_runtime::monitors::security::SecurityConfig { init_mnt_ns, _pad0 }),
         ),
         (
             "advanced",
-            mirror_layout!("advanced_entry", tapio_load::events::advanced::AdvancedEntry {
+            mirror_layout!("advanced_entry", tapio_decode::events::advanced::AdvancedEntry {
                 ts_ns, pid, tgid, cgroup_id, uid, nr, arg0, suppressed, numa_node, cpu, comm
             }),
         ),
         (
             "advanced",
-            mirror_layout!("advanced_batch", tapio_load::events::advanced::AdvancedBatch { hdr, count, cpu, first_ts_ns, events }),
+            mirror_layout!("advanced_batch", tapio_decode::events::advanced::AdvancedBatch { hdr, count, cpu, first_ts_ns, events }),
         ),
         (
             "cgroup_watch",
-            mirror_layout!("cgroup_watch_event", tapio_load::monitors::cgroup_watch::CgroupWatchEvent {
+            mirror_layout!("cgroup_watch_event", tapio_runtime::monitors::cgroup_watch::CgroupWatchEvent {
                 hdr, cgroup_id, level, flags, path
             }),
         ),
         (
             "advanced",
-            mirror_layout!("advanced_config", tapio_load::monitors::advanced::AdvancedConfig {
+            mirror_layout!("advanced_config", tapio_runtime::monitors::advanced::AdvancedConfig {
                 dedup_window_ns, flush_ns, batch_size, target_tgid, ignore_tgid, use_filter
             }),
         ),

@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::monitors::{cgroup_watch, MONITORS};
+use tapio_runtime::monitors::{cgroup_watch, MONITORS};
 
 /// How long the kernel gets to free programs and links after their last reference goes:
 /// freeing is asynchronous (RCU), so the checks poll up to this bound.
@@ -198,8 +198,8 @@ impl Drop for Pins {
 
 /// A directory on bpffs unique to this run.
 fn pin_dir() -> PathBuf {
-    let bpffs = Path::new(tapio_load::pin::BPFFS);
-    tapio_load::pin::ensure_bpffs(bpffs).unwrap_or_else(|e| panic!("{e}"));
+    let bpffs = Path::new(tapio_runtime::pin::BPFFS);
+    tapio_runtime::pin::ensure_bpffs(bpffs).unwrap_or_else(|e| panic!("{e}"));
     bpffs.join(format!("tapio-test-{}", std::process::id()))
 }
 

@@ -12,7 +12,7 @@ use std::{
 use common::{kernel_lock, skip_unless_root, Loader};
 use rstest::rstest;
 use serde_json::Value;
-use tapio_load::monitors::{self, AttachPoint};
+use tapio_runtime::monitors::{self, AttachPoint};
 
 /// One connection made by the test: both ends' addresses and what each side wrote.
 struct Conn {
@@ -77,7 +77,7 @@ fn group_path(group: &str) -> Result<(&'static str, String), Vec<(String, String
     let mut reasons = Vec::new();
     for name in group.programs {
         let p = spec.programs.iter().find(|p| p.name == *name).expect("a group program is in the monitor");
-        match tapio_load::plan::attach_path(&p.attach) {
+        match tapio_runtime::plan::attach_path(&p.attach) {
             Ok(path) => return Ok((p.name, path)),
             Err(why) => reasons.push((p.attach.describe(), why)),
         }
@@ -224,15 +224,15 @@ fn plan_names_each_network_path_or_the_kernel_reason(#[case] name: &str, #[case]
     };
     assert_eq!(entry("network_set_state")["path"], "tracepoint:sock/inet_sock_set_state");
     let gate = if matches!(attach, AttachPoint::Fexit { .. }) { "fentry" } else { "kprobe" };
-    let gate = tapio_load::features::probe(gate).unwrap_or_else(|| panic!("a {gate} gate")).status;
+    let gate = tapio_features::features::probe(gate).unwrap_or_else(|| panic!("a {gate} gate")).status;
     let e = entry(name);
     match gate {
-        tapio_load::features::FeatureStatus::Present => assert_eq!(e["path"], attach.describe(), "{e}"),
-        tapio_load::features::FeatureStatus::Absent { reason } => {
+        tapio_features::features::FeatureStatus::Present => assert_eq!(e["path"], attach.describe(), "{e}"),
+        tapio_features::features::FeatureStatus::Absent { reason } => {
             let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: absent gate, yet a path: {e}"));
             assert!(why.contains("unsupported") && why.contains(reason.as_str()), "{name}: {why}");
         }
-        tapio_load::features::FeatureStatus::Error { message, .. } => {
+        tapio_features::features::FeatureStatus::Error { message, .. } => {
             let why = e["unavailable"].as_str().unwrap_or_else(|| panic!("{name}: failed gate, yet a path: {e}"));
             assert!(why.contains("probe failed") && why.contains(message.as_str()), "{name}: {why}");
         }
@@ -247,7 +247,7 @@ fn oom_kill_in_memory_limited_cgroup() {
         return;
     }
     let _serial = kernel_lock();
-    let cg = match tapio_load::workload::MemCgroup::create(&format!("tapio-oom-{}", std::process::id()), 8 << 20) {
+    let cg = match tapio_testkit::workload::MemCgroup::create(&format!("tapio-oom-{}", std::process::id()), 8 << 20) {
         Ok(cg) => cg,
         Err(why) => {
             common::skip::skip("oom_kill_in_memory_limited_cgroup", common::skip::Why::Environment(format!("no cgroup with a memory controller can be created here: {why}")));

@@ -180,7 +180,7 @@ fn threads_exiting_together_report_one_exit_timed_from_the_process_start() {
     const ROUNDS: usize = 30;
     let scenario = env!("CARGO_BIN_EXE_tapio-scenario");
     let mut runs = Vec::new();
-    for mode in [tapio_load::workload::ThreadsExit::Group, tapio_load::workload::ThreadsExit::Each] {
+    for mode in [tapio_testkit::workload::ThreadsExit::Group, tapio_testkit::workload::ThreadsExit::Each] {
         // Several at once: their exits land together on both CPUs.
         let children: Vec<_> = (0..ROUNDS)
             .map(|_| {

@@ -396,7 +396,7 @@ fn capability_events_from_the_cap_capable_tracepoint() {
     assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
 }
 
-/// The steps of `tapio_load::workload::mount_api`, in order: the mount API child exits with 80 + the
+/// The steps of `tapio_testkit::workload::mount_api`, in order: the mount API child exits with 80 + the
 /// failed one's index.
 const MOUNT_API_STEPS: [&str; 7] =
     ["fsopen", "fsconfig source", "fsconfig create", "fsmount", "move_mount fsmount", "open_tree", "move_mount open_tree"];
@@ -444,7 +444,7 @@ fn new_mount_api_events_from_real_syscalls() {
                 return 71;
             }
         }
-        let got = match tapio_load::workload::mount_api(&source, &fs_c, &bind_c) {
+        let got = match tapio_testkit::workload::mount_api(&source, &fs_c, &bind_c) {
             Ok(got) => got,
             Err(e) => return 80 + MOUNT_API_STEPS.iter().position(|s| *s == e.step).unwrap_or(9) as i32,
         };

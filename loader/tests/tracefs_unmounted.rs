@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use tapio_load::monitors::{self, advanced, process, LoadOptions};
+use tapio_runtime::monitors::{self, advanced, process, LoadOptions};
 
 /// Env var set for the child: the inner test runs only where its parent prepared the namespace.
 const INSIDE: &str = "TAPIO_TEST_PRIVATE_MNTNS";
@@ -75,9 +75,9 @@ fn tracepoint_monitors_load_where_tracefs_is_not_mounted() {
 #[ignore = "run by tracepoint_monitors_load_where_tracefs_is_not_mounted in a private mount namespace"]
 fn inside_a_mount_namespace_without_tracefs() {
     assert_eq!(std::env::var(INSIDE).as_deref(), Ok("1"), "run through tracepoint_monitors_load_where_tracefs_is_not_mounted");
-    assert!(!tapio_load::tracefs::mounted(), "tracefs still visible: the namespace was not prepared");
+    assert!(!tapio_features::tracefs::mounted(), "tracefs still visible: the namespace was not prepared");
     assert!(!Path::new("/sys/kernel/tracing/events").exists(), "tracefs still mounted at /sys/kernel/tracing");
-    tapio_load::privileges::raise_memlock();
+    tapio_features::privileges::raise_memlock();
     let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
     // process: classic tracepoints (sched_process_exec, sched_process_exit); advanced: the raw
     // sys_enter tracepoint, looked up in tracefs before its classic fallback.
@@ -85,7 +85,7 @@ fn inside_a_mount_namespace_without_tracefs() {
         .unwrap_or_else(|e| panic!("load process without tracefs mounted: {e}"));
     let paths: Vec<&str> = loaded.reports.iter().map(|r| r.path.as_str()).collect();
     assert!(paths.contains(&"tracepoint:sched/sched_process_exec"), "{paths:?}");
-    assert!(tapio_load::tracefs::mounted(), "load attached tracepoints but tracefs is not mounted");
+    assert!(tapio_features::tracefs::mounted(), "load attached tracepoints but tracefs is not mounted");
     let options = advanced::AdvancedOptions { target_tgid: std::process::id(), ..Default::default() };
     let adv = monitors::load(&advanced::SPEC, Some(&btf), &LoadOptions { advanced: options, ..Default::default() })
         .unwrap_or_else(|e| panic!("load advanced without tracefs mounted: {e}"));

@@ -16,7 +16,7 @@ use std::{
 
 use common::{kernel_lock, skip_unless_root, Loader};
 use serde_json::Value;
-use tapio_load::snapshot::{normalize, Roles};
+use tapio_testkit::snapshot::{normalize, Roles};
 
 /// Runs the workload under one configuration and returns its normalised events.
 fn capture(extra: &[&str]) -> Vec<String> {

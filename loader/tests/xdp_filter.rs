@@ -11,14 +11,9 @@ use std::{
     time::Duration,
 };
 
-use tapio_load::{
-    inspect::object_btf,
-    layout::check,
-    mirror_layout,
-    monitors::xdp_filter::{
-        self, test_run, udp4_frame, udp6_frame, AttachMode, Counters, FilterOptions, MatchMode, Prefix, XdpFilter,
-        XdpFilterConfig, XdpFilterCpuSlot, XDP_DROP, XDP_PASS, XDP_REDIRECT,
-    },
+use tapio_object::{inspect::object_btf, layout::check, mirror_layout};
+use tapio_runtime::{
+    monitors::xdp_filter::{self, test_run, udp4_frame, udp6_frame, AttachMode, Counters, FilterOptions, MatchMode, Prefix, XdpFilter, XdpFilterConfig, XdpFilterCpuSlot, XDP_DROP, XDP_PASS, XDP_REDIRECT},
 };
 
 #[path = "common/skip.rs"]
@@ -437,7 +432,7 @@ fn check_load_reports_instructions() {
 /// The Rust mirrors of the config and slot structs match the object's BTF.
 #[test]
 fn mirrors_match_object_btf() {
-    for object in tapio_load::bundle::OBJECTS.iter().filter(|o| o.monitor == xdp_filter::MONITOR) {
+    for object in tapio_bundle::OBJECTS.iter().filter(|o| o.monitor == xdp_filter::MONITOR) {
         let btf = object_btf(object.file, object.bytes).expect("object BTF");
         check(&btf, &mirror_layout!("xdp_filter_config", XdpFilterConfig { match_mode, steer, nslots, _pad0 }))
             .unwrap_or_else(|e| panic!("{}: {e}", object.file));

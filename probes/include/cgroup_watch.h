@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 OR MIT */
 /*
  * cgroup_watch: one record per cgroup created in the v2 hierarchy, so the loader learns a new
- * cgroup's id and path before any task in it can run (container attribution, loader/src/attribution).
+ * cgroup's id and path before any task in it can run (container attribution, loader/crates/decode/src/attribution).
  */
 #ifndef __TAPIO_CGROUP_WATCH_H__
 #define __TAPIO_CGROUP_WATCH_H__

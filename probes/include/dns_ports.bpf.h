@@ -2,7 +2,7 @@
 /*
  * The ports that mark DNS traffic, for the dns probe (which parses that traffic) and the network
  * probe (which reports its UDP flows). Each object gets its own `dns_ports` map; the loader fills
- * every object's map of that name from the one `dns_ports` setting (loader/src/monitors/dns.rs),
+ * every object's map of that name from the one `dns_ports` setting (loader/crates/runtime/src/monitors/dns.rs),
  * so the two monitors always agree. A map, not global data: 4.19 has no .rodata maps.
  * Include after the libbpf headers, once per .bpf.c (it defines a map).
  */

@@ -25,7 +25,7 @@ enum security_kind {
 	SECURITY_DETACHED_MOUNT = 9, /* fsmount, open_tree(OPEN_TREE_CLONE): a mount not (yet) in the tree */
 };
 
-/* The syscall behind a record, in security_event.syscall; mirrored in loader/src/events/security.rs. */
+/* The syscall behind a record, in security_event.syscall; mirrored in loader/crates/decode/src/events/security.rs. */
 enum security_syscall {
 	SECURITY_SYS_SETUID = 1,
 	SECURITY_SYS_SETGID = 2,

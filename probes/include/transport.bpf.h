@@ -20,7 +20,7 @@ struct {
 } events SEC(".maps");
 
 /*
- * Delivery policy (loader/src/transport.rs `DeliveryPolicy`), set by the loader before load
+ * Delivery policy (loader/crates/runtime/src/transport.rs `DeliveryPolicy`), set by the loader before load
  * (EbpfLoader::set_global): the record whose write brings the unread bytes (itself included) to
  * this many wakes the reader (BPF_RB_FORCE_WAKEUP); every other record is submitted with
  * BPF_RB_NO_WAKEUP and the reader's drain timer collects it. 0 (the default, `immediate`) leaves

@@ -7,7 +7,7 @@
 //! thread that execs, replacing the whole process. It prints one JSON line with the ids involved,
 //! then becomes `/bin/sh -c 'exit 5'`.
 //!
-//! `threads-exit <threads> <late_ms> <group|each>`: [`tapio_load::workload::threads_exit`], a
+//! `threads-exit <threads> <late_ms> <group|each>`: [`tapio_testkit::workload::threads_exit`], a
 //! process whose threads all end at once.
 
 use std::{
@@ -164,9 +164,9 @@ fn main() -> ExitCode {
         Some("threads-exit") => {
             let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(4);
             let late = std::time::Duration::from_millis(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0));
-            let mode = args.get(4).and_then(|m| tapio_load::workload::ThreadsExit::parse(m));
+            let mode = args.get(4).and_then(|m| tapio_testkit::workload::ThreadsExit::parse(m));
             match mode {
-                Some(mode) => tapio_load::workload::threads_exit(threads, late, mode),
+                Some(mode) => tapio_testkit::workload::threads_exit(threads, late, mode),
                 None => {
                     eprintln!("usage: tapio-scenario threads-exit <threads> <late_ms> <group|each>");
                     ExitCode::from(2)

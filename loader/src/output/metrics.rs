@@ -69,6 +69,16 @@ pub struct Counters {
     // --- end dns correlator ---
 }
 
+/// The DNS correlator publishes its table here (tapio-decode's `dns::Correlator::publish`).
+impl crate::dns::DnsGauges for Counters {
+    fn set_dns_inflight(&self, inflight: u64, capacity: u64, evicted: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.dns_inflight.store(inflight, Relaxed);
+        self.dns_inflight_capacity.store(capacity, Relaxed);
+        self.dns_inflight_evicted.store(evicted, Relaxed);
+    }
+}
+
 /// The loaded objects, shared read-only between the run loop and the endpoint. The run loop
 /// stops the endpoint before dropping its handle, so the last reference detaches everything.
 pub type SharedObjects = Arc<Vec<(&'static str, Ebpf)>>;
@@ -83,7 +93,7 @@ pub struct State {
     /// The monitors asked for, in order.
     pub requested: Vec<&'static str>,
     /// The monitors asked for that are not running, with the kernel's reason (crate::run).
-    pub failed: Vec<crate::run::MonitorFailure>,
+    pub failed: Vec<crate::monitors::MonitorFailure>,
     pub counters: Arc<Counters>,
     pub kernel_release: String,
     /// Programs adopted from `--pin-path` pins instead of loaded (see crate::pin): no object

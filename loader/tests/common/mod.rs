@@ -34,12 +34,12 @@ pub fn skip_unless_root(test: &str) -> bool {
 /// the kernel's explanation, or a failure when the running kernel should have them and nothing
 /// (its version, its config, a probe refused as root) explains why it has not.
 pub fn skip_for_kernel(test: &str, needs: &tapio_kernel_gates::Needs, reason: impl Into<String>) {
-    skip::skip(test, skip::Why::kernel(reason, needs, &tapio_load::features::kernel_facts()));
+    skip::skip(test, skip::Why::kernel(reason, needs, &tapio_features::features::kernel_facts()));
 }
 
 /// What `name` (a program or a capability the loader may report unavailable) of `monitor` needs.
 pub fn needs_of(monitor: &str, name: &str) -> tapio_kernel_gates::Needs {
-    tapio_load::monitors::needs_of(tapio_load::monitors::monitor(monitor).expect("a monitor"), name)
+    tapio_runtime::monitors::needs_of(tapio_runtime::monitors::monitor(monitor).expect("a monitor"), name)
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
@@ -244,9 +244,9 @@ pub fn planned_programs(monitors: &str) -> usize {
 /// way for one monitor to fail to load while another runs.
 pub fn process_only_btf(dir: &std::path::Path) -> std::path::PathBuf {
     let full = std::fs::read("/sys/kernel/btf/vmlinux").expect("read /sys/kernel/btf/vmlinux");
-    let object = tapio_load::bundle::object("process", tapio_load::bundle::Transport::Ringbuf).expect("process object");
-    let inputs = [tapio_load::btf_minimize::ObjectInput { file: object.file, bytes: object.bytes }];
-    let m = tapio_load::btf_minimize::minimize(&full, &inputs).expect("minimize BTF for the process monitor");
+    let object = tapio_bundle::object("process", tapio_bundle::Transport::Ringbuf).expect("process object");
+    let inputs = [tapio_object::btf_minimize::ObjectInput { file: object.file, bytes: object.bytes }];
+    let m = tapio_object::btf_minimize::minimize(&full, &inputs).expect("minimize BTF for the process monitor");
     let path = dir.join("process-only.btf");
     std::fs::write(&path, &m.bytes).expect("write BTF");
     path

@@ -5,11 +5,9 @@ use std::{process::Command, time::Instant};
 
 use serde_json::{json, Value};
 use tapio_matrix_protocol::{Line, ProgramStatus};
-use tapio_load::{
-    events::{self, DecodeOptions},
-    monitors::{self, LoadOptions, LoadedMonitor},
-    privileges, run, tracefs,
-};
+use tapio_decode::events::{self, DecodeOptions};
+use tapio_runtime::monitors::{self, LoadOptions, LoadedMonitor};
+use tapio_features::{privileges, tracefs};
 
 use crate::report::Reporter;
 
@@ -23,23 +21,25 @@ pub fn run_all(out: &mut Reporter) {
     if let Err(e) = tracefs::ensure_mounted() {
         out.line(&Line::Setup { error: e.to_string() });
     }
-    let btf = match run::load_btf(None) {
+    // The agent's message for a kernel without BTF (tapio-load's `run::load_btf`), word for word.
+    let btf = match aya::Btf::from_sys_fs() {
         Ok(btf) => Some(btf),
         Err(e) => {
-            out.line(&Line::Setup { error: e.to_string() });
+            let error = format!("btf: no kernel BTF at /sys/kernel/btf/vmlinux ({e}); pass --btf FILE with this kernel's BTF");
+            out.line(&Line::Setup { error });
             None
         }
     };
     // Every feature probe's answer, as root: the facts (with the kernel's version and config)
     // the harness judges each skip and unavailable program by.
-    for f in tapio_load::features::probe_all() {
+    for f in tapio_features::features::probe_all() {
         out.line(&Line::Feature { name: f.name.to_owned(), answer: f.status.answer() });
     }
     // The verifier pass first: every program loaded unattached, as `tapio-load check` does.
     let all: Vec<_> = monitors::MONITORS.iter().collect();
     crate::faults::rejected_fixture_if_asked(out, btf.as_ref());
-    let mut verdicts = tapio_load::check::check(&all, btf.as_ref());
-    verdicts.push(tapio_load::check::check_xdp_filter(btf.as_ref()));
+    let mut verdicts = tapio_runtime::check::check(&all, btf.as_ref());
+    verdicts.push(tapio_runtime::check::check_xdp_filter(btf.as_ref()));
     for c in verdicts {
         let needs = match (&c.skipped, monitors::monitor(c.monitor)) {
             (Some(_), Some(spec)) => monitors::needs_of(spec, c.program),
@@ -206,7 +206,7 @@ fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
         [leaf_pid, thread_pid].iter().any(|&p| e["tgid"] == p || e["child_tgid"] == p)
     };
     let scenario: Vec<Value> = decoded.iter().filter(ours).cloned().collect();
-    let roles = tapio_load::snapshot::Roles {
+    let roles = tapio_testkit::snapshot::Roles {
         pids: vec![
             (u64::from(me), "agent".to_owned()),
             (u64::from(thread_tid), "agent_thread".to_owned()),
@@ -217,11 +217,11 @@ fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
         cgroups: crate::scenarios::own_cgroups(),
         ..Default::default()
     };
-    match tapio_load::snapshot::normalize(&scenario, &roles) {
+    match tapio_testkit::snapshot::normalize(&scenario, &roles) {
         Ok(events) => out.line(&Line::Snapshot {
             monitor: "process".to_owned(),
             scenario: "exec_chain".to_owned(),
-            body: tapio_load::snapshot::render(&events),
+            body: tapio_testkit::snapshot::render(&events),
         }),
         Err(e) => check(out, "process.snapshot_normalize", false, e.to_string()),
     }
@@ -230,12 +230,12 @@ fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
     out.line(&Line::Events { monitor: "process".to_owned(), count: decoded.len() as u64 });
 }
 
-/// Processes whose threads all end at once (tapio_load::workload::threads_exit), both ways: each
+/// Processes whose threads all end at once (tapio_testkit::workload::threads_exit), both ways: each
 /// must be reported once, with wait()'s exit code and a duration from the process's start.
 /// Kernels before 7.x find the last thread out by `signal->live` and claim the process in a map;
 /// newer ones say `group_dead` in the tracepoint.
 fn threads_exit_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
-    use tapio_load::workload::ThreadsExit;
+    use tapio_testkit::workload::ThreadsExit;
     const LATE_MS: u64 = 100;
     let _ = drain(m);
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "/init".to_owned());

@@ -4,11 +4,9 @@
 //! Where a kernel cannot run a path at all, the check says so and is skipped.
 
 use serde_json::json;
-use tapio_load::{
-    bundle::Transport,
-    events::{self, DecodeOptions},
-    monitors::{self, LoadOptions},
-};
+use tapio_bundle::Transport;
+use tapio_decode::events::{self, DecodeOptions};
+use tapio_runtime::monitors::{self, LoadOptions};
 
 use tapio_matrix_protocol::Line;
 
@@ -107,7 +105,7 @@ pub fn perf_dns(out: &mut Reporter, btf: Option<&aya::Btf>) {
 pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let Some(spec) = monitors::monitor("security") else { return };
     let Some(program) = spec.programs.iter().find(|p| p.name == "sec_capable_kprobe") else { return };
-    if let Err(why) = tapio_load::plan::attach_path(&program.attach) {
+    if let Err(why) = tapio_runtime::plan::attach_path(&program.attach) {
         out.line(&Line::skip("fallback.kprobe", why, program.attach.needs_list()));
         return;
     }
@@ -117,7 +115,7 @@ pub fn kprobe_capability(out: &mut Reporter, btf: Option<&aya::Btf>) {
         monitors::load_program(&mut ebpf, spec.name, program, btf).map_err(|e| e.to_string())?;
         monitors::attach_program(&mut ebpf, spec.name, program).map_err(|e| e.to_string())?;
         let map = ebpf.take_map("events").ok_or("no events map")?;
-        let mut source = tapio_load::transport::EventSource::open(map, options.transport(), &options.delivery).map_err(|e| e.to_string())?;
+        let mut source = tapio_runtime::transport::EventSource::open(map, options.transport(), &options.delivery).map_err(|e| e.to_string())?;
         let name = b"tapio-kprobe";
         // SAFETY: name is a valid buffer of the given length; sethostname checks CAP_SYS_ADMIN.
         unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
@@ -154,7 +152,7 @@ pub fn kprobe_network(out: &mut Reporter, btf: Option<&aya::Btf>) {
     let programs: Vec<_> =
         spec.programs.iter().filter(|p| matches!(p.name, "network_connect_kprobe" | "network_accept_kretprobe")).collect();
     for p in &programs {
-        if let Err(why) = tapio_load::plan::attach_path(&p.attach) {
+        if let Err(why) = tapio_runtime::plan::attach_path(&p.attach) {
             out.line(&Line::skip(NAME, format!("{}: {why}", p.attach.describe()), p.attach.needs_list()));
             return;
         }
@@ -167,7 +165,7 @@ pub fn kprobe_network(out: &mut Reporter, btf: Option<&aya::Btf>) {
             monitors::attach_program(&mut ebpf, spec.name, p).map_err(|e| e.to_string())?;
         }
         let map = ebpf.take_map("events").ok_or("no events map")?;
-        let mut source = tapio_load::transport::EventSource::open(map, options.transport(), &options.delivery).map_err(|e| e.to_string())?;
+        let mut source = tapio_runtime::transport::EventSource::open(map, options.transport(), &options.delivery).map_err(|e| e.to_string())?;
         let io = |e: std::io::Error| format!("loopback connection: {e}");
         let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).map_err(io)?;
         let server = listener.local_addr().map_err(io)?.port();

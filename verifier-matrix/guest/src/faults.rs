@@ -2,7 +2,8 @@
 //! on: `tapio.fixture=rejected` loads a program the verifier must refuse; `tapio.hang` never
 //! finishes (the harness must time the guest out).
 
-use tapio_load::{bundle::FIXTURE_REJECTED, monitors::log_tail};
+use tapio_bundle::FIXTURE_REJECTED;
+use tapio_runtime::monitors::log_tail;
 
 use crate::report::Reporter;
 

@@ -32,23 +32,23 @@ fn main() -> ExitCode {
     // `security-ns-actor` and `advanced-flood`: the actors of security/ns_caps_module and
     // advanced/flood_dedup (scenarios/security_ns.rs, scenarios/advanced.rs).
     match args.get(1).map(String::as_str) {
-        // `threads-exit <threads> <late_ms> <group|each>`: tapio_load::workload::threads_exit.
+        // `threads-exit <threads> <late_ms> <group|each>`: tapio_testkit::workload::threads_exit.
         Some("threads-exit") => {
             let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(4);
             let late = std::time::Duration::from_millis(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0));
-            let mode = args.get(4).and_then(|m| tapio_load::workload::ThreadsExit::parse(m));
+            let mode = args.get(4).and_then(|m| tapio_testkit::workload::ThreadsExit::parse(m));
             match mode {
-                Some(mode) => tapio_load::workload::threads_exit(threads, late, mode),
+                Some(mode) => tapio_testkit::workload::threads_exit(threads, late, mode),
                 None => return ExitCode::from(2),
             }
         }
         // `memory-hog <cgroup.procs> <MiB> <wait|exit>`: the processes of scenarios/oom.rs.
         Some("memory-hog") => {
-            use tapio_load::workload::AfterHog;
+            use tapio_testkit::workload::AfterHog;
             let procs = std::path::Path::new(args.get(2).map_or("", String::as_str));
             let mib = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0);
             let after = if args.get(4).map(String::as_str) == Some("wait") { AfterHog::Wait } else { AfterHog::Exit };
-            tapio_load::workload::memory_hog(procs, mib, after)
+            tapio_testkit::workload::memory_hog(procs, mib, after)
         }
         Some("security-ns-actor") => return scenarios::security_ns::actor(),
         // `security-mount-actor`: the actor of security/mount_api (scenarios/security_mount.rs).

@@ -28,14 +28,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::{
-    events::{Body, Event},
-    monitors::{
-        advanced::{self, AdvancedOptions, AdvancedStats},
-        LoadOptions, LoadedMonitor,
-    },
-    snapshot::Roles,
-};
+use tapio_decode::events::{Body, Event};
+use tapio_runtime::monitors::{advanced::{self, AdvancedOptions, AdvancedStats}, LoadOptions, LoadedMonitor};
+use tapio_testkit::snapshot::Roles;
 
 use super::{check, collect, current_exe, discard, lost, monitor, snapshot, EVENT_WAIT};
 use crate::report::Reporter;
@@ -66,7 +61,7 @@ const ALARM_SECS: u32 = 10;
 const TOO_SLOW: i32 = 3;
 
 fn monotonic() -> Duration {
-    Duration::from_nanos(tapio_load::dns::monotonic_ns())
+    Duration::from_nanos(tapio_decode::dns::monotonic_ns())
 }
 
 /// One syscall with an fd that is not open; the result (EBADF) is not needed.
@@ -168,7 +163,7 @@ fn delta(after: &AdvancedStats, before: &AdvancedStats) -> AdvancedStats {
     }
 }
 
-fn body(e: &Event) -> Option<&tapio_load::events::advanced::AdvancedBody> {
+fn body(e: &Event) -> Option<&tapio_decode::events::advanced::AdvancedBody> {
     match &e.body {
         Body::Advanced(b) => Some(b),
         _ => None,

@@ -5,7 +5,7 @@
 //! pointers, AAAA, NXDOMAIN, a query over IPv6, a query over TCP with its 2-byte length prefix
 //! (sent in the same buffer as the message; read by the server apart from it, as glibc does), and
 //! one query never answered. The events go through the loader's own correlator
-//! ([`tapio_load::dns::Correlator`], as `tapio-load run` drives it), so every response must carry
+//! ([`tapio_decode::dns::Correlator`], as `tapio-load run` drives it), so every response must carry
 //! a positive latency (the normaliser refuses a null one) and the unanswered query must come back
 //! as `timeout` events: a regression in matching or in reading responses changes the snapshot.
 
@@ -17,12 +17,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::{
-    dns::{monotonic_ns, Correlator},
-    events::{Body, Event},
-    monitors::LoadedMonitor,
-    snapshot::Roles,
-};
+use tapio_decode::{dns::{monotonic_ns, Correlator}, events::{Body, Event}};
+use tapio_runtime::monitors::LoadedMonitor;
+use tapio_testkit::snapshot::Roles;
 
 use super::{check, collect, current_exe, discard, gettid, lost, monitor, snapshot, EVENT_WAIT};
 use crate::report::Reporter;

@@ -18,12 +18,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::{
-    dns::Correlator,
-    events::Event,
-    monitors::LoadedMonitor,
-    snapshot::Roles,
-};
+use tapio_decode::{dns::Correlator, events::Event};
+use tapio_runtime::monitors::LoadedMonitor;
+use tapio_testkit::snapshot::Roles;
 
 use super::{
     check, collect, current_exe, discard,

@@ -31,11 +31,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::{
-    events::{self, DecodeOptions, Event},
-    monitors::{self, LoadedMonitor},
-    snapshot::{self, Roles},
-};
+use tapio_decode::events::{self, DecodeOptions, Event};
+use tapio_runtime::monitors::{self, LoadedMonitor};
+use tapio_testkit::snapshot::{self, Roles};
 
 use tapio_matrix_protocol::Line;
 
@@ -173,11 +171,11 @@ pub fn current_exe() -> String {
 }
 
 /// The cgroup v2 id the agent runs in (the inode of its directory), which its workloads inherit:
-/// the one cgroup a scenario's events may name (tapio_load::snapshot::Roles::cgroups). Empty
+/// the one cgroup a scenario's events may name (tapio_testkit::snapshot::Roles::cgroups). Empty
 /// when it cannot be read, which leaves the check off rather than failing every scenario.
 pub fn own_cgroups() -> Vec<u64> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(Some(root)) = tapio_load::cgroup2::mounted_root() else { return Vec::new() };
+    let Ok(Some(root)) = tapio_features::cgroup2::mounted_root() else { return Vec::new() };
     let Some(path) = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
     else {
         return Vec::new();

@@ -23,11 +23,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::{
-    events::{kernel::KernelBody, Body, Event},
-    monitors::LoadedMonitor,
-    snapshot::Roles,
-};
+use tapio_decode::events::{kernel::KernelBody, Body, Event};
+use tapio_runtime::monitors::LoadedMonitor;
+use tapio_testkit::snapshot::Roles;
 
 use super::{check, collect, current_exe, discard, lost, monitor, snapshot, Collected, EVENT_WAIT};
 use tapio_matrix_protocol::Line;
@@ -173,12 +171,12 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
 }
 
 /// The network events that come from kernel functions through fexit or kprobes, each the name of
-/// its program group (loader/src/monitors/network.rs).
+/// its program group (loader/crates/runtime/src/monitors/network.rs).
 pub(super) const CALL_EVENTS: [&str; 2] = ["connect_attempt", "accept_return"];
 
 /// The attach path the loader took for one of [`CALL_EVENTS`], or why none attached.
 pub(super) fn call_path(m: &LoadedMonitor, event: &str) -> Result<String, String> {
-    let group = tapio_load::monitors::GROUPS.iter().find(|g| g.monitor == "network" && g.name == event);
+    let group = tapio_runtime::monitors::GROUPS.iter().find(|g| g.monitor == "network" && g.name == event);
     let Some(group) = group else { return Err(format!("no program group {event}")) };
     if let Some(r) = m.reports.iter().find(|r| group.programs.contains(&r.program)) {
         return Ok(r.path.clone());
@@ -191,7 +189,7 @@ pub(super) fn call_path(m: &LoadedMonitor, event: &str) -> Result<String, String
 
 /// What one of [`CALL_EVENTS`] needs of the kernel: any path of its program group.
 pub(super) fn call_needs(event: &str) -> tapio_matrix_protocol::Needs {
-    tapio_load::monitors::monitor("network").map(|spec| tapio_load::monitors::needs_of(spec, event)).unwrap_or_default()
+    tapio_runtime::monitors::monitor("network").map(|spec| tapio_runtime::monitors::needs_of(spec, event)).unwrap_or_default()
 }
 
 /// `connect_attempt`'s `result` is the one field whose presence depends on the path (see the

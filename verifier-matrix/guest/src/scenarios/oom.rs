@@ -13,7 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tapio_load::{events::Body, monitors::LoadedMonitor};
+use tapio_decode::events::Body;
+use tapio_runtime::monitors::LoadedMonitor;
 
 use super::{check, collect, current_exe, discard, monitor, EVENT_WAIT};
 use crate::report::Reporter;
@@ -45,7 +46,7 @@ fn reap(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     let Some(m) = monitor(out, loaded, "kernel", SCENARIO) else { return };
-    let cg = match tapio_load::workload::MemCgroup::create("tapio-oom", 8 << 20) {
+    let cg = match tapio_testkit::workload::MemCgroup::create("tapio-oom", 8 << 20) {
         Ok(cg) => cg,
         Err(e) => return check(out, &format!("{SCENARIO}.setup"), false, format!("a cgroup with a memory limit: {e}")),
     };

@@ -21,7 +21,8 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use tapio_load::{monitors::LoadedMonitor, snapshot::Roles};
+use tapio_runtime::monitors::LoadedMonitor;
+use tapio_testkit::snapshot::Roles;
 
 use super::{check, collect, current_exe, discard, lost, monitor, snapshot, EVENT_WAIT};
 use crate::report::Reporter;
@@ -217,7 +218,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     );
 
     // Each event is sent at its syscall's exit, before the actor went on: all are in the ring.
-    let ours = |e: &tapio_load::events::Event| (u64::from(e.tgid) == actor || u64::from(e.tgid) == target) && e.event != "capability";
+    let ours = |e: &tapio_decode::events::Event| (u64::from(e.tgid) == actor || u64::from(e.tgid) == target) && e.event != "capability";
     let c = collect(m, ours, |_| true, EVENT_WAIT);
     let dropped = lost(m) - lost_before;
     let mut values = c.values();

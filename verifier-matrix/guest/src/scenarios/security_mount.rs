@@ -2,7 +2,7 @@
 //! `mount(8)` makes them, by an actor (the agent re-executed as `security-mount-actor`) inside
 //! its own private mount namespace.
 //!
-//! What the actor does (`tapio_load::workload::mount_api`, the same workload the loader's
+//! What the actor does (`tapio_testkit::workload::mount_api`, the same workload the loader's
 //! real-kernel test runs): fsopen("tmpfs"), fsconfig("source"), fsconfig(FSCONFIG_CMD_CREATE),
 //! fsmount, move_mount onto [`FS_TARGET`]; then open_tree(OPEN_TREE_CLONE) of that tree and
 //! move_mount of the copy onto [`BIND_TARGET`] (a bind mount). Wanted: two `detached_mount` events
@@ -18,7 +18,8 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use tapio_load::{monitors::LoadedMonitor, snapshot::Roles, workload};
+use tapio_runtime::monitors::LoadedMonitor;
+use tapio_testkit::{snapshot::Roles, workload};
 use tapio_matrix_protocol::Line;
 
 use super::{
@@ -72,7 +73,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     if let Some((_, why)) = m.unavailable.iter().find(|(set, _)| *set == "new_mount_api") {
         // A skip, with what the set needs: the harness's judge fails the row unless the kernel
         // explains it (older than 5.2, or a config option off).
-        let needs = tapio_load::monitors::needs_of(&tapio_load::monitors::security::SPEC, "new_mount_api");
+        let needs = tapio_runtime::monitors::needs_of(&tapio_runtime::monitors::security::SPEC, "new_mount_api");
         return out.line(&Line::skip(format!("security.{SCENARIO}"), format!("new_mount_api unavailable: {why}"), needs));
     }
     discard(m);
@@ -93,7 +94,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     check(out, &name("bind_landed"), report["bind_fs"] == TMPFS_MAGIC, format!("{BIND_TARGET} is fs type {:#x} (tmpfs: {TMPFS_MAGIC:#x})", report["bind_fs"].as_i64().unwrap_or(0)));
 
     // Each event is sent at its syscall's exit, before the actor went on: all are in the ring.
-    let ours = |e: &tapio_load::events::Event| u64::from(e.tgid) == actor && e.event != "capability";
+    let ours = |e: &tapio_decode::events::Event| u64::from(e.tgid) == actor && e.event != "capability";
     let c = collect(m, ours, |_| true, EVENT_WAIT);
     let dropped = lost(m) - lost_before;
     let mut values = c.values();

@@ -33,7 +33,8 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use tapio_load::{monitors::LoadedMonitor, snapshot::Roles};
+use tapio_runtime::monitors::LoadedMonitor;
+use tapio_testkit::snapshot::Roles;
 
 use super::{
     check, collect, current_exe, discard, lost, monitor,
@@ -275,7 +276,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     );
 
     // Each event is sent at its syscall's exit, before the actor went on: all are in the ring.
-    let ours = |e: &tapio_load::events::Event| (u64::from(e.tgid) == actor || u64::from(e.tgid) == holder) && e.event != "capability";
+    let ours = |e: &tapio_decode::events::Event| (u64::from(e.tgid) == actor || u64::from(e.tgid) == holder) && e.event != "capability";
     let c = collect(m, ours, |_| true, EVENT_WAIT);
     let dropped = lost(m) - lost_before;
     let mut values = c.values();
@@ -300,8 +301,8 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         let none = values.iter().all(|v| v["event"] != "module_load");
         if none {
             let reason = format!("module_load unavailable: {}", no_modules[0]);
-            let needs = tapio_load::monitors::monitor("security")
-                .map(|spec| tapio_load::monitors::needs_of(spec, "init_module"))
+            let needs = tapio_runtime::monitors::monitor("security")
+                .map(|spec| tapio_runtime::monitors::needs_of(spec, "init_module"))
                 .unwrap_or_default();
             out.line(&Line::skip(name("module_load_in_container"), reason, needs));
         } else {

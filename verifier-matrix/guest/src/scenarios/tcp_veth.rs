@@ -8,7 +8,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 
-use tapio_load::{events::Event, monitors::LoadedMonitor, snapshot::Roles};
+use tapio_decode::events::Event;
+use tapio_runtime::monitors::LoadedMonitor;
+use tapio_testkit::snapshot::Roles;
 
 use super::{
     check, collect, current_exe, discard, lost, monitor,

@@ -17,11 +17,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::{
-    events::{Body, Event},
-    monitors::LoadedMonitor,
-    snapshot::Roles,
-};
+use tapio_decode::events::{Body, Event};
+use tapio_runtime::monitors::LoadedMonitor;
+use tapio_testkit::snapshot::Roles;
 
 use super::{
     check, collect, current_exe, discard, dns::encode_query, dns::encode_response, gettid, lost, monitor, snapshot, EVENT_WAIT,

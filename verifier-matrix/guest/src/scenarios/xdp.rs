@@ -1,4 +1,4 @@
-//! xdp/veth_prefixes: the XDP filter (loader/src/monitors/xdp_filter.rs) on the namespace's end
+//! xdp/veth_prefixes: the XDP filter (loader/crates/runtime/src/monitors/xdp_filter.rs) on the namespace's end
 //! of a veth pair, with one IPv4 and one IPv6 prefix blocked, and UDP datagrams sent to it from
 //! the agent's namespace, from an allowed and from a blocked source address of each family.
 //!
@@ -18,10 +18,8 @@ use std::{
 };
 
 use serde_json::Value;
-use tapio_load::{
-    monitors::xdp_filter::{AttachMode, Counters, FilterOptions, Prefix, StatsRecord, XdpFilter},
-    snapshot::Roles,
-};
+use tapio_runtime::monitors::xdp_filter::{AttachMode, Counters, FilterOptions, Prefix, StatsRecord, XdpFilter};
+use tapio_testkit::snapshot::Roles;
 
 use super::{check, current_exe, snapshot, veth};
 use crate::report::Reporter;

@@ -1,0 +1,221 @@
+//! Container and pod attribution, decided from the cgroup: cgroup id -> cgroup v2 path -> runtime,
+//! full container id, pod uid and QoS class ([`parse`]).
+//!
+//! The id -> path map is filled twice over: a scan of the v2 hierarchy at start (a directory's
+//! inode number is its cgroup id, 5.5+), and the records of the cgroup_watch program
+//! (tapio-runtime's monitors::cgroup_watch), which announces each cgroup as it is made, before any task
+//! can run in it. The run loop applies the watcher's records of a drain pass before it attributes
+//! that pass's events, so a container whose whole life fits in one pass is still attributed.
+//!
+//! Only pod and container cgroups are kept: a host cgroup costs nothing, and an event whose
+//! cgroup is not in the map is a host event and gets no container fields. The map is bounded
+//! ([`DEFAULT_CAPACITY`]); past it the oldest entries go first.
+
+pub mod parse;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::Arc,
+};
+
+pub use parse::{Attribution, Qos, Runtime};
+
+use crate::events::{cgroup_watch::Mkdir, Event};
+
+/// Pod and container cgroups remembered at most (about 250 bytes each: see docs/operations.md).
+pub const DEFAULT_CAPACITY: usize = 65_536;
+
+/// Directory levels the scan descends at most (kubelet's deepest layout is 4 below the root).
+const SCAN_DEPTH: usize = 16;
+
+/// How the map was filled and used, for the metrics and the end-of-run log.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Pod and container cgroups found by the scan at start.
+    pub scanned: u64,
+    /// Pod and container cgroups announced by the watcher.
+    pub announced: u64,
+    /// Entries dropped to stay within the capacity.
+    pub evicted: u64,
+    /// Events that got container fields.
+    pub attributed: u64,
+}
+
+/// The cgroup id -> attribution map.
+#[derive(Debug)]
+pub struct Attributor {
+    by_id: HashMap<u64, Arc<Attribution>>,
+    /// Insertion order, for eviction.
+    order: VecDeque<u64>,
+    capacity: usize,
+    stats: Stats,
+}
+
+impl Attributor {
+    pub fn new(capacity: usize) -> Self {
+        Self { by_id: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), stats: Stats::default() }
+    }
+
+    /// Records what `path` says about cgroup `id`; a host cgroup is not kept. Returns whether
+    /// the cgroup is a pod's or a container's.
+    pub fn insert(&mut self, id: u64, path: &str) -> bool {
+        let Some(parsed) = parse::parse(path) else { return false };
+        if self.by_id.insert(id, Arc::new(parsed.into())).is_none() {
+            self.order.push_back(id);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_id.remove(&old);
+                    self.stats.evicted += 1;
+                }
+            }
+        }
+        true
+    }
+
+    /// A cgroup the watcher announced.
+    pub fn observe(&mut self, mkdir: &Mkdir) {
+        if mkdir.truncated {
+            tracing::debug!(cgroup_id = mkdir.cgroup_id, path = %mkdir.path, "cgroup path longer than the record: attributed from its beginning");
+        }
+        if self.insert(mkdir.cgroup_id, &mkdir.path) {
+            self.stats.announced += 1;
+        }
+    }
+
+    /// What is known of cgroup `id`; None: a host cgroup (or one not seen).
+    pub fn lookup(&self, id: u64) -> Option<&Arc<Attribution>> {
+        self.by_id.get(&id)
+    }
+
+    /// Gives `event` its container fields when its cgroup is a pod's or a container's.
+    pub fn annotate(&mut self, event: &mut Event) {
+        if let Some(a) = self.by_id.get(&event.cgroup_id) {
+            event.container = Some(a.clone());
+            self.stats.attributed += 1;
+        }
+    }
+
+    /// Walks the v2 hierarchy mounted at `root` and records every pod and container cgroup in it.
+    /// Unreadable directories are skipped (a cgroup removed during the walk). Returns how many
+    /// were recorded.
+    pub fn scan(&mut self, root: &Path) -> u64 {
+        let mut found = 0;
+        let mut stack = vec![(root.to_path_buf(), String::new(), 0usize)];
+        while let Some((dir, rel, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else { continue };
+                if !kind.is_dir() {
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = format!("{rel}/{name}");
+                if let Ok(meta) = entry.metadata() {
+                    if self.insert(meta.ino(), &path) {
+                        found += 1;
+                    }
+                }
+                if depth + 1 < SCAN_DEPTH {
+                    stack.push((entry.path(), path, depth + 1));
+                }
+            }
+        }
+        self.stats.scanned += found;
+        found
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4a3f0c1d2e5b6a7980c1d2e3f4a5b6c7d8e9f00112233445566778899aabbccd";
+
+    #[test]
+    fn host_cgroups_are_not_kept_and_get_no_fields() {
+        let mut a = Attributor::new(8);
+        assert!(!a.insert(1, "/system.slice/ssh.service"));
+        assert!(a.insert(2, &format!("/docker/{ID}")));
+        assert_eq!(a.len(), 1);
+        let mut host = crate::events::dns::test_event("query", 1, 1, 1);
+        host.cgroup_id = 1;
+        a.annotate(&mut host);
+        let json = serde_json::to_value(&host).unwrap();
+        for field in ["container_id", "container_runtime", "pod_uid", "qos"] {
+            assert!(json.get(field).is_none(), "{field} on a host event: {json}");
+        }
+        let mut inside = host.clone();
+        inside.cgroup_id = 2;
+        a.annotate(&mut inside);
+        let json = serde_json::to_value(&inside).unwrap();
+        assert_eq!(json["container_id"], ID);
+        assert_eq!(json["container_runtime"], "docker");
+        assert!(json.get("pod_uid").is_none(), "{json}");
+    }
+
+    #[test]
+    fn the_oldest_entries_go_past_the_capacity() {
+        let mut a = Attributor::new(2);
+        for id in 1..=3u64 {
+            a.insert(id, &format!("/docker/{ID}"));
+        }
+        assert_eq!(a.len(), 2);
+        assert!(a.lookup(1).is_none());
+        assert!(a.lookup(3).is_some());
+        assert_eq!(a.stats().evicted, 1);
+    }
+
+    /// Resident memory and lookup cost of 10,000 container cgroups (`cargo test --lib -- --ignored
+    /// --nocapture attribution::tests::cost`); figures in docs/operations.md.
+    #[test]
+    #[ignore = "a measurement, not a check: prints figures"]
+    fn cost_of_10k_containers() {
+        let rss = || std::fs::read_to_string("/proc/self/statm").unwrap().split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096;
+        let before = rss();
+        let mut a = Attributor::new(DEFAULT_CAPACITY);
+        for i in 0..10_000u64 {
+            let uid = format!("{:08x}-1b4d-4e8f-9a6b-0c1d2e3f4a5b", i);
+            let id = format!("{:064x}", i);
+            a.insert(i, &format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{id}.scope", uid.replace('-', "_")));
+        }
+        let after = rss();
+        let mut e = crate::events::dns::test_event("query", 1, 1, 1);
+        let started = std::time::Instant::now();
+        for i in 0..1_000_000u64 {
+            e.cgroup_id = i % 20_000; // half hits, half host
+            e.container = None;
+            a.annotate(&mut e);
+        }
+        let ns = started.elapsed().as_nanos() as f64 / 1e6;
+        println!("10k containers: {} KiB resident ({} B each); annotate: {ns:.1} ns per event", (after - before) / 1024, (after - before) / 10_000);
+    }
+
+    #[test]
+    fn the_scan_reads_ids_from_inode_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path().join("kubepods/besteffort/pod7f3c9a2e-1b4d-4e8f-9a6b-0c1d2e3f4a5b");
+        std::fs::create_dir_all(pod.join(ID)).unwrap();
+        std::fs::create_dir_all(dir.path().join("system.slice/cron.service")).unwrap();
+        let mut a = Attributor::new(16);
+        assert_eq!(a.scan(dir.path()), 2, "the pod and its container");
+        let ino = std::fs::metadata(pod.join(ID)).unwrap().ino();
+        let got = a.lookup(ino).expect("container by inode");
+        assert_eq!(got.container_id.as_deref(), Some(ID));
+        assert_eq!(got.qos, Some(Qos::BestEffort));
+    }
+}

@@ -1,0 +1,28 @@
+//! tapio-runtime: loads the bundle on the running kernel, attaches what it can run and hands
+//! the records to the caller.
+//!
+//! Owns: the catalog of monitors and their load and attach ([`monitors`]), the transports
+//! (ring buffer, perf buffer, pinned rings: [`transport`]), pinning ([`pin`]), the plan of what
+//! a kernel can run ([`plan`]), the verifier check ([`check`]), cgroup links ([`cgroup_link`]),
+//! socket owners ([`sock_owners`]), error-chain helpers ([`errors`]) and the bundle lint
+//! ([`lint`]), which judges objects against the catalog's program groups.
+//!
+//! May import: tapio-bundle, tapio-object, tapio-features, tapio-decode. May not import: the
+//! agent (tapio-load), the test kit, anyhow. The rules live in one table,
+//! `loader/tests/crate_rules.rs`.
+
+pub mod cgroup_link;
+pub mod check;
+pub mod errors;
+pub mod lint;
+pub mod monitors;
+pub mod pin;
+pub mod plan;
+pub mod sock_owners;
+pub mod transport;
+
+// What this crate takes from the crates below, under the names its modules use.
+use tapio_bundle as bundle;
+use tapio_decode::events;
+use tapio_features::{cgroup2, features, tracefs};
+use tapio_object::{btf_minimize, helpers, inspect};
