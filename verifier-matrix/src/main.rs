@@ -5,12 +5,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use verifier_matrix::{
-    apt, debindex,
-    manifest::Manifest,
+    kernels::{apt, index, manifest::Manifest},
     matrix::{self, Selection},
-    report::{self, render_markdown},
-    runner,
+    report::{self, render::render_markdown},
     ui::Ui,
+    vm::runner,
 };
 
 #[derive(Parser)]
@@ -79,7 +78,7 @@ fn update_images() -> Result<()> {
     let dir = workspace().join("vm-images");
     let manifest = Manifest::load(&dir.join("kernels.toml"))?;
     let mirror = apt::discover_mirror()?;
-    let lock = debindex::update_lock(&manifest, &mirror)?;
+    let lock = index::update_lock(&manifest, &mirror)?;
     lock.write(&dir.join("kernels.lock"))?;
     for k in &lock.kernels {
         match k.unavailable_reason() {
@@ -120,11 +119,11 @@ fn real_main() -> Result<ExitCode> {
         Cmd::VmImages { command: ImagesCmd::Update } => update_images().map(|()| ExitCode::SUCCESS),
         Cmd::VmImages { command: ImagesCmd::Path { line } } => {
             let lock_path = workspace().join("vm-images/kernels.lock");
-            let lock = verifier_matrix::manifest::Lock::load(&lock_path)?;
+            let lock = verifier_matrix::kernels::manifest::Lock::load(&lock_path)?;
             let kernel = lock.get(&line).with_context(|| format!("no kernel line `{line}` in {}", lock_path.display()))?;
             let mirror = apt::discover_mirror().unwrap_or_default();
-            let cache = verifier_matrix::fetch::kernel_cache_dir()?;
-            let artifacts = verifier_matrix::fetch::ensure_kernel(kernel, &mirror, &cache)?;
+            let cache = verifier_matrix::artifacts::fetch::kernel_cache_dir()?;
+            let artifacts = verifier_matrix::artifacts::fetch::ensure_kernel(kernel, &mirror, &cache)?;
             println!("{}", artifacts.vmlinuz.display());
             Ok(ExitCode::SUCCESS)
         }
