@@ -102,15 +102,7 @@ fn verifier_matrix(options: matrix::Options, verbose: bool) -> Result<ExitCode> 
     std::fs::write(options.out_dir.join("report.json"), serde_json::to_vec_pretty(&rows)?).context("write report.json")?;
     println!("{md}");
     println!("report: {}", options.out_dir.join("report.md").display());
-    let (pass, fail, boot_failed, _) = report::totals(&rows);
-    // A kernel that did not boot is told apart from a probe that failed to load (exit 2 vs 1).
-    Ok(if boot_failed > 0 {
-        ExitCode::from(2)
-    } else if fail > 0 || pass == 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::from(report::exit_status(&rows)))
 }
 
 fn real_main() -> Result<ExitCode> {

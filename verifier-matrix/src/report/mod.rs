@@ -84,3 +84,39 @@ pub fn totals(rows: &[Row]) -> (usize, usize, usize, usize) {
         count(|v| matches!(v, Verdict::Unavailable(_))),
     )
 }
+
+/// The exit status of a matrix run: 2 when a kernel did not boot, told apart from 1 when one
+/// booted but a probe failed to load or attach, a check failed or nothing passed; 0 otherwise.
+/// (`xtask` exits 3 when the harness itself failed.)
+pub fn exit_status(rows: &[Row]) -> u8 {
+    let (pass, fail, boot_failed, _) = totals(rows);
+    if boot_failed > 0 {
+        2
+    } else if fail > 0 || pass == 0 {
+        1
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    fn row(verdict: Verdict) -> Row {
+        Row { line: "x".into(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
+    }
+
+    #[rstest]
+    #[case::all_pass(vec![Verdict::Pass, Verdict::Unavailable("no package".into())], 0)]
+    #[case::probe_failed_to_load(vec![Verdict::Pass, Verdict::Fail("verifier rejected dns/dns_recv".into())], 1)]
+    #[case::nothing_passed(vec![Verdict::Unavailable("no package".into())], 1)]
+    #[case::vm_did_not_boot(vec![Verdict::Pass, Verdict::BootFailed("kernel panic".into())], 2)]
+    #[case::boot_failure_wins(vec![Verdict::Fail("check".into()), Verdict::BootFailed("timeout".into())], 2)]
+    fn a_boot_failure_exits_apart_from_a_load_failure(#[case] verdicts: Vec<Verdict>, #[case] status: u8) {
+        let rows: Vec<Row> = verdicts.into_iter().map(row).collect();
+        assert_eq!(exit_status(&rows), status);
+    }
+}
