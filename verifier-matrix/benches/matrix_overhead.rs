@@ -30,14 +30,15 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use verifier_matrix::{
-    console,
-    fetch::{self, KernelArtifacts},
-    manifest::Lock,
+    artifacts::fetch::{self, KernelArtifacts},
+    kernels::manifest::Lock,
     matrix,
-    qemu::{Accel, QemuConfig},
-    report::{judge, Verdict},
-    results,
-    runner::{self, GuestOutcome, GuestStatus},
+    report::{judge::judge, results, Verdict},
+    vm::{
+        console,
+        qemu::{Accel, QemuConfig},
+        runner::{self, GuestOutcome, GuestStatus},
+    },
 };
 
 /// The kernel command-line word that makes the guest agent stop right after mounting.
@@ -133,7 +134,7 @@ fn main() -> Result<()> {
     }
 
     println!("matrix_overhead: building the guest agent");
-    let guest = verifier_matrix::guest::build(&workspace).context("build the guest agent")?;
+    let guest = verifier_matrix::artifacts::guest::build(&workspace).context("build the guest agent")?;
     let work = target_dir().join("bench/matrix");
     fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
 
@@ -460,5 +461,5 @@ fn machine() -> Value {
 }
 
 fn runner_qemu() -> String {
-    verifier_matrix::qemu::qemu_binary().to_string_lossy().into_owned()
+    verifier_matrix::vm::qemu::qemu_binary().to_string_lossy().into_owned()
 }

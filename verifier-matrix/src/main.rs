@@ -5,12 +5,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use verifier_matrix::{
-    apt, debindex,
-    manifest::Manifest,
+    kernels::{apt, index, manifest::Manifest},
     matrix::{self, Selection},
-    report::{self, render_markdown},
-    runner,
+    report::{self, render::render_markdown},
     ui::Ui,
+    vm::runner,
 };
 
 #[derive(Parser)]
@@ -79,7 +78,7 @@ fn update_images() -> Result<()> {
     let dir = workspace().join("vm-images");
     let manifest = Manifest::load(&dir.join("kernels.toml"))?;
     let mirror = apt::discover_mirror()?;
-    let lock = debindex::update_lock(&manifest, &mirror)?;
+    let lock = index::update_lock(&manifest, &mirror)?;
     lock.write(&dir.join("kernels.lock"))?;
     for k in &lock.kernels {
         match k.unavailable_reason() {
@@ -103,15 +102,7 @@ fn verifier_matrix(options: matrix::Options, verbose: bool) -> Result<ExitCode> 
     std::fs::write(options.out_dir.join("report.json"), serde_json::to_vec_pretty(&rows)?).context("write report.json")?;
     println!("{md}");
     println!("report: {}", options.out_dir.join("report.md").display());
-    let (pass, fail, boot_failed, _) = report::totals(&rows);
-    // A kernel that did not boot is told apart from a probe that failed to load (exit 2 vs 1).
-    Ok(if boot_failed > 0 {
-        ExitCode::from(2)
-    } else if fail > 0 || pass == 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::from(report::exit_status(&rows)))
 }
 
 fn real_main() -> Result<ExitCode> {
@@ -120,11 +111,11 @@ fn real_main() -> Result<ExitCode> {
         Cmd::VmImages { command: ImagesCmd::Update } => update_images().map(|()| ExitCode::SUCCESS),
         Cmd::VmImages { command: ImagesCmd::Path { line } } => {
             let lock_path = workspace().join("vm-images/kernels.lock");
-            let lock = verifier_matrix::manifest::Lock::load(&lock_path)?;
+            let lock = verifier_matrix::kernels::manifest::Lock::load(&lock_path)?;
             let kernel = lock.get(&line).with_context(|| format!("no kernel line `{line}` in {}", lock_path.display()))?;
             let mirror = apt::discover_mirror().unwrap_or_default();
-            let cache = verifier_matrix::fetch::kernel_cache_dir()?;
-            let artifacts = verifier_matrix::fetch::ensure_kernel(kernel, &mirror, &cache)?;
+            let cache = verifier_matrix::artifacts::fetch::kernel_cache_dir()?;
+            let artifacts = verifier_matrix::artifacts::fetch::ensure_kernel(kernel, &mirror, &cache)?;
             println!("{}", artifacts.vmlinuz.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -12,15 +12,18 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    apt,
-    fetch::{self, KernelArtifacts},
-    initramfs::Initramfs,
-    manifest::{Lock, LockedKernel},
-    qemu::QemuConfig,
-    report::{judge, Row, Verdict},
-    results,
-    runner::{self, GuestStatus},
+    artifacts::fetch::{self, KernelArtifacts},
+    kernels::{
+        apt,
+        manifest::{Lock, LockedKernel},
+    },
+    report::{judge::judge, results, Row, Verdict},
     ui::{Progress, Ui},
+    vm::{
+        initramfs::Initramfs,
+        qemu::QemuConfig,
+        runner::{self, GuestStatus},
+    },
 };
 
 /// Which kernels to run.
@@ -161,7 +164,7 @@ pub fn pack(guest: &Path, artifacts: &KernelArtifacts, out: &Path) -> Result<()>
     for (dir, name) in GUEST_MODULES {
         image = match find_module(artifacts.modules_dir.as_deref(), dir, name) {
             Ok(path) => image.add_module(&path).with_context(|| format!("initramfs: add module {}", path.display()))?,
-            Err(why) => image.file(&format!("/{}/{name}.missing", crate::initramfs::MODULE_DIR), why, 0o644),
+            Err(why) => image.file(&format!("/{}/{name}.missing", crate::vm::initramfs::MODULE_DIR), why, 0o644),
         };
     }
     if let Some(config) = &artifacts.config {
@@ -293,8 +296,8 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
     let targets = targets(options, &lock)?;
     std::fs::create_dir_all(&options.out_dir).with_context(|| format!("create {}", options.out_dir.display()))?;
 
-    ui.send(Progress::Stage(format!("building the guest agent ({})", crate::guest::GUEST_TARGET)));
-    let guest = crate::guest::build(&options.workspace)?;
+    ui.send(Progress::Stage(format!("building the guest agent ({})", crate::artifacts::guest::GUEST_TARGET)));
+    let guest = crate::artifacts::guest::build(&options.workspace)?;
 
     // Fetch sequentially: downloads share one link and print one progress line at a time.
     let mirror = apt::discover_mirror();
@@ -365,7 +368,7 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
 /// pass); a row that did neither fails. Stored snapshots that no row produced fail the run (on
 /// the first row that booted).
 fn check_snapshots(options: &Options, rows: &mut [Row]) {
-    let stored = crate::snapshots::stored_scenarios(&options.workspace);
+    let stored = crate::report::snapshots::stored_scenarios(&options.workspace);
     let mut referenced = std::collections::BTreeSet::new();
     let mut skipped = std::collections::BTreeSet::new();
     for row in rows.iter_mut() {
@@ -386,7 +389,7 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
             .collect();
         for snap in &results.snapshots {
             referenced.insert((snap.monitor.clone(), snap.scenario.clone()));
-            let compared = crate::snapshots::compare(
+            let compared = crate::report::snapshots::compare(
                 &options.workspace,
                 &variant_key(row),
                 &snap.monitor,
@@ -401,12 +404,12 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
         add_problems(row, problems);
     }
     let accounted: std::collections::BTreeSet<_> = referenced.union(&skipped).cloned().collect();
-    let mut stale = crate::snapshots::unreferenced(&options.workspace, &accounted);
+    let mut stale = crate::report::snapshots::unreferenced(&options.workspace, &accounted);
     // A variant for a kernel the matrix never runs (neither a manifest line nor the host) is
     // unreferenced too, whichever kernels this run chose.
     if let Ok(lock) = Lock::load(&options.workspace.join("vm-images/kernels.lock")) {
         let host = rows.iter().find(|r| r.line == "host").and_then(|r| r.release.clone()).or_else(host_release);
-        let live = crate::snapshots::live_kernels(&lock, host.as_deref());
+        let live = crate::report::snapshots::live_kernels(&lock, host.as_deref());
         stale.extend(tapio_snapshots::audit(&options.workspace, &live).stale);
     }
     // Only a run that produced snapshots can call others unreferenced.
@@ -424,9 +427,9 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
 /// variants as the manifest's 6.1.
 fn variant_key(row: &Row) -> String {
     if row.line.starts_with(|c: char| c.is_ascii_digit()) {
-        return crate::manifest::line_version(&row.line).to_owned();
+        return crate::kernels::manifest::line_version(&row.line).to_owned();
     }
-    row.release.as_deref().and_then(crate::snapshots::release_key).unwrap_or_else(|| row.line.clone())
+    row.release.as_deref().and_then(crate::report::snapshots::release_key).unwrap_or_else(|| row.line.clone())
 }
 
 /// The running kernel's release (`uname -r`), whose `major.minor` the host row's variants use.
@@ -500,8 +503,8 @@ mod tests {
     #[test]
     fn a_skipped_scenario_accounts_for_its_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
-        crate::snapshots::compare(dir.path(), "6.1", "xdp", "veth_prefixes", "[2]", true).unwrap();
+        crate::report::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
+        crate::report::snapshots::compare(dir.path(), "6.1", "xdp", "veth_prefixes", "[2]", true).unwrap();
         let options = options_in(dir.path());
         let row = |skip: Option<&str>| {
             let mut results = results::GuestResults::default();
@@ -537,10 +540,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("vm-images")).unwrap();
         std::fs::write(dir.path().join("vm-images/kernels.lock"), "[[kernel]]\nline = \"6.1\"\ndefault = true\nunavailable = \"x\"\n").unwrap();
-        crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
-        let shared = std::fs::read_to_string(crate::snapshots::snap_path(dir.path(), "process", "exec_chain")).unwrap();
+        crate::report::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
+        let shared = std::fs::read_to_string(crate::report::snapshots::snap_path(dir.path(), "process", "exec_chain")).unwrap();
         let variant = shared.replacen("expression: events\n", "expression: events\ninfo:\n  kernel: \"4.19\"\n  reason: old\n", 1);
-        std::fs::write(crate::snapshots::variant_path(dir.path(), "process", "exec_chain", "4.19"), variant).unwrap();
+        std::fs::write(crate::report::snapshots::variant_path(dir.path(), "process", "exec_chain", "4.19"), variant).unwrap();
         let mut results = results::GuestResults::default();
         results.snapshots.push(results::SnapshotBody { monitor: "process".to_owned(), scenario: "exec_chain".to_owned(), body: "[1]".to_owned() });
         let mut row = empty_row("6.1", Verdict::Pass);
@@ -559,8 +562,8 @@ mod tests {
     #[test]
     fn every_row_produces_every_stored_scenario_or_skips_it() {
         let dir = tempfile::tempdir().unwrap();
-        crate::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
-        crate::snapshots::compare(dir.path(), "6.1", "dns", "udp_tcp", "[2]", true).unwrap();
+        crate::report::snapshots::compare(dir.path(), "6.1", "process", "exec_chain", "[1]", true).unwrap();
+        crate::report::snapshots::compare(dir.path(), "6.1", "dns", "udp_tcp", "[2]", true).unwrap();
         let options = options_in(dir.path());
         let row = |line: &str, scenarios: &[(&str, &str, &str)]| {
             let mut results = results::GuestResults::default();

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 #[path = "../../loader/tests/common/skip.rs"]
 mod skip;
 
-use verifier_matrix::console::SplatKind;
-use verifier_matrix::initramfs::Initramfs;
-use verifier_matrix::qemu::QemuConfig;
-use verifier_matrix::runner::{accel_detection, detect_accel, run_guest, GuestStatus};
+use verifier_matrix::vm::console::SplatKind;
+use verifier_matrix::vm::initramfs::Initramfs;
+use verifier_matrix::vm::qemu::QemuConfig;
+use verifier_matrix::vm::runner::{accel_detection, detect_accel, run_guest, GuestStatus};
 
 /// Boots are serialised: parallel TCG guests on a small host would skew the measured boot
 /// times and could push a healthy guest past its timeout.

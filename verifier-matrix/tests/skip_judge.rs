@@ -5,9 +5,11 @@
 //! (a 6.1 guest with an unavailable program and nothing to explain it) passed.
 
 use rstest::rstest;
-use verifier_matrix::{
-    report::{judge, render_markdown, Row, Verdict},
+use verifier_matrix::report::{
+    judge::judge,
+    render::render_markdown,
     results::{self, GuestResults},
+    Row, Verdict,
 };
 
 const KERNEL_6_1: &str = r#"{"kind":"kernel","release":"6.1.0-50-cloud-amd64","version":"1 SMP","btf":true}"#;

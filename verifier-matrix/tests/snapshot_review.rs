@@ -1,5 +1,5 @@
 //! The review walk-through (issue 16, item 4): a snapshot breaks, the matrix's comparison
-//! (`verifier_matrix::snapshots::compare`, the function `check_snapshots` calls for every row)
+//! (`verifier_matrix::report::snapshots::compare`, the function `check_snapshots` calls for every row)
 //! runs on recorded events, `cargo insta pending-snapshots` lists what it left, one entry per
 //! drifted kernel, `cargo insta accept` accepts it, and the comparison passes again.
 //!
@@ -11,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use verifier_matrix::snapshots::{compare, pending_path, snap_path, variant_path, SnapshotError};
+use verifier_matrix::report::snapshots::{compare, pending_path, snap_path, variant_path, SnapshotError};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()

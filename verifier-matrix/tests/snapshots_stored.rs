@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use verifier_matrix::{manifest::Lock, matrix::host_release, snapshots::live_kernels};
+use verifier_matrix::{kernels::manifest::Lock, matrix::host_release, report::snapshots::live_kernels};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()

@@ -14,7 +14,7 @@
 //! The refusal checked is the header check's (ENOEXEC). That holds where module signatures are
 //! not enforced, as on every kernel of the matrix: its Debian kernels are built with
 //! `CONFIG_MODULE_SIG` but without `CONFIG_MODULE_SIG_FORCE` or a forced lockdown, and boot with
-//! neither `module.sig_enforce` nor `lockdown=` (verifier-matrix/src/qemu.rs, `BASE_CMDLINE`).
+//! neither `module.sig_enforce` nor `lockdown=` (verifier-matrix/src/vm/qemu.rs, `BASE_CMDLINE`).
 //! A kernel that enforces signatures checks them first (kernel/module/signing.c,
 //! `module_sig_check`) and refuses the unsigned image with EKEYREJECTED, or EPERM under lockdown;
 //! the check then fails, naming the errno it got.

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tracing::{debug, info};
 
-use crate::deb::{self, DebError};
-use crate::manifest::{LockedKernel, Pin, PinnedPackage};
+use crate::artifacts::deb::{self, DebError};
+use crate::kernels::manifest::{LockedKernel, Pin, PinnedPackage};
 
 /// Overrides the cache root (normally `dirs::cache_dir()/tapio-probes`); kernels live in
 /// its `kernels/` subdirectory.
@@ -504,7 +504,7 @@ fn release_from_setup_header(head: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deb::tests::{deb_bytes, tar_bytes, xz};
+    use crate::artifacts::deb::tests::{deb_bytes, tar_bytes, xz};
     use std::io::BufRead;
     use std::net::TcpListener;
 
@@ -732,10 +732,10 @@ mod tests {
     fn fetch_locked_kernel() {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm-images");
-        let lock = crate::manifest::Lock::load(&dir.join("kernels.lock")).unwrap();
+        let lock = crate::kernels::manifest::Lock::load(&dir.join("kernels.lock")).unwrap();
         let line = std::env::var("TAPIO_FETCH_LINE").unwrap_or_else(|_| "6.1".into());
         let locked = lock.get(&line).expect("line in lock");
-        let mirror = crate::apt::discover_mirror().unwrap();
+        let mirror = crate::kernels::apt::discover_mirror().unwrap();
         let started = std::time::Instant::now();
         let a = ensure_kernel(locked, &mirror, &kernel_cache_dir().unwrap()).unwrap();
         eprintln!("{line}: {a:?} in {:.1}s", started.elapsed().as_secs_f64());

@@ -10,7 +10,7 @@ use std::{
 
 pub use tapio_snapshots::{compare, pending_path, snap_path, variant_path, SnapshotError};
 
-use crate::manifest::{line_version, Lock};
+use crate::kernels::manifest::{line_version, Lock};
 
 /// The kernels a snapshot variant may name: the version of every manifest line the matrix boots
 /// (a default line, or one resolved to a pinned package or file) and the host's `major.minor`.

@@ -11,7 +11,7 @@ use std::io::Read;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::manifest::{
+use crate::kernels::manifest::{
     KernelEntry, KernelSource, Lock, LockedKernel, Manifest, Pin, PinnedPackage,
 };
 
@@ -98,7 +98,7 @@ pub fn parse_packages(text: &str) -> Vec<IndexEntry> {
 
 /// Downloads and parses `dists/<suite>/main/binary-amd64/Packages.xz`, falling back to `.gz`.
 pub fn fetch_index(mirror: &str, suite: &str) -> Result<Vec<IndexEntry>, IndexError> {
-    let agent = crate::fetch::http_agent();
+    let agent = crate::artifacts::fetch::http_agent();
     let base = format!(
         "{}/dists/{suite}/main/binary-amd64/Packages",
         mirror.trim_end_matches('/')
@@ -410,7 +410,7 @@ fn resolve_debian(
     [modules_pattern, base_pattern]: [Option<&str>; 2],
     index: &[IndexEntry],
 ) -> Pin {
-    let Some(image) = resolve(index, image_pattern, crate::manifest::line_version(&entry.line)) else {
+    let Some(image) = resolve(index, image_pattern, crate::kernels::manifest::line_version(&entry.line)) else {
         return Pin::Unavailable {
             reason: format!(
                 "no package matching {image_pattern} with version {}.* in {suite}",
@@ -603,7 +603,7 @@ mod tests {
     fn refresh_lock() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm-images");
         let manifest = Manifest::load(&dir.join("kernels.toml")).unwrap();
-        let mirror = crate::apt::discover_mirror().unwrap();
+        let mirror = crate::kernels::apt::discover_mirror().unwrap();
         let lock = update_lock(&manifest, &mirror).unwrap();
         lock.write(&dir.join("kernels.lock")).unwrap();
     }

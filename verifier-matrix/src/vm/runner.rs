@@ -20,8 +20,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::console::{self, Splat};
-use crate::qemu::{qemu_binary, Accel, QemuConfig};
+use crate::vm::console::{self, Splat};
+use crate::vm::qemu::{qemu_binary, Accel, QemuConfig};
 
 /// Errors that prevent a guest run from producing an outcome at all. A guest that panics,
 /// hangs or a QEMU that exits with an error are *outcomes*, not errors.
