@@ -101,7 +101,11 @@ pub fn run_all(out: &mut Reporter) {
     if let Some(security) = loaded.iter_mut().find(|m| m.spec.name == "security") {
         capability_workload(out, security);
     }
-    crate::scenarios::run_all(out, &mut loaded);
+    for scenario in tapio_scenarios::SCENARIOS {
+        for line in scenario.run(&mut loaded).into_lines() {
+            out.line(&line);
+        }
+    }
     // Drop the attached monitors first: the fallback checks load their own copies.
     drop(loaded);
     crate::fallbacks::perf_transport(out, btf.as_ref());
@@ -214,7 +218,7 @@ fn process_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
             (u64::from(thread_pid), "thread_leaf".to_owned()),
         ],
         exe: exe.clone(),
-        cgroups: crate::scenarios::own_cgroups(),
+        cgroups: tapio_scenarios::own_cgroups(),
         ..Default::default()
     };
     match tapio_testkit::snapshot::normalize(&scenario, &roles) {
@@ -275,4 +279,41 @@ fn threads_exit_workload(out: &mut Reporter, m: &mut LoadedMonitor) {
         }
     }
     check(out, "process.threads_exit", problems.is_empty(), format!("12 processes of 5 threads; problems: {problems:?}"));
+}
+
+/// Runs the one scenario called `name` with only its monitors loaded, as the host tests do
+/// (tests/scenarios.rs). Exit status 2 for a name no scenario has; the checks' verdicts are in
+/// the lines.
+pub fn run_one(out: &mut Reporter, name: &str) -> std::process::ExitCode {
+    let Some(scenario) = tapio_scenarios::scenario(name) else {
+        out.line(&Line::Setup { error: format!("no scenario {name:?}") });
+        return std::process::ExitCode::from(2);
+    };
+    privileges::raise_memlock();
+    if let Err(e) = tracefs::ensure_mounted() {
+        out.line(&Line::Setup { error: e.to_string() });
+    }
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => Some(btf),
+        Err(e) => {
+            out.line(&Line::Setup { error: format!("btf: no kernel BTF at /sys/kernel/btf/vmlinux ({e})") });
+            None
+        }
+    };
+    let mut loaded: Vec<LoadedMonitor> = Vec::new();
+    for spec in monitors::MONITORS.iter().filter(|s| scenario.monitors().contains(&s.name)) {
+        let started = Instant::now();
+        match monitors::load(spec, btf.as_ref(), &LoadOptions::default()) {
+            Ok(m) => loaded.push(m),
+            Err(e) => out.line(&Line::Monitor {
+                monitor: spec.name.to_owned(),
+                error: e.to_string(),
+                load_us: started.elapsed().as_micros() as u64,
+            }),
+        }
+    }
+    for line in scenario.run(&mut loaded).into_lines() {
+        out.line(&line);
+    }
+    std::process::ExitCode::SUCCESS
 }

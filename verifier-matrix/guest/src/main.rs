@@ -11,9 +11,7 @@
 mod checks;
 mod fallbacks;
 mod faults;
-mod netlink;
 mod report;
-mod scenarios;
 mod setup;
 
 use std::process::ExitCode;
@@ -25,12 +23,11 @@ fn main() -> ExitCode {
         let code = args.get(2).and_then(|c| c.parse::<u8>().ok()).unwrap_or(0);
         return ExitCode::from(code);
     }
-    // `security-actor`: the security scenario's single-threaded actor (scenarios/security.rs).
-    if args.get(1).map(String::as_str) == Some("security-actor") {
-        return scenarios::security::actor();
+    // The scenarios' actors (`security-actor`, `security-ns-actor`, `security-mount-actor`,
+    // `advanced-flood`): tapio_scenarios::actor.
+    if let Some(code) = tapio_scenarios::actor(&args) {
+        return code;
     }
-    // `security-ns-actor` and `advanced-flood`: the actors of security/ns_caps_module and
-    // advanced/flood_dedup (scenarios/security_ns.rs, scenarios/advanced.rs).
     match args.get(1).map(String::as_str) {
         // `threads-exit <threads> <late_ms> <group|each>`: tapio_testkit::workload::threads_exit.
         Some("threads-exit") => {
@@ -50,11 +47,16 @@ fn main() -> ExitCode {
             let after = if args.get(4).map(String::as_str) == Some("wait") { AfterHog::Wait } else { AfterHog::Exit };
             tapio_testkit::workload::memory_hog(procs, mib, after)
         }
-        Some("security-ns-actor") => return scenarios::security_ns::actor(),
-        // `security-mount-actor`: the actor of security/mount_api (scenarios/security_mount.rs).
-        Some("security-mount-actor") => return scenarios::security_mount::actor(),
-        Some("advanced-flood") => return scenarios::advanced::flooder(),
         _ => {}
+    }
+    // `scenario <monitor>.<scenario>`: that one scenario, its monitors only, lines to stdout:
+    // what the host tests run (tests/scenarios.rs).
+    if args.get(1).map(String::as_str) == Some("scenario") {
+        let mut out = report::Reporter::stdout();
+        let code = checks::run_one(&mut out, args.get(2).map_or("", String::as_str));
+        out.line(&tapio_matrix_protocol::Line::Done);
+        out.flush();
+        return code;
     }
     let in_vm = std::process::id() == 1;
     let mut out = if in_vm {

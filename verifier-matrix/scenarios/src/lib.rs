@@ -1,18 +1,30 @@
-//! Deterministic traffic scenarios for the network, kernel, dns, security and advanced monitors
-//! (issue 7).
+//! The deterministic scenarios, each written once behind the [`Scenario`] trait (issue 16).
 //!
-//! Each scenario drives known traffic from the agent, collects its own monitors' events, checks
-//! the key fields with explicit `check` lines, and sends the normalised events as one snapshot
-//! line that the harness compares with `snapshots/<monitor>/<scenario>.snap`. The process
-//! scenario stays in `checks.rs`.
+//! A scenario drives known traffic or actions from the running process, collects its own
+//! monitors' events, checks the key fields with named checks, and normalises its events into
+//! one snapshot (tapio_testkit::snapshot) compared with `snapshots/<monitor>/<scenario>.snap`.
+//! What it returns is an [`Outcome`]: its checks, its skips (each with the kernel features
+//! ([`Needs`]) it lacks, so tapio-kernel-gates can judge it) and its snapshots, as the typed lines
+//! of tapio-matrix-protocol in the order they happened.
+//!
+//! Two callers run the same scenarios: the matrix guest (tapio-guest) in every VM and on the
+//! host row, and the host tests (verifier-matrix/guest/tests/scenarios.rs), one per scenario,
+//! on this kernel. Actors re-execute the running binary (`<exe> security-actor`, ...):
+//! [`actor`] is the dispatch every binary that runs scenarios calls first.
+//!
+//! It owns the scenarios, their actors and the netlink/veth helpers they set up with. It may
+//! import the runtime (to drain loaded monitors), the decoder, tapio-features, the test kit's
+//! normaliser and workloads, and the protocol's line types; it may not import the agent, the
+//! harness or tapio-snapshots (its callers compare the snapshots), nor anyhow.
 //!
 //! Every scenario first throws away what earlier work left in its rings and then keeps only the
-//! events of its own processes or ports, so one scenario's traffic (or, on the host row, the rest
-//! of the machine's) never reaches another's snapshot.
+//! events of its own processes or ports, so one scenario's traffic (or, on the host, the rest of
+//! the machine's) never reaches another's snapshot.
 
 pub mod advanced;
 pub mod dns;
 pub mod dns_hostile;
+mod netlink;
 pub mod network;
 pub mod oom;
 pub mod security;
@@ -26,6 +38,7 @@ pub mod xdp;
 use std::{
     io,
     net::{IpAddr, SocketAddr, UdpSocket},
+    process::ExitCode,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -35,32 +48,129 @@ use tapio_decode::events::{self, DecodeOptions, Event};
 use tapio_runtime::monitors::{self, LoadedMonitor};
 use tapio_testkit::snapshot::{self, Roles};
 
-use tapio_matrix_protocol::Line;
-
-use crate::report::Reporter;
+pub use tapio_matrix_protocol::{Line, Needs};
 
 /// The longest any scenario waits for an event the kernel emits after a syscall returned.
 pub const EVENT_WAIT: Duration = Duration::from_secs(5);
 
-/// One named pass/fail line for the report's "checks passed" column.
-pub fn check(out: &mut Reporter, name: &str, pass: bool, detail: String) {
-    out.line(&Line::check(name, pass, detail));
+/// One scenario: what it needs loaded, and a run that returns its checks, skips and snapshots.
+pub trait Scenario: Sync {
+    /// Its name, `<monitor>.<scenario>`: the prefix of its checks and skips.
+    fn name(&self) -> &'static str;
+    /// The monitors of the catalog it needs loaded and attached (none for one that loads its
+    /// own program, as the XDP filter does). A missing one is a failed check, not a skip: every
+    /// monitor must load on every kernel of the matrix.
+    fn monitors(&self) -> &'static [&'static str];
+    /// Runs it against the loaded monitors.
+    fn run(&self, loaded: &mut [LoadedMonitor]) -> Outcome;
 }
 
-/// Runs every scenario whose monitors loaded; a missing monitor is a failed check, not a skip,
-/// because every monitor must load on every kernel of the matrix.
-pub fn run_all(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
-    network::run(out, loaded);
-    oom::run(out, loaded);
-    dns::run(out, loaded);
-    udp_dns::run(out, loaded);
-    security::run(out, loaded);
-    security_ns::run(out, loaded);
-    security_mount::run(out, loaded);
-    dns_hostile::run(out, loaded);
-    advanced::run(out, loaded);
-    tcp_veth::run(out, loaded);
-    xdp::run(out);
+/// What one scenario run produced: its check, skip and snapshot lines (and any other result
+/// line, such as an event count), in order.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    lines: Vec<Line>,
+}
+
+impl Outcome {
+    /// Records one result line.
+    pub fn line(&mut self, line: &Line) {
+        self.lines.push(line.clone());
+    }
+
+    /// Every line, in the order the scenario produced them.
+    pub fn lines(&self) -> &[Line] {
+        &self.lines
+    }
+
+    /// Every line, for the caller to write.
+    pub fn into_lines(self) -> Vec<Line> {
+        self.lines
+    }
+
+    /// The checks: (name, pass, detail).
+    pub fn checks(&self) -> impl Iterator<Item = (&str, bool, &str)> {
+        self.lines.iter().filter_map(|l| match l {
+            Line::Check { name, pass, detail } => Some((name.as_str(), *pass, detail.as_str())),
+            _ => None,
+        })
+    }
+
+    /// The skips: (name, the kernel's reason, the features it needs).
+    pub fn skips(&self) -> impl Iterator<Item = (&str, &str, &Needs)> {
+        self.lines.iter().filter_map(|l| match l {
+            Line::Skip { name, reason, needs } => Some((name.as_str(), reason.as_str(), needs)),
+            _ => None,
+        })
+    }
+
+    /// The snapshots: (monitor, scenario, normalised events as a JSON array).
+    pub fn snapshots(&self) -> impl Iterator<Item = (&str, &str, &str)> {
+        self.lines.iter().filter_map(|l| match l {
+            Line::Snapshot { monitor, scenario, body } => Some((monitor.as_str(), scenario.as_str(), body.as_str())),
+            _ => None,
+        })
+    }
+}
+
+/// A scenario written as a plain function over an [`Outcome`].
+struct Case {
+    name: &'static str,
+    monitors: &'static [&'static str],
+    run: fn(&mut Outcome, &mut [LoadedMonitor]),
+}
+
+impl Scenario for Case {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn monitors(&self) -> &'static [&'static str] {
+        self.monitors
+    }
+
+    fn run(&self, loaded: &mut [LoadedMonitor]) -> Outcome {
+        let mut out = Outcome::default();
+        (self.run)(&mut out, loaded);
+        out
+    }
+}
+
+/// Every scenario, in the order the guest runs them.
+pub static SCENARIOS: &[&dyn Scenario] = &[
+    &Case { name: "network.tcp_loopback", monitors: &["network", "kernel"], run: network::run },
+    &Case { name: "kernel.oom_kill", monitors: &["kernel"], run: oom::run },
+    &Case { name: "dns.udp_tcp", monitors: &["dns"], run: dns::run },
+    &Case { name: "network.udp_dns", monitors: &["network"], run: udp_dns::run },
+    &Case { name: "security.cred_ns", monitors: &["security"], run: security::run },
+    &Case { name: "security.ns_caps_module", monitors: &["security"], run: security_ns::run },
+    &Case { name: "security.mount_api", monitors: &["security"], run: security_mount::run },
+    &Case { name: "dns.hostile", monitors: &["dns"], run: dns_hostile::run },
+    &Case { name: "advanced.flood_dedup", monitors: &["advanced"], run: advanced::run },
+    &Case { name: "network.tcp_veth", monitors: &["network"], run: tcp_veth::run },
+    &Case { name: "xdp.veth_prefixes", monitors: &[], run: |out, _| xdp::run(out) },
+];
+
+/// The scenario called `name` (`<monitor>.<scenario>`).
+pub fn scenario(name: &str) -> Option<&'static dyn Scenario> {
+    SCENARIOS.iter().copied().find(|s| s.name() == name)
+}
+
+/// Runs an actor when `args` (the process's argv) ask for one: the processes the scenarios start
+/// by re-executing the running binary. `None` when argv names no actor.
+pub fn actor(args: &[String]) -> Option<ExitCode> {
+    match args.get(1).map(String::as_str) {
+        Some("security-actor") => Some(security::actor()),
+        Some("security-ns-actor") => Some(security_ns::actor()),
+        Some("security-mount-actor") => Some(security_mount::actor()),
+        Some("advanced-flood") => Some(advanced::flooder()),
+        _ => None,
+    }
+}
+
+/// One named pass/fail line for the report's "checks passed" column.
+pub fn check(out: &mut Outcome, name: &str, pass: bool, detail: String) {
+    out.line(&Line::check(name, pass, detail));
 }
 
 /// UDP client addresses the scenarios have used. The network monitor folds a datagram into a flow
@@ -92,7 +202,7 @@ pub fn fresh_udp_client(ip: IpAddr) -> io::Result<UdpSocket> {
 }
 
 /// The loaded monitor called `name`, or a failed check naming the scenario that needed it.
-pub fn monitor<'a>(out: &mut Reporter, loaded: &'a mut [LoadedMonitor], name: &str, scenario: &str) -> Option<&'a mut LoadedMonitor> {
+pub fn monitor<'a>(out: &mut Outcome, loaded: &'a mut [LoadedMonitor], name: &str, scenario: &str) -> Option<&'a mut LoadedMonitor> {
     let found = loaded.iter_mut().find(|m| m.spec.name == name);
     if found.is_none() {
         check(out, &format!("{scenario}.monitor_{name}"), false, format!("monitor {name} did not load"));
@@ -154,7 +264,7 @@ pub fn collect(
 
 /// Normalises `events` with `roles` and sends them as the snapshot of (monitor, scenario); a
 /// failed redaction check is a failed check line instead.
-pub fn snapshot(out: &mut Reporter, monitor: &str, scenario: &str, events: &[Value], roles: &Roles) {
+pub fn snapshot(out: &mut Outcome, monitor: &str, scenario: &str, events: &[Value], roles: &Roles) {
     match snapshot::normalize(events, roles) {
         Ok(n) => out.line(&Line::Snapshot {
             monitor: monitor.to_owned(),
@@ -202,7 +312,7 @@ const MNT_NS_INIT_INO: u64 = 0xEFFF_FFF8;
 /// initial namespace cannot be joined (pid 1's namespace file is refused there). The scenarios
 /// ask whether a process left *our* namespace, so there each event's value is recomputed from its
 /// own `mnt_ns`: true exactly when it differs from the agent's.
-pub(super) fn relative_in_container(values: &mut [Value]) {
+pub(crate) fn relative_in_container(values: &mut [Value]) {
     use std::os::unix::fs::MetadataExt;
     let Ok(own) = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino()) else { return };
     let initial = std::fs::metadata("/proc/1/ns/mnt").map(|m| m.ino()).unwrap_or(MNT_NS_INIT_INO);

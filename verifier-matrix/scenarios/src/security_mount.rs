@@ -27,7 +27,7 @@ use super::{
     security::{actor_result, private_mount_ns, run_actor, sys, ZERO},
     snapshot, EVENT_WAIT,
 };
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "mount_api";
 /// Where the tmpfs and its bind copy are attached: the same paths in every guest and on the host,
@@ -67,7 +67,7 @@ fn actor_steps() -> io::Result<Value> {
     }))
 }
 
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let name = |what: &str| format!("security.{SCENARIO}.{what}");
     let Some(m) = monitor(out, loaded, "security", &format!("security.{SCENARIO}")) else { return };
     if let Some((_, why)) = m.unavailable.iter().find(|(set, _)| *set == "new_mount_api") {
@@ -101,11 +101,11 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     super::relative_in_container(&mut values);
     check(out, &name("decode"), c.errors.is_empty() && dropped == 0, format!("{} events, {dropped} lost, errors: {:?}", values.len(), c.errors));
     key_checks(out, &values, &report);
-    let roles = Roles { pids: vec![(actor, "actor".to_owned())], exe, ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
+    let roles = Roles { pids: vec![(actor, "actor".to_owned())], exe, ports: Vec::new(), cgroups: crate::own_cgroups() };
     snapshot(out, "security", SCENARIO, &values, &roles);
 }
 
-fn key_checks(out: &mut Reporter, values: &[Value], report: &Value) {
+fn key_checks(out: &mut Outcome, values: &[Value], report: &Value) {
     let (fs_fd, mount_fd, tree_fd) = (&report["fs_fd"], &report["mount_fd"], &report["tree_fd"]);
     let one = |f: &dyn Fn(&Value) -> bool| values.iter().filter(|v| v["in_container"] == true && f(v)).count() == 1;
     let cases: [(&str, bool); 4] = [
