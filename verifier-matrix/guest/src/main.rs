@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         return ExitCode::from(code);
     }
     // The scenarios' actors (`security-actor`, `security-ns-actor`, `security-mount-actor`,
-    // `advanced-flood`): tapio_scenarios::actor.
+    // `advanced-flood`, `memory-hog`): tapio_scenarios::actor.
     if let Some(code) = tapio_scenarios::actor(&args) {
         return code;
     }
@@ -38,14 +38,6 @@ fn main() -> ExitCode {
                 Some(mode) => tapio_testkit::workload::threads_exit(threads, late, mode),
                 None => return ExitCode::from(2),
             }
-        }
-        // `memory-hog <cgroup.procs> <MiB> <wait|exit>`: the processes of scenarios/oom.rs.
-        Some("memory-hog") => {
-            use tapio_testkit::workload::AfterHog;
-            let procs = std::path::Path::new(args.get(2).map_or("", String::as_str));
-            let mib = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0);
-            let after = if args.get(4).map(String::as_str) == Some("wait") { AfterHog::Wait } else { AfterHog::Exit };
-            tapio_testkit::workload::memory_hog(procs, mib, after)
         }
         _ => {}
     }

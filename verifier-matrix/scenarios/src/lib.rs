@@ -164,6 +164,14 @@ pub fn actor(args: &[String]) -> Option<ExitCode> {
         Some("security-ns-actor") => Some(security_ns::actor()),
         Some("security-mount-actor") => Some(security_mount::actor()),
         Some("advanced-flood") => Some(advanced::flooder()),
+        // `memory-hog <cgroup.procs> <MiB> <wait|exit>`: the processes of kernel.oom_kill.
+        Some("memory-hog") => {
+            use tapio_testkit::workload::AfterHog;
+            let procs = std::path::Path::new(args.get(2).map_or("", String::as_str));
+            let mib = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0);
+            let after = if args.get(4).map(String::as_str) == Some("wait") { AfterHog::Wait } else { AfterHog::Exit };
+            tapio_testkit::workload::memory_hog(procs, mib, after)
+        }
         _ => None,
     }
 }
