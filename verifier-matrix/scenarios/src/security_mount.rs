@@ -40,6 +40,9 @@ const ALARM_SECS: u32 = 10;
 /// include/uapi/linux/fcntl.h and magic.h.
 const AT_FDCWD: i64 = libc::AT_FDCWD as i64;
 const TMPFS_MAGIC: i64 = libc::TMPFS_MAGIC as i64;
+/// include/uapi/linux/mount.h.
+const MOVE_MOUNT_F_EMPTY_PATH: u64 = 0x4;
+const OPEN_TREE_CLONE: u64 = 0x1;
 
 /// The actor: runs the scenario and prints one JSON line with its results for the agent.
 pub fn actor() -> ExitCode {
@@ -119,6 +122,8 @@ fn key_checks(out: &mut Outcome, values: &[Value], report: &Value) {
                     && v["fs_fd"] == *fs_fd
                     && v["attr_flags"] == workload::mount_api_abi::MOUNT_ATTR_NOSUID
                     && v["result"] == *mount_fd
+                    // A detached mount has no target.
+                    && v.get("target").is_none()
             }),
         ),
         (
@@ -132,6 +137,7 @@ fn key_checks(out: &mut Outcome, values: &[Value], report: &Value) {
                     && v["detached_by"] == "fsmount"
                     && v["from_dfd"] == *mount_fd
                     && v["to_dfd"] == AT_FDCWD
+                    && v["flags"] == MOVE_MOUNT_F_EMPTY_PATH
                     && v["result"] == 0
             }),
         ),
@@ -141,7 +147,9 @@ fn key_checks(out: &mut Outcome, values: &[Value], report: &Value) {
                 v["event"] == "detached_mount"
                     && v["syscall"] == "open_tree"
                     && v["source"] == FS_TARGET
+                    && v["fstype"] == ""
                     && v["dfd"] == AT_FDCWD
+                    && v["flags"].as_u64().is_some_and(|f| f & OPEN_TREE_CLONE != 0)
                     && v["result"] == *tree_fd
             }),
         ),
@@ -162,4 +170,7 @@ fn key_checks(out: &mut Outcome, values: &[Value], report: &Value) {
     for (what, pass) in cases {
         check(out, &format!("security.{SCENARIO}.{what}"), pass, format!("{} events of the actor", values.len()));
     }
+    // fsopen and fsconfig send no event: the API's events are these four and no more.
+    let api = values.iter().filter(|v| (v["event"] == "mount" || v["event"] == "detached_mount") && v["syscall"] != "mount").count();
+    check(out, &format!("security.{SCENARIO}.api_events"), api == 4, format!("{api} mount-API events (want fsmount, open_tree and two move_mounts)"));
 }
