@@ -333,3 +333,43 @@ pub(crate) fn relative_in_container(values: &mut [Value]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_sorts_its_lines_into_checks_skips_and_snapshots() {
+        let mut out = Outcome::default();
+        check(&mut out, "dns.udp_tcp.decode", true, "ok".to_owned());
+        out.line(&Line::skip("network.tcp_loopback.connect_attempt_v4", "no fexit", Needs::one("fentry")));
+        out.line(&Line::Snapshot { monitor: "dns".to_owned(), scenario: "udp_tcp".to_owned(), body: "[]".to_owned() });
+        out.line(&Line::Events { monitor: "dns".to_owned(), count: 2 });
+        assert_eq!(out.checks().collect::<Vec<_>>(), [("dns.udp_tcp.decode", true, "ok")]);
+        assert_eq!(out.skips().map(|(n, r, needs)| (n, r, needs.clone())).collect::<Vec<_>>(), [(
+            "network.tcp_loopback.connect_attempt_v4",
+            "no fexit",
+            Needs::one("fentry")
+        )]);
+        assert_eq!(out.snapshots().collect::<Vec<_>>(), [("dns", "udp_tcp", "[]")]);
+        assert_eq!(out.into_lines().len(), 4, "every line is kept, in order");
+    }
+
+    #[test]
+    fn scenario_names_are_unique_and_name_a_monitor() {
+        let mut names: Vec<&str> = SCENARIOS.iter().map(|s| s.name()).collect();
+        for name in &names {
+            let monitor = name.split_once('.').map(|(m, _)| m);
+            assert!(
+                monitor.is_some_and(|m| tapio_runtime::monitors::monitor(m).is_some() || m == "xdp"),
+                "{name}: not `<monitor>.<scenario>`"
+            );
+            assert!(scenario(name).is_some_and(|s| s.name() == *name));
+        }
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(names.len(), before, "a scenario name is used twice");
+        assert!(SCENARIOS.iter().flat_map(|s| s.monitors()).all(|m| tapio_runtime::monitors::monitor(m).is_some()));
+    }
+}
