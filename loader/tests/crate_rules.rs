@@ -88,7 +88,6 @@ const RULES: &[Rule] = &[
             "tapio-decode",
             "tapio-features",
             "tapio-runtime",
-            "tapio-testkit",
             "tapio-scenarios",
             "tapio-matrix-protocol",
             "tapio-kernel-gates",

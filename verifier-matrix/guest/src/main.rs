@@ -18,28 +18,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    // `exit-with <code> <tag>`: the workload's leaf process; the tag only marks its argv.
-    if args.get(1).map(String::as_str) == Some("exit-with") {
-        let code = args.get(2).and_then(|c| c.parse::<u8>().ok()).unwrap_or(0);
-        return ExitCode::from(code);
-    }
-    // The scenarios' actors (`security-actor`, `security-ns-actor`, `security-mount-actor`,
-    // `advanced-flood`, `memory-hog`): tapio_scenarios::actor.
+    // The scenarios' actors (`exit-with`, `threads-exit`, `security-actor`, `security-ns-actor`,
+    // `security-mount-actor`, `advanced-flood`, `memory-hog`): tapio_scenarios::actor.
     if let Some(code) = tapio_scenarios::actor(&args) {
         return code;
-    }
-    match args.get(1).map(String::as_str) {
-        // `threads-exit <threads> <late_ms> <group|each>`: tapio_testkit::workload::threads_exit.
-        Some("threads-exit") => {
-            let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(4);
-            let late = std::time::Duration::from_millis(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0));
-            let mode = args.get(4).and_then(|m| tapio_testkit::workload::ThreadsExit::parse(m));
-            match mode {
-                Some(mode) => tapio_testkit::workload::threads_exit(threads, late, mode),
-                None => return ExitCode::from(2),
-            }
-        }
-        _ => {}
     }
     // `scenario <monitor>.<scenario>`: that one scenario, its monitors only, lines to stdout:
     // what the host tests run (tests/scenarios.rs).

@@ -29,6 +29,8 @@ fn kernel_key() -> String {
 }
 
 #[rstest]
+#[case::process_exec_chain("process.exec_chain")]
+#[case::security_capability("security.capability")]
 #[case::network_tcp_loopback("network.tcp_loopback")]
 #[case::kernel_oom_kill("kernel.oom_kill")]
 #[case::dns_udp_tcp("dns.udp_tcp")]

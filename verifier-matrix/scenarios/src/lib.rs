@@ -27,6 +27,7 @@ pub mod dns_hostile;
 mod netlink;
 pub mod network;
 pub mod oom;
+pub mod process;
 pub mod security;
 pub mod security_mount;
 pub mod security_ns;
@@ -55,7 +56,8 @@ pub const EVENT_WAIT: Duration = Duration::from_secs(5);
 
 /// One scenario: what it needs loaded, and a run that returns its checks, skips and snapshots.
 pub trait Scenario: Sync {
-    /// Its name, `<monitor>.<scenario>`: the prefix of its checks and skips.
+    /// Its name, `<monitor>.<scenario>`, as its snapshot file is named; its checks and skips
+    /// start with the monitor (most with the whole name).
     fn name(&self) -> &'static str;
     /// The monitors of the catalog it needs loaded and attached (none for one that loads its
     /// own program, as the XDP filter does). A missing one is a failed check, not a skip: every
@@ -138,6 +140,8 @@ impl Scenario for Case {
 
 /// Every scenario, in the order the guest runs them.
 pub static SCENARIOS: &[&dyn Scenario] = &[
+    &Case { name: "process.exec_chain", monitors: &["process"], run: process::run },
+    &Case { name: "security.capability", monitors: &["security"], run: process::run_capability },
     &Case { name: "network.tcp_loopback", monitors: &["network", "kernel"], run: network::run },
     &Case { name: "kernel.oom_kill", monitors: &["kernel"], run: oom::run },
     &Case { name: "dns.udp_tcp", monitors: &["dns"], run: dns::run },
@@ -160,6 +164,17 @@ pub fn scenario(name: &str) -> Option<&'static dyn Scenario> {
 /// by re-executing the running binary. `None` when argv names no actor.
 pub fn actor(args: &[String]) -> Option<ExitCode> {
     match args.get(1).map(String::as_str) {
+        // `exit-with <code> <tag>`: process/exec_chain's leaf; the tag only marks its argv.
+        Some("exit-with") => Some(ExitCode::from(args.get(2).and_then(|c| c.parse::<u8>().ok()).unwrap_or(0))),
+        // `threads-exit <threads> <late_ms> <group|each>`: tapio_testkit::workload::threads_exit.
+        Some("threads-exit") => {
+            let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(4);
+            let late = Duration::from_millis(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0));
+            match args.get(4).and_then(|m| tapio_testkit::workload::ThreadsExit::parse(m)) {
+                Some(mode) => tapio_testkit::workload::threads_exit(threads, late, mode),
+                None => Some(ExitCode::from(2)),
+            }
+        }
         Some("security-actor") => Some(security::actor()),
         Some("security-ns-actor") => Some(security_ns::actor()),
         Some("security-mount-actor") => Some(security_mount::actor()),
