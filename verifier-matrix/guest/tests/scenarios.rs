@@ -5,16 +5,21 @@
 //! must pass, every skip must be explained by this kernel (tapio_kernel_gates::judge), and every
 //! snapshot must match the stored one in `snapshots/`, this kernel's variant where one exists.
 //!
-//! Loads BPF programs: needs root, and `--test-threads=1` beside other suites.
+//! Loads BPF programs: needs root. The cases run one at a time even under the default parallel
+//! libtest (`make test`): two scenarios may use the same fixed port (dns on 53) or watch the same
+//! monitor, so [`SERIAL`] holds each run.
 
 #[path = "../../../loader/tests/common/skip.rs"]
 mod skip;
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, sync::Mutex};
 
 use rstest::rstest;
 use skip::{skip, unless_root, Why};
 use tapio_matrix_protocol::Line;
+
+/// One scenario at a time in this process.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The workspace root, where `snapshots/` is.
 fn workspace() -> &'static Path {
@@ -47,6 +52,8 @@ fn scenario(#[case] name: &str) {
     if unless_root(&test, "loads the scenario's monitors") {
         return;
     }
+    // A case that panicked poisons the lock; the next one still runs alone.
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let out = Command::new(env!("CARGO_BIN_EXE_tapio-guest")).args(["scenario", name]).output().expect("run tapio-guest");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "tapio-guest scenario {name}: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
