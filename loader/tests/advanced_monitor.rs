@@ -1,6 +1,9 @@
 //! The advanced monitor on the real kernel: dedup, sampling, batching, the time bound, and
 //! statistics that add up. Most tests drive the library directly (they change rates at run time
-//! and read the per-CPU counters); one runs `tapio-load run` end to end.
+//! and read the per-CPU counters); one runs `tapio-load run` end to end. A flood of identical
+//! events collapsing to one event, and the next window reporting what the last one suppressed,
+//! are checked by the shared scenario advanced.flood_dedup (tapio-scenarios, run on this kernel
+//! by verifier-matrix/guest/tests/scenarios.rs and in every VM of the matrix).
 
 mod common;
 
@@ -77,58 +80,6 @@ fn body(e: &Event) -> &events::advanced::AdvancedBody {
         events::Body::Advanced(b) => b,
         other => panic!("not an advanced body: {other:?}"),
     }
-}
-
-#[test]
-fn flood_of_identical_events_is_one_event_plus_a_suppressed_count() {
-    if common::skip_unless_root("advanced dedup") {
-        return;
-    }
-    let _k = common::kernel_lock();
-    let window = Duration::from_millis(1500);
-    let mut m = load(AdvancedOptions { dedup_window: window, flush_interval: Duration::from_millis(20), ..Default::default() });
-    const N: usize = 10_000;
-    let started = Instant::now();
-    let tid = getppid_flood(N);
-    assert!(started.elapsed() < window, "the flood must fit in the window");
-    let mut records = Vec::new();
-    let s = settled(&mut m, &mut records);
-    let first = ours(&records, tid);
-    assert_eq!(first.len(), 1, "a flood of {N} identical events gives one event: {first:?}");
-    assert!(s.deduped >= (N - 1) as u64, "{s:?}");
-    assert_adds_up(&s);
-    println!("dedup: {N} generated, {} delivered, stats {s:?}", first.len());
-}
-
-#[test]
-fn the_next_window_reports_what_the_last_one_suppressed() {
-    if common::skip_unless_root("advanced dedup count") {
-        return;
-    }
-    let _k = common::kernel_lock();
-    let mut m = load(AdvancedOptions {
-        dedup_window: Duration::from_millis(300),
-        flush_interval: Duration::from_millis(20),
-        ..Default::default()
-    });
-    // One thread: the same identity before and after the window.
-    let tid = std::thread::spawn(|| {
-        for _ in 0..1000 {
-            getppid_tagged(7);
-        }
-        std::thread::sleep(Duration::from_millis(400));
-        getppid_tagged(7);
-        // SAFETY: no preconditions.
-        unsafe { libc::syscall(libc::SYS_gettid) as u32 }
-    })
-    .join()
-    .unwrap();
-    let mut records = Vec::new();
-    let s = settled(&mut m, &mut records);
-    let evs = ours(&records, tid);
-    assert_eq!(evs.len(), 2, "{evs:?}");
-    assert_eq!(body(evs[1]).suppressed, 999, "{evs:?}");
-    assert_adds_up(&s);
 }
 
 #[test]

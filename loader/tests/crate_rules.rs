@@ -72,10 +72,27 @@ const RULES: &[Rule] = &[
         forbids: &[],
     },
     Rule { krate: "tapio-matrix-protocol", may_use: &["tapio-kernel-gates"], tests_may_use: &[], forbids: &["aya", "anyhow", "clap"] },
+    // The scenarios, written once: run by the guest and by the guest's host tests. It speaks the
+    // protocol's typed lines; it never reaches the agent, the harness or the snapshot store (the
+    // callers compare the snapshots it returns).
+    Rule {
+        krate: "tapio-scenarios",
+        may_use: &["tapio-decode", "tapio-features", "tapio-runtime", "tapio-testkit", "tapio-matrix-protocol"],
+        tests_may_use: &[],
+        forbids: &["tapio-load", "verifier-matrix", "tapio-snapshots", "anyhow", "clap", "tracing-subscriber", "toml"],
+    },
     Rule {
         krate: "tapio-guest",
-        may_use: &["tapio-bundle", "tapio-decode", "tapio-features", "tapio-runtime", "tapio-testkit", "tapio-matrix-protocol", "tapio-kernel-gates"],
-        tests_may_use: &[],
+        may_use: &[
+            "tapio-bundle",
+            "tapio-decode",
+            "tapio-features",
+            "tapio-runtime",
+            "tapio-scenarios",
+            "tapio-matrix-protocol",
+            "tapio-kernel-gates",
+        ],
+        tests_may_use: &["tapio-snapshots"],
         forbids: &["anyhow", "tracing-subscriber", "toml"],
     },
     // The decoded-event snapshots and their insta comparison (snapshots/ is this package).

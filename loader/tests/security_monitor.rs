@@ -1,5 +1,8 @@
 //! The security monitor on the running kernel: real credential, injection, namespace, mount and
-//! module syscalls from forked children, each seen with its fields and `in_container`.
+//! module syscalls from forked children, each seen with its fields and `in_container`. The new
+//! mount API (fsmount, open_tree, move_mount) is the shared scenario security.mount_api
+//! (tapio-scenarios, run on this kernel by verifier-matrix/guest/tests/scenarios.rs and in every
+//! VM of the matrix).
 //!
 //! The children are forked (not spawned) so each syscall comes from a known pid, and so the test
 //! process itself keeps root and its namespaces. After fork a child only makes raw syscalls
@@ -391,123 +394,6 @@ fn capability_events_from_the_cap_capable_tracepoint() {
     let no = find(&seen, "refused CAP_SYS_ADMIN", |e| is_admin_check(e, refused) && e["result"] == -libc::EPERM as i64);
     assert_eq!(no["uid"], 4321, "{no}");
     assert_eq!(no["verdict_known"], true, "{no}");
-
-    let left = common::programs_left_after("sec_", Duration::from_secs(2));
-    assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
-}
-
-/// The steps of `tapio_testkit::workload::mount_api`, in order: the mount API child exits with 80 + the
-/// failed one's index.
-const MOUNT_API_STEPS: [&str; 7] =
-    ["fsopen", "fsconfig source", "fsconfig create", "fsmount", "move_mount fsmount", "open_tree", "move_mount open_tree"];
-
-/// The new mount API (5.2+), as util-linux 2.39+ `mount(8)` uses it: from a private mount
-/// namespace, a tmpfs made with fsopen/fsconfig/fsmount and attached with move_mount, then a bind
-/// copy made with open_tree(OPEN_TREE_CLONE) and attached with move_mount. Each move_mount is a
-/// `mount` event with its target and the source, fstype and origin of what it attached; fsmount
-/// and open_tree are `detached_mount` events.
-#[test]
-fn new_mount_api_events_from_real_syscalls() {
-    const TEST: &str = "new_mount_api_events_from_real_syscalls";
-    if skip_unless_root(TEST) {
-        return;
-    }
-    let _serial = kernel_lock();
-    // Started first: the loader mounts tracefs when it is not mounted.
-    let loader = Loader::start(&["--monitors", "security"]);
-    if !tracepoint_exists("sys_enter_move_mount") {
-        // The judge fails this skip on 5.2+ unless the kernel's config explains it.
-        let (_, stderr, _) = loader.finish();
-        assert!(stderr.contains("new_mount_api: unavailable"), "the loader says why; stderr:\n{stderr}");
-        common::skip_for_kernel(TEST, &common::needs_of("security", "new_mount_api"), "new mount API: tracefs lists no sys_enter_move_mount");
-        return;
-    }
-    let nonce = std::process::id();
-    let base = std::env::temp_dir().join(format!("tapio-mount-api-{nonce}"));
-    let (fs_dir, bind_dir) = (base.join("fs"), base.join("bind"));
-    std::fs::create_dir_all(&fs_dir).unwrap();
-    std::fs::create_dir_all(&bind_dir).unwrap();
-    let c = |p: &Path| CString::new(p.to_str().unwrap()).unwrap();
-    let (fs_c, bind_c, root) = (c(&fs_dir), c(&bind_dir), CString::new("/").unwrap());
-    let source = CString::new(format!("tapio-api-{nonce}")).unwrap();
-    let mut fds = [0i32; 2];
-    // SAFETY: a pipe for the child's three fd numbers.
-    unsafe { assert_eq!(libc::pipe(fds.as_mut_ptr()), 0) };
-    let mounter = fork_child(|| {
-        // SAFETY: raw syscalls in the forked child; every pointer is a C string made before fork.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return 70;
-            }
-            let private = libc::MS_REC | libc::MS_PRIVATE;
-            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), private, std::ptr::null()) != 0 {
-                return 71;
-            }
-        }
-        let got = match tapio_testkit::workload::mount_api(&source, &fs_c, &bind_c) {
-            Ok(got) => got,
-            Err(e) => return 80 + MOUNT_API_STEPS.iter().position(|s| *s == e.step).unwrap_or(9) as i32,
-        };
-        // Both mounts landed: the bind target is a tmpfs now.
-        // SAFETY: statfs fills `st`; the path is a C string.
-        let tmpfs = unsafe {
-            let mut st: libc::statfs = std::mem::zeroed();
-            libc::statfs(bind_c.as_ptr(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
-        };
-        if !tmpfs {
-            return 73;
-        }
-        let words = [got.fs_fd, got.mount_fd, got.tree_fd];
-        // SAFETY: writing 12 bytes from `words` to the pipe.
-        unsafe { libc::write(fds[1], words.as_ptr().cast(), 12) };
-        0
-    });
-    let code = wait_exit(mounter);
-    let mut words = [0i32; 3];
-    // SAFETY: reading the child's 12 bytes (or fewer if it failed; checked below).
-    unsafe { libc::read(fds[0], words.as_mut_ptr().cast(), 12) };
-    let _ = (std::fs::remove_dir(&fs_dir), std::fs::remove_dir(&bind_dir), std::fs::remove_dir(&base));
-    let step = usize::try_from(code - 80).ok().and_then(|i| MOUNT_API_STEPS.get(i));
-    assert_eq!(code, 0, "mount API child failed: exit {code} (80 + the step of workload::mount_api: {step:?})");
-    let [fs_fd, mount_fd, tree_fd] = words;
-
-    let (fs_path, bind_path) = (fs_dir.to_str().unwrap(), bind_dir.to_str().unwrap());
-    let mut seen = Vec::new();
-    let last = loader.wait_for(&mut seen, Duration::from_secs(5), |e| e["syscall"] == "move_mount" && e["tgid"] == mounter && e["target"] == bind_path);
-    let (rest, stderr, status) = loader.finish();
-    assert!(status.success(), "tapio-load exits 0 on SIGTERM: {status}; stderr:\n{stderr}");
-    seen.extend(rest);
-    common::relative_in_container(&mut seen);
-    assert!(last.is_some(), "no move_mount event for the bind mount; stderr:\n{stderr}");
-    assert!(!stderr.contains("new_mount_api: unavailable"), "stderr:\n{stderr}");
-    let ev = &seen;
-    let mine = |e: &Value| e["tgid"] == mounter && e["pid"] == mounter && e["in_container"] == true;
-
-    let fsmount = find(ev, "fsmount", |e| mine(e) && e["event"] == "detached_mount" && e["syscall"] == "fsmount");
-    assert_eq!(fsmount["fstype"], "tmpfs", "fsopen's fs name: {fsmount}");
-    assert_eq!(fsmount["source"], format!("tapio-api-{nonce}"), "fsconfig's source: {fsmount}");
-    assert_eq!((fsmount["fs_fd"].as_i64(), fsmount["result"].as_i64()), (Some(fs_fd.into()), Some(mount_fd.into())), "{fsmount}");
-    assert_eq!(fsmount["attr_flags"], 0x2, "MOUNT_ATTR_NOSUID: {fsmount}");
-    assert!(fsmount.get("target").is_none(), "a detached mount has no target: {fsmount}");
-
-    let attach = find(ev, "move_mount of the fsmount", |e| mine(e) && e["event"] == "mount" && e["target"] == fs_path);
-    assert_eq!(attach["syscall"], "move_mount", "{attach}");
-    assert_eq!((attach["fstype"].as_str(), attach["detached_by"].as_str()), (Some("tmpfs"), Some("fsmount")), "{attach}");
-    assert_eq!(attach["source"], format!("tapio-api-{nonce}"), "{attach}");
-    assert_eq!((attach["from_dfd"].as_i64(), attach["to_dfd"].as_i64()), (Some(mount_fd.into()), Some(libc::AT_FDCWD.into())), "{attach}");
-    assert_eq!((attach["flags"].as_u64(), attach["result"].as_i64()), (Some(4), Some(0)), "MOVE_MOUNT_F_EMPTY_PATH, attached: {attach}");
-
-    let clone = find(ev, "open_tree clone", |e| mine(e) && e["event"] == "detached_mount" && e["syscall"] == "open_tree");
-    assert_eq!((clone["source"].as_str(), clone["fstype"].as_str()), (Some(fs_path), Some("")), "{clone}");
-    assert_eq!((clone["dfd"].as_i64(), clone["result"].as_i64()), (Some(libc::AT_FDCWD.into()), Some(tree_fd.into())), "{clone}");
-    assert_ne!(clone["flags"].as_u64().unwrap() & 1, 0, "OPEN_TREE_CLONE: {clone}");
-
-    let bind = find(ev, "move_mount of the clone", |e| mine(e) && e["event"] == "mount" && e["target"] == bind_path);
-    assert_eq!((bind["source"].as_str(), bind["detached_by"].as_str()), (Some(fs_path), Some("open_tree")), "a bind: {bind}");
-    assert_eq!((bind["from_dfd"].as_i64(), bind["result"].as_i64()), (Some(tree_fd.into()), Some(0)), "{bind}");
-    let mounts = |e: &&Value| e["event"] == "mount" || e["event"] == "detached_mount";
-    let api = ev.iter().filter(mounts).filter(|e| e["tgid"] == mounter && e["syscall"] != "mount").count();
-    assert_eq!(api, 4, "one event each for fsmount, open_tree and the two move_mounts (fsopen and fsconfig send none)");
 
     let left = common::programs_left_after("sec_", Duration::from_secs(2));
     assert!(left.is_empty(), "programs left loaded after exit: {left:?}");

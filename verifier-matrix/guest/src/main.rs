@@ -11,50 +11,26 @@
 mod checks;
 mod fallbacks;
 mod faults;
-mod netlink;
 mod report;
-mod scenarios;
 mod setup;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    // `exit-with <code> <tag>`: the workload's leaf process; the tag only marks its argv.
-    if args.get(1).map(String::as_str) == Some("exit-with") {
-        let code = args.get(2).and_then(|c| c.parse::<u8>().ok()).unwrap_or(0);
-        return ExitCode::from(code);
+    // The scenarios' actors (`exit-with`, `threads-exit`, `security-actor`, `security-ns-actor`,
+    // `security-mount-actor`, `advanced-flood`, `memory-hog`): tapio_scenarios::actor.
+    if let Some(code) = tapio_scenarios::actor(&args) {
+        return code;
     }
-    // `security-actor`: the security scenario's single-threaded actor (scenarios/security.rs).
-    if args.get(1).map(String::as_str) == Some("security-actor") {
-        return scenarios::security::actor();
-    }
-    // `security-ns-actor` and `advanced-flood`: the actors of security/ns_caps_module and
-    // advanced/flood_dedup (scenarios/security_ns.rs, scenarios/advanced.rs).
-    match args.get(1).map(String::as_str) {
-        // `threads-exit <threads> <late_ms> <group|each>`: tapio_testkit::workload::threads_exit.
-        Some("threads-exit") => {
-            let threads = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(4);
-            let late = std::time::Duration::from_millis(args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0));
-            let mode = args.get(4).and_then(|m| tapio_testkit::workload::ThreadsExit::parse(m));
-            match mode {
-                Some(mode) => tapio_testkit::workload::threads_exit(threads, late, mode),
-                None => return ExitCode::from(2),
-            }
-        }
-        // `memory-hog <cgroup.procs> <MiB> <wait|exit>`: the processes of scenarios/oom.rs.
-        Some("memory-hog") => {
-            use tapio_testkit::workload::AfterHog;
-            let procs = std::path::Path::new(args.get(2).map_or("", String::as_str));
-            let mib = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(0);
-            let after = if args.get(4).map(String::as_str) == Some("wait") { AfterHog::Wait } else { AfterHog::Exit };
-            tapio_testkit::workload::memory_hog(procs, mib, after)
-        }
-        Some("security-ns-actor") => return scenarios::security_ns::actor(),
-        // `security-mount-actor`: the actor of security/mount_api (scenarios/security_mount.rs).
-        Some("security-mount-actor") => return scenarios::security_mount::actor(),
-        Some("advanced-flood") => return scenarios::advanced::flooder(),
-        _ => {}
+    // `scenario <monitor>.<scenario>`: that one scenario, its monitors only, lines to stdout:
+    // what the host tests run (tests/scenarios.rs).
+    if args.get(1).map(String::as_str) == Some("scenario") {
+        let mut out = report::Reporter::stdout();
+        let code = checks::run_one(&mut out, args.get(2).map_or("", String::as_str));
+        out.line(&tapio_matrix_protocol::Line::Done);
+        out.flush();
+        return code;
     }
     let in_vm = std::process::id() == 1;
     let mut out = if in_vm {

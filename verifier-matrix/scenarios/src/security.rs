@@ -25,7 +25,7 @@ use tapio_runtime::monitors::LoadedMonitor;
 use tapio_testkit::snapshot::Roles;
 
 use super::{check, collect, current_exe, discard, lost, monitor, snapshot, EVENT_WAIT};
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "cred_ns";
 /// Where the actor mounts its tmpfs: the same path in every guest and on the host, so the
@@ -188,7 +188,7 @@ fn actor_steps() -> io::Result<Value> {
     }))
 }
 
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let Some(m) = monitor(out, loaded, "security", "security.cred_ns") else { return };
     discard(m);
     let lost_before = lost(m);
@@ -229,12 +229,12 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         pids: vec![(actor, "actor".to_owned()), (target, "target".to_owned())],
         exe,
         ports: Vec::new(),
-        cgroups: crate::scenarios::own_cgroups(),
+        cgroups: crate::own_cgroups(),
     };
     snapshot(out, "security", SCENARIO, &values, &roles);
 }
 
-fn key_checks(out: &mut Reporter, values: &[Value], actor: u64, target: u64, poke_addr: u64) {
+fn key_checks(out: &mut Outcome, values: &[Value], actor: u64, target: u64, poke_addr: u64) {
     let one = |f: &dyn Fn(&Value) -> bool| values.iter().filter(|v| v["tgid"] == actor && f(v)).count() == 1;
     let unchanged_real = |v: &Value| v["old_uid"] == 0 && v["old_suid"] == 0 && v.get("new_uid").is_none() && v.get("new_suid").is_none();
     let cases: [(&str, bool); 9] = [

@@ -17,7 +17,7 @@ use super::{
     network::{connection, flow_checks, flow_of, without_path_fields},
     snapshot, veth, EVENT_WAIT,
 };
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "tcp_veth";
 /// RFC 2544 benchmarking addresses (198.18.0.0/15) and RFC 5180's IPv6 ones (2001:2::/48): the
@@ -30,7 +30,7 @@ const NS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x70, 0, 0, 0, 2);
 
 /// Drives both connections across the pair, then checks and snapshots what the network monitor
 /// saw of them.
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let name = format!("network.{SCENARIO}");
     let Some(m) = monitor(out, loaded, "network", &name) else { return };
     let root_addrs = [(IpAddr::V4(ROOT_V4), 24), (IpAddr::V6(ROOT_V6), 64)];
@@ -76,7 +76,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         let detail = flow_checks("network", &values, f, me);
         check(out, &format!("{name}.v{}", f.family), detail.is_empty(), detail.join("; "));
     }
-    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
+    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::own_cgroups() };
     for f in &flows {
         roles.ports.push((f.server, format!("server_v{}", f.family)));
         roles.ports.push((f.client, format!("client_v{}", f.family)));

@@ -27,7 +27,7 @@ use super::{
     dns::{encode_query, encode_response},
     lost, monitor, snapshot, EVENT_WAIT,
 };
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "hostile";
 const PORT: u16 = 53;
@@ -191,7 +191,7 @@ impl Pair {
     }
 }
 
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let name = |what: &str| format!("dns.{SCENARIO}.{what}");
     let Some(m) = monitor(out, loaded, "dns", &format!("dns.{SCENARIO}")) else { return };
     discard(m);
@@ -241,7 +241,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         }
     }
     ports.sort();
-    let roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports, cgroups: crate::scenarios::own_cgroups() };
+    let roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports, cgroups: crate::own_cgroups() };
     snapshot(out, "dns", SCENARIO, &values, &roles);
 }
 
@@ -249,7 +249,7 @@ fn is_runt(v: &Value) -> bool {
     v["malformed"].as_str().is_some_and(|m| m.contains("shorter than the 12-byte DNS header"))
 }
 
-fn key_checks(out: &mut Reporter, values: &[Value]) {
+fn key_checks(out: &mut Outcome, values: &[Value]) {
     for c in SCRIPT {
         let qtype = if c.v6 { "AAAA" } else { "A" };
         let server = if c.v6 { "::1" } else { "127.0.0.1" };

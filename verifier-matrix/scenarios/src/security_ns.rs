@@ -43,7 +43,7 @@ use super::{
 };
 use tapio_matrix_protocol::Line;
 
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "ns_caps_module";
 /// The name of the memfd finit_module is given (only shown in /proc/<pid>/fd; names need not be
@@ -223,7 +223,7 @@ fn actor_steps() -> io::Result<Value> {
     }))
 }
 
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let name = |what: &str| format!("security.{SCENARIO}.{what}");
     let Some(m) = monitor(out, loaded, "security", &format!("security.{SCENARIO}")) else { return };
     // The module programs are left out only where the kernel has no module support at all.
@@ -317,11 +317,11 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
             v["old_cap_permitted"] = json!("[caps:initial]");
         }
     }
-    let roles = Roles { pids: vec![(actor, "actor".to_owned()), (holder, "holder".to_owned())], exe, ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
+    let roles = Roles { pids: vec![(actor, "actor".to_owned()), (holder, "holder".to_owned())], exe, ports: Vec::new(), cgroups: crate::own_cgroups() };
     snapshot(out, "security", SCENARIO, &values, &roles);
 }
 
-fn key_checks(out: &mut Reporter, values: &[Value], actor: u64, holder: u64, initial: &(Value, Value)) {
+fn key_checks(out: &mut Outcome, values: &[Value], actor: u64, holder: u64, initial: &(Value, Value)) {
     let one = |tgid: u64, f: &dyn Fn(&Value) -> bool| values.iter().filter(|v| v["tgid"] == tgid && f(v)).count() == 1;
     let caps = |v: &Value, eff: u64, perm: u64| {
         v["syscall"] == "capset"

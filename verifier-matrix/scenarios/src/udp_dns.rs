@@ -24,7 +24,7 @@ use tapio_testkit::snapshot::Roles;
 use super::{
     check, collect, current_exe, discard, dns::encode_query, dns::encode_response, gettid, lost, monitor, snapshot, EVENT_WAIT,
 };
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "udp_dns";
 const PORT: u16 = 53;
@@ -79,7 +79,7 @@ fn client(ip: IpAddr, family: u8, other: &UdpSocket) -> io::Result<Run> {
 }
 
 /// Drives both families, then checks and snapshots the network monitor's `udp_flow` events.
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let name = format!("network.{SCENARIO}");
     let Some(m) = monitor(out, loaded, "network", &name) else { return };
     let others = (|| -> io::Result<_> {
@@ -158,7 +158,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         pids: vec![(u64::from(me), "agent".to_owned()), (u64::from(server_tid), "dns_server".to_owned())],
         exe: current_exe(),
         ports: runs.iter().map(|r| (r.client.port(), format!("client_v{}", r.family))).collect(),
-        cgroups: crate::scenarios::own_cgroups(),
+        cgroups: crate::own_cgroups(),
     };
     snapshot(out, "network", SCENARIO, &values, &roles);
 }

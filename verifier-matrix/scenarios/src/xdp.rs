@@ -22,7 +22,7 @@ use tapio_runtime::monitors::xdp_filter::{AttachMode, Counters, FilterOptions, P
 use tapio_testkit::snapshot::Roles;
 
 use super::{check, current_exe, snapshot, veth};
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "veth_prefixes";
 /// The receivers' port in the namespace.
@@ -91,7 +91,7 @@ fn step(s: &Step, receiver: &UdpSocket) -> Result<Vec<IpAddr>, String> {
 }
 
 /// Runs the steps against the filter on the pair's namespace end; checks and snapshots the counts.
-pub fn run(out: &mut Reporter) {
+pub fn run(out: &mut Outcome) {
     let name = format!("xdp.{SCENARIO}");
     let root_addrs = [
         (IpAddr::V4(ALLOWED_V4), 24),
@@ -168,7 +168,7 @@ pub fn run(out: &mut Reporter) {
     }
     let want = Counters { pass: 2 * ROUNDS + 4, drop: 2 * ROUNDS, ..Default::default() };
     check(out, &format!("{name}.counters"), before == want, format!("{before:?} after every step (want {want:?}: nothing but the scenario's datagrams)"));
-    let roles = Roles { pids: vec![(u64::from(std::process::id()), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
+    let roles = Roles { pids: vec![(u64::from(std::process::id()), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::own_cgroups() };
     snapshot(out, "xdp", SCENARIO, &records, &roles);
     // Detached where it was attached: before 5.9 the link is the interface's netlink slot,
     // addressed by an index only that namespace resolves.

@@ -33,7 +33,7 @@ use tapio_runtime::monitors::{advanced::{self, AdvancedOptions, AdvancedStats}, 
 use tapio_testkit::snapshot::Roles;
 
 use super::{check, collect, current_exe, discard, lost, monitor, snapshot, EVENT_WAIT};
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "flood_dedup";
 const IDENTITIES: u64 = 8;
@@ -170,7 +170,7 @@ fn body(e: &Event) -> Option<&tapio_decode::events::advanced::AdvancedBody> {
     }
 }
 
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let name = |what: &str| format!("advanced.{SCENARIO}.{what}");
     let Some(m) = monitor(out, loaded, "advanced", &format!("advanced.{SCENARIO}")) else { return };
     discard(m);
@@ -203,7 +203,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
 }
 
 /// Starts the flood, checks what it gave, and sends the snapshot.
-fn flood(out: &mut Reporter, m: &mut LoadedMonitor, mut child: Child, before: &AdvancedStats, lost_before: u64) {
+fn flood(out: &mut Outcome, m: &mut LoadedMonitor, mut child: Child, before: &AdvancedStats, lost_before: u64) {
     let name = |what: &str| format!("advanced.{SCENARIO}.{what}");
     let flooder = child.id();
     drop(child.stdin.take()); // the go
@@ -297,6 +297,6 @@ fn flood(out: &mut Reporter, m: &mut LoadedMonitor, mut child: Child, before: &A
             v
         })
         .collect();
-    let roles = Roles { pids: vec![(u64::from(flooder), "flooder".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
+    let roles = Roles { pids: vec![(u64::from(flooder), "flooder".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::own_cgroups() };
     snapshot(out, "advanced", SCENARIO, &values, &roles);
 }

@@ -22,7 +22,7 @@ use tapio_runtime::monitors::LoadedMonitor;
 use tapio_testkit::snapshot::Roles;
 
 use super::{check, collect, current_exe, discard, gettid, lost, monitor, snapshot, EVENT_WAIT};
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "udp_tcp";
 const PORT: u16 = 53;
@@ -250,7 +250,7 @@ fn client() -> io::Result<ClientRun> {
     Ok(run)
 }
 
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let Some(m) = monitor(out, loaded, "dns", "dns.udp_tcp") else { return };
     discard(m);
     let lost_before = lost(m);
@@ -321,13 +321,13 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
         pids: vec![(u64::from(me), "agent".to_owned()), (u64::from(server_tid), "dns_server".to_owned())],
         exe: current_exe(),
         ports,
-        cgroups: crate::scenarios::own_cgroups(),
+        cgroups: crate::own_cgroups(),
     };
     snapshot(out, "dns", SCENARIO, &values, &roles);
 }
 
 /// Explicit assertions of the fields the spec's dns defects broke, per exchange.
-fn key_checks(out: &mut Reporter, values: &[Value], events: &[Event], client_tid: u32, server_tid: u32) {
+fn key_checks(out: &mut Outcome, values: &[Value], events: &[Event], client_tid: u32, server_tid: u32) {
     for x in SCRIPT {
         let of = |event: &str, tid: u32| values.iter().filter(|v| v["dns_id"] == x.id && v["event"] == event && v["pid"] == tid).collect::<Vec<_>>();
         let transport = if x.transport == Transport::Tcp4 { "tcp" } else { "udp" };

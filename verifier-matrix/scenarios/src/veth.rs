@@ -24,7 +24,7 @@ use tapio_matrix_protocol::Line;
 
 use crate::{
     netlink::{NetNs, Netlink},
-    report::Reporter,
+    Outcome,
 };
 
 /// Where the harness packs the booted kernel's veth module (verifier-matrix/src/matrix.rs,
@@ -138,7 +138,7 @@ impl Drop for VethPair {
 
 /// Makes the pair for `scenario`, or reports why not: a skip line when the kernel has no veth
 /// (with the harness's reason), a failed check otherwise.
-pub fn pair_or_report(out: &mut Reporter, scenario: &str, tag: &str, root_addrs: &[(IpAddr, u8)], ns_addrs: &[(IpAddr, u8)]) -> Option<VethPair> {
+pub fn pair_or_report(out: &mut Outcome, scenario: &str, tag: &str, root_addrs: &[(IpAddr, u8)], ns_addrs: &[(IpAddr, u8)]) -> Option<VethPair> {
     match VethPair::create(tag, root_addrs, ns_addrs) {
         Ok(p) => Some(p),
         Err(Unavailable::Kernel(why)) => {

@@ -30,7 +30,7 @@ use tapio_testkit::snapshot::Roles;
 use super::{check, collect, current_exe, discard, lost, monitor, snapshot, Collected, EVENT_WAIT};
 use tapio_matrix_protocol::Line;
 
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "tcp_loopback";
 /// Payload the client sends, and the server.
@@ -103,7 +103,7 @@ pub(super) fn flow_of(e: &Event) -> Option<(u16, u16)> {
 }
 
 /// Drives both connections and checks and snapshots what the two monitors saw.
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     for name in ["network", "kernel"] {
         if let Some(m) = monitor(out, loaded, name, "network.tcp_loopback") {
             discard(m);
@@ -126,7 +126,7 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     // may complete in softirq after the final syscall returned.
     let closes = |events: &[Event]| events.iter().filter(|e| e.event == "close").count() >= 3 * flows.len();
     let me = std::process::id();
-    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
+    let mut roles = Roles { pids: vec![(u64::from(me), "agent".to_owned())], exe: current_exe(), ports: Vec::new(), cgroups: crate::own_cgroups() };
     for f in &flows {
         roles.ports.push((f.server, format!("server_v{}", f.family)));
         roles.ports.push((f.client, format!("client_v{}", f.family)));

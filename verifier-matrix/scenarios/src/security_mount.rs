@@ -27,7 +27,7 @@ use super::{
     security::{actor_result, private_mount_ns, run_actor, sys, ZERO},
     snapshot, EVENT_WAIT,
 };
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "mount_api";
 /// Where the tmpfs and its bind copy are attached: the same paths in every guest and on the host,
@@ -40,6 +40,9 @@ const ALARM_SECS: u32 = 10;
 /// include/uapi/linux/fcntl.h and magic.h.
 const AT_FDCWD: i64 = libc::AT_FDCWD as i64;
 const TMPFS_MAGIC: i64 = libc::TMPFS_MAGIC as i64;
+/// include/uapi/linux/mount.h.
+const MOVE_MOUNT_F_EMPTY_PATH: u64 = 0x4;
+const OPEN_TREE_CLONE: u64 = 0x1;
 
 /// The actor: runs the scenario and prints one JSON line with its results for the agent.
 pub fn actor() -> ExitCode {
@@ -67,7 +70,7 @@ fn actor_steps() -> io::Result<Value> {
     }))
 }
 
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let name = |what: &str| format!("security.{SCENARIO}.{what}");
     let Some(m) = monitor(out, loaded, "security", &format!("security.{SCENARIO}")) else { return };
     if let Some((_, why)) = m.unavailable.iter().find(|(set, _)| *set == "new_mount_api") {
@@ -101,11 +104,11 @@ pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
     super::relative_in_container(&mut values);
     check(out, &name("decode"), c.errors.is_empty() && dropped == 0, format!("{} events, {dropped} lost, errors: {:?}", values.len(), c.errors));
     key_checks(out, &values, &report);
-    let roles = Roles { pids: vec![(actor, "actor".to_owned())], exe, ports: Vec::new(), cgroups: crate::scenarios::own_cgroups() };
+    let roles = Roles { pids: vec![(actor, "actor".to_owned())], exe, ports: Vec::new(), cgroups: crate::own_cgroups() };
     snapshot(out, "security", SCENARIO, &values, &roles);
 }
 
-fn key_checks(out: &mut Reporter, values: &[Value], report: &Value) {
+fn key_checks(out: &mut Outcome, values: &[Value], report: &Value) {
     let (fs_fd, mount_fd, tree_fd) = (&report["fs_fd"], &report["mount_fd"], &report["tree_fd"]);
     let one = |f: &dyn Fn(&Value) -> bool| values.iter().filter(|v| v["in_container"] == true && f(v)).count() == 1;
     let cases: [(&str, bool); 4] = [
@@ -119,6 +122,8 @@ fn key_checks(out: &mut Reporter, values: &[Value], report: &Value) {
                     && v["fs_fd"] == *fs_fd
                     && v["attr_flags"] == workload::mount_api_abi::MOUNT_ATTR_NOSUID
                     && v["result"] == *mount_fd
+                    // A detached mount has no target.
+                    && v.get("target").is_none()
             }),
         ),
         (
@@ -132,6 +137,7 @@ fn key_checks(out: &mut Reporter, values: &[Value], report: &Value) {
                     && v["detached_by"] == "fsmount"
                     && v["from_dfd"] == *mount_fd
                     && v["to_dfd"] == AT_FDCWD
+                    && v["flags"] == MOVE_MOUNT_F_EMPTY_PATH
                     && v["result"] == 0
             }),
         ),
@@ -141,7 +147,9 @@ fn key_checks(out: &mut Reporter, values: &[Value], report: &Value) {
                 v["event"] == "detached_mount"
                     && v["syscall"] == "open_tree"
                     && v["source"] == FS_TARGET
+                    && v["fstype"] == ""
                     && v["dfd"] == AT_FDCWD
+                    && v["flags"].as_u64().is_some_and(|f| f & OPEN_TREE_CLONE != 0)
                     && v["result"] == *tree_fd
             }),
         ),
@@ -162,4 +170,7 @@ fn key_checks(out: &mut Reporter, values: &[Value], report: &Value) {
     for (what, pass) in cases {
         check(out, &format!("security.{SCENARIO}.{what}"), pass, format!("{} events of the actor", values.len()));
     }
+    // fsopen and fsconfig send no event: the API's events are these four and no more.
+    let api = values.iter().filter(|v| (v["event"] == "mount" || v["event"] == "detached_mount") && v["syscall"] != "mount").count();
+    check(out, &format!("security.{SCENARIO}.api_events"), api == 4, format!("{api} mount-API events (want fsmount, open_tree and two move_mounts)"));
 }

@@ -17,7 +17,7 @@ use tapio_decode::events::Body;
 use tapio_runtime::monitors::LoadedMonitor;
 
 use super::{check, collect, current_exe, discard, monitor, EVENT_WAIT};
-use crate::report::Reporter;
+use crate::Outcome;
 
 const SCENARIO: &str = "kernel.oom_kill";
 
@@ -44,7 +44,7 @@ fn reap(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-pub fn run(out: &mut Reporter, loaded: &mut [LoadedMonitor]) {
+pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
     let Some(m) = monitor(out, loaded, "kernel", SCENARIO) else { return };
     let cg = match tapio_testkit::workload::MemCgroup::create("tapio-oom", 8 << 20) {
         Ok(cg) => cg,
