@@ -994,63 +994,38 @@ fn attach_generic_xdp_in_new_netns(prog_fd: i32) -> ProbeResult {
 }
 
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
-const IFLA_XDP: u16 = 43;
-const IFLA_XDP_FD: u16 = 1;
-const IFLA_XDP_FLAGS: u16 = 3;
-const NLA_F_NESTED: u16 = 1 << 15;
 
-/// `RTM_SETLINK` with `IFLA_XDP { FD, FLAGS }` on `ifindex`; returns the kernel's ack.
-fn netlink_set_xdp(ifindex: i32, prog_fd: i32, flags: u32) -> ProbeResult {
-    let attr = |ty: u16, payload: &[u8]| {
-        let mut a = Vec::new();
-        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        a.extend_from_slice(&ty.to_ne_bytes());
-        a.extend_from_slice(payload);
-        a
+/// `RTM_SETLINK` with `IFLA_XDP { FD, FLAGS }` on `ifindex`; returns the kernel's ack. Built
+/// with netlink-packet-route (which carries both attributes) and sent over netlink-sys.
+fn netlink_set_xdp(ifindex: u32, prog_fd: i32, flags: u32) -> ProbeResult {
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+    use netlink_packet_route::{
+        link::{LinkAttribute, LinkMessage, LinkXdp},
+        RouteNetlinkMessage,
     };
-    let mut nested = attr(IFLA_XDP_FD, &prog_fd.to_ne_bytes());
-    nested.extend(attr(IFLA_XDP_FLAGS, &flags.to_ne_bytes()));
-    let xdp = attr(IFLA_XDP | NLA_F_NESTED, &nested);
+    use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-    let mut ifinfo = [0u8; 16]; // struct ifinfomsg: family, pad, type, index, flags, change
-    ifinfo[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    let len = 16 + ifinfo.len() + xdp.len();
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&libc::RTM_SETLINK.to_ne_bytes());
-    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    msg.extend_from_slice(&ifinfo);
-    msg.extend_from_slice(&xdp);
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    link.attributes.push(LinkAttribute::Xdp(vec![LinkXdp::Fd(prog_fd), LinkXdp::Flags(flags)]));
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::SetLink(link));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.header.sequence_number = 1;
+    request.finalize();
+    let mut buf = vec![0u8; request.buffer_len()];
+    request.serialize(&mut buf);
 
-    // SAFETY: plain socket creation; the fd is owned right away.
-    let sock = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if sock < 0 {
-        return Err(sys_err("netlink socket", std::io::Error::last_os_error()));
-    }
-    // SAFETY: sock is a fresh descriptor owned by nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
-    // SAFETY: msg is a valid buffer of msg.len() bytes.
-    if unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
-        return Err(sys_err("netlink send", std::io::Error::last_os_error()));
-    }
-    let mut reply = [0u8; 4096];
-    // SAFETY: reply is a writable buffer of its length.
-    let n = unsafe { libc::recv(sock.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-    if n < 0 {
-        return Err(sys_err("netlink recv", std::io::Error::last_os_error()));
-    }
-    // nlmsghdr (16 bytes) then struct nlmsgerr { int error; ... } for NLMSG_ERROR.
-    let ty = u16::from_ne_bytes([reply[4], reply[5]]);
-    if n < 20 || ty != libc::NLMSG_ERROR as u16 {
-        return Err(ProbeError::Unsupported(format!("netlink: unexpected reply type {ty}")));
-    }
-    let error = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
-    if error == 0 {
-        Ok(())
-    } else {
-        Err(sys_err("xdp attach (skb mode)", std::io::Error::from_raw_os_error(-error)))
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| sys_err("netlink socket", e))?;
+    socket.bind_auto().map_err(|e| sys_err("netlink bind", e))?;
+    socket.connect(&SocketAddr::new(0, 0)).map_err(|e| sys_err("netlink connect", e))?;
+    socket.send(&buf, 0).map_err(|e| sys_err("netlink send", e))?;
+    let (reply, _) = socket.recv_from_full().map_err(|e| sys_err("netlink recv", e))?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply)
+        .map_err(|e| ProbeError::Unsupported(format!("netlink: reply does not decode: {e}")))?;
+    match reply.payload {
+        NetlinkPayload::Error(e) if e.code.is_none() => Ok(()),
+        NetlinkPayload::Error(e) => Err(sys_err("xdp attach (skb mode)", e.to_io())),
+        other => Err(ProbeError::Unsupported(format!("netlink: unexpected reply {other:?}"))),
     }
 }
 
@@ -1236,6 +1211,31 @@ mod tests {
         });
         no_padding!(IdAttr { id, next_id });
         no_padding!(InfoAttr { bpf_fd, info_len, info });
+    }
+
+    /// The kernel's netlink answer comes back as its errno: a file that is no BPF program is
+    /// refused (EINVAL), in a private network namespace so no interface of the host is touched.
+    #[test]
+    fn netlink_set_xdp_returns_the_kernels_errno() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP netlink_set_xdp_returns_the_kernels_errno: needs root");
+            return;
+        }
+        let not_a_program = std::fs::File::open("/dev/null").expect("open /dev/null");
+        let fd = not_a_program.as_raw_fd();
+        let result = std::thread::scope(|s| {
+            s.spawn(move || {
+                // SAFETY: unshare only changes this thread's namespaces; the thread ends right after.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
+                netlink_set_xdp(1, fd, XDP_FLAGS_SKB_MODE)
+            })
+            .join()
+            .expect("probe thread")
+        });
+        let err = result.expect_err("/dev/null is no XDP program");
+        let ProbeError::Sys { ref source, .. } = err else { panic!("{err}") };
+        assert!(matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EBADF)), "{err}");
     }
 
     #[test]
