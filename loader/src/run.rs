@@ -49,11 +49,33 @@ pub struct RunOptions {
     /// Container and pod attribution (crate::attribution): at most this many pod and container
     /// cgroups remembered; None: off (events carry `cgroup_id` only).
     pub attribution: Option<usize>,
+    /// The CRI socket asked for pod and container names (tapio-cri); None: no names. Only with
+    /// `attribution`.
+    pub cri_socket: Option<PathBuf>,
 }
 
 // What the run reports for a monitor that did not start: kept in the runtime, beside
 // MonitorError, so the metrics need not import the run loop.
 pub use crate::monitors::MonitorFailure;
+
+/// Asks the runtime about the containers the attributor met since the last call, and gives the
+/// map the answers that have come (never waits: see tapio_cri::Resolver).
+fn name_containers(a: &mut crate::attribution::Attributor, cri: Option<&mut tapio_cri::Resolver>) {
+    let new = a.take_new_containers();
+    let Some(cri) = cri else { return };
+    for id in &new {
+        cri.ask(id);
+    }
+    for (id, names) in cri.answers() {
+        a.name(&id, |at| {
+            at.pod_name = names.pod_name.clone();
+            at.pod_namespace = names.pod_namespace.clone();
+            at.container_name = names.container_name.clone();
+            at.container_image = names.container_image.clone();
+            at.pod_labels = names.pod_labels.clone();
+        });
+    }
+}
 
 /// What [`load_all`] started: the monitors that loaded and why the others did not.
 #[derive(Default)]
@@ -248,6 +270,26 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             Err(e) => warn!("attribution: {e}"),
         }
     }
+    // CRI names: asked once per new container id on a task of their own; an event goes out with
+    // what is known when it is written and never waits for the runtime (docs/operations.md).
+    let mut cri = match (attributor.as_ref(), options.cri_socket.as_ref()) {
+        (Some(_), Some(socket)) => match tapio_cri::Resolver::spawn(socket, tapio_cri::DEFAULT_CAPACITY) {
+            Ok(r) => {
+                info!(socket = %socket.display(), "attribution: pod and container names from the CRI runtime");
+                let _ = counters.cri.set(r.stats());
+                Some(r)
+            }
+            Err(e) => {
+                warn!("attribution: {e}; no pod or container names");
+                None
+            }
+        },
+        (Some(_), None) => {
+            info!("attribution: no CRI socket (none found, or `cri_socket = \"off\"`); no pod or container names");
+            None
+        }
+        _ => None,
+    };
     // --- end attribution ---
     // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
     let pinned: Vec<crate::pin::PinnedProgram> = adopted.iter().flatten().flat_map(|a| a.programs.iter().cloned()).collect();
@@ -377,6 +419,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 dns.advance(crate::dns::monotonic_ns(), &mut ordered);
                 let mut released: Vec<_> = ordered.drain(..).collect();
                 if let Some(a) = attributor.as_mut() {
+                    name_containers(a, cri.as_mut());
                     released.iter_mut().for_each(|event| a.annotate(event));
                 }
                 if !released.is_empty() {
@@ -428,6 +471,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         // attribution: after the whole pass, so the announcement of a cgroup drained later in
         // the pass than its first event's record (another ring) is applied all the same.
         if let Some(a) = attributor.as_mut() {
+            name_containers(a, cri.as_mut());
             for event in out.iter_mut() {
                 a.annotate(event);
             }
@@ -444,8 +488,10 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     dns.flush(crate::dns::monotonic_ns(), &mut ordered);
     let mut last: Vec<_> = ordered.drain(..).collect();
     if let Some(a) = attributor.as_mut() {
+        name_containers(a, cri.as_mut());
         last.iter_mut().for_each(|event| a.annotate(event));
     }
+    drop(cri);
     if !last.is_empty() {
         sink.send(last).map_err(|e| output_failed(e, &output_name))?;
     }

@@ -51,17 +51,23 @@ pub struct Attributor {
     order: VecDeque<u64>,
     capacity: usize,
     stats: Stats,
+    /// Container ids seen for the first time since [`Attributor::take_new_containers`] (for
+    /// the CRI lookup, which asks about each once).
+    new_containers: Vec<String>,
 }
 
 impl Attributor {
     pub fn new(capacity: usize) -> Self {
-        Self { by_id: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), stats: Stats::default() }
+        Self { by_id: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), stats: Stats::default(), new_containers: Vec::new() }
     }
 
     /// Records what `path` says about cgroup `id`; a host cgroup is not kept. Returns whether
     /// the cgroup is a pod's or a container's.
     pub fn insert(&mut self, id: u64, path: &str) -> bool {
         let Some(parsed) = parse::parse(path) else { return false };
+        if let Some(container) = &parsed.container_id {
+            self.new_containers.push(container.clone());
+        }
         if self.by_id.insert(id, Arc::new(parsed.into())).is_none() {
             self.order.push_back(id);
             while self.order.len() > self.capacity {
@@ -124,6 +130,25 @@ impl Attributor {
         }
         self.stats.scanned += found;
         found
+    }
+
+    /// The container ids recorded since the last call, for the runtime to be asked about.
+    pub fn take_new_containers(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.new_containers)
+    }
+
+    /// Gives every cgroup of container `container_id` what `name` sets (the runtime's names):
+    /// events annotated from now on carry them. Returns how many cgroups were updated. Linear in
+    /// the map's size, once per container answered, never per event.
+    pub fn name(&mut self, container_id: &str, name: impl Fn(&mut Attribution)) -> usize {
+        let mut updated = 0;
+        for a in self.by_id.values_mut() {
+            if a.container_id.as_deref() == Some(container_id) {
+                name(Arc::make_mut(a));
+                updated += 1;
+            }
+        }
+        updated
     }
 
     pub fn stats(&self) -> Stats {
