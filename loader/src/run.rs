@@ -77,6 +77,56 @@ fn name_containers(a: &mut crate::attribution::Attributor, cri: Option<&mut tapi
     }
 }
 
+/// An event of a container whose CRI names are on their way waits at most this long for them.
+/// A healthy runtime answers in a few milliseconds; past the bound the batch goes out with what
+/// is known (its later events carry the names).
+const NAME_HOLD: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often held batches are looked at while there are any.
+const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A batch waiting for names.
+struct Held {
+    deadline: tokio::time::Instant,
+    events: Vec<events::Event>,
+}
+
+/// Holds `batch` while one of its events is of a container whose names are being asked for (at
+/// most [`NAME_HOLD`]); returns what may go out now, in order: batches behind a held one wait
+/// behind it. `all`: release everything (the run ends). Without a CRI socket, or with no lookup
+/// in flight and nothing held, the batch passes straight through.
+fn hold_for_names(
+    a: &mut crate::attribution::Attributor,
+    cri: Option<&tapio_cri::Resolver>,
+    held: &mut std::collections::VecDeque<Held>,
+    batch: Vec<events::Event>,
+    all: bool,
+) -> Vec<events::Event> {
+    let Some(cri) = cri else { return batch };
+    if held.is_empty() && (cri.in_flight() == 0 || all) {
+        return batch;
+    }
+    let waiting = |events: &[events::Event]| {
+        events.iter().any(|e| e.container.as_ref().and_then(|c| c.container_id.as_deref()).is_some_and(|id| cri.pending(id)))
+    };
+    if !batch.is_empty() {
+        if held.is_empty() && !waiting(&batch) {
+            return batch;
+        }
+        held.push_back(Held { deadline: tokio::time::Instant::now() + NAME_HOLD, events: batch });
+    }
+    let now = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    while let Some(front) = held.front() {
+        if !all && front.deadline > now && waiting(&front.events) {
+            break;
+        }
+        let mut events = held.pop_front().map(|h| h.events).unwrap_or_default();
+        events.iter_mut().for_each(|e| a.refresh(e));
+        out.append(&mut events);
+    }
+    out
+}
+
 /// What [`load_all`] started: the monitors that loaded and why the others did not.
 #[derive(Default)]
 pub struct Started {
@@ -355,6 +405,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
 
     let mut summary = RunSummary::default();
     let mut stopping = false;
+    // Batches held for a container's CRI names (see `hold_for_names`), oldest first.
+    let mut held: std::collections::VecDeque<Held> = std::collections::VecDeque::new();
     // dns: events are put in kernel time order, then responses matched to queries; a periodic
     // tick reports the queries whose window ran out as `timeout` events (see crate::dns::order).
     let dns_on = options.monitors.iter().any(|m| m.name == "dns");
@@ -421,6 +473,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 if let Some(a) = attributor.as_mut() {
                     name_containers(a, cri.as_mut());
                     released.iter_mut().for_each(|event| a.annotate(event));
+                    released = hold_for_names(a, cri.as_ref(), &mut held, released, false);
                 }
                 if !released.is_empty() {
                     sink.send(released).map_err(|e| output_failed(e, &output_name))?;
@@ -428,6 +481,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
             }
             ready = streamer.ready() => ready.map_err(RunError::Reactor)?,
+            // attribution: a held batch is looked at again soon (its names, or its deadline).
+            _ = tokio::time::sleep(HOLD_POLL), if !held.is_empty() => {}
         }
         // Whatever woke the loop, take what is waiting (cheap when nothing is: two positions per
         // buffer are compared); on a stop signal this is the last pass. Records are decoded here
@@ -475,6 +530,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             for event in out.iter_mut() {
                 a.annotate(event);
             }
+            out = hold_for_names(a, cri.as_ref(), &mut held, out, stopping);
         }
         if !out.is_empty() {
             sink.send(out).map_err(|e| output_failed(e, &output_name))?;
@@ -490,6 +546,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     if let Some(a) = attributor.as_mut() {
         name_containers(a, cri.as_mut());
         last.iter_mut().for_each(|event| a.annotate(event));
+        last = hold_for_names(a, cri.as_ref(), &mut held, last, true);
     }
     drop(cri);
     if !last.is_empty() {

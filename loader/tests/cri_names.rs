@@ -359,7 +359,7 @@ fn containerd_pod_events_carry_pod_and_container_names() {
     let uid = format!("{:08x}-7a91-4c3e-8d2f-{:012x}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_micros() as u64 & 0xffff_ffff_ffff);
     let _cgroups = PodCgroups::new(&format!("kubepods/besteffort/pod{uid}"));
     let _serial = kernel_lock();
-    let config = std::env::temp_dir().join(format!("tapio-cri-{}.toml", std::process::id()));
+    let config = dir.path().join("tapio.toml");
     std::fs::write(&config, format!("monitors = [\"process\"]\nmetrics_address = \"off\"\ncri_socket = \"{}\"\n", containerd.socket.display())).unwrap();
     let loader = Loader::start(&["--config", config.to_str().unwrap()]);
 
@@ -397,7 +397,6 @@ fn containerd_pod_events_carry_pod_and_container_names() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let (rest, stderr, status) = loader.finish();
-    let _ = std::fs::remove_file(&config);
     stop.unwrap_or_else(|e| fail("tearing the pod down", &e));
     assert!(status.success(), "tapio-load exits 0: {status}; stderr:\n{stderr}");
     seen.extend(rest);
@@ -417,7 +416,16 @@ fn containerd_pod_events_carry_pod_and_container_names() {
     assert_eq!(e["qos"], "besteffort", "{e}");
     assert_eq!(e["container_runtime"], "cri", "kubelet's cgroupfs layout names no runtime: {e}");
     let unnamed = mine.iter().filter(|e| e.get("pod_name").is_none()).count();
-    println!("container {id}: {} events, {unnamed} before the runtime's answer", mine.len());
+    println!("container {id}: {} events, {unnamed} without names", mine.len());
+    // The container's first exec (runc's init becoming `/hello loop`) waited for the answer
+    // (the run loop holds a batch up to 250 ms for a lookup in flight) rather than going out
+    // without names.
+    let first = mine
+        .iter()
+        .find(|e| e["event"] == "exec" && e["argv"] == serde_json::json!(["/hello", "loop"]))
+        .unwrap_or_else(|| panic!("no exec of the container's entrypoint: {mine:?}"));
+    assert_eq!(first["pod_name"], POD, "the entrypoint's exec is named: {first}");
+    assert_eq!(first["container_name"], CONTAINER, "{first}");
 
     // The sandbox's own cgroup (the pause process): the pod's names, no container name.
     let pause: Vec<&Value> = seen.iter().filter(|e| e["container_id"] == sandbox.as_str()).collect();

@@ -228,28 +228,37 @@ impl PodCache {
 /// The resolver's counters, for the metrics (`tapio_cri_*`).
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Lookups made (one per new container id).
+    /// Lookups made (one per new container id, and per retry of one not listed yet).
     pub lookups: AtomicU64,
     /// Ids asked again that the cache answered without a call.
     pub cache_hits: AtomicU64,
     /// Lookups that failed (the runtime unreachable or erring, or the queue full).
     pub failures: AtomicU64,
-    /// Lookups the runtime answered "no such container" (a container of another runtime, or
-    /// one already removed).
+    /// Ids the runtime still did not know after every attempt (a container of another runtime,
+    /// or one already removed).
     pub unknown: AtomicU64,
 }
 
+/// Attempts at most for an id the runtime does not know yet: a sandbox's cgroup (its pause
+/// process) is made while RunPodSandbox runs, before containerd lists the sandbox, so the first
+/// answer about it is "not found". Retried after 100, 200, 400 and 800 ms.
+const ATTEMPTS: u32 = 5;
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+
 /// Asks the runtime about new container ids on a task of its own and hands the answers back.
 /// The caller never waits on gRPC: [`Resolver::ask`] queues, [`Resolver::answers`] takes what
-/// has come.
+/// has come, [`Resolver::pending`] says whether an answer is still on its way.
 pub struct Resolver {
     socket: PathBuf,
     /// Ids asked (answered or not yet), oldest first, bounded: each id is asked once.
     asked: HashSet<String>,
     order: VecDeque<String>,
     capacity: usize,
-    requests: mpsc::Sender<String>,
-    answers: mpsc::UnboundedReceiver<(String, Names)>,
+    /// Ids asked whose final answer has not come back yet.
+    in_flight: HashSet<String>,
+    requests: mpsc::Sender<(String, u32)>,
+    /// (id, names); None: the runtime gave none (unknown after every attempt, or a failure).
+    answers: mpsc::UnboundedReceiver<(String, Option<Names>)>,
     stats: Arc<Stats>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -258,28 +267,40 @@ impl Resolver {
     /// Starts the lookup task on the current tokio runtime, for the socket at `socket`.
     pub fn spawn(socket: &Path, capacity: usize) -> Result<Self, CriError> {
         let mut client = Client::new(socket)?;
-        let (requests, mut queue) = mpsc::channel::<String>(QUEUE);
+        let (requests, mut queue) = mpsc::channel::<(String, u32)>(QUEUE);
+        let retry = requests.clone();
         let (reply, answers) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let counters = stats.clone();
         let task = tokio::spawn(async move {
             let mut pods = PodCache::default();
-            while let Some(id) = queue.recv().await {
+            while let Some((id, attempt)) = queue.recv().await {
                 counters.lookups.fetch_add(1, Ordering::Relaxed);
-                match client.names_cached(&id, &mut pods).await {
-                    Ok(Some(names)) => {
-                        if reply.send((id, names)).is_err() {
-                            return;
-                        }
+                let answer = match client.names_cached(&id, &mut pods).await {
+                    Ok(Some(names)) => Some(names),
+                    Ok(None) if attempt + 1 < ATTEMPTS => {
+                        // Not listed yet (a sandbox being made): ask again a little later,
+                        // without holding up the ids queued behind it.
+                        let retry = retry.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(RETRY_FIRST * 2u32.pow(attempt)).await;
+                            let _ = retry.try_send((id, attempt + 1));
+                        });
+                        continue;
                     }
                     Ok(None) => {
                         counters.unknown.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(container_id = %id, "cri: the runtime knows no such container");
+                        None
                     }
                     Err(e) => {
                         counters.failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(container_id = %id, "{e}");
+                        None
                     }
+                };
+                if reply.send((id, answer)).is_err() {
+                    return;
                 }
             }
         });
@@ -288,6 +309,7 @@ impl Resolver {
             asked: HashSet::new(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
+            in_flight: HashSet::new(),
             requests,
             answers,
             stats,
@@ -305,12 +327,13 @@ impl Resolver {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if self.requests.try_send(id.to_owned()).is_err() {
+        if self.requests.try_send((id.to_owned(), 0)).is_err() {
             // Full (or the task gone): not remembered, so a later sighting asks again.
             self.stats.failures.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.asked.insert(id.to_owned());
+        self.in_flight.insert(id.to_owned());
         self.order.push_back(id.to_owned());
         while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
@@ -319,18 +342,27 @@ impl Resolver {
         }
     }
 
-    /// The answers that have come since the last call: (container id, names).
-    pub fn answers(&mut self) -> Vec<(String, Names)> {
-        let mut out = Vec::new();
-        while let Ok(answer) = self.answers.try_recv() {
-            out.push(answer);
-        }
-        out
+    /// Whether the answer about `id` is still on its way (asked, not yet answered).
+    pub fn pending(&self, id: &str) -> bool {
+        self.in_flight.contains(id)
     }
 
-    /// Waits for the next answer (for a `select!` branch). None: the task is gone.
-    pub async fn next(&mut self) -> Option<(String, Names)> {
-        self.answers.recv().await
+    /// Ids asked and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The names that have come since the last call: (container id, names). Ids the runtime
+    /// had no names for are no longer [`Resolver::pending`] either.
+    pub fn answers(&mut self) -> Vec<(String, Names)> {
+        let mut out = Vec::new();
+        while let Ok((id, answer)) = self.answers.try_recv() {
+            self.in_flight.remove(&id);
+            if let Some(names) = answer {
+                out.push((id, names));
+            }
+        }
+        out
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -368,6 +400,9 @@ mod tests {
         }
         assert_eq!(stats.lookups.load(Ordering::Relaxed), 1);
         assert_eq!(stats.cache_hits.load(Ordering::Relaxed), 1);
-        assert!(r.answers().is_empty());
+        while r.pending("a") {
+            assert!(r.answers().is_empty());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -103,6 +103,16 @@ impl Attributor {
         }
     }
 
+    /// Gives an annotated `event` what its cgroup's entry says now (names that came after it was
+    /// annotated); not counted again.
+    pub fn refresh(&self, event: &mut Event) {
+        if event.container.is_some() {
+            if let Some(a) = self.by_id.get(&event.cgroup_id) {
+                event.container = Some(a.clone());
+            }
+        }
+    }
+
     /// Walks the v2 hierarchy mounted at `root` and records every pod and container cgroup in it.
     /// Unreadable directories are skipped (a cgroup removed during the walk). Returns how many
     /// were recorded.
