@@ -323,17 +323,12 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     // CRI names: asked once per new container id on a task of their own; an event goes out with
     // what is known when it is written and never waits for the runtime (docs/operations.md).
     let mut cri = match (attributor.as_ref(), options.cri_socket.as_ref()) {
-        (Some(_), Some(socket)) => match tapio_cri::Resolver::spawn(socket, tapio_cri::DEFAULT_CAPACITY) {
-            Ok(r) => {
-                info!(socket = %socket.display(), "attribution: pod and container names from the CRI runtime");
-                let _ = counters.cri.set(r.stats());
-                Some(r)
-            }
-            Err(e) => {
-                warn!("attribution: {e}; no pod or container names");
-                None
-            }
-        },
+        (Some(_), Some(socket)) => {
+            let r = tapio_cri::Resolver::spawn(socket, tapio_cri::DEFAULT_CAPACITY);
+            info!(socket = %socket.display(), "attribution: pod and container names from the CRI runtime");
+            let _ = counters.cri.set(r.stats());
+            Some(r)
+        }
         (Some(_), None) => {
             info!("attribution: no CRI socket (none found, or `cri_socket = \"off\"`); no pod or container names");
             None

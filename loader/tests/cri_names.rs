@@ -117,6 +117,9 @@ fn image_tarball(dir: &Path) -> Result<PathBuf, String> {
 struct Containerd {
     child: Child,
     socket: PathBuf,
+    /// Whether /run/containerd was there before: the shim makes /run/containerd/s whatever the
+    /// configuration says (containerd 1.6 hard-codes it), and the test removes what it made.
+    run_dir_existed: bool,
 }
 
 impl Containerd {
@@ -167,6 +170,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 "#
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
+        let run_dir_existed = Path::new("/run/containerd").exists();
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
         let child = Command::new("containerd")
             .arg("--config")
@@ -177,16 +181,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             .stderr(log)
             .spawn()
             .expect("spawn containerd");
-        Self { child, socket: dir.join("containerd.sock") }
+        Self { child, socket: dir.join("containerd.sock"), run_dir_existed }
     }
 
-    fn ctr(&self, args: &[&str]) -> Result<String, String> {
-        run(Command::new("ctr").arg("-a").arg(&self.socket).args(["-n", "k8s.io"]).args(args))
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
+    /// SIGTERM, then SIGKILL after 10 s.
+    fn stop(&mut self) {
         // SAFETY: signalling our own child, not yet waited for.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -198,6 +197,22 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    fn ctr(&self, args: &[&str]) -> Result<String, String> {
+        run(Command::new("ctr").arg("-a").arg(&self.socket).args(["-n", "k8s.io"]).args(args))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+        if !self.run_dir_existed {
+            // Only empty directories go: a containerd started meanwhile keeps its own.
+            for dir in ["/run/containerd/s", "/run/containerd/fifo", "/run/containerd"] {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }
 
@@ -350,7 +365,7 @@ fn containerd_pod_events_carry_pod_and_container_names() {
     let log = dir.path().join("containerd.log");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _in_runtime = rt.enter(); // the client's connection lives on this runtime
-    let mut client = tapio_cri::Client::new(&containerd.socket).unwrap();
+    let mut client = tapio_cri::Client::new(&containerd.socket);
     rt.block_on(wait_ready(&mut client, &log));
     containerd
         .ctr(&["images", "import", "--snapshotter", "native", tarball.to_str().unwrap()])

@@ -73,15 +73,9 @@ pub struct Names {
     pub pod_labels: BTreeMap<String, String>,
 }
 
-/// A failed CRI call.
+/// A failed CRI call (a connection that cannot be made shows here too: the client connects lazily).
 #[derive(Debug, Error)]
 pub enum CriError {
-    #[error("cri {socket}: connect: {source}")]
-    Connect {
-        socket: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
     #[error("cri: {call} {id}: {source}")]
     Call {
         call: &'static str,
@@ -105,7 +99,7 @@ impl Client {
     /// A client of the socket at `path`. The connection is made at the first call (and again
     /// after the runtime restarts), so a runtime that is not up yet is not an error here. Call
     /// it within a tokio runtime: the connection's task is spawned on it.
-    pub fn new(path: &Path) -> Result<Self, CriError> {
+    pub fn new(path: &Path) -> Self {
         let socket = path.to_path_buf();
         // The URI is required by the HTTP/2 layer and never dialled: the connector below is.
         let endpoint = Endpoint::from_static("http://localhost").connect_timeout(CALL_TIMEOUT).timeout(CALL_TIMEOUT);
@@ -113,7 +107,7 @@ impl Client {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
         }));
-        Ok(Self { inner: RuntimeServiceClient::new(channel) })
+        Self { inner: RuntimeServiceClient::new(channel) }
     }
 
     /// The generated client, for calls beyond the names (the tests run pods with it).
@@ -265,8 +259,8 @@ pub struct Resolver {
 
 impl Resolver {
     /// Starts the lookup task on the current tokio runtime, for the socket at `socket`.
-    pub fn spawn(socket: &Path, capacity: usize) -> Result<Self, CriError> {
-        let mut client = Client::new(socket)?;
+    pub fn spawn(socket: &Path, capacity: usize) -> Self {
+        let mut client = Client::new(socket);
         let (requests, mut queue) = mpsc::channel::<(String, u32)>(QUEUE);
         let retry = requests.clone();
         let (reply, answers) = mpsc::unbounded_channel();
@@ -304,7 +298,7 @@ impl Resolver {
                 }
             }
         });
-        Ok(Self {
+        Self {
             socket: socket.to_path_buf(),
             asked: HashSet::new(),
             order: VecDeque::new(),
@@ -314,7 +308,7 @@ impl Resolver {
             answers,
             stats,
             task,
-        })
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -389,7 +383,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_runtime_that_is_not_there_is_a_failure_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = Resolver::spawn(&dir.path().join("absent.sock"), 4).unwrap();
+        let mut r = Resolver::spawn(&dir.path().join("absent.sock"), 4);
         r.ask("a");
         r.ask("a");
         let stats = r.stats();

@@ -191,7 +191,7 @@ mod tests {
         host.cgroup_id = 1;
         a.annotate(&mut host);
         let json = serde_json::to_value(&host).unwrap();
-        for field in ["container_id", "container_runtime", "pod_uid", "qos"] {
+        for field in ["container_id", "container_runtime", "pod_uid", "qos", "pod_name", "pod_namespace", "container_name", "container_image", "pod_labels"] {
             assert!(json.get(field).is_none(), "{field} on a host event: {json}");
         }
         let mut inside = host.clone();
@@ -201,6 +201,45 @@ mod tests {
         assert_eq!(json["container_id"], ID);
         assert_eq!(json["container_runtime"], "docker");
         assert!(json.get("pod_uid").is_none(), "{json}");
+    }
+
+    #[test]
+    fn runtime_names_reach_the_container_s_events_and_no_other() {
+        let mut a = Attributor::new(8);
+        let uid = "7f3c9a2e-1b4d-4e8f-9a6b-0c1d2e3f4a5b";
+        assert!(a.insert(1, &format!("/kubepods/besteffort/pod{uid}/{ID}")));
+        assert!(a.insert(2, &format!("/kubepods/besteffort/pod{uid}")));
+        assert_eq!(a.take_new_containers(), vec![ID.to_owned()], "only container cgroups are asked about");
+        assert!(a.take_new_containers().is_empty());
+        let mut e = crate::events::dns::test_event("query", 1, 1, 1);
+        e.cgroup_id = 1;
+        a.annotate(&mut e);
+        let before = serde_json::to_value(&e).unwrap();
+        for field in ["pod_name", "pod_namespace", "container_name", "container_image", "pod_labels"] {
+            assert!(before.get(field).is_none(), "{field} before the runtime answered: {before}");
+        }
+        let named = a.name(ID, |at| {
+            at.pod_name = Some("web-0".into());
+            at.pod_namespace = Some("shop".into());
+            at.container_name = Some("nginx".into());
+            at.container_image = Some("nginx:1.27".into());
+            at.pod_labels.insert("app".into(), "web".into());
+        });
+        assert_eq!(named, 1, "the pod's own cgroup has no container id");
+        a.refresh(&mut e);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["pod_name"], "web-0");
+        assert_eq!(json["pod_namespace"], "shop");
+        assert_eq!(json["container_name"], "nginx");
+        assert_eq!(json["container_image"], "nginx:1.27");
+        assert_eq!(json["pod_labels"], serde_json::json!({"app": "web"}));
+        assert_eq!(json["container_id"], ID);
+        assert_eq!(a.stats().attributed, 1, "a refresh is not counted again");
+        let mut host = crate::events::dns::test_event("query", 1, 1, 1);
+        host.cgroup_id = 99;
+        a.annotate(&mut host);
+        a.refresh(&mut host);
+        assert!(host.container.is_none());
     }
 
     #[test]
