@@ -65,7 +65,11 @@ impl Attributor {
     /// the cgroup is a pod's or a container's.
     pub fn insert(&mut self, id: u64, path: &str) -> bool {
         let Some(parsed) = parse::parse(path) else { return false };
-        if let Some(container) = &parsed.container_id {
+        // Only a CRI runtime's containers are asked about: a pod's (any runtime kubelet drives,
+        // cri-dockerd's docker included) or one of containerd's or CRI-O's. Plain docker and
+        // podman know no CRI, and asking would only hold their events for nothing.
+        let cri = parsed.pod_uid.is_some() || matches!(parsed.runtime, Some(Runtime::Containerd | Runtime::CriO | Runtime::Cri));
+        if let (Some(container), true) = (&parsed.container_id, cri) {
             self.new_containers.push(container.clone());
         }
         if self.by_id.insert(id, Arc::new(parsed.into())).is_none() {
@@ -209,7 +213,8 @@ mod tests {
         let uid = "7f3c9a2e-1b4d-4e8f-9a6b-0c1d2e3f4a5b";
         assert!(a.insert(1, &format!("/kubepods/besteffort/pod{uid}/{ID}")));
         assert!(a.insert(2, &format!("/kubepods/besteffort/pod{uid}")));
-        assert_eq!(a.take_new_containers(), vec![ID.to_owned()], "only container cgroups are asked about");
+        assert!(a.insert(3, &format!("/libpod_parent/libpod-{}", "b".repeat(64))));
+        assert_eq!(a.take_new_containers(), vec![ID.to_owned()], "only CRI containers are asked about, not pods or podman's");
         assert!(a.take_new_containers().is_empty());
         let mut e = crate::events::dns::test_event("query", 1, 1, 1);
         e.cgroup_id = 1;
