@@ -20,6 +20,11 @@ declare -A PKGS=(
   [podman]=podman
   [runc]=runc
   [gcc]=gcc
+  # A real containerd (its CRI plugin) for the pod and container name test; protoc builds the CRI
+  # API bindings (k8s-cri's build script); busybox-static is the tiny static image of that test.
+  [containerd]=containerd
+  [protoc]=protobuf-compiler
+  [busybox]=busybox-static
 )
 
 missing=()

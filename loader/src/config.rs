@@ -111,6 +111,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "pin_path", kind: Kind::String, default: "-", flag: Some("--pin-path"), example: "\"/sys/fs/bpf/tapio\"", doc: "bpffs directory where links and maps are pinned so programs stay attached across restarts; a start that finds pins there adopts them. Unset: nothing outlives the loader." },
     KeyDoc { key: "strict", kind: Kind::Boolean, default: "false", flag: Some("--strict"), example: "true", doc: "A monitor that fails to load or attach stops the loader (exit 1). Unset: the loader runs the monitors that did load, reports each failure with the kernel's reason (log, `/healthz`, `tapio_monitor_failed`) and exits only when none loaded." },
     KeyDoc { key: "in_container_fallback", kind: Kind::Boolean, default: "false", flag: None, example: "true", doc: "Before 6.18 the security monitor's `in_container` compares each mount namespace with pid 1's, read from `/proc/1/ns/mnt` (needs CAP_SYS_PTRACE in a container). Unset, an unreadable reference fails the security monitor with the reason; true, it runs and decides `in_container` by the pid namespace alone. 6.18+ has a fixed reference and never needs it." },
+    KeyDoc { key: "cri_socket", kind: Kind::String, default: "-", flag: None, example: "\"/run/k3s/containerd/containerd.sock\"", doc: "The node's CRI runtime socket, asked once per new container for its pod name, namespace, container name and image (`pod_name`, `pod_namespace`, `container_name`, `container_image`, `pod_labels`). Unset: the first socket found of /run/containerd/containerd.sock, /run/crio/crio.sock and the same under /var/run; none found, events carry no names. `off`: never asked." },
     KeyDoc { key: "sampling", kind: Kind::RateTable, default: "{}", flag: None, example: "{ advanced = 0.5 }", doc: "Fraction of events kept, 0.0-1.0 (1.0 when absent), per monitor that samples: only `advanced` does (in the kernel, before the buffer); a rate for another monitor is refused, since nothing would read it." },
     KeyDoc { key: "syscall_sampling", kind: Kind::SyscallRateTable, default: "{}", flag: None, example: "{ read = 0.1, write = 0.5 }", doc: "The advanced monitor's kept fraction per watched syscall (`read`, `write`, `openat`, `close`), 0.0-1.0, overriding `sampling.advanced` for that syscall. Reloaded live." },
     KeyDoc { key: "dedup_window_ms", kind: Kind::Integer, default: "0", flag: None, example: "500", doc: "The advanced monitor reports identical events within this window once (with a suppressed count); 0 disables. At most 60000. Reloaded live." },
@@ -137,6 +138,7 @@ pub struct Partial {
     pub pin_path: Option<PathBuf>,
     pub strict: Option<bool>,
     pub in_container_fallback: Option<bool>,
+    pub cri_socket: Option<String>,
     pub sampling: Option<BTreeMap<String, f64>>,
     pub syscall_sampling: Option<BTreeMap<String, f64>>,
     pub dedup_window_ms: Option<i64>,
@@ -174,6 +176,7 @@ impl Partial {
             pin_path: over.pin_path.or(self.pin_path),
             strict: over.strict.or(self.strict),
             in_container_fallback: over.in_container_fallback.or(self.in_container_fallback),
+            cri_socket: over.cri_socket.or(self.cri_socket),
             sampling,
             syscall_sampling,
             dedup_window_ms: over.dedup_window_ms.or(self.dedup_window_ms),
@@ -181,6 +184,16 @@ impl Partial {
             flush_interval_ms: over.flush_interval_ms.or(self.flush_interval_ms),
         }
     }
+}
+
+/// Which CRI socket names the containers (the `cri_socket` key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CriSocket {
+    /// The first of tapio-cri's default sockets that exists.
+    Probe,
+    /// Never asked: events carry no names.
+    Off,
+    Path(PathBuf),
 }
 
 /// Where events are written.
@@ -216,6 +229,8 @@ pub struct Config {
     pub strict: bool,
     /// See the `in_container_fallback` key.
     pub in_container_fallback: bool,
+    /// See the `cri_socket` key.
+    pub cri_socket: CriSocket,
     pub sampling: BTreeMap<String, f64>,
     /// The advanced monitor's rate per watched syscall, by name.
     pub syscall_sampling: BTreeMap<String, f64>,
@@ -365,6 +380,12 @@ impl Config {
             },
             strict: p.strict.unwrap_or(false),
             in_container_fallback: p.in_container_fallback.unwrap_or(false),
+            cri_socket: match p.cri_socket.as_deref() {
+                None => CriSocket::Probe,
+                Some("off") => CriSocket::Off,
+                Some("") => return Err(invalid("cri_socket", "a socket path or `off`", "an empty string")),
+                Some(path) => CriSocket::Path(PathBuf::from(path)),
+            },
             sampling,
             syscall_sampling,
             dedup_window_ms: in_range("dedup_window_ms", p.dedup_window_ms, 0, 0, 60_000)? as u64,
@@ -692,6 +713,18 @@ mod tests {
     }
 
     /// The security monitor's fallback is an explicit choice: off unless a layer sets it.
+    #[test]
+    fn cri_socket_is_probed_unless_set_or_off() {
+        let env = |v: &str| [("TAPIO_CRI_SOCKET".to_owned(), v.to_owned())];
+        assert_eq!(resolve(None, Vec::new(), Partial::default()).unwrap().cri_socket, CriSocket::Probe);
+        assert_eq!(resolve(None, env("off"), Partial::default()).unwrap().cri_socket, CriSocket::Off);
+        assert_eq!(
+            resolve(None, env("/run/k3s/containerd/containerd.sock"), Partial::default()).unwrap().cri_socket,
+            CriSocket::Path("/run/k3s/containerd/containerd.sock".into())
+        );
+        assert!(resolve(None, env(""), Partial::default()).is_err(), "an empty path is refused");
+    }
+
     #[test]
     fn in_container_fallback_is_off_unless_set() {
         let c = resolve(None, Vec::new(), Partial::default()).expect("defaults resolve");

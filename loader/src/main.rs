@@ -372,6 +372,11 @@ fn real_main(cli: Cli) -> Result<()> {
                 pin_path: c.pin_path.clone(),
                 strict: c.strict,
                 attribution: Some(tapio_decode::attribution::DEFAULT_CAPACITY),
+                cri_socket: match &c.cri_socket {
+                    tapio_load::config::CriSocket::Probe => tapio_cri::probe_socket(),
+                    tapio_load::config::CriSocket::Off => None,
+                    tapio_load::config::CriSocket::Path(p) => Some(p.clone()),
+                },
                 output_queue_events: c.output_queue_events,
                 monitors: c.monitors,
             })

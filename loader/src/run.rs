@@ -49,11 +49,83 @@ pub struct RunOptions {
     /// Container and pod attribution (crate::attribution): at most this many pod and container
     /// cgroups remembered; None: off (events carry `cgroup_id` only).
     pub attribution: Option<usize>,
+    /// The CRI socket asked for pod and container names (tapio-cri); None: no names. Only with
+    /// `attribution`.
+    pub cri_socket: Option<PathBuf>,
 }
 
 // What the run reports for a monitor that did not start: kept in the runtime, beside
 // MonitorError, so the metrics need not import the run loop.
 pub use crate::monitors::MonitorFailure;
+
+/// Asks the runtime about the containers the attributor met since the last call, and gives the
+/// map the answers that have come (never waits: see tapio_cri::Resolver).
+fn name_containers(a: &mut crate::attribution::Attributor, cri: Option<&mut tapio_cri::Resolver>) {
+    let new = a.take_new_containers();
+    let Some(cri) = cri else { return };
+    for id in &new {
+        cri.ask(id);
+    }
+    for (id, names) in cri.answers() {
+        a.name(&id, |at| {
+            at.pod_name = names.pod_name.clone();
+            at.pod_namespace = names.pod_namespace.clone();
+            at.container_name = names.container_name.clone();
+            at.container_image = names.container_image.clone();
+            at.pod_labels = names.pod_labels.clone();
+        });
+    }
+}
+
+/// An event of a container whose CRI names are on their way waits at most this long for them.
+/// A healthy runtime answers in a few milliseconds; past the bound the batch goes out with what
+/// is known (its later events carry the names).
+const NAME_HOLD: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often held batches are looked at while there are any.
+const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A batch waiting for names.
+struct Held {
+    deadline: tokio::time::Instant,
+    events: Vec<events::Event>,
+}
+
+/// Holds `batch` while one of its events is of a container whose names are being asked for (at
+/// most [`NAME_HOLD`]); returns what may go out now, in order: batches behind a held one wait
+/// behind it. `all`: release everything (the run ends). Without a CRI socket, or with no lookup
+/// in flight and nothing held, the batch passes straight through.
+fn hold_for_names(
+    a: &mut crate::attribution::Attributor,
+    cri: Option<&tapio_cri::Resolver>,
+    held: &mut std::collections::VecDeque<Held>,
+    batch: Vec<events::Event>,
+    all: bool,
+) -> Vec<events::Event> {
+    let Some(cri) = cri else { return batch };
+    if held.is_empty() && (cri.in_flight() == 0 || all) {
+        return batch;
+    }
+    let waiting = |events: &[events::Event]| {
+        events.iter().any(|e| e.container.as_ref().and_then(|c| c.container_id.as_deref()).is_some_and(|id| cri.pending(id)))
+    };
+    if !batch.is_empty() {
+        if held.is_empty() && !waiting(&batch) {
+            return batch;
+        }
+        held.push_back(Held { deadline: tokio::time::Instant::now() + NAME_HOLD, events: batch });
+    }
+    let now = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    while let Some(front) = held.front() {
+        if !all && front.deadline > now && waiting(&front.events) {
+            break;
+        }
+        let mut events = held.pop_front().map(|h| h.events).unwrap_or_default();
+        events.iter_mut().for_each(|e| a.refresh(e));
+        out.append(&mut events);
+    }
+    out
+}
 
 /// What [`load_all`] started: the monitors that loaded and why the others did not.
 #[derive(Default)]
@@ -248,6 +320,21 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             Err(e) => warn!("attribution: {e}"),
         }
     }
+    // CRI names: asked once per new container id on a task of their own; an event goes out with
+    // what is known when it is written and never waits for the runtime (docs/operations.md).
+    let mut cri = match (attributor.as_ref(), options.cri_socket.as_ref()) {
+        (Some(_), Some(socket)) => {
+            let r = tapio_cri::Resolver::spawn(socket, tapio_cri::DEFAULT_CAPACITY);
+            info!(socket = %socket.display(), "attribution: pod and container names from the CRI runtime");
+            let _ = counters.cri.set(r.stats());
+            Some(r)
+        }
+        (Some(_), None) => {
+            info!("attribution: no CRI socket (none found, or `cri_socket = \"off\"`); no pod or container names");
+            None
+        }
+        _ => None,
+    };
     // --- end attribution ---
     // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
     let pinned: Vec<crate::pin::PinnedProgram> = adopted.iter().flatten().flat_map(|a| a.programs.iter().cloned()).collect();
@@ -313,6 +400,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
 
     let mut summary = RunSummary::default();
     let mut stopping = false;
+    // Batches held for a container's CRI names (see `hold_for_names`), oldest first.
+    let mut held: std::collections::VecDeque<Held> = std::collections::VecDeque::new();
     // dns: events are put in kernel time order, then responses matched to queries; a periodic
     // tick reports the queries whose window ran out as `timeout` events (see crate::dns::order).
     let dns_on = options.monitors.iter().any(|m| m.name == "dns");
@@ -377,7 +466,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 dns.advance(crate::dns::monotonic_ns(), &mut ordered);
                 let mut released: Vec<_> = ordered.drain(..).collect();
                 if let Some(a) = attributor.as_mut() {
+                    name_containers(a, cri.as_mut());
                     released.iter_mut().for_each(|event| a.annotate(event));
+                    released = hold_for_names(a, cri.as_ref(), &mut held, released, false);
                 }
                 if !released.is_empty() {
                     sink.send(released).map_err(|e| output_failed(e, &output_name))?;
@@ -385,6 +476,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
             }
             ready = streamer.ready() => ready.map_err(RunError::Reactor)?,
+            // attribution: a held batch is looked at again soon (its names, or its deadline).
+            _ = tokio::time::sleep(HOLD_POLL), if !held.is_empty() => {}
         }
         // Whatever woke the loop, take what is waiting (cheap when nothing is: two positions per
         // buffer are compared); on a stop signal this is the last pass. Records are decoded here
@@ -428,9 +521,11 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         // attribution: after the whole pass, so the announcement of a cgroup drained later in
         // the pass than its first event's record (another ring) is applied all the same.
         if let Some(a) = attributor.as_mut() {
+            name_containers(a, cri.as_mut());
             for event in out.iter_mut() {
                 a.annotate(event);
             }
+            out = hold_for_names(a, cri.as_ref(), &mut held, out, stopping);
         }
         if !out.is_empty() {
             sink.send(out).map_err(|e| output_failed(e, &output_name))?;
@@ -444,8 +539,11 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     dns.flush(crate::dns::monotonic_ns(), &mut ordered);
     let mut last: Vec<_> = ordered.drain(..).collect();
     if let Some(a) = attributor.as_mut() {
+        name_containers(a, cri.as_mut());
         last.iter_mut().for_each(|event| a.annotate(event));
+        last = hold_for_names(a, cri.as_ref(), &mut held, last, true);
     }
+    drop(cri);
     if !last.is_empty() {
         sink.send(last).map_err(|e| output_failed(e, &output_name))?;
     }

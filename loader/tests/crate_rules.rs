@@ -53,13 +53,23 @@ const RULES: &[Rule] = &[
         krate: "tapio-decode",
         may_use: &[],
         tests_may_use: &[],
-        forbids: &["aya", "aya-obj", "object", "tokio", "anyhow", "clap", "tracing-subscriber", "toml"],
+        forbids: &["aya", "aya-obj", "object", "tokio", "tonic", "anyhow", "clap", "tracing-subscriber", "toml"],
+    },
+    // The CRI client: gRPC to the node's runtime and nothing of the agent's; it knows container
+    // ids as strings and never the events (the agent puts its answers on them). anyhow is not
+    // forbidden: prost-derive, a proc macro of the generated bindings, uses it at compile time
+    // only (nothing of it is linked into the crate).
+    Rule {
+        krate: "tapio-cri",
+        may_use: &[],
+        tests_may_use: &[],
+        forbids: &["aya", "aya-obj", "object", "clap", "tracing-subscriber", "toml"],
     },
     Rule {
         krate: "tapio-runtime",
         may_use: &["tapio-bundle", "tapio-object", "tapio-features", "tapio-decode", "tapio-kernel-gates"],
         tests_may_use: &[],
-        forbids: &["anyhow", "clap", "tracing-subscriber", "toml"],
+        forbids: &["tonic", "anyhow", "clap", "tracing-subscriber", "toml"],
     },
     Rule {
         krate: "tapio-testkit",
@@ -69,7 +79,7 @@ const RULES: &[Rule] = &[
     },
     Rule {
         krate: "tapio-load",
-        may_use: &["tapio-bundle", "tapio-object", "tapio-features", "tapio-decode", "tapio-runtime", "tapio-testkit", "tapio-kernel-gates"],
+        may_use: &["tapio-bundle", "tapio-object", "tapio-features", "tapio-decode", "tapio-runtime", "tapio-testkit", "tapio-kernel-gates", "tapio-cri"],
         tests_may_use: &[],
         forbids: &[],
     },

@@ -67,6 +67,8 @@ pub struct Counters {
     /// The table's bound, so an alert can compare the gauge with it.
     pub dns_inflight_capacity: AtomicU64,
     // --- end dns correlator ---
+    /// The CRI name lookups' counters, once the run has a socket to ask (tapio-cri).
+    pub cri: std::sync::OnceLock<std::sync::Arc<tapio_cri::Stats>>,
 }
 
 /// The DNS correlator publishes its table here (tapio-decode's `dns::Correlator::publish`).
@@ -372,6 +374,16 @@ pub fn render(state: &State) -> String {
     let _ = writeln!(out, "tapio_config_reloads_total {}", c.config_reloads.load(Ordering::Relaxed));
     family(&mut out, "tapio_config_reload_errors_total", "counter", "SIGHUP reloads refused because the file was invalid (the previous values stay).");
     let _ = writeln!(out, "tapio_config_reload_errors_total {}", c.config_reload_errors.load(Ordering::Relaxed));
+    if let Some(cri) = c.cri.get() {
+        family(&mut out, "tapio_cri_lookups_total", "counter", "Containers the CRI runtime was asked about (once per new container id).");
+        let _ = writeln!(out, "tapio_cri_lookups_total {}", cri.lookups.load(Ordering::Relaxed));
+        family(&mut out, "tapio_cri_cache_hits_total", "counter", "Container ids seen again whose lookup was not repeated (the cache answered).");
+        let _ = writeln!(out, "tapio_cri_cache_hits_total {}", cri.cache_hits.load(Ordering::Relaxed));
+        family(&mut out, "tapio_cri_failures_total", "counter", "CRI lookups that failed (runtime unreachable or erring, or the lookup queue full); those events carry no names.");
+        let _ = writeln!(out, "tapio_cri_failures_total {}", cri.failures.load(Ordering::Relaxed));
+        family(&mut out, "tapio_cri_unknown_total", "counter", "CRI lookups the runtime answered with no such container (another runtime's, or removed).");
+        let _ = writeln!(out, "tapio_cri_unknown_total {}", cri.unknown.load(Ordering::Relaxed));
+    }
     // --- dns correlator: a flood of unanswered queries shows here as inflight at capacity and
     // a climbing evicted count, while the loader's memory stays flat ---
     family(&mut out, "tapio_dns_inflight", "gauge", "DNS queries waiting for a response in the loader's correlator.");

@@ -51,17 +51,27 @@ pub struct Attributor {
     order: VecDeque<u64>,
     capacity: usize,
     stats: Stats,
+    /// Container ids seen for the first time since [`Attributor::take_new_containers`] (for
+    /// the CRI lookup, which asks about each once).
+    new_containers: Vec<String>,
 }
 
 impl Attributor {
     pub fn new(capacity: usize) -> Self {
-        Self { by_id: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), stats: Stats::default() }
+        Self { by_id: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), stats: Stats::default(), new_containers: Vec::new() }
     }
 
     /// Records what `path` says about cgroup `id`; a host cgroup is not kept. Returns whether
     /// the cgroup is a pod's or a container's.
     pub fn insert(&mut self, id: u64, path: &str) -> bool {
         let Some(parsed) = parse::parse(path) else { return false };
+        // Only a CRI runtime's containers are asked about: a pod's (any runtime kubelet drives,
+        // cri-dockerd's docker included) or one of containerd's or CRI-O's. Plain docker and
+        // podman know no CRI, and asking would only hold their events for nothing.
+        let cri = parsed.pod_uid.is_some() || matches!(parsed.runtime, Some(Runtime::Containerd | Runtime::CriO | Runtime::Cri));
+        if let (Some(container), true) = (&parsed.container_id, cri) {
+            self.new_containers.push(container.clone());
+        }
         if self.by_id.insert(id, Arc::new(parsed.into())).is_none() {
             self.order.push_back(id);
             while self.order.len() > self.capacity {
@@ -97,6 +107,16 @@ impl Attributor {
         }
     }
 
+    /// Gives an annotated `event` what its cgroup's entry says now (names that came after it was
+    /// annotated); not counted again.
+    pub fn refresh(&self, event: &mut Event) {
+        if event.container.is_some() {
+            if let Some(a) = self.by_id.get(&event.cgroup_id) {
+                event.container = Some(a.clone());
+            }
+        }
+    }
+
     /// Walks the v2 hierarchy mounted at `root` and records every pod and container cgroup in it.
     /// Unreadable directories are skipped (a cgroup removed during the walk). Returns how many
     /// were recorded.
@@ -124,6 +144,25 @@ impl Attributor {
         }
         self.stats.scanned += found;
         found
+    }
+
+    /// The container ids recorded since the last call, for the runtime to be asked about.
+    pub fn take_new_containers(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.new_containers)
+    }
+
+    /// Gives every cgroup of container `container_id` what `name` sets (the runtime's names):
+    /// events annotated from now on carry them. Returns how many cgroups were updated. Linear in
+    /// the map's size, once per container answered, never per event.
+    pub fn name(&mut self, container_id: &str, name: impl Fn(&mut Attribution)) -> usize {
+        let mut updated = 0;
+        for a in self.by_id.values_mut() {
+            if a.container_id.as_deref() == Some(container_id) {
+                name(Arc::make_mut(a));
+                updated += 1;
+            }
+        }
+        updated
     }
 
     pub fn stats(&self) -> Stats {
@@ -156,7 +195,7 @@ mod tests {
         host.cgroup_id = 1;
         a.annotate(&mut host);
         let json = serde_json::to_value(&host).unwrap();
-        for field in ["container_id", "container_runtime", "pod_uid", "qos"] {
+        for field in ["container_id", "container_runtime", "pod_uid", "qos", "pod_name", "pod_namespace", "container_name", "container_image", "pod_labels"] {
             assert!(json.get(field).is_none(), "{field} on a host event: {json}");
         }
         let mut inside = host.clone();
@@ -166,6 +205,46 @@ mod tests {
         assert_eq!(json["container_id"], ID);
         assert_eq!(json["container_runtime"], "docker");
         assert!(json.get("pod_uid").is_none(), "{json}");
+    }
+
+    #[test]
+    fn runtime_names_reach_the_container_s_events_and_no_other() {
+        let mut a = Attributor::new(8);
+        let uid = "7f3c9a2e-1b4d-4e8f-9a6b-0c1d2e3f4a5b";
+        assert!(a.insert(1, &format!("/kubepods/besteffort/pod{uid}/{ID}")));
+        assert!(a.insert(2, &format!("/kubepods/besteffort/pod{uid}")));
+        assert!(a.insert(3, &format!("/libpod_parent/libpod-{}", "b".repeat(64))));
+        assert_eq!(a.take_new_containers(), vec![ID.to_owned()], "only CRI containers are asked about, not pods or podman's");
+        assert!(a.take_new_containers().is_empty());
+        let mut e = crate::events::dns::test_event("query", 1, 1, 1);
+        e.cgroup_id = 1;
+        a.annotate(&mut e);
+        let before = serde_json::to_value(&e).unwrap();
+        for field in ["pod_name", "pod_namespace", "container_name", "container_image", "pod_labels"] {
+            assert!(before.get(field).is_none(), "{field} before the runtime answered: {before}");
+        }
+        let named = a.name(ID, |at| {
+            at.pod_name = Some("web-0".into());
+            at.pod_namespace = Some("shop".into());
+            at.container_name = Some("nginx".into());
+            at.container_image = Some("nginx:1.27".into());
+            at.pod_labels.insert("app".into(), "web".into());
+        });
+        assert_eq!(named, 1, "the pod's own cgroup has no container id");
+        a.refresh(&mut e);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["pod_name"], "web-0");
+        assert_eq!(json["pod_namespace"], "shop");
+        assert_eq!(json["container_name"], "nginx");
+        assert_eq!(json["container_image"], "nginx:1.27");
+        assert_eq!(json["pod_labels"], serde_json::json!({"app": "web"}));
+        assert_eq!(json["container_id"], ID);
+        assert_eq!(a.stats().attributed, 1, "a refresh is not counted again");
+        let mut host = crate::events::dns::test_event("query", 1, 1, 1);
+        host.cgroup_id = 99;
+        a.annotate(&mut host);
+        a.refresh(&mut host);
+        assert!(host.container.is_none());
     }
 
     #[test]

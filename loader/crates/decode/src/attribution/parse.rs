@@ -213,11 +213,34 @@ pub struct Attribution {
     pub pod_uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<Qos>,
+    /// The names below come from the node's CRI runtime (tapio-cri), once it has answered for
+    /// this container; absent until then, and for a runtime that is not a CRI one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
+    /// The pod's own labels (without kubelet's `io.kubernetes.pod.*`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub pod_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl From<Parsed> for Attribution {
     fn from(p: Parsed) -> Self {
-        Self { container_id: p.container_id, container_runtime: p.runtime, pod_uid: p.pod_uid, qos: p.qos }
+        Self {
+            container_id: p.container_id,
+            container_runtime: p.runtime,
+            pod_uid: p.pod_uid,
+            qos: p.qos,
+            pod_name: None,
+            pod_namespace: None,
+            container_name: None,
+            container_image: None,
+            pod_labels: Default::default(),
+        }
     }
 }
 
