@@ -425,7 +425,6 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         }
         if !out.is_empty() {
             sink.send(out).await.map_err(output_failed)?;
-            sink.refresh();
             dns.publish(&counters); // metrics: tapio_dns_inflight*
         }
         if stopping {

@@ -370,7 +370,9 @@ pub fn render(state: &State) -> String {
     family(&mut out, "tapio_output_queue_capacity", "gauge", "Bound on events waiting for the first sink's writer (`output_queue_events`, or its `queue_events`).");
     let _ = writeln!(out, "tapio_output_queue_capacity {}", c.output_queue_bound.load(Ordering::Relaxed));
     let sinks = c.sinks.lock().map(|s| s.clone()).unwrap_or_default();
-    let sink_families: [(&str, &str, &str, fn(&crate::output::sink::SinkCounters) -> u64); 5] = [
+    /// Name, type, help and reading of one `tapio_sink_*` family.
+    type SinkFamily = (&'static str, &'static str, &'static str, fn(&crate::output::sink::SinkCounters) -> u64);
+    let sink_families: [SinkFamily; 5] = [
         ("tapio_sink_queued_events", "gauge", "Events waiting in the sink's queue.", |s| s.queued.load(Ordering::Relaxed)),
         ("tapio_sink_queue_capacity", "gauge", "Bound on events waiting in the sink's queue (`queue_events`); beyond it `when_full` applies.", |s| s.bound.load(Ordering::Relaxed)),
         ("tapio_sink_sent_total", "counter", "Events the sink wrote (stdout, file) or its receiver accepted (otlp).", |s| s.sent.load(Ordering::Relaxed)),

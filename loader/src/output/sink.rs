@@ -386,10 +386,11 @@ impl Fanout {
         Ok(())
     }
 
-    /// The legacy families follow the first sink.
+    /// The legacy families (`tapio_output_*`, `tapio_events_written_total`) follow the first sink.
     fn publish(&self) {
         if let Some(first) = self.sinks.first() {
             let c = &first.counters;
+            self.counters.events_written.store(c.sent.load(Relaxed), Relaxed);
             self.counters.output_queue_events.store(c.queued.load(Relaxed), Relaxed);
             self.counters.output_dropped.store(c.dropped.load(Relaxed), Relaxed);
         }
@@ -410,14 +411,6 @@ impl Fanout {
         let written = first.map_or(0, |c| c.sent.load(Relaxed));
         self.counters.events_written.store(written, Relaxed);
         result.map(|()| written)
-    }
-
-    /// Refreshes `tapio_events_written_total` (the first sink's sent events).
-    pub fn refresh(&self) {
-        if let Some(first) = self.sinks.first() {
-            self.counters.events_written.store(first.counters.sent.load(Relaxed), Relaxed);
-        }
-        self.publish();
     }
 }
 
