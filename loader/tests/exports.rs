@@ -361,3 +361,47 @@ fn a_receiver_that_is_down_drops_or_blocks_as_configured() {
     }
     println!("block: {} execs, the loop held until the receiver came up, {upto} events in both", markers.len());
 }
+
+/// A real DNS exchange (dig against dnsmasq) through the OTLP sink: the query's record carries
+/// the question, the transport and the peers under their semantic-convention names, with dig's
+/// pid.
+#[test]
+fn otlp_dns_records_carry_the_question_and_the_peers() {
+    if skip_unless_root("otlp_dns_records_carry_the_question_and_the_peers") {
+        return;
+    }
+    let _serial = kernel_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr: SocketAddr = ([127, 0, 0, 1], common::free_port()).into();
+    let receiver = Receiver::start(addr);
+    let path = dir.path().join("tapio.toml");
+    std::fs::write(
+        &path,
+        format!("monitors = [\"dns\"]\nmetrics_address = \"off\"\n[[sinks]]\nkind = \"stdout\"\n[[sinks]]\nkind = \"otlp\"\nendpoint = \"http://{addr}\"\nwhen_full = \"block\"\n"),
+    )
+    .expect("write config");
+    let _server = common::dnsmasq::Dnsmasq::start(&["--address=/tapio-export.test/10.9.8.7"]);
+    let loader = Loader::start(&["--config", path.to_str().expect("utf-8")]);
+    let child = Command::new("dig")
+        .args(["@127.0.0.1", "-p", "53", "tapio-export.test", "A", "+short", "+tries=1", "+time=2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dig (Debian package dnsutils)");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait dig");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.9.8.7"), "dig answered {}", String::from_utf8_lossy(&out.stdout));
+    let (stdout, stderr, status) = loader.finish();
+    assert!(status.success(), "{stderr}");
+    let records = receiver.received.records();
+    let bodies: Vec<Value> = records.iter().map(body).collect();
+    assert!(bodies == stdout, "the receiver got {} events, stdout {}", bodies.len(), stdout.len());
+    let query = records
+        .iter()
+        .find(|r| r.event_name == "tapio.dns.query" && value(&r.attributes, "process.pid") == Some(Any::IntValue(i64::from(pid))))
+        .unwrap_or_else(|| panic!("no OTLP record of dig's query among {} records", records.len()));
+    assert_eq!(value(&query.attributes, "dns.question.name"), Some(Any::StringValue("tapio-export.test".into())));
+    assert_eq!(value(&query.attributes, "network.transport"), Some(Any::StringValue("udp".into())));
+    assert_eq!(value(&query.attributes, "network.type"), Some(Any::StringValue("ipv4".into())));
+    assert_eq!(value(&query.attributes, "destination.address"), Some(Any::StringValue("127.0.0.1".into())));
+    assert_eq!(value(&query.attributes, "destination.port"), Some(Any::IntValue(53)));
+}

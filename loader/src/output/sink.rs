@@ -268,7 +268,8 @@ impl Sink {
     }
 
     /// Offers a batch: queued when it fits (or the queue is empty: a batch larger than the bound
-    /// is never starved), else dropped or, for `block`, Err(batch) back to wait with.
+    /// is never starved), else dropped and counted; with `may_wait`, Ok(false) instead, for the
+    /// caller to wait for room and offer again. Err once the sink's thread stopped on an error.
     fn offer(&self, batch: &Arc<Vec<Event>>, may_wait: bool) -> Result<bool, SinkError> {
         if let Ok(Err(source)) = self.done.try_recv() {
             return Err(SinkError::Failed { sink: self.spec.name.clone(), source });
