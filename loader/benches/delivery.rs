@@ -139,7 +139,7 @@ fn run_scenario(transport: Transport, delivery: Delivery, rate: u64, run_for: Du
     let mut loader = EbpfLoader::new();
     let object = match transport {
         Transport::Ringbuf => {
-            loader.set_global(WAKEUP_BYTES, &wakeup_bytes, true);
+            loader.override_global(WAKEUP_BYTES, &wakeup_bytes, true);
             FIXTURE_BENCH_PRODUCER
         }
         Transport::Perf => FIXTURE_BENCH_PRODUCER_PERF,

@@ -196,8 +196,8 @@ fn run_scenario(mix: Mix, rate: Option<f64>, pinned: bool, ring_bytes: u32) -> R
     let delivery = Delivery::default();
     let wakeup_bytes = delivery.ring_wakeup_bytes(ring_bytes);
     let mut ebpf = EbpfLoader::new()
-        .set_max_entries("events", ring_bytes)
-        .set_global(WAKEUP_BYTES, &wakeup_bytes, true)
+        .map_max_entries("events", ring_bytes)
+        .override_global(WAKEUP_BYTES, &wakeup_bytes, true)
         .load(FIXTURE_BENCH_PRODUCER)
         .context("load probes/fixtures/bench_producer.bpf.c")?;
     fill_records(&mut ebpf, mix)?;

@@ -40,7 +40,7 @@ fn woken(source: &EventSource, timeout: Duration) -> bool {
 /// bytes per run, through the monitors' own tapio_emit) loaded with `wakeup_bytes`.
 fn producer(wakeup_bytes: u64) -> (aya::Ebpf, std::os::fd::OwnedFd, EventSource) {
     let mut ebpf = EbpfLoader::new()
-        .set_global(WAKEUP_BYTES, &wakeup_bytes, true)
+        .override_global(WAKEUP_BYTES, &wakeup_bytes, true)
         .load(FIXTURE_BENCH_PRODUCER)
         .expect("load bench_producer");
     let program: &mut Xdp = ebpf.program_mut("bench_producer").expect("bench_producer").try_into().expect("an XDP program");
@@ -188,7 +188,7 @@ fn immediate_reader_never_misses_a_wake_up() {
         return;
     }
     let immediate = Delivery { policy: DeliveryPolicy::Immediate, ..Delivery::default() };
-    let mut ebpf = EbpfLoader::new().set_global(WAKEUP_BYTES, &0u64, true).load(FIXTURE_BENCH_PRODUCER).expect("load bench_producer");
+    let mut ebpf = EbpfLoader::new().override_global(WAKEUP_BYTES, &0u64, true).load(FIXTURE_BENCH_PRODUCER).expect("load bench_producer");
     // One (zeroed) record per run: the content does not matter here, only its arrival.
     let mut mode: aya::maps::Array<_, u32> = aya::maps::Array::try_from(ebpf.map_mut("bench_mode").expect("bench_mode")).expect("array");
     mode.set(0, 2, 0).expect("one record per run");

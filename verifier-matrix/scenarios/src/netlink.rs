@@ -1,6 +1,9 @@
 //! Just enough rtnetlink for the veth scenarios (issue 7): a network namespace, a veth pair with
-//! one end in it, addresses, link flags and state. Hand-written on libc because the guest is a
-//! static `/init` with no shell, no `ip` binary and no async runtime.
+//! one end in it, addresses, link flags and state. The guest is a static `/init` with no shell,
+//! no `ip` binary and no async runtime, so the messages are built and read with
+//! netlink-packet-route (which carries every attribute used here: veth peers with their own
+//! queue counts and namespace fd, `IFLA_AF_SPEC` / `AF_INET6` address generation mode,
+//! `IFA_F_NODAD`, operstate) and sent over a blocking netlink-sys socket.
 //!
 //! Every change asks for an ACK and returns only once the kernel answered it, so when a call
 //! returns the work is done: the link exists, the address is assigned and its prefix route is in
@@ -8,42 +11,41 @@
 //! operstate and qdisc are set by the linkwatch worker after `IFF_UP`); [`Netlink::wait_oper_up`]
 //! waits for the kernel's notification of it rather than for a guessed delay.
 //!
-//! Message layouts: `include/uapi/linux/netlink.h` (`nlmsghdr`, `nlattr`, `nlmsgerr`),
-//! `rtnetlink.h` (`ifinfomsg`), `if_addr.h` (`ifaddrmsg`), `if_link.h` and `veth.h` (attributes).
-//! Request building and reply parsing are plain byte work, unit tested without a kernel.
+//! One small helper is ours, [`kernel_says`]: netlink-packet-core keeps what follows the errno
+//! of an `NLMSG_ERROR` as opaque bytes, and the extended ACK's text (`NLMSGERR_ATTR_MSG`,
+//! include/uapi/linux/netlink.h) sits there, after the echoed request header.
 
 use std::{
     ffi::CStr,
     fs::File,
     io,
     net::IpAddr,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     time::{Duration, Instant},
 };
 
-/// `RTM_GETLINK` (rtnetlink.h); libc has the others of the family.
-const RTM_GETLINK: u16 = 18;
-/// `VETH_INFO_PEER` (veth.h): the peer's `ifinfomsg` and attributes, nested in `IFLA_INFO_DATA`.
-const VETH_INFO_PEER: u16 = 1;
-/// `IFLA_INET6_ADDR_GEN_MODE` (if_link.h), inside `IFLA_AF_SPEC` / `AF_INET6`.
-const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
-/// `IN6_ADDR_GEN_MODE_NONE`: the kernel makes no link-local address for the link.
-const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
-/// `NLA_F_NESTED`: marks an attribute whose payload is more attributes.
-const NLA_F_NESTED: u16 = 1 << 15;
+use netlink_packet_core::{
+    ErrorMessage, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CREATE,
+    NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
+    link::{
+        AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+        LinkMessage,
+    },
+    AddressFamily, RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
 /// `NLMSGERR_ATTR_MSG` (netlink.h): the extended ACK's text, when the kernel gives one.
 const NLMSGERR_ATTR_MSG: u16 = 1;
-/// The fixed headers: `nlmsghdr` 16 bytes, `ifinfomsg` 16, `ifaddrmsg` 8, `nlattr` 4.
+/// `nlmsghdr`: the request header the kernel echoes (alone, with `NETLINK_CAP_ACK`) in an error.
 const NLMSG_HDRLEN: usize = 16;
-const IFINFOMSG_LEN: usize = 16;
 /// The transmit and receive queues each end of a veth pair gets (see [`Netlink::create_veth`]).
 pub const VETH_QUEUES: u32 = 1;
 /// No reply may take longer than this: a guard against a lost message, not a synchronisation.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
 
 /// A failed netlink step: what was being done, the errno, and the kernel's own words when it
 /// sent an extended ACK (`Unknown device type`, `Invalid prefix for given prefix length`).
@@ -87,112 +89,32 @@ fn context(what: &str, e: io::Error) -> Error {
     Error::new(what, e)
 }
 
-/// One rtnetlink request being built: the `nlmsghdr`, a family header, then attributes.
-#[derive(Debug, Clone)]
-pub struct Message {
-    buf: Vec<u8>,
-    /// Offsets of the nested attributes still open.
-    open: Vec<usize>,
+/// The extended ACK's text in what follows the errno of an `NLMSG_ERROR` (`ErrorMessage::header`):
+/// with `NETLINK_CAP_ACK` the echoed request is its header alone, and with `NLM_F_ACK_TLVS` on
+/// the reply the attributes follow it.
+pub fn kernel_says(reply_flags: u16, after_code: &[u8]) -> Option<String> {
+    if reply_flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    NlasIterator::new(after_code.get(NLMSG_HDRLEN..)?)
+        .flatten()
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+        .and_then(|nla| CStr::from_bytes_until_nul(nla.value()).ok().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|t| !t.is_empty())
 }
 
-impl Message {
-    /// A request of type `kind` with `NLM_F_REQUEST | NLM_F_ACK` and the extra `flags`.
-    pub fn new(kind: u16, flags: u16) -> Self {
-        let mut buf = vec![0u8; NLMSG_HDRLEN];
-        buf[4..6].copy_from_slice(&kind.to_ne_bytes());
-        let flags = flags | libc::NLM_F_REQUEST as u16 | libc::NLM_F_ACK as u16;
-        buf[6..8].copy_from_slice(&flags.to_ne_bytes());
-        Self { buf, open: Vec::new() }
+/// What an `NLMSG_ERROR` says: Ok for an ACK, else the errno and the kernel's text.
+pub fn ack_result(what: &str, reply_flags: u16, e: &ErrorMessage) -> Result<()> {
+    if e.code.is_none() {
+        return Ok(());
     }
-
-    /// Appends `struct ifinfomsg` (family, type, index, flags, change).
-    pub fn ifinfomsg(mut self, family: u8, index: i32, flags: u32, change: u32) -> Self {
-        self.push_ifinfomsg(family, index, flags, change);
-        self
-    }
-
-    fn push_ifinfomsg(&mut self, family: u8, index: i32, flags: u32, change: u32) {
-        self.buf.extend_from_slice(&[family, 0, 0, 0]); // family, pad, ifi_type (u16)
-        self.buf.extend_from_slice(&index.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&change.to_ne_bytes());
-    }
-
-    /// Appends `struct ifaddrmsg` (family, prefix length, flags, scope, index).
-    pub fn ifaddrmsg(mut self, family: u8, prefix_len: u8, flags: u8, index: u32) -> Self {
-        self.buf.extend_from_slice(&[family, prefix_len, flags, 0]);
-        self.buf.extend_from_slice(&index.to_ne_bytes());
-        self
-    }
-
-    /// Appends one attribute, padded to four bytes.
-    pub fn attr(mut self, kind: u16, data: &[u8]) -> Self {
-        self.push_attr(kind, data);
-        self
-    }
-
-    fn push_attr(&mut self, kind: u16, data: &[u8]) {
-        let len = 4 + data.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&kind.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.buf.resize(align4(self.buf.len()), 0);
-    }
-
-    /// A NUL-terminated string attribute (interface names, link kinds).
-    pub fn attr_str(self, kind: u16, s: &str) -> Self {
-        let mut data = s.as_bytes().to_vec();
-        data.push(0);
-        self.attr(kind, &data)
-    }
-
-    /// Opens a nested attribute; [`end`](Self::end) closes the last one opened.
-    pub fn begin(mut self, kind: u16) -> Self {
-        self.open.push(self.buf.len());
-        self.buf.extend_from_slice(&[0, 0]);
-        self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-        self
-    }
-
-    /// Opens a nested attribute whose payload starts with an `ifinfomsg` (`VETH_INFO_PEER`).
-    /// `NLA_F_NESTED` stays off there: the payload is not attributes only, and veth reads it
-    /// without a nested-attribute check.
-    fn begin_peer(mut self, index: i32) -> Self {
-        self.open.push(self.buf.len());
-        self.buf.extend_from_slice(&[0, 0]);
-        self.buf.extend_from_slice(&VETH_INFO_PEER.to_ne_bytes());
-        self.push_ifinfomsg(libc::AF_UNSPEC as u8, index, 0, 0);
-        self
-    }
-
-    pub fn end(mut self) -> Self {
-        let start = self.open.pop().expect("end() without begin()");
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        self
-    }
-
-    /// The finished message with its length and sequence number filled in.
-    pub fn finish(mut self, seq: u32) -> Vec<u8> {
-        assert!(self.open.is_empty(), "nested attribute left open");
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
-        self.buf
-    }
-}
-
-/// One message of a reply: its header fields and payload (after the 16-byte header).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply<'a> {
-    pub kind: u16,
-    pub flags: u16,
-    pub seq: u32,
-    pub payload: &'a [u8],
+    let mut err = Error::new(what, e.to_io());
+    err.kernel_says = kernel_says(reply_flags, &e.header);
+    Err(err)
 }
 
 /// Splits a datagram read from a netlink socket into its messages.
-pub fn messages(buf: &[u8]) -> io::Result<Vec<Reply<'_>>> {
+pub fn messages(buf: &[u8]) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
     let mut out = Vec::new();
     let mut rest = buf;
     while rest.len() >= NLMSG_HDRLEN {
@@ -200,62 +122,37 @@ pub fn messages(buf: &[u8]) -> io::Result<Vec<Reply<'_>>> {
         if len < NLMSG_HDRLEN || len > rest.len() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("netlink message length {len} of {}", rest.len())));
         }
-        out.push(Reply {
-            kind: u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes")),
-            flags: u16::from_ne_bytes(rest[6..8].try_into().expect("2 bytes")),
-            seq: u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes")),
-            payload: &rest[NLMSG_HDRLEN..len],
-        });
-        rest = &rest[align4(len).min(rest.len())..];
+        let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink message: {e}")))?;
+        out.push(m);
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
     }
     Ok(out)
 }
 
-/// The attributes in `buf` as (type without flags, payload) pairs.
-pub fn attrs(buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut rest = buf;
-    while rest.len() >= 4 {
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        if len < 4 || len > rest.len() {
-            break;
-        }
-        out.push((u16::from_ne_bytes([rest[2], rest[3]]) & !NLA_F_NESTED, &rest[4..len]));
-        rest = &rest[align4(len).min(rest.len())..];
-    }
-    out
+/// The bytes of request `msg` with `NLM_F_REQUEST | NLM_F_ACK | flags` and sequence `seq`.
+pub fn request_bytes(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    header.sequence_number = seq;
+    let mut m = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    m.finalize();
+    let mut buf = vec![0u8; m.buffer_len()];
+    m.serialize(&mut buf);
+    buf
 }
 
-/// What an `NLMSG_ERROR` payload carries: Ok for an ACK, else the errno and, when the reply has
-/// `NLM_F_ACK_TLVS`, the kernel's extended-ACK text.
-pub fn ack_result(what: &str, reply: &Reply<'_>) -> Result<()> {
-    let code = reply
-        .payload
-        .get(0..4)
-        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-        .ok_or_else(|| Error::new(what, io::Error::new(io::ErrorKind::InvalidData, "short NLMSG_ERROR")))?;
-    if code == 0 {
-        return Ok(());
-    }
-    let mut e = Error::new(what, io::Error::from_raw_os_error(-code));
-    if reply.flags & libc::NLM_F_ACK_TLVS as u16 != 0 {
-        // NETLINK_CAP_ACK: only the request's header is echoed after the code, then the TLVs.
-        e.kernel_says = reply
-            .payload
-            .get(4 + NLMSG_HDRLEN..)
-            .and_then(|tlvs| attrs(tlvs).into_iter().find(|(k, _)| *k == NLMSGERR_ATTR_MSG))
-            .and_then(|(_, v)| CStr::from_bytes_until_nul(v).ok())
-            .map(|s| s.to_string_lossy().into_owned())
-            .filter(|t| !t.is_empty());
-    }
-    Err(e)
+fn link_message(index: u32) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m
 }
 
 /// An rtnetlink socket. It acts in the network namespace of the thread that opened it, whatever
 /// thread uses it later.
 #[derive(Debug)]
 pub struct Netlink {
-    fd: OwnedFd,
+    socket: Socket,
     seq: u32,
 }
 
@@ -267,87 +164,61 @@ impl Netlink {
 
     /// A socket that also hears the rtnetlink multicast `groups` (`RTMGRP_LINK`, ...).
     pub fn open_groups(groups: u32) -> Result<Self> {
-        // SAFETY: socket takes integers; the fd is owned below.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-        if raw < 0 {
-            return Err(context("netlink socket", io::Error::last_os_error()));
-        }
-        // SAFETY: raw is a fresh fd nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        sa.nl_groups = groups;
-        // SAFETY: sa is a valid sockaddr_nl of the given size.
-        let rc = unsafe {
-            libc::bind(fd.as_raw_fd(), (&sa as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32)
-        };
-        if rc != 0 {
-            return Err(context("netlink bind", io::Error::last_os_error()));
-        }
-        let one: libc::c_int = 1;
-        for opt in [libc::NETLINK_EXT_ACK, libc::NETLINK_CAP_ACK] {
-            // SAFETY: an int option of the right size. Kernels before 4.12 lack EXT_ACK: their
-            // errors then come without the text, so a failure here is ignored.
-            unsafe {
-                libc::setsockopt(fd.as_raw_fd(), libc::SOL_NETLINK, opt, (&one as *const libc::c_int).cast(), 4);
-            }
-        }
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| context("netlink socket", e))?;
+        socket.bind(&SocketAddr::new(0, groups)).map_err(|e| context("netlink bind", e))?;
+        // Kernels before 4.12 lack EXT_ACK: their errors then come without the text, so a
+        // failure here is ignored.
+        let _ = socket.set_ext_ack(true);
+        let _ = socket.set_cap_ack(true);
         let tv = libc::timeval { tv_sec: REPLY_TIMEOUT.as_secs() as _, tv_usec: 0 };
-        // SAFETY: a timeval option of the right size.
+        // SAFETY: a timeval option of the right size on a socket we own.
         unsafe {
             libc::setsockopt(
-                fd.as_raw_fd(),
+                socket.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as u32,
             );
         }
-        Ok(Self { fd, seq: 0 })
+        Ok(Self { socket, seq: 0 })
     }
 
-    fn send(&mut self, msg: Message) -> io::Result<u32> {
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let bytes = msg.finish(self.seq);
-        // SAFETY: bytes is a valid buffer; the kernel is the destination (default address).
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let bytes = request_bytes(msg, flags, self.seq);
+        self.socket.send(&bytes, 0)?;
         Ok(self.seq)
     }
 
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: buf is a valid writable buffer of its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return Err(if e.kind() == io::ErrorKind::WouldBlock {
+    fn recv(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        buf.clear();
+        self.socket.recv(buf, 0).map_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
                 io::Error::new(io::ErrorKind::TimedOut, format!("no netlink reply within {REPLY_TIMEOUT:?}"))
             } else {
                 e
-            });
-        }
-        Ok(n as usize)
+            }
+        })
     }
 
-    /// Sends `msg` and waits for its ACK; returns the payloads of the replies that came before
-    /// it (a GET's answer). `what` names the request in errors.
-    pub fn request(&mut self, what: &str, msg: Message) -> Result<Vec<Vec<u8>>> {
-        let seq = self.send(msg).map_err(|e| context(what, e))?;
-        let mut buf = vec![0u8; 32 * 1024];
+    /// Sends `msg` (with the extra header `flags`) and waits for its ACK; returns the messages
+    /// that came before it (a GET's answer). `what` names the request in errors.
+    pub fn request(&mut self, what: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>> {
+        let seq = self.send(msg, flags).map_err(|e| context(what, e))?;
+        let mut buf = Vec::with_capacity(32 * 1024);
         let mut replies = Vec::new();
         loop {
-            let n = self.recv(&mut buf).map_err(|e| context(what, e))?;
-            for m in messages(&buf[..n]).map_err(|e| context(what, e))? {
-                if m.seq != seq {
+            self.recv(&mut buf).map_err(|e| context(what, e))?;
+            for m in messages(&buf).map_err(|e| context(what, e))? {
+                if m.header.sequence_number != seq {
                     continue; // a notification or an older request's leftover
                 }
-                if m.kind == libc::NLMSG_ERROR as u16 {
-                    return ack_result(what, &m).map(|()| replies);
+                match m.payload {
+                    NetlinkPayload::Error(e) => return ack_result(what, m.header.flags, &e).map(|()| replies),
+                    NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+                    _ => {}
                 }
-                replies.push(m.payload.to_vec());
             }
         }
     }
@@ -366,85 +237,68 @@ impl Netlink {
     /// The peer's queue counts are its own attributes, after its `ifinfomsg` in
     /// `VETH_INFO_PEER`: veth makes the peer from those alone.
     pub fn create_veth(&mut self, name: &str, peer: &str, peer_ns: BorrowedFd<'_>, mac: [u8; 6]) -> Result<()> {
-        let queues = VETH_QUEUES.to_ne_bytes();
-        let msg = Message::new(libc::RTM_NEWLINK, (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16)
-            .ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0)
-            .attr_str(libc::IFLA_IFNAME, name)
-            .attr(libc::IFLA_ADDRESS, &mac)
-            .attr(libc::IFLA_NUM_TX_QUEUES, &queues)
-            .attr(libc::IFLA_NUM_RX_QUEUES, &queues)
-            .begin(libc::IFLA_LINKINFO)
-            .attr_str(libc::IFLA_INFO_KIND, "veth")
-            .begin(libc::IFLA_INFO_DATA)
-            .begin_peer(0)
-            .attr_str(libc::IFLA_IFNAME, peer)
-            .attr(libc::IFLA_ADDRESS, &mac)
-            .attr(libc::IFLA_NUM_TX_QUEUES, &queues)
-            .attr(libc::IFLA_NUM_RX_QUEUES, &queues)
-            .attr(libc::IFLA_NET_NS_FD, &(peer_ns.as_raw_fd() as u32).to_ne_bytes())
-            .end()
-            .end()
-            .end();
-        self.request(&format!("create veth {name} (peer {peer})"), msg).map(drop)
+        let msg = veth_request(name, peer, peer_ns.as_raw_fd(), mac);
+        self.request(&format!("create veth {name} (peer {peer})"), msg, NLM_F_CREATE | NLM_F_EXCL).map(drop)
     }
 
     /// The index of the link called `name` in this socket's namespace.
     pub fn link_index(&mut self, name: &str) -> Result<u32> {
-        let msg = Message::new(RTM_GETLINK, 0).ifinfomsg(libc::AF_UNSPEC as u8, 0, 0, 0).attr_str(libc::IFLA_IFNAME, name);
-        let replies = self.request(&format!("get link {name}"), msg)?;
+        let mut m = link_message(0);
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        let replies = self.request(&format!("get link {name}"), RouteNetlinkMessage::GetLink(m), 0)?;
         replies
             .iter()
-            .find_map(|p| link_state(p).map(|s| s.index))
+            .find_map(|r| link_state(r).map(|s| s.index))
             .ok_or_else(|| Error::new(&format!("get link {name}"), io::Error::new(io::ErrorKind::InvalidData, "no link in the reply")))
     }
 
     /// Sets the interface flags in `change` to their values in `flags` (`IFF_UP`, `IFF_NOARP`).
     pub fn set_flags(&mut self, index: u32, flags: u32, change: u32) -> Result<()> {
-        let msg = Message::new(libc::RTM_NEWLINK, 0).ifinfomsg(libc::AF_UNSPEC as u8, index as i32, flags, change);
-        self.request(&format!("set flags {flags:#x}/{change:#x} on link {index}"), msg).map(drop)
+        let mut m = link_message(index);
+        m.header.flags = LinkFlags::from_bits_retain(flags);
+        m.header.change_mask = LinkFlags::from_bits_retain(change);
+        self.request(&format!("set flags {flags:#x}/{change:#x} on link {index}"), RouteNetlinkMessage::NewLink(m), 0).map(drop)
     }
 
     /// Turns off IPv6 address generation on a link: no link-local address, and with it no
     /// duplicate address detection and no router solicitation from the link.
     pub fn no_ipv6_autoconf(&mut self, index: u32) -> Result<()> {
-        let msg = Message::new(libc::RTM_NEWLINK, 0)
-            .ifinfomsg(libc::AF_UNSPEC as u8, index as i32, 0, 0)
-            .begin(libc::IFLA_AF_SPEC)
-            .begin(libc::AF_INET6 as u16)
-            .attr(IFLA_INET6_ADDR_GEN_MODE, &[IN6_ADDR_GEN_MODE_NONE])
-            .end()
-            .end();
-        self.request(&format!("addrgenmode none on link {index}"), msg).map(drop)
+        let mut m = link_message(index);
+        m.attributes.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)])]));
+        self.request(&format!("addrgenmode none on link {index}"), RouteNetlinkMessage::NewLink(m), 0).map(drop)
     }
 
     /// Assigns `addr/prefix_len` to a link. IPv6 addresses are added with `IFA_F_NODAD`: usable
     /// at once, with no duplicate address detection to wait for.
     pub fn add_address(&mut self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<()> {
-        let (family, bytes, flags) = match addr {
-            IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec(), 0),
-            IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec(), libc::IFA_F_NODAD as u8),
+        let mut m = AddressMessage::default();
+        m.header.index = index;
+        m.header.prefix_len = prefix_len;
+        m.header.family = match addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => {
+                m.header.flags = AddressHeaderFlags::Nodad;
+                AddressFamily::Inet6
+            }
         };
-        let msg = Message::new(libc::RTM_NEWADDR, (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16)
-            .ifaddrmsg(family, prefix_len, flags, index)
-            .attr(libc::IFA_LOCAL, &bytes)
-            .attr(libc::IFA_ADDRESS, &bytes);
-        self.request(&format!("add address {addr}/{prefix_len} to link {index}"), msg).map(drop)
+        m.attributes.push(AddressAttribute::Local(addr));
+        m.attributes.push(AddressAttribute::Address(addr));
+        self.request(&format!("add address {addr}/{prefix_len} to link {index}"), RouteNetlinkMessage::NewAddress(m), NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
     }
 
     /// Deletes a link (for a veth end, the peer goes with it).
     pub fn delete_link(&mut self, index: u32) -> Result<()> {
-        let msg = Message::new(libc::RTM_DELLINK, 0).ifinfomsg(libc::AF_UNSPEC as u8, index as i32, 0, 0);
-        self.request(&format!("delete link {index}"), msg).map(drop)
+        self.request(&format!("delete link {index}"), RouteNetlinkMessage::DelLink(link_message(index)), 0).map(drop)
     }
 
     /// The link's state as the kernel reports it now (the tests read flags and names with it).
     #[cfg(test)]
     pub fn link(&mut self, index: u32) -> Result<LinkState> {
-        let msg = Message::new(RTM_GETLINK, 0).ifinfomsg(libc::AF_UNSPEC as u8, index as i32, 0, 0);
-        let replies = self.request(&format!("get link {index}"), msg)?;
+        let replies = self.request(&format!("get link {index}"), RouteNetlinkMessage::GetLink(link_message(index)), 0)?;
         replies
             .iter()
-            .find_map(|p| link_state(p))
+            .find_map(link_state)
             .ok_or_else(|| Error::new(&format!("get link {index}"), io::Error::new(io::ErrorKind::InvalidData, "no link in the reply")))
     }
 
@@ -457,26 +311,26 @@ impl Netlink {
     /// is sent over it, so this, not the ACK of `IFF_UP`, is when it is ready for traffic.
     pub fn wait_oper_up(&mut self, index: u32, timeout: Duration) -> Result<()> {
         let what = format!("wait for link {index} to be up");
-        let msg = Message::new(RTM_GETLINK, 0).ifinfomsg(libc::AF_UNSPEC as u8, index as i32, 0, 0);
-        self.send(msg).map_err(|e| context(&what, e))?;
+        self.send(RouteNetlinkMessage::GetLink(link_message(index)), 0).map_err(|e| context(&what, e))?;
         let deadline = Instant::now() + timeout;
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = Vec::with_capacity(32 * 1024);
         let mut last = None;
         while Instant::now() < deadline {
-            let n = match self.recv(&mut buf) {
-                Ok(n) => n,
+            match self.recv(&mut buf) {
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
                 Err(e) => return Err(context(&what, e)),
-            };
-            for m in messages(&buf[..n]).map_err(|e| context(&what, e))? {
-                if m.kind == libc::NLMSG_ERROR as u16 {
-                    ack_result(&what, &m)?;
-                    continue;
-                }
-                if m.kind != libc::RTM_NEWLINK {
-                    continue;
-                }
-                if let Some(s) = link_state(m.payload).filter(|s| s.index == index) {
+            }
+            for m in messages(&buf).map_err(|e| context(&what, e))? {
+                let inner = match m.payload {
+                    NetlinkPayload::Error(e) => {
+                        ack_result(&what, m.header.flags, &e)?;
+                        continue;
+                    }
+                    NetlinkPayload::InnerMessage(inner @ RouteNetlinkMessage::NewLink(_)) => inner,
+                    _ => continue,
+                };
+                if let Some(s) = link_state(&inner).filter(|s| s.index == index) {
                     if s.operstate == Some(libc::IF_OPER_UP as u8) {
                         return Ok(());
                     }
@@ -488,7 +342,28 @@ impl Netlink {
     }
 }
 
-/// What an `RTM_NEWLINK` payload says about a link.
+/// `RTM_NEWLINK` of a veth pair (see [`Netlink::create_veth`]).
+pub fn veth_request(name: &str, peer: &str, peer_ns_fd: i32, mac: [u8; 6]) -> RouteNetlinkMessage {
+    let mut peer_msg = link_message(0);
+    peer_msg.attributes = vec![
+        LinkAttribute::IfName(peer.to_owned()),
+        LinkAttribute::Address(mac.to_vec()),
+        LinkAttribute::NumTxQueues(VETH_QUEUES),
+        LinkAttribute::NumRxQueues(VETH_QUEUES),
+        LinkAttribute::NetNsFd(peer_ns_fd),
+    ];
+    let mut m = link_message(0);
+    m.attributes = vec![
+        LinkAttribute::IfName(name.to_owned()),
+        LinkAttribute::Address(mac.to_vec()),
+        LinkAttribute::NumTxQueues(VETH_QUEUES),
+        LinkAttribute::NumRxQueues(VETH_QUEUES),
+        LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth), LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg)))]),
+    ];
+    RouteNetlinkMessage::NewLink(m)
+}
+
+/// What an `RTM_NEWLINK` says about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkState {
     pub index: u32,
@@ -502,21 +377,17 @@ pub struct LinkState {
     pub rx_queues: Option<u32>,
 }
 
-/// Parses an `RTM_NEWLINK` payload: `ifinfomsg`, then attributes.
-pub fn link_state(payload: &[u8]) -> Option<LinkState> {
-    if payload.len() < IFINFOMSG_LEN {
-        return None;
-    }
-    let index = i32::from_ne_bytes(payload[4..8].try_into().ok()?) as u32;
-    let flags = u32::from_ne_bytes(payload[8..12].try_into().ok()?);
-    let mut state = LinkState { index, flags, name: None, operstate: None, tx_queues: None, rx_queues: None };
-    let u32_of = |v: &[u8]| v.get(0..4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
-    for (kind, value) in attrs(&payload[IFINFOMSG_LEN..]) {
-        match kind {
-            libc::IFLA_IFNAME => state.name = CStr::from_bytes_until_nul(value).ok().map(|s| s.to_string_lossy().into_owned()),
-            libc::IFLA_OPERSTATE => state.operstate = value.first().copied(),
-            libc::IFLA_NUM_TX_QUEUES => state.tx_queues = u32_of(value),
-            libc::IFLA_NUM_RX_QUEUES => state.rx_queues = u32_of(value),
+/// Reads a link message (`RTM_NEWLINK`); None for any other message.
+pub fn link_state(msg: &RouteNetlinkMessage) -> Option<LinkState> {
+    let RouteNetlinkMessage::NewLink(link) = msg else { return None };
+    let mut state =
+        LinkState { index: link.header.index, flags: link.header.flags.bits(), name: None, operstate: None, tx_queues: None, rx_queues: None };
+    for a in &link.attributes {
+        match a {
+            LinkAttribute::IfName(n) => state.name = Some(n.clone()),
+            LinkAttribute::OperState(s) => state.operstate = Some(u8::from(*s)),
+            LinkAttribute::NumTxQueues(n) => state.tx_queues = Some(*n),
+            LinkAttribute::NumRxQueues(n) => state.rx_queues = Some(*n),
             _ => {}
         }
     }
@@ -591,49 +462,50 @@ mod tests {
 
     #[test]
     fn requests_have_the_kernel_layout() {
-        let bytes = Message::new(libc::RTM_NEWLINK, libc::NLM_F_CREATE as u16)
-            .ifinfomsg(0, 7, libc::IFF_UP as u32, libc::IFF_UP as u32)
-            .attr_str(libc::IFLA_IFNAME, "ab")
-            .begin(libc::IFLA_LINKINFO)
-            .attr(libc::IFLA_INFO_KIND, b"x")
-            .end()
-            .finish(9);
-        // nlmsghdr 16 + ifinfomsg 16 + "ab\0" (4 + 3, padded to 8) + linkinfo (4 + 4 + 1 -> 12)
-        assert_eq!(bytes.len(), 16 + 16 + 8 + 12);
+        let bytes = request_bytes(veth_request("ab", "cd", 7, [2, 0, 0, 0, 0, 1]), NLM_F_CREATE | NLM_F_EXCL, 9);
         assert_eq!(u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize, bytes.len());
         assert_eq!(u16::from_ne_bytes(bytes[4..6].try_into().unwrap()), libc::RTM_NEWLINK);
         let flags = u16::from_ne_bytes(bytes[6..8].try_into().unwrap());
-        assert_eq!(flags, (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE) as u16);
+        assert_eq!(flags, (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16);
         assert_eq!(u32::from_ne_bytes(bytes[8..12].try_into().unwrap()), 9);
-        assert_eq!(i32::from_ne_bytes(bytes[20..24].try_into().unwrap()), 7);
-        let top = attrs(&bytes[32..]);
-        assert_eq!(top[0], (libc::IFLA_IFNAME, &b"ab\0"[..]));
-        assert_eq!(top[1].0, libc::IFLA_LINKINFO);
-        // The nested attribute's length covers its children with their padding (as iproute2's
-        // addattr_nest_end counts it), and its type carries NLA_F_NESTED.
-        assert_eq!(u16::from_ne_bytes(bytes[40..42].try_into().unwrap()), 4 + 8);
-        assert_ne!(u16::from_ne_bytes(bytes[42..44].try_into().unwrap()) & NLA_F_NESTED, 0);
-        assert_eq!(attrs(top[1].1), vec![(libc::IFLA_INFO_KIND, &b"x"[..])]);
+        // It reads back as it was built: the peer carries its own name, queues and namespace fd.
+        let [m] = &messages(&bytes).unwrap()[..] else { panic!("one message") };
+        let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) = &m.payload else { panic!("{m:?}") };
+        assert!(link.attributes.contains(&LinkAttribute::IfName("ab".into())));
+        let peer = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(info) => info.iter().find_map(|i| match i {
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))) => Some(p.clone()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        let peer = peer.expect("veth peer");
+        for want in [LinkAttribute::IfName("cd".into()), LinkAttribute::NumTxQueues(VETH_QUEUES), LinkAttribute::NumRxQueues(VETH_QUEUES), LinkAttribute::NetNsFd(7)] {
+            assert!(peer.attributes.contains(&want), "{want:?} in {peer:?}");
+        }
     }
 
     #[test]
     fn acks_and_errors_decode() {
-        let reply = |flags: u16, payload: &'static [u8]| Reply { kind: libc::NLMSG_ERROR as u16, flags, seq: 1, payload };
-        assert!(ack_result("x", &reply(0, &[0, 0, 0, 0])).is_ok());
-        let mut nack = (-libc::EOPNOTSUPP).to_ne_bytes().to_vec();
-        nack.extend_from_slice(&[0u8; NLMSG_HDRLEN]);
+        let error = |code: i32, rest: &[u8]| {
+            let mut payload = code.to_ne_bytes().to_vec();
+            payload.extend_from_slice(rest);
+            <ErrorMessage as netlink_packet_core::Parseable<_>>::parse(&netlink_packet_core::ErrorBuffer::new(&payload)).unwrap()
+        };
+        assert!(ack_result("x", 0, &error(0, &[0u8; NLMSG_HDRLEN])).is_ok());
+        let mut rest = vec![0u8; NLMSG_HDRLEN];
         let text = b"Unknown device type\0";
-        nack.extend_from_slice(&((4 + text.len()) as u16).to_ne_bytes());
-        nack.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
-        nack.extend_from_slice(text);
-        let nack: &'static [u8] = Vec::leak(nack);
-        let e = ack_result("create veth a", &reply(libc::NLM_F_ACK_TLVS as u16, nack)).unwrap_err();
+        rest.extend_from_slice(&((4 + text.len()) as u16).to_ne_bytes());
+        rest.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        rest.extend_from_slice(text);
+        let nack = error(-libc::EOPNOTSUPP, &rest);
+        let e = ack_result("create veth a", NLM_F_ACK_TLVS, &nack).unwrap_err();
         assert_eq!(e.errno(), Some(libc::EOPNOTSUPP), "{e}");
         assert!(e.to_string().starts_with("create veth a: ") && e.to_string().ends_with("(Unknown device type)"), "{e}");
         // Without NLM_F_ACK_TLVS what follows the code is the echoed request, not text.
-        let e = ack_result("x", &reply(0, nack)).unwrap_err();
+        let e = ack_result("x", 0, &nack).unwrap_err();
         assert!(!e.to_string().contains("Unknown"), "{e}");
-        assert!(ack_result("x", &reply(0, &[1, 2])).is_err());
+        assert!(messages(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]).is_err());
     }
 
     fn skip_unless_root(test: &str) -> bool {
@@ -743,13 +615,13 @@ mod tests {
         let err = ns
             .run(|| {
                 let mut nl = Netlink::open().unwrap();
-                let msg = Message::new(libc::RTM_NEWLINK, (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16)
-                    .ifinfomsg(0, 0, 0, 0)
-                    .attr_str(libc::IFLA_IFNAME, "x0")
-                    .begin(libc::IFLA_LINKINFO)
-                    .attr_str(libc::IFLA_INFO_KIND, "no-such-kind")
-                    .end();
-                nl.request("create x0", msg).unwrap_err()
+                let mut m = link_message(0);
+                m.attributes = vec![
+                    LinkAttribute::IfName("x0".into()),
+                    LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Other("no-such-kind".into()))]),
+                ];
+                let msg = RouteNetlinkMessage::NewLink(m);
+                nl.request("create x0", msg, NLM_F_CREATE | NLM_F_EXCL).unwrap_err()
             })
             .unwrap();
         assert_eq!(err.errno(), Some(libc::EOPNOTSUPP), "{err}");

@@ -83,7 +83,7 @@ pub fn extract_kernel_parts(deb: &Path, dest: &Path) -> Result<Extracted, DebErr
         }
         let reader: Box<dyn Read + '_> = match name.as_str() {
             "data.tar" => Box::new(member),
-            "data.tar.xz" => Box::new(xz2::read::XzDecoder::new_multi_decoder(member)),
+            "data.tar.xz" => Box::new(liblzma::read::XzDecoder::new_multi_decoder(member)),
             "data.tar.gz" => Box::new(flate2::read::MultiGzDecoder::new(member)),
             "data.tar.zst" => {
                 Box::new(zstd::stream::read::Decoder::new(member).map_err(|source| {
@@ -229,7 +229,7 @@ pub(crate) mod tests {
 
     pub(crate) fn xz(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        xz2::read::XzEncoder::new(data, 1)
+        liblzma::read::XzEncoder::new(data, 1)
             .read_to_end(&mut out)
             .unwrap();
         out

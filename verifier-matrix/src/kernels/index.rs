@@ -122,7 +122,7 @@ pub fn fetch_index(mirror: &str, suite: &str) -> Result<Vec<IndexEntry>, IndexEr
         };
         let reader = response.into_reader();
         let mut decoder: Box<dyn Read> = match ext {
-            "xz" => Box::new(xz2::read::XzDecoder::new_multi_decoder(reader)),
+            "xz" => Box::new(liblzma::read::XzDecoder::new_multi_decoder(reader)),
             _ => Box::new(flate2::read::MultiGzDecoder::new(reader)),
         };
         let mut text = String::new();

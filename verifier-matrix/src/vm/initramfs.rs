@@ -340,7 +340,7 @@ fn read_module(host: &Path) -> Result<(String, Vec<u8>), InitramfsError> {
         Codec::None => raw,
         Codec::Xz => {
             let mut out = Vec::new();
-            xz2::read::XzDecoder::new(&raw[..])
+            liblzma::read::XzDecoder::new(&raw[..])
                 .read_to_end(&mut out)
                 .map_err(decompress_err)?;
             out
@@ -530,7 +530,7 @@ mod tests {
         let body = fake_module();
 
         let xz_path = dir.path().join("bpf_testmod.ko.xz");
-        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 6);
+        let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 6);
         enc.write_all(&body).unwrap();
         let xz = enc.finish().unwrap();
         assert_eq!(&xz[..6], b"\xfd7zXZ\0", "test must use a real xz stream");

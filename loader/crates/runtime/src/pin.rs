@@ -43,7 +43,14 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Subdirectory of `DIR/<monitor>` holding the pinned links, one per program.
 const LINKS: &str = "links";
 /// Subdirectory of `DIR/<monitor>` holding the pinned programs: an adopting loader reads their
-/// ids and statistics there (the links alone do not name their program in aya 0.13).
+/// ids and statistics there.
+///
+/// aya 0.14 names a link's program (`FdLink::info()` and `LinkInfo::program_id`), so the links
+/// alone could lead to the programs, but the directory stays, for two reasons. The pins are an
+/// interface between loader versions: a loader rolled back to an earlier version adopts what
+/// this one pinned, and that version reads `programs/`. And a link's info by fd
+/// (`BPF_OBJ_GET_INFO_BY_FD` on a link) came in 5.8, while pinnable links came in 5.7 (raw
+/// tracepoints, fexit): on 5.7 the link cannot name its program.
 const PROGRAMS: &str = "programs";
 /// Subdirectory of `DIR/<monitor>` holding the pinned maps, by map name.
 const MAPS: &str = "maps";

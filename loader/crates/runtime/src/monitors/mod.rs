@@ -536,9 +536,9 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     loader.btf(btf);
     if transport == Transport::Ringbuf {
         if let Some(size) = options.ring_size {
-            loader.set_max_entries("events", size);
+            loader.map_max_entries("events", size);
         }
-        loader.set_global(WAKEUP_BYTES, &wakeup_bytes, true);
+        loader.override_global(WAKEUP_BYTES, &wakeup_bytes, true);
     }
     let mut ebpf = loader.load(object.bytes).map_err(|source| MonitorError::Object { monitor, source })?;
     // dns and network: the ports that mark DNS traffic are a map, not global data (4.19 has

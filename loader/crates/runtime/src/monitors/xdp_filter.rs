@@ -22,7 +22,7 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, xdp::XdpMapError, Array, CpuMap, LpmTrie, MapError, PerCpuArray},
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpFlags},
+    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
     Btf, Ebpf, EbpfError, EbpfLoader, Pod,
 };
 use serde::Serialize;
@@ -297,7 +297,7 @@ impl XdpFilter {
         // The kernel refuses a CPU map larger than NR_CPUS; size it to the possible CPUs so every
         // CPU id (not only the first 64) can be a target.
         if let Ok(n) = aya::util::nr_cpus() {
-            loader.set_max_entries(MAP_CPUMAP, n as u32);
+            loader.map_max_entries(MAP_CPUMAP, n as u32);
         }
         let ebpf = loader.load(object.bytes).map_err(XdpFilterError::Object)?;
         let mut filter = Self { ebpf, link: None };
@@ -387,9 +387,9 @@ impl XdpFilter {
     /// support (`lo`, most virtual devices but veth). Returns the mode it got.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode, XdpFilterError> {
         let program = self.program_mut()?;
-        let (mode, link) = match program.attach(iface, XdpFlags::DRV_MODE) {
+        let (mode, link) = match program.attach(iface, XdpMode::Driver) {
             Ok(link) => (AttachMode::Native, link),
-            Err(native) => match program.attach(iface, XdpFlags::SKB_MODE) {
+            Err(native) => match program.attach(iface, XdpMode::Skb) {
                 Ok(link) => {
                     tracing::debug!("xdp_filter: native attach to {iface} refused ({native}); generic mode");
                     (AttachMode::Generic, link)

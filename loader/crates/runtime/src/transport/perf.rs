@@ -1,6 +1,6 @@
 //! One CPU's perf buffer for a `BPF_MAP_TYPE_PERF_EVENT_ARRAY` (4.4+), opened and read by us.
 //!
-//! aya 0.13.1's `PerfEventArray::open` always asks for a wake-up per sample (`wakeup_events = 1`),
+//! aya's `PerfEventArray::open` (0.13 and 0.14 alike) always asks for a wake-up per sample (`wakeup_events = 1`),
 //! which costs the kernel an irq_work and the reader a wake-up for every record. The `batched`
 //! delivery policy needs a byte watermark instead (`watermark = 1, wakeup_watermark = N`: one
 //! wake-up per N bytes written) with the reader draining on a timer, and a way to see whether data
@@ -320,7 +320,7 @@ impl Drop for PerfBuffer {
     }
 }
 
-/// `bpf(BPF_MAP_UPDATE_ELEM)` of `array[cpu] = fd`: aya 0.13 offers this only through
+/// `bpf(BPF_MAP_UPDATE_ELEM)` of `array[cpu] = fd`: aya (0.14 too) offers this only through
 /// `PerfEventArray::open`, which would open its own event.
 fn map_update(array: &MapData, cpu: u32, fd: RawFd) -> io::Result<()> {
     /// The `map_elem` member of `union bpf_attr`.
