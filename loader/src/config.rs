@@ -20,6 +20,7 @@ use thiserror::Error;
 
 use crate::{
     events::advanced::ADVANCED_BATCH_MAX,
+    output::sink::SinkSpec,
     monitors::{self, advanced, advanced::AdvancedOptions},
 };
 
@@ -63,6 +64,8 @@ pub enum Kind {
     RateTable,
     /// A table of syscall name to a rate in [0, 1].
     SyscallRateTable,
+    /// An array of sink tables (`[[sinks]]`); an inline TOML array in the environment.
+    Sinks,
 }
 
 impl Kind {
@@ -75,6 +78,7 @@ impl Kind {
             Kind::Boolean => "boolean",
             Kind::RateTable => "table of monitor = rate",
             Kind::SyscallRateTable => "table of syscall = rate",
+            Kind::Sinks => "array of sink tables",
         }
     }
 }
@@ -107,6 +111,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "btf_dir", kind: Kind::String, default: "-", flag: Some("--btf-dir"), example: "\"/var/lib/tapio/btf\"", doc: "Directory of `<kernel release>.btf` files, used when the kernel has no /sys/kernel/btf/vmlinux and `btf` is unset." },
     KeyDoc { key: "output", kind: Kind::String, default: "\"stdout\"", flag: Some("--output-file"), example: "\"/var/log/tapio/events.jsonl\"", doc: "Where JSON lines go: `stdout` or a file path." },
     KeyDoc { key: "output_queue_events", kind: Kind::Integer, default: "16384", flag: None, example: "65536", doc: "Events that may wait for the output writer thread, 64-1048576. When the reader of the output stalls, batches beyond this are dropped and counted in `tapio_output_dropped_total`; the loader, `/healthz` and the metrics keep answering." },
+    KeyDoc { key: "sinks", kind: Kind::Sinks, default: "-", flag: None, example: "[{ kind = \"stdout\" }, { kind = \"file\", path = \"/var/log/tapio/events.jsonl\", max_bytes = 104857600, keep = 5 }, { kind = \"otlp\", endpoint = \"http://127.0.0.1:4317\", when_full = \"drop\" }]", doc: "Where events go, every sink seeing the same events after the same filters: `[[sinks]]` tables, each with `kind` = `stdout`, `file` (`path`, `max_bytes` (0: never rotate, default 104857600), `keep` rotated files (default 5)) or `otlp` (`endpoint` http://host:port, `batch_events` 1-65536 (default 512), `timeout_ms` (default 10000)), and `name`, `queue_events` (64-1048576, default `output_queue_events`), `when_full` = `drop` (default: drop and count) or `block` (wait, so the kernel's buffers drop instead). Unset: one `stdout` sink, or the `output` file. See Exports." },
     KeyDoc { key: "metrics_address", kind: Kind::String, default: "\"127.0.0.1:9464\"", flag: Some("--metrics-address"), example: "\"0.0.0.0:9464\"", doc: "Address of the Prometheus endpoint (/metrics, /healthz), or `off`." },
     KeyDoc { key: "pin_path", kind: Kind::String, default: "-", flag: Some("--pin-path"), example: "\"/sys/fs/bpf/tapio\"", doc: "bpffs directory where links and maps are pinned so programs stay attached across restarts; a start that finds pins there adopts them. Unset: nothing outlives the loader." },
     KeyDoc { key: "strict", kind: Kind::Boolean, default: "false", flag: Some("--strict"), example: "true", doc: "A monitor that fails to load or attach stops the loader (exit 1). Unset: the loader runs the monitors that did load, reports each failure with the kernel's reason (log, `/healthz`, `tapio_monitor_failed`) and exits only when none loaded." },
@@ -134,6 +139,7 @@ pub struct Partial {
     pub btf_dir: Option<PathBuf>,
     pub output: Option<String>,
     pub output_queue_events: Option<i64>,
+    pub sinks: Option<Vec<SinkPartial>>,
     pub metrics_address: Option<String>,
     pub pin_path: Option<PathBuf>,
     pub strict: Option<bool>,
@@ -172,6 +178,7 @@ impl Partial {
             btf_dir: over.btf_dir.or(self.btf_dir),
             output: over.output.or(self.output),
             output_queue_events: over.output_queue_events.or(self.output_queue_events),
+            sinks: over.sinks.or(self.sinks),
             metrics_address: over.metrics_address.or(self.metrics_address),
             pin_path: over.pin_path.or(self.pin_path),
             strict: over.strict.or(self.strict),
@@ -196,6 +203,103 @@ pub enum CriSocket {
     Path(PathBuf),
 }
 
+/// One `[[sinks]]` table as written: every key optional, unknown keys refused; validated by
+/// [`Config::from_partial`], which refuses a key the sink's kind does not read.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkPartial {
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub queue_events: Option<i64>,
+    pub when_full: Option<String>,
+    pub path: Option<PathBuf>,
+    pub max_bytes: Option<i64>,
+    pub keep: Option<i64>,
+    pub endpoint: Option<String>,
+    pub batch_events: Option<i64>,
+    pub timeout_ms: Option<i64>,
+}
+
+/// Default size at which a `file` sink rotates.
+pub const DEFAULT_FILE_MAX_BYTES: u64 = 100 * 1024 * 1024;
+/// Default number of rotated files a `file` sink keeps.
+pub const DEFAULT_FILE_KEEP: usize = 5;
+
+/// Validates the `[[sinks]]` tables; `queue_events` is the default bound of each queue.
+fn sinks(tables: &[SinkPartial], queue_events: u64) -> Result<Vec<SinkSpec>, ConfigError> {
+    use crate::output::sink::{SinkKind, WhenFull};
+    if tables.is_empty() {
+        return Err(invalid("sinks", "at least one sink", "an empty list"));
+    }
+    let mut out: Vec<SinkSpec> = Vec::new();
+    for (i, t) in tables.iter().enumerate() {
+        let at = |key: &str| format!("sinks[{i}].{key}");
+        let unread = |key: &str, kind: &str| ConfigError::Unread { key: at(key), why: format!("a sink of kind `{kind}` does not read it") };
+        let kind_name = t.kind.as_deref().ok_or_else(|| invalid(&at("kind"), "`stdout`, `file` or `otlp`", "nothing"))?;
+        let file_keys = [("path", t.path.is_some()), ("max_bytes", t.max_bytes.is_some()), ("keep", t.keep.is_some())];
+        let otlp_keys = [("endpoint", t.endpoint.is_some()), ("batch_events", t.batch_events.is_some()), ("timeout_ms", t.timeout_ms.is_some())];
+        let refuse = |keys: &[(&str, bool)]| match keys.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(unread(key, kind_name)),
+            None => Ok(()),
+        };
+        let kind = match kind_name {
+            "stdout" => {
+                refuse(&file_keys)?;
+                refuse(&otlp_keys)?;
+                SinkKind::Stdout
+            }
+            "file" => {
+                refuse(&otlp_keys)?;
+                let path = t.path.clone().filter(|p| !p.as_os_str().is_empty()).ok_or_else(|| invalid(&at("path"), "a file path", "nothing"))?;
+                SinkKind::File {
+                    path,
+                    max_bytes: in_range(&at("max_bytes"), t.max_bytes, DEFAULT_FILE_MAX_BYTES as i64, 0, i64::MAX)? as u64,
+                    keep: in_range(&at("keep"), t.keep, DEFAULT_FILE_KEEP as i64, 0, 1000)? as usize,
+                    truncate: false,
+                }
+            }
+            "otlp" => {
+                refuse(&file_keys)?;
+                let endpoint = t.endpoint.clone().ok_or_else(|| invalid(&at("endpoint"), "http://host:port", "nothing"))?;
+                let valid = endpoint.strip_prefix("http://").is_some_and(|rest| !rest.is_empty()) && endpoint.parse::<tonic::transport::Uri>().is_ok();
+                if !valid {
+                    return Err(invalid(&at("endpoint"), "http://host:port (plaintext gRPC)", format!("`{endpoint}`")));
+                }
+                SinkKind::Otlp(crate::output::otlp::OtlpOptions {
+                    endpoint,
+                    batch_events: in_range(&at("batch_events"), t.batch_events, crate::output::otlp::DEFAULT_BATCH_EVENTS as i64, 1, 65_536)? as usize,
+                    timeout: std::time::Duration::from_millis(in_range(&at("timeout_ms"), t.timeout_ms, 10_000, 1, 600_000)? as u64),
+                })
+            }
+            other => return Err(invalid(&at("kind"), "`stdout`, `file` or `otlp`", format!("`{other}`"))),
+        };
+        let when_full = match t.when_full.as_deref() {
+            None | Some("drop") => WhenFull::Drop,
+            Some("block") => WhenFull::Block,
+            Some(other) => return Err(invalid(&at("when_full"), "`drop` or `block`", format!("`{other}`"))),
+        };
+        let name = match &t.name {
+            Some(name) if name.is_empty() => return Err(invalid(&at("name"), "a name", "an empty string")),
+            Some(name) => name.clone(),
+            None => {
+                let same = out.iter().filter(|s| s.kind.name() == kind.name()).count();
+                if same == 0 { kind.name().to_owned() } else { format!("{}-{}", kind.name(), same + 1) }
+            }
+        };
+        if out.iter().any(|s| s.name == name) {
+            return Err(invalid(&at("name"), "a name no other sink has", format!("`{name}`")));
+        }
+        if let SinkKind::File { path, .. } = &kind {
+            if out.iter().any(|s| matches!(&s.kind, SinkKind::File { path: p, .. } if p == path)) {
+                return Err(invalid(&at("path"), "a file no other sink writes", path.display()));
+            }
+        }
+        let queue_events = in_range(&at("queue_events"), t.queue_events, queue_events as i64, 64, 1 << 20)? as u64;
+        out.push(SinkSpec { name, kind, queue_events, when_full });
+    }
+    Ok(out)
+}
+
 /// Where events are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -216,8 +320,11 @@ pub struct Config {
     pub btf: Option<PathBuf>,
     pub btf_dir: Option<PathBuf>,
     pub output: Output,
-    /// Bound of the output writer's queue, in events (crate::output::writer).
+    /// Bound of the output writer's queue, in events (crate::output::sink), and the default
+    /// bound of every sink's.
     pub output_queue_events: u64,
+    /// The sinks (crate::output::sink): `[[sinks]]`, else one from `output`.
+    pub sinks: Vec<SinkSpec>,
     /// None: `off`.
     pub metrics_address: Option<SocketAddr>,
     /// Whether some layer set `metrics_address`: then failing to bind it is fatal, while a
@@ -310,6 +417,8 @@ impl Config {
             "off" => None,
             addr => Some(addr.parse::<SocketAddr>().map_err(|_| invalid("metrics_address", "host:port with an IP address (e.g. 127.0.0.1:9464) or `off`", format!("`{addr}`")))?),
         };
+        let output_queue_events =
+            in_range("output_queue_events", p.output_queue_events, crate::output::sink::DEFAULT_QUEUE_EVENTS as i64, 64, 1 << 20)? as u64;
         let advanced = monitors::advanced::SPEC.name;
         let sampling = p.sampling.clone().unwrap_or_default();
         for (monitor, &rate) in &sampling {
@@ -355,6 +464,19 @@ impl Config {
                 });
             }
         }
+        let sinks = match &p.sinks {
+            None => vec![SinkSpec::legacy(
+                match &output {
+                    Output::Stdout => None,
+                    Output::File(path) => Some(path.clone()),
+                },
+                output_queue_events,
+            )],
+            Some(_) if p.output.is_some() => {
+                return Err(ConfigError::Unread { key: "output".into(), why: "`sinks` is set: add a `file` or `stdout` sink there instead".into() })
+            }
+            Some(tables) => sinks(tables, output_queue_events)?,
+        };
         Ok(Config {
             monitors,
             dns_ports,
@@ -365,13 +487,8 @@ impl Config {
             btf: p.btf,
             btf_dir: p.btf_dir,
             output,
-            output_queue_events: in_range(
-                "output_queue_events",
-                p.output_queue_events,
-                crate::output::writer::DEFAULT_QUEUE_EVENTS as i64,
-                64,
-                1 << 20,
-            )? as u64,
+            output_queue_events,
+            sinks,
             metrics_address,
             metrics_address_explicit,
             pin_path: match p.pin_path {
@@ -483,6 +600,11 @@ pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Part
             Kind::IntegerList => toml::Value::Array(
                 items().map(int).collect::<Result<_, _>>().map_err(|_| bad("comma-separated integers"))?,
             ),
+            // An inline TOML array of tables: `[{ kind = "otlp", endpoint = "http://..." }]`.
+            Kind::Sinks => toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .ok_or_else(|| bad("an inline TOML array of sink tables"))?,
             Kind::RateTable | Kind::SyscallRateTable => {
                 let mut rates = toml::Table::new();
                 let (form, numeric) = match doc.kind {
@@ -599,7 +721,10 @@ mod tests {
 
     #[test]
     fn every_documented_key_accepts_its_example() {
-        let text: String = KEYS.iter().map(|k| format!("{} = {}\n", k.key, k.example)).collect();
+        // `sinks` replaces `output`, which is refused beside it: each is checked apart.
+        let text: String = KEYS.iter().filter(|k| k.key != "sinks").map(|k| format!("{} = {}\n", k.key, k.example)).collect();
+        check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let text: String = KEYS.iter().filter(|k| k.key != "output").map(|k| format!("{} = {}\n", k.key, k.example)).collect();
         check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     }
 
@@ -644,6 +769,16 @@ mod tests {
     #[case("monitors = [\"advanced\"]\n[syscall_sampling]\nread = 2.0", "syscall_sampling.read")]
     #[case("output_queue_events = 1", "output_queue_events")]
     #[case("strict = \"yes\"", "strict")]
+    #[case("[[sinks]]\npath = \"/x\"", "sinks[0].kind")]
+    #[case("[[sinks]]\nkind = \"kafka\"", "sinks[0].kind")]
+    #[case("[[sinks]]\nkind = \"stdout\"\n[[sinks]]\nkind = \"file\"", "sinks[1].path")]
+    #[case("[[sinks]]\nkind = \"otlp\"", "sinks[0].endpoint")]
+    #[case("[[sinks]]\nkind = \"otlp\"\nendpoint = \"collector:4317\"", "sinks[0].endpoint")]
+    #[case("[[sinks]]\nkind = \"stdout\"\nwhen_full = \"wait\"", "sinks[0].when_full")]
+    #[case("[[sinks]]\nkind = \"stdout\"\nqueue_events = 1", "sinks[0].queue_events")]
+    #[case("[[sinks]]\nkind = \"stdout\"\ncolour = 1", "colour")]
+    #[case("[[sinks]]\nkind = \"file\"\npath = \"/a\"\n[[sinks]]\nkind = \"file\"\npath = \"/a\"", "sinks[1].path")]
+    #[case("sinks = []", "sinks")]
     #[case("monitors = [\"advanced\"]\ndedup_window_ms = -1", "dedup_window_ms")]
     #[case("delivery = \"lazy\"", "delivery")]
     #[case("delivery_bound_ms = 0", "delivery_bound_ms")]
@@ -664,6 +799,10 @@ mod tests {
     #[case("batch_size = 32", "batch_size", "only the advanced monitor reads it")]
     #[case("flush_interval_ms = 50", "flush_interval_ms", "only the advanced monitor reads it")]
     #[case("[syscall_sampling]\nread = 0.5", "syscall_sampling", "only the advanced monitor reads it")]
+    #[case("[[sinks]]\nkind = \"stdout\"\npath = \"/x\"", "sinks[0].path", "a sink of kind `stdout` does not read it")]
+    #[case("[[sinks]]\nkind = \"file\"\npath = \"/x\"\nendpoint = \"http://a:1\"", "sinks[0].endpoint", "a sink of kind `file` does not read it")]
+    #[case("[[sinks]]\nkind = \"otlp\"\nendpoint = \"http://a:1\"\nkeep = 2", "sinks[0].keep", "a sink of kind `otlp` does not read it")]
+    #[case("output = \"/x\"\n[[sinks]]\nkind = \"stdout\"", "output", "`sinks` is set")]
     fn keys_nothing_reads_are_refused_with_the_reason(#[case] text: &str, #[case] key: &str, #[case] why: &str) {
         let e = check(text).expect_err(text).to_string();
         assert!(e.starts_with(&format!("config key {key}: refused: nothing reads it: ")) && e.contains(why), "{text:?}: {e}");
@@ -678,6 +817,29 @@ mod tests {
         assert_eq!((options.batch_size, options.sampling), (32, 0.5));
         assert_eq!(options.rates.get(&(libc::SYS_read as u32)), Some(&0.1));
         assert_eq!(options.kernel_config(1).batch_size, 32);
+    }
+
+    /// Without `sinks`, one sink reproduces what `output` always did; `[[sinks]]` gives each
+    /// sink its kind, bound and choice, the bound defaulting to `output_queue_events`.
+    #[test]
+    fn sinks_default_to_the_output_and_read_their_tables() {
+        use crate::output::sink::{SinkKind, WhenFull};
+        let c = check("").unwrap();
+        assert_eq!(c.sinks, vec![SinkSpec::legacy(None, 16_384)]);
+        let c = check("output = \"/tmp/e.jsonl\"\noutput_queue_events = 64").unwrap();
+        assert_eq!(c.sinks, vec![SinkSpec::legacy(Some("/tmp/e.jsonl".into()), 64)]);
+        let c = check(
+            "output_queue_events = 128\n[[sinks]]\nkind = \"stdout\"\n[[sinks]]\nkind = \"file\"\npath = \"/a\"\nmax_bytes = 4096\nkeep = 2\nwhen_full = \"block\"\n[[sinks]]\nkind = \"otlp\"\nname = \"collector\"\nendpoint = \"http://127.0.0.1:4317\"\nqueue_events = 1024",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["stdout", "file", "collector"]);
+        assert_eq!(c.sinks[1].kind, SinkKind::File { path: "/a".into(), max_bytes: 4096, keep: 2, truncate: false });
+        assert_eq!((c.sinks[1].when_full, c.sinks[1].queue_events), (WhenFull::Block, 128));
+        assert_eq!((c.sinks[2].when_full, c.sinks[2].queue_events), (WhenFull::Drop, 1024));
+        let env = from_env([("TAPIO_SINKS".to_owned(), "[{ kind = \"otlp\", endpoint = \"http://10.0.0.1:4317\" }]".to_owned())]).unwrap();
+        let c = Config::from_partial(env).unwrap();
+        assert!(matches!(&c.sinks[0].kind, SinkKind::Otlp(o) if o.endpoint == "http://10.0.0.1:4317"));
     }
 
     #[test]

@@ -348,10 +348,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let c = tapio_load::config::Config::from_partial(file.merge(overrides.clone()))?;
             cmd_run(RunOptions {
                 btf: c.btf_path(&tapio_runtime::plan::kernel_release()),
-                output_file: match &c.output {
-                    tapio_load::config::Output::Stdout => None,
-                    tapio_load::config::Output::File(path) => Some(path.clone()),
-                },
+                sinks: c.sinks.clone(),
                 decode: DecodeOptions { argv_max: c.argv_max, dns_timeout: std::time::Duration::from_millis(c.dns_timeout_ms) },
                 load: LoadOptions {
                     ring_size: c.ring_size,
@@ -377,7 +374,6 @@ fn real_main(cli: Cli) -> Result<()> {
                     tapio_load::config::CriSocket::Off => None,
                     tapio_load::config::CriSocket::Path(p) => Some(p.clone()),
                 },
-                output_queue_events: c.output_queue_events,
                 monitors: c.monitors,
             })
         }

@@ -1,11 +1,7 @@
 //! `tapio-load run`: load the chosen monitors, attach, drain their buffers into the output until
 //! SIGINT or SIGTERM, then detach everything and return.
 
-use std::{
-    fs::File,
-    io::{self, Write},
-    path::PathBuf,
-};
+use std::{io, path::PathBuf};
 
 use aya::Btf;
 
@@ -16,7 +12,7 @@ use tracing::{error, info, warn};
 use crate::{
     events::{self, DecodeOptions},
     monitors::{self, LoadOptions, LoadedMonitor, MonitorError, MonitorSpec},
-    output::writer::{OutputThread, SendError},
+    output::sink::{Fanout, SinkError, SinkSpec},
     privileges,
 };
 
@@ -26,8 +22,9 @@ pub struct RunOptions {
     pub monitors: Vec<&'static MonitorSpec>,
     /// An external BTF file instead of the kernel's own.
     pub btf: Option<PathBuf>,
-    /// JSON lines go here; None is stdout.
-    pub output_file: Option<PathBuf>,
+    /// Where events go, every sink after the same filters (crate::output::sink): by default one
+    /// `stdout` sink of JSON lines.
+    pub sinks: Vec<SinkSpec>,
     pub decode: DecodeOptions,
     pub load: LoadOptions,
     /// The Prometheus endpoint; None: `metrics_address = "off"`.
@@ -40,9 +37,6 @@ pub struct RunOptions {
     /// `--pin-path`: pin links and maps here (they outlive the run), or adopt the pins found
     /// here instead of loading (see crate::pin). None: nothing outlives the run.
     pub pin_path: Option<PathBuf>,
-    /// At most this many events wait for the output writer; beyond it batches are dropped and
-    /// counted (`output_queue_events`).
-    pub output_queue_events: u64,
     /// `strict`: the first monitor that fails stops the run. Otherwise the run goes on with the
     /// monitors that loaded and reports the others ([`MonitorFailure`]).
     pub strict: bool,
@@ -215,7 +209,14 @@ pub fn load_all(options: &RunOptions) -> Result<Started, RunError> {
     Ok(started)
 }
 
-/// How long shutdown waits for the writer thread to write what is queued.
+/// A sink that could not open or stopped on an error ends the run, named as the output it was.
+fn output_failed(e: SinkError) -> RunError {
+    match e {
+        SinkError::Failed { sink, source } | SinkError::Open { sink, source } => RunError::Output { path: sink, source },
+    }
+}
+
+/// How long shutdown waits for the sinks to write (or send) what is queued.
 const OUTPUT_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Totals reported when the run ends.
@@ -264,21 +265,11 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             info!(monitor = r.monitor, program = r.program, path = %r.path, transport = %m.transport, "attached");
         }
     }
-    let (output_name, writer): (String, Box<dyn Write + Send>) = match &options.output_file {
-        Some(path) => {
-            let file = File::create(path)
-                .map_err(|source| RunError::Output { path: path.display().to_string(), source })?;
-            (path.display().to_string(), Box::new(file))
-        }
-        None => ("stdout".to_owned(), Box::new(io::stdout())),
-    };
-    // The writer has its own thread behind a bounded queue (crate::output::writer): a stalled
-    // reader of the output never blocks this loop, the drain tasks or the metrics endpoint.
-    let mut sink = OutputThread::spawn(writer, options.output_queue_events, counters.clone())
-        .map_err(|source| RunError::Output { path: output_name.clone(), source })?;
-    let output_failed = |e: SendError, name: &str| match e {
-        SendError::Failed(source) => RunError::Output { path: name.to_owned(), source },
-    };
+    // The one fan-out point: every batch, after every filter, goes to every sink, each on a
+    // thread of its own behind a bounded queue (crate::output::sink), so a stalled reader of
+    // one output never blocks this loop unless that sink says `when_full = "block"`.
+    let mut sink = Fanout::start(options.sinks.clone(), counters.clone()).map_err(output_failed)?;
+    let output_name = sink.describe();
 
     // Every monitor's buffers are drained by this loop (crate::transport::Streamer), on their
     // wake-ups and on the delivery policy's timer, and decoded where they lie. On shutdown they
@@ -471,7 +462,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                     released = hold_for_names(a, cri.as_ref(), &mut held, released, false);
                 }
                 if !released.is_empty() {
-                    sink.send(released).map_err(|e| output_failed(e, &output_name))?;
+                    sink.send(released).await.map_err(output_failed)?;
                 }
                 dns.publish(&counters); // metrics: tapio_dns_inflight*
             }
@@ -528,7 +519,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             out = hold_for_names(a, cri.as_ref(), &mut held, out, stopping);
         }
         if !out.is_empty() {
-            sink.send(out).map_err(|e| output_failed(e, &output_name))?;
+            sink.send(out).await.map_err(output_failed)?;
             dns.publish(&counters); // metrics: tapio_dns_inflight*
         }
         if stopping {
@@ -545,10 +536,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     }
     drop(cri);
     if !last.is_empty() {
-        sink.send(last).map_err(|e| output_failed(e, &output_name))?;
+        sink.send(last).await.map_err(output_failed)?;
     }
-    sink.finish(OUTPUT_DRAIN_TIMEOUT).map_err(|source| RunError::Output { path: output_name.clone(), source })?;
-    summary.written = counters.events_written.load(std::sync::atomic::Ordering::Relaxed);
+    summary.written = sink.finish(OUTPUT_DRAIN_TIMEOUT).map_err(output_failed)?;
     // The endpoint holds a reference to the objects: stop it first so dropping ours detaches.
     if let Some(task) = metrics_task {
         task.abort();

@@ -50,15 +50,18 @@ pub enum MetricsError {
 /// Counters kept in user space, updated by the run loop.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Events the first sink wrote (crate::output::sink::Fanout).
     pub events_written: AtomicU64,
-    /// Events dropped because the output queue was full (crate::output::writer).
+    /// Events the first sink dropped because its queue was full (crate::output::sink).
     pub output_dropped: AtomicU64,
-    /// Events waiting for the writer thread now, and the queue's bound.
+    /// Events waiting in the first sink's queue now, and the queue's bound.
     pub output_queue_events: AtomicU64,
     pub output_queue_bound: AtomicU64,
     pub decode_errors: AtomicU64,
     pub config_reloads: AtomicU64,
     pub config_reload_errors: AtomicU64,
+    /// Every sink's own counters, in configuration order (`tapio_sink_*`).
+    pub sinks: std::sync::Mutex<Vec<Arc<crate::output::sink::SinkCounters>>>,
     // --- dns correlator (crate::dns::Correlator), stored by the run loop after each batch ---
     /// Queries waiting for their response now.
     pub dns_inflight: AtomicU64,
@@ -360,14 +363,30 @@ pub fn render(state: &State) -> String {
     }
 
     let c = &state.counters;
-    family(&mut out, "tapio_events_written_total", "counter", "Events written to the output.");
+    family(&mut out, "tapio_events_written_total", "counter", "Events written to the output (the first sink; see tapio_sink_sent_total for every sink).");
     let _ = writeln!(out, "tapio_events_written_total {}", c.events_written.load(Ordering::Relaxed));
-    family(&mut out, "tapio_output_dropped_total", "counter", "Events dropped in the loader because the output queue was full (its reader stalled or too slow).");
+    family(&mut out, "tapio_output_dropped_total", "counter", "Events dropped in the loader because the first sink's queue was full (its reader stalled or too slow); see tapio_sink_dropped_total for every sink.");
     let _ = writeln!(out, "tapio_output_dropped_total {}", c.output_dropped.load(Ordering::Relaxed));
-    family(&mut out, "tapio_output_queue_events", "gauge", "Events waiting for the output writer thread.");
+    family(&mut out, "tapio_output_queue_events", "gauge", "Events waiting for the first sink's writer thread.");
     let _ = writeln!(out, "tapio_output_queue_events {}", c.output_queue_events.load(Ordering::Relaxed));
-    family(&mut out, "tapio_output_queue_capacity", "gauge", "Bound on events waiting for the output writer (`output_queue_events`); beyond it batches are dropped.");
+    family(&mut out, "tapio_output_queue_capacity", "gauge", "Bound on events waiting for the first sink's writer (`output_queue_events`, or its `queue_events`).");
     let _ = writeln!(out, "tapio_output_queue_capacity {}", c.output_queue_bound.load(Ordering::Relaxed));
+    let sinks = c.sinks.lock().map(|s| s.clone()).unwrap_or_default();
+    /// Name, type, help and reading of one `tapio_sink_*` family.
+    type SinkFamily = (&'static str, &'static str, &'static str, fn(&crate::output::sink::SinkCounters) -> u64);
+    let sink_families: [SinkFamily; 5] = [
+        ("tapio_sink_queued_events", "gauge", "Events waiting in the sink's queue.", |s| s.queued.load(Ordering::Relaxed)),
+        ("tapio_sink_queue_capacity", "gauge", "Bound on events waiting in the sink's queue (`queue_events`); beyond it `when_full` applies.", |s| s.bound.load(Ordering::Relaxed)),
+        ("tapio_sink_sent_total", "counter", "Events the sink wrote (stdout, file) or its receiver accepted (otlp).", |s| s.sent.load(Ordering::Relaxed)),
+        ("tapio_sink_dropped_total", "counter", "Events the sink dropped: its queue was full under `when_full = \"drop\"`, or its receiver refused them for good.", |s| s.dropped.load(Ordering::Relaxed)),
+        ("tapio_sink_retries_total", "counter", "Export attempts that failed and were retried with backoff (otlp).", |s| s.retries.load(Ordering::Relaxed)),
+    ];
+    for (name, kind, help, value) in sink_families {
+        family(&mut out, name, kind, help);
+        for s in &sinks {
+            let _ = writeln!(out, "{name}{{sink=\"{}\",kind=\"{}\"}} {}", label(&s.name), s.kind, value(s));
+        }
+    }
     family(&mut out, "tapio_decode_errors_total", "counter", "Records from the kernel that could not be decoded.");
     let _ = writeln!(out, "tapio_decode_errors_total {}", c.decode_errors.load(Ordering::Relaxed));
     family(&mut out, "tapio_config_reloads_total", "counter", "Configuration reloads applied on SIGHUP.");
