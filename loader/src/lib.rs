@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod config_watch;
+pub mod filter;
 pub mod logging;
 pub mod output;
 pub mod run;

@@ -49,6 +49,9 @@ pub struct RunOptions {
     /// Container and pod attribution (crate::attribution): at most this many pod and container
     /// cgroups remembered; None: off (events carry `cgroup_id` only).
     pub attribution: Option<usize>,
+    /// The source filters (crate::filter): the kernel half is filled before any program is
+    /// attached, the rest applies to every decoded event.
+    pub filters: crate::filter::Filters,
 }
 
 // What the run reports for a monitor that did not start: kept in the runtime, beside
@@ -160,6 +163,26 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
 
+    // --- filters (crate::filter): the kernel half goes in before attach, so it holds from the
+    // first event. The cgroup sets are resolved over a scan made now; the run's own scan and the
+    // watcher's records refine them once running. ---
+    let mut filtering = crate::filter::Active {
+        filters: options.filters.clone(),
+        drops: std::sync::Arc::new(crate::filter::AgentDrops::new()),
+        kernel_on: options.filters.any(),
+        dirty: false,
+    };
+    if filtering.kernel_on {
+        let mut early = options.attribution.map(crate::attribution::Attributor::new);
+        if let (Some(a), true) = (early.as_mut(), filtering.filters.by_cgroup()) {
+            if let Ok(Some(root)) = crate::cgroup2::mounted_root() {
+                a.scan(&root);
+            }
+        }
+        options.load.filter = Some(filtering.kernel(early.as_ref()));
+        info!(filters = ?filtering.filters, "filters: on in the kernel and in the agent");
+    }
+    // --- end filters ---
     // --- pin (crate::pin): adopt a previous run's pinned monitors, load and pin the others ---
     let adopted = match &options.pin_path {
         Some(dir) => crate::pin::adopt(dir, &options.monitors, &options.load.delivery)?,
@@ -249,6 +272,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         }
     }
     // --- end attribution ---
+    filtering.dirty = filtering.filters.by_cgroup();
     // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
     let pinned: Vec<crate::pin::PinnedProgram> = adopted.iter().flatten().flat_map(|a| a.programs.iter().cloned()).collect();
     // An adopted ring keeps the wake-up threshold its programs were loaded with, which this run
@@ -282,6 +306,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             requested: options.monitors.iter().map(|m| m.name).collect(),
             failed: failed.clone(),
             counters: counters.clone(),
+            filter_drops: filtering.drops.clone(),
             kernel_release: crate::plan::kernel_release(),
             pinned, // --- pin ---
         };
@@ -345,7 +370,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             _ = interrupt.recv(), if !stopping => stopping = true,
             _ = terminate.recv(), if !stopping => stopping = true,
             _ = hangup.recv() => {
-                reload("SIGHUP", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs);
+                if let Some(config) = reload("SIGHUP", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs) {
+                    filters_reloaded(&mut filtering, config.filters);
+                }
                 if let Some(watch) = watch.as_mut() {
                     watch.get_mut().applied();
                 }
@@ -368,7 +395,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             _ = tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)), if reload_at.is_some() => {
                 reload_at = None;
                 if watch.as_mut().is_some_and(|w| w.get_mut().changed()) {
-                    reload("config file changed", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs);
+                    if let Some(config) = reload("config file changed", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs) {
+                        filters_reloaded(&mut filtering, config.filters);
+                    }
                 }
             }
             _ = dns_tick.tick(), if dns_on => {
@@ -379,6 +408,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 if let Some(a) = attributor.as_mut() {
                     released.iter_mut().for_each(|event| a.annotate(event));
                 }
+                filtering.retain(&mut released);
                 if !released.is_empty() {
                     sink.send(released).map_err(|e| output_failed(e, &output_name))?;
                 }
@@ -394,7 +424,10 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             // attribution: the watcher's records update the map and are not output.
             if let Some(mkdir) = monitors::cgroup_watch::decode(record) {
                 match (mkdir, attributor.as_mut()) {
-                    (Ok(mkdir), Some(a)) => a.observe(&mkdir),
+                    (Ok(mkdir), Some(a)) => {
+                        a.observe(&mkdir);
+                        filtering.dirty |= filtering.filters.by_cgroup();
+                    }
                     (Ok(_), None) => {}
                     (Err(e), _) => {
                         summary.decode_errors += 1;
@@ -432,6 +465,11 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 a.annotate(event);
             }
         }
+        // filters: after attribution, so names apply; the cgroup sets follow new cgroups.
+        filtering.retain(&mut out);
+        if filtering.dirty {
+            filtering.sync(ebpfs.iter().map(|(n, e)| (*n, e)), attributor.as_ref());
+        }
         if !out.is_empty() {
             sink.send(out).map_err(|e| output_failed(e, &output_name))?;
             dns.publish(&counters); // metrics: tapio_dns_inflight*
@@ -446,6 +484,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     if let Some(a) = attributor.as_mut() {
         last.iter_mut().for_each(|event| a.annotate(event));
     }
+    filtering.retain(&mut last);
     if !last.is_empty() {
         sink.send(last).map_err(|e| output_failed(e, &output_name))?;
     }
@@ -487,10 +526,10 @@ fn reload(
     source: Option<&crate::config::Reload>,
     counters: &crate::output::metrics::Counters,
     objects: &crate::output::metrics::SharedObjects,
-) {
+) -> Option<crate::config::Config> {
     let Some(source) = source else {
         warn!("{trigger}: no --config file to re-read; ignored");
-        return;
+        return None;
     };
     match source.load() {
         Ok(config) => {
@@ -502,10 +541,27 @@ fn reload(
             // --- end advanced ---
             counters.config_reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(argv_max = config.argv_max, dns_timeout_ms = config.dns_timeout_ms, "{trigger}: configuration reloaded");
+            Some(config)
         }
         Err(e) => {
             counters.config_reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!("{trigger}: {e}; keeping the running configuration");
+            None
         }
     }
+}
+
+/// A reload's filters: the agent applies them from the next event; the kernel maps are rewritten
+/// in place after the current pass (no program is detached). Objects loaded without the kernel
+/// filter cannot turn it on (its switch is read-only after load): the agent applies it there.
+fn filters_reloaded(filtering: &mut crate::filter::Active, filters: crate::filter::Filters) {
+    if filtering.filters == filters {
+        return;
+    }
+    if !filtering.kernel_on && filters.any() {
+        warn!("filters: the monitors were loaded without the kernel filter; the new filters apply in the agent until the next start");
+    }
+    info!(filters = ?filters, "filters: reloaded");
+    filtering.filters = filters;
+    filtering.dirty = true;
 }

@@ -14,6 +14,7 @@
 pub mod cgroup_link;
 pub mod check;
 pub mod errors;
+pub mod filter;
 pub mod lint;
 pub mod monitors;
 pub mod pin;
