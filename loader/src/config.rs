@@ -118,6 +118,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "syscall_sampling", kind: Kind::SyscallRateTable, default: "{}", flag: None, example: "{ read = 0.1, write = 0.5 }", doc: "The advanced monitor's kept fraction per watched syscall (`read`, `write`, `openat`, `close`), 0.0-1.0, overriding `sampling.advanced` for that syscall. Reloaded live." },
     KeyDoc { key: "dedup_window_ms", kind: Kind::Integer, default: "0", flag: None, example: "500", doc: "The advanced monitor reports identical events within this window once (with a suppressed count); 0 disables. At most 60000. Reloaded live." },
     KeyDoc { key: "batch_size", kind: Kind::Integer, default: "64", flag: None, example: "32", doc: "The advanced monitor's events per ring record, 1-64 (a record's capacity). Reloaded live." },
+    KeyDoc { key: "flush_interval_ms", kind: Kind::Integer, default: "100", flag: None, example: "50", doc: "The advanced monitor sends a partial record at most this long after its first event, 1-10000. Reloaded live." },
     KeyDoc { key: "filter_include_uids", kind: Kind::IntegerList, default: "-", flag: None, example: r#"[0, 65534]"#, doc: "Keep only events of these user ids (the task's real uid), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Refused together with `filter_exclude_uids`. Reloaded live." },
     KeyDoc { key: "filter_exclude_uids", kind: Kind::IntegerList, default: "-", flag: None, example: r#"[0, 65534]"#, doc: "Drop events of these user ids (the task's real uid), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Reloaded live." },
     KeyDoc { key: "filter_include_comms", kind: Kind::StringList, default: "-", flag: None, example: r#"["sshd", "kubelet"]"#, doc: "Keep only events of these comms (the task's name, up to 15 bytes; longer names are cut as the kernel cuts them), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Refused together with `filter_exclude_comms`. Reloaded live." },
@@ -131,7 +132,6 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "filter_include_binaries", kind: Kind::StringList, default: "-", flag: None, example: r#"["/usr/bin/curl", "/opt/app/*"]"#, doc: "Keep only events of these executable paths, exact or a prefix ending in `*`; applied in the agent to events that carry the executable (exec). Refused together with `filter_exclude_binaries`. Reloaded live." },
     KeyDoc { key: "filter_exclude_binaries", kind: Kind::StringList, default: "-", flag: None, example: r#"["/usr/bin/curl", "/opt/app/*"]"#, doc: "Drop events of these executable paths, exact or a prefix ending in `*`; applied in the agent to events that carry the executable (exec). Reloaded live." },
     KeyDoc { key: "filter_scope", kind: Kind::String, default: "\"all\"", flag: None, example: "\"containers\"", doc: "Host vs container: `all`, `host` (processes outside any pod or container cgroup) or `containers` (only those inside one; needs attribution). Resolved to a cgroup id set the kernel filters. Reloaded live." },
-    KeyDoc { key: "flush_interval_ms", kind: Kind::Integer, default: "100", flag: None, example: "50", doc: "The advanced monitor sends a partial record at most this long after its first event, 1-10000. Reloaded live." },
 ];
 
 /// One layer (file, environment or flags): every key optional, unknown keys refused.
@@ -712,8 +712,12 @@ mod tests {
 
     #[test]
     fn every_documented_key_accepts_its_example() {
-        let text: String = KEYS.iter().map(|k| format!("{} = {}\n", k.key, k.example)).collect();
-        check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        // A filter's include and exclude keys refuse each other: one file with each side.
+        for side in ["filter_include_", "filter_exclude_"] {
+            let text: String =
+                KEYS.iter().filter(|k| !k.key.starts_with(side)).map(|k| format!("{} = {}\n", k.key, k.example)).collect();
+            check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
     }
 
     #[test]
@@ -842,5 +846,54 @@ mod tests {
             doc.contains(&reference_markdown()),
             "docs/operations.md is out of date: replace its configuration table with `tapio-load config reference`"
         );
+    }
+
+    // --- filters ---
+    fn filters_of(text: &str) -> Filters {
+        check(text).unwrap_or_else(|e| panic!("{text}: {e}")).filters
+    }
+
+    #[rstest]
+    #[case::none("", Filters::default())]
+    #[case::exclude_uids("filter_exclude_uids = [0, 65534]", Filters { uid: Some(KeySet { mode: Mode::Exclude, keys: [0, 65534].into() }), ..Default::default() })]
+    #[case::include_uids("filter_include_uids = [1000]", Filters { uid: Some(KeySet { mode: Mode::Include, keys: [1000].into() }), ..Default::default() })]
+    #[case::comms_cut_as_the_kernel_cuts("filter_exclude_comms = [\"a-very-long-command-name\"]", Filters { comm: Some(KeySet { mode: Mode::Exclude, keys: [comm_key("a-very-long-com")].into() }), ..Default::default() })]
+    #[case::scope_host("filter_scope = \"host\"", Filters { scope: Scope::Host, ..Default::default() })]
+    #[case::scope_containers("filter_scope = \"containers\"", Filters { scope: Scope::Containers, ..Default::default() })]
+    #[case::scope_all("filter_scope = \"all\"", Filters::default())]
+    #[case::namespaces("filter_exclude_namespaces = [\"kube-system\"]", Filters { namespace: Some(Names { mode: Mode::Exclude, values: ["kube-system".to_owned()].into() }), ..Default::default() })]
+    #[case::labels("filter_include_pod_labels = [\"app=web\", \"tier=\"]", Filters { pod_label: Some(Names { mode: Mode::Include, values: ["app=web".to_owned(), "tier=".to_owned()].into() }), ..Default::default() })]
+    #[case::container_names("filter_include_container_names = [\"app\"]", Filters { container_name: Some(Names { mode: Mode::Include, values: ["app".to_owned()].into() }), ..Default::default() })]
+    #[case::binaries("filter_exclude_binaries = [\"/usr/bin/curl\", \"/opt/app/*\"]", Filters { binary: Some((Mode::Exclude, [PathPattern::Exact("/usr/bin/curl".to_owned()), PathPattern::Prefix("/opt/app/".to_owned())].into())), ..Default::default() })]
+    fn filter_keys_parse(#[case] text: &str, #[case] want: Filters) {
+        assert_eq!(filters_of(text), want);
+    }
+
+    #[rstest]
+    #[case::both_modes("filter_include_uids = [1]\nfilter_exclude_uids = [2]", "config key filter_include_uids: expected either filter_include_uids or filter_exclude_uids, not both, got both set")]
+    #[case::negative_uid("filter_exclude_uids = [-1]", "config key filter_exclude_uids: expected uids from 0 to 4294967295, got -1")]
+    #[case::empty_comm("filter_exclude_comms = [\"\"]", "config key filter_exclude_comms: expected non-empty comms without NUL, got \"\"")]
+    #[case::bad_scope("filter_scope = \"pods\"", "config key filter_scope: expected `all`, `host` or `containers`, got `pods`")]
+    #[case::bad_label("filter_include_pod_labels = [\"app\"]", "config key filter_include_pod_labels: expected labels as `key=value`, got `app`")]
+    #[case::relative_binary("filter_exclude_binaries = [\"curl\"]", "config key filter_exclude_binaries: expected absolute paths, a trailing `*` for a prefix, got `curl`")]
+    #[case::empty_namespace("filter_exclude_namespaces = [\"\"]", "config key filter_exclude_namespaces: expected non-empty names, got ``")]
+    #[case::unknown_key("filter_exclude_pods = [\"x\"]", "filter_exclude_pods")]
+    fn filter_keys_refused(#[case] text: &str, #[case] message: &str) {
+        let e = check(text).expect_err(text).to_string();
+        assert!(e.contains(message), "{e}");
+    }
+
+    #[test]
+    fn too_many_uids_are_refused() {
+        let uids: Vec<String> = (0..=tapio_runtime::filter::UID_MAX).map(|u| u.to_string()).collect();
+        let e = check(&format!("filter_exclude_uids = [{}]", uids.join(", "))).expect_err("257 uids").to_string();
+        assert!(e.contains("at most 256 uids"), "{e}");
+    }
+
+    #[test]
+    fn filter_lists_come_from_the_environment() {
+        let p = from_env([("TAPIO_FILTER_EXCLUDE_COMMS".to_owned(), "sshd, kubelet".to_owned())]).expect("env");
+        let f = Config::from_partial(p).expect("valid").filters;
+        assert_eq!(f.comm.map(|s| s.keys), Some([comm_key("sshd"), comm_key("kubelet")].into()));
     }
 }

@@ -225,7 +225,7 @@ mod tests {
         comm: Some(set(Mode::Include, &[comm_key("sh")])),
         cgroup: Some(set(Mode::Exclude, &[7])),
     }, F_UID | F_COMM | F_COMM_INCLUDE | F_CGROUP)]
-    fn flags(#[case] filter: KernelFilter, #[case] flags: u32) {
+    fn flags_word(#[case] filter: KernelFilter, #[case] flags: u32) {
         assert_eq!(filter.flags(), flags);
     }
 
