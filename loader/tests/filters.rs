@@ -57,8 +57,12 @@ fn config_file(dir: &Path, text: &str) -> PathBuf {
     file
 }
 
-#[test]
-fn uid_and_comm_are_filtered_in_the_kernel() {
+/// Both builds: the ring build's switch is a `const volatile`, the perf build reads the flags
+/// word from the map (no global data there).
+#[rstest::rstest]
+#[case::ringbuf("ringbuf")]
+#[case::perf("perf")]
+fn uid_and_comm_are_filtered_in_the_kernel(#[case] transport: &str) {
     if skip_unless_root("uid_and_comm_are_filtered_in_the_kernel") {
         return;
     }
@@ -74,7 +78,7 @@ fn uid_and_comm_are_filtered_in_the_kernel() {
     let kept = echo_named(dir.path(), "tapflt-keep");
     // Readable and executable by uid 4242.
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the directory");
-    let loader = Loader::start(&["--config", file.to_str().expect("utf-8 path")]);
+    let loader = Loader::start(&["--config", file.to_str().expect("utf-8 path"), "--transport", transport]);
 
     run(&dropped, &format!("comm-{nonce}"));
     let status = Command::new(&kept).arg(format!("uid-{nonce}")).uid(4242).gid(4242).stdout(Stdio::null()).status().expect("run as uid 4242");
