@@ -253,3 +253,36 @@ fn a_reload_changes_a_kernel_filter_in_place() {
     assert_eq!(agent_drops(&page, "comm"), 0.0, "the kernel, not the agent, dropped them:\n{page}");
     assert_eq!(attachments_before, attachments_after, "the programs' attachments changed across the reload");
 }
+
+/// A binary path prefix is judged by the agent on exec events, and counted there.
+#[test]
+fn a_binary_prefix_is_filtered_in_the_agent() {
+    if skip_unless_root("a_binary_prefix_is_filtered_in_the_agent") {
+        return;
+    }
+    let _kernel = kernel_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let nonce = std::process::id();
+    let skipped = dir.path().join("skipped");
+    std::fs::create_dir(&skipped).expect("mkdir");
+    let file = config_file(
+        dir.path(),
+        &format!("monitors = [\"process\"]\nmetrics_address = \"127.0.0.1:{port}\"\nfilter_exclude_binaries = [\"{}/*\"]\n", skipped.display()),
+    );
+    let dropped = echo_named(&skipped, "tapflt-bin");
+    let kept = echo_named(dir.path(), "tapflt-bin");
+    let loader = Loader::start(&["--config", file.to_str().expect("utf-8 path")]);
+    run(&dropped, &format!("bin-drop-{nonce}"));
+    run(&kept, &format!("bin-keep-{nonce}"));
+    let mut seen = Vec::new();
+    loader
+        .wait_for(&mut seen, Duration::from_secs(10), |e| execs_with(std::slice::from_ref(e), &format!("bin-keep-{nonce}")) == 1)
+        .unwrap_or_else(|| panic!("the exec outside the prefix never came"));
+    let page = metrics_until(port, |p| agent_drops(p, "binary") >= 1.0);
+    let (events, stderr, status) = loader.finish();
+    seen.extend(events);
+    assert!(status.success(), "tapio-load exits 0: {status}; stderr:\n{stderr}");
+    assert_eq!(execs_with(&seen, &format!("bin-drop-{nonce}")), 0, "the exec under the excluded prefix was output");
+    assert_eq!(agent_drops(&page, "binary"), 1.0, "{page}");
+}
