@@ -12,6 +12,7 @@
 #include <bpf/bpf_tracing.h>
 #include "process.h"
 #include "transport.bpf.h"
+#include "filter.bpf.h"
 
 /* The exec record is too large for the 512-byte stack: build it in a per-CPU slot. */
 struct {
@@ -94,6 +95,8 @@ int process_exec(struct trace_event_raw_sched_process_exec *ctx)
 	__u64 size;
 	long n;
 
+	if (tapio_filtered())
+		return 0;
 	e = bpf_map_lookup_elem(&process_scratch, &zero);
 	if (!e)
 		return 0;
@@ -132,6 +135,9 @@ int process_fork(struct bpf_raw_tracepoint_args *ctx)
 	struct process_event e = {};
 	__u32 child_tgid;
 
+	/* The parent's uid, comm and cgroup: the child is a copy of them at this point. */
+	if (tapio_filtered())
+		return 0;
 	if (!child)
 		return 0;
 	child_tgid = BPF_CORE_READ(child, tgid);
@@ -180,6 +186,8 @@ int process_exit(struct trace_event_raw_sched_process_exit *ctx)
 	__u64 start_time = 0;
 	unsigned int flags;
 
+	if (tapio_filtered())
+		return 0;
 	/* One record per process, timed from the process's start, not the reporting thread's. */
 	if (!exit_reports(ctx, task, &start_time))
 		return 0;

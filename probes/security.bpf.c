@@ -33,6 +33,7 @@
 #include <bpf/bpf_tracing.h>
 #include "security.h"
 #include "transport.bpf.h"
+#include "filter.bpf.h"
 
 /* ptrace requests worth a record (include/uapi/linux/ptrace.h): attach and write. */
 #define SEC_PTRACE_POKETEXT 4
@@ -653,7 +654,7 @@ static __always_inline int security_module(struct syscall_trace_enter *ctx, __u3
 /* One entry and one exit program per syscall; each delegates. */
 #define SECURITY_ENTER(name, call)                                                                  \
 	SEC("tracepoint/syscalls/sys_enter_" #name)                                                 \
-	int sec_enter_##name(struct syscall_trace_enter *ctx) { return call; }
+	int sec_enter_##name(struct syscall_trace_enter *ctx) { return tapio_filtered() ? 0 : call; }
 #define SECURITY_EXIT(name, syscall)                                                                \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                                                  \
 	int sec_exit_##name(struct syscall_trace_exit *ctx) { return security_finish(ctx, syscall); }
@@ -741,8 +742,11 @@ static __always_inline int security_capability(void *ctx, struct user_namespace 
 {
 	struct capability_key key = { .tgid = bpf_get_current_pid_tgid() >> 32, .cap = cap, .ret = ret };
 	struct security_event e;
-	__u64 now = bpf_ktime_get_ns(), *last;
+	__u64 now, *last;
 
+	if (tapio_filtered())
+		return 0;
+	now = bpf_ktime_get_ns();
 	last = bpf_map_lookup_elem(&capability_seen, &key);
 	if (last && now - *last < CAPABILITY_REPEAT_NS)
 		return 0;

@@ -10,7 +10,7 @@
 //! Markdown in docs/operations.md, and tests check the table, the struct and the document agree.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -18,9 +18,12 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
+use tapio_runtime::filter::{comm_key, KeySet, Mode};
+
 use crate::{
     events::advanced::ADVANCED_BATCH_MAX,
     output::sink::SinkSpec,
+    filter::{Filters, Names, PathPattern, Scope},
     monitors::{self, advanced, advanced::AdvancedOptions},
 };
 
@@ -122,6 +125,19 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "dedup_window_ms", kind: Kind::Integer, default: "0", flag: None, example: "500", doc: "The advanced monitor reports identical events within this window once (with a suppressed count); 0 disables. At most 60000. Reloaded live." },
     KeyDoc { key: "batch_size", kind: Kind::Integer, default: "64", flag: None, example: "32", doc: "The advanced monitor's events per ring record, 1-64 (a record's capacity). Reloaded live." },
     KeyDoc { key: "flush_interval_ms", kind: Kind::Integer, default: "100", flag: None, example: "50", doc: "The advanced monitor sends a partial record at most this long after its first event, 1-10000. Reloaded live." },
+    KeyDoc { key: "filter_include_uids", kind: Kind::IntegerList, default: "-", flag: None, example: r#"[0, 65534]"#, doc: "Keep only events of these user ids (the task's real uid), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Refused together with `filter_exclude_uids`. Reloaded live." },
+    KeyDoc { key: "filter_exclude_uids", kind: Kind::IntegerList, default: "-", flag: None, example: r#"[0, 65534]"#, doc: "Drop events of these user ids (the task's real uid), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Reloaded live." },
+    KeyDoc { key: "filter_include_comms", kind: Kind::StringList, default: "-", flag: None, example: r#"["sshd", "kubelet"]"#, doc: "Keep only events of these comms (the task's name, up to 15 bytes; longer names are cut as the kernel cuts them), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Refused together with `filter_exclude_comms`. Reloaded live." },
+    KeyDoc { key: "filter_exclude_comms", kind: Kind::StringList, default: "-", flag: None, example: r#"["sshd", "kubelet"]"#, doc: "Drop events of these comms (the task's name, up to 15 bytes; longer names are cut as the kernel cuts them), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Reloaded live." },
+    KeyDoc { key: "filter_include_namespaces", kind: Kind::StringList, default: "-", flag: None, example: r#"["kube-system"]"#, doc: "Keep only events of these Kubernetes namespaces (the attribution's `pod_namespace`). Resolved to cgroup ids the kernel filters as the agent learns each pod's names; also applied in the agent. Refused together with `filter_exclude_namespaces`. Reloaded live." },
+    KeyDoc { key: "filter_exclude_namespaces", kind: Kind::StringList, default: "-", flag: None, example: r#"["kube-system"]"#, doc: "Drop events of these Kubernetes namespaces (the attribution's `pod_namespace`). Resolved to cgroup ids the kernel filters as the agent learns each pod's names; also applied in the agent. Reloaded live." },
+    KeyDoc { key: "filter_include_pod_labels", kind: Kind::StringList, default: "-", flag: None, example: r#"["app=web"]"#, doc: "Keep only events of these pod labels as `key=value` (the attribution's `pod_labels`); an event matches when its pod has any of them. Resolved to cgroup ids like namespaces. Refused together with `filter_exclude_pod_labels`. Reloaded live." },
+    KeyDoc { key: "filter_exclude_pod_labels", kind: Kind::StringList, default: "-", flag: None, example: r#"["app=web"]"#, doc: "Drop events of these pod labels as `key=value` (the attribution's `pod_labels`); an event matches when its pod has any of them. Resolved to cgroup ids like namespaces. Reloaded live." },
+    KeyDoc { key: "filter_include_container_names", kind: Kind::StringList, default: "-", flag: None, example: r#"["istio-proxy"]"#, doc: "Keep only events of these container names (the attribution's `container_name`). Resolved to cgroup ids like namespaces. Refused together with `filter_exclude_container_names`. Reloaded live." },
+    KeyDoc { key: "filter_exclude_container_names", kind: Kind::StringList, default: "-", flag: None, example: r#"["istio-proxy"]"#, doc: "Drop events of these container names (the attribution's `container_name`). Resolved to cgroup ids like namespaces. Reloaded live." },
+    KeyDoc { key: "filter_include_binaries", kind: Kind::StringList, default: "-", flag: None, example: r#"["/usr/bin/curl", "/opt/app/*"]"#, doc: "Keep only events of these executable paths, exact or a prefix ending in `*`; applied in the agent to events that carry the executable (exec). Refused together with `filter_exclude_binaries`. Reloaded live." },
+    KeyDoc { key: "filter_exclude_binaries", kind: Kind::StringList, default: "-", flag: None, example: r#"["/usr/bin/curl", "/opt/app/*"]"#, doc: "Drop events of these executable paths, exact or a prefix ending in `*`; applied in the agent to events that carry the executable (exec). Reloaded live." },
+    KeyDoc { key: "filter_scope", kind: Kind::String, default: "\"all\"", flag: None, example: "\"containers\"", doc: "Host vs container: `all`, `host` (processes outside any pod or container cgroup) or `containers` (only those inside one; needs attribution). Resolved to a cgroup id set the kernel filters. Reloaded live." },
 ];
 
 /// One layer (file, environment or flags): every key optional, unknown keys refused.
@@ -150,6 +166,19 @@ pub struct Partial {
     pub dedup_window_ms: Option<i64>,
     pub batch_size: Option<i64>,
     pub flush_interval_ms: Option<i64>,
+    pub filter_include_uids: Option<Vec<i64>>,
+    pub filter_exclude_uids: Option<Vec<i64>>,
+    pub filter_include_comms: Option<Vec<String>>,
+    pub filter_exclude_comms: Option<Vec<String>>,
+    pub filter_include_namespaces: Option<Vec<String>>,
+    pub filter_exclude_namespaces: Option<Vec<String>>,
+    pub filter_include_pod_labels: Option<Vec<String>>,
+    pub filter_exclude_pod_labels: Option<Vec<String>>,
+    pub filter_include_container_names: Option<Vec<String>>,
+    pub filter_exclude_container_names: Option<Vec<String>>,
+    pub filter_include_binaries: Option<Vec<String>>,
+    pub filter_exclude_binaries: Option<Vec<String>>,
+    pub filter_scope: Option<String>,
 }
 
 impl Partial {
@@ -189,6 +218,19 @@ impl Partial {
             dedup_window_ms: over.dedup_window_ms.or(self.dedup_window_ms),
             batch_size: over.batch_size.or(self.batch_size),
             flush_interval_ms: over.flush_interval_ms.or(self.flush_interval_ms),
+            filter_include_uids: over.filter_include_uids.or(self.filter_include_uids),
+            filter_exclude_uids: over.filter_exclude_uids.or(self.filter_exclude_uids),
+            filter_include_comms: over.filter_include_comms.or(self.filter_include_comms),
+            filter_exclude_comms: over.filter_exclude_comms.or(self.filter_exclude_comms),
+            filter_include_namespaces: over.filter_include_namespaces.or(self.filter_include_namespaces),
+            filter_exclude_namespaces: over.filter_exclude_namespaces.or(self.filter_exclude_namespaces),
+            filter_include_pod_labels: over.filter_include_pod_labels.or(self.filter_include_pod_labels),
+            filter_exclude_pod_labels: over.filter_exclude_pod_labels.or(self.filter_exclude_pod_labels),
+            filter_include_container_names: over.filter_include_container_names.or(self.filter_include_container_names),
+            filter_exclude_container_names: over.filter_exclude_container_names.or(self.filter_exclude_container_names),
+            filter_include_binaries: over.filter_include_binaries.or(self.filter_include_binaries),
+            filter_exclude_binaries: over.filter_exclude_binaries.or(self.filter_exclude_binaries),
+            filter_scope: over.filter_scope.or(self.filter_scope),
         }
     }
 }
@@ -344,6 +386,8 @@ pub struct Config {
     pub dedup_window_ms: u64,
     pub batch_size: u32,
     pub flush_interval_ms: u64,
+    /// The source filters (crate::filter).
+    pub filters: crate::filter::Filters,
 }
 
 fn invalid(key: &str, expected: impl Into<String>, got: impl std::fmt::Display) -> ConfigError {
@@ -365,6 +409,7 @@ fn known_monitors() -> String {
 impl Config {
     /// Validates a merged layer, filling defaults.
     pub fn from_partial(p: Partial) -> Result<Config, ConfigError> {
+        let filters = filters(&p)?;
         let names = p.monitors.unwrap_or_else(|| vec!["process".to_owned()]);
         if names.is_empty() {
             return Err(invalid("monitors", format!("at least one of {}", known_monitors()), "[]"));
@@ -478,6 +523,7 @@ impl Config {
             Some(tables) => sinks(tables, output_queue_events)?,
         };
         Ok(Config {
+            filters,
             monitors,
             dns_ports,
             argv_max,
@@ -523,6 +569,94 @@ impl Config {
         }
         Some(dir.join(format!("{release}.btf")))
     }
+}
+
+/// One include/exclude pair of keys: at most one may be set.
+fn pair<T: Clone>(name: &str, include: &Option<Vec<T>>, exclude: &Option<Vec<T>>) -> Result<Option<(Mode, Vec<T>)>, ConfigError> {
+    match (include, exclude) {
+        (Some(_), Some(_)) => Err(invalid(
+            &format!("filter_include_{name}"),
+            format!("either filter_include_{name} or filter_exclude_{name}, not both"),
+            "both set",
+        )),
+        (Some(keys), None) => Ok(Some((Mode::Include, keys.clone()))),
+        (None, Some(keys)) => Ok(Some((Mode::Exclude, keys.clone()))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn key_of(mode: Mode, name: &str) -> String {
+    format!("filter_{}_{name}", if mode == Mode::Include { "include" } else { "exclude" })
+}
+
+fn names(name: &str, include: &Option<Vec<String>>, exclude: &Option<Vec<String>>) -> Result<Option<Names>, ConfigError> {
+    let Some((mode, values)) = pair(name, include, exclude)? else { return Ok(None) };
+    if let Some(empty) = values.iter().find(|v| v.is_empty()) {
+        return Err(invalid(&key_of(mode, name), "non-empty names", format!("`{empty}`")));
+    }
+    Ok(Some(Names { mode, values: values.into_iter().collect() }))
+}
+
+/// The `filter_*` keys, validated.
+fn filters(p: &Partial) -> Result<Filters, ConfigError> {
+    let uid = match pair("uids", &p.filter_include_uids, &p.filter_exclude_uids)? {
+        None => None,
+        Some((mode, uids)) => {
+            let key = key_of(mode, "uids");
+            let keys = uids
+                .iter()
+                .map(|&u| u32::try_from(u).map_err(|_| invalid(&key, "uids from 0 to 4294967295", u)))
+                .collect::<Result<BTreeSet<u32>, _>>()?;
+            if keys.len() > tapio_runtime::filter::UID_MAX {
+                return Err(invalid(&key, format!("at most {} uids", tapio_runtime::filter::UID_MAX), keys.len()));
+            }
+            Some(KeySet { mode, keys })
+        }
+    };
+    let comm = match pair("comms", &p.filter_include_comms, &p.filter_exclude_comms)? {
+        None => None,
+        Some((mode, comms)) => {
+            let key = key_of(mode, "comms");
+            if let Some(bad) = comms.iter().find(|c| c.is_empty() || c.contains('\0')) {
+                return Err(invalid(&key, "non-empty comms without NUL", format!("{bad:?}")));
+            }
+            let keys: BTreeSet<[u8; 16]> = comms.iter().map(|c| comm_key(c)).collect();
+            if keys.len() > tapio_runtime::filter::COMM_MAX {
+                return Err(invalid(&key, format!("at most {} comms", tapio_runtime::filter::COMM_MAX), keys.len()));
+            }
+            Some(KeySet { mode, keys })
+        }
+    };
+    let scope = match p.filter_scope.as_deref() {
+        None | Some("all") => Scope::All,
+        Some("host") => Scope::Host,
+        Some("containers") => Scope::Containers,
+        Some(other) => return Err(invalid("filter_scope", "`all`, `host` or `containers`", format!("`{other}`"))),
+    };
+    let pod_label = names("pod_labels", &p.filter_include_pod_labels, &p.filter_exclude_pod_labels)?;
+    if let Some(labels) = &pod_label {
+        if let Some(bad) = labels.values.iter().find(|l| !matches!(l.split_once('='), Some((k, _)) if !k.is_empty())) {
+            return Err(invalid(&key_of(labels.mode, "pod_labels"), "labels as `key=value`", format!("`{bad}`")));
+        }
+    }
+    let binary = match pair("binaries", &p.filter_include_binaries, &p.filter_exclude_binaries)? {
+        None => None,
+        Some((mode, paths)) => {
+            if let Some(bad) = paths.iter().find(|b| !b.starts_with('/')) {
+                return Err(invalid(&key_of(mode, "binaries"), "absolute paths, a trailing `*` for a prefix", format!("`{bad}`")));
+            }
+            Some((mode, paths.iter().map(|b| PathPattern::parse(b)).collect()))
+        }
+    };
+    Ok(Filters {
+        uid,
+        comm,
+        scope,
+        namespace: names("namespaces", &p.filter_include_namespaces, &p.filter_exclude_namespaces)?,
+        pod_label,
+        container_name: names("container_names", &p.filter_include_container_names, &p.filter_exclude_container_names)?,
+        binary,
+    })
 }
 
 /// Turns a toml error into one line naming the key: the message, plus the key found at the
@@ -721,11 +855,18 @@ mod tests {
 
     #[test]
     fn every_documented_key_accepts_its_example() {
-        // `sinks` replaces `output`, which is refused beside it: each is checked apart.
-        let text: String = KEYS.iter().filter(|k| k.key != "sinks").map(|k| format!("{} = {}\n", k.key, k.example)).collect();
-        check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let text: String = KEYS.iter().filter(|k| k.key != "output").map(|k| format!("{} = {}\n", k.key, k.example)).collect();
-        check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        // `sinks` replaces `output`, which is refused beside it, and a filter's include and
+        // exclude keys refuse each other: each combination is checked apart.
+        for side in ["filter_include_", "filter_exclude_"] {
+            for apart in ["sinks", "output"] {
+                let text: String = KEYS
+                    .iter()
+                    .filter(|k| !k.key.starts_with(side) && k.key != apart)
+                    .map(|k| format!("{} = {}\n", k.key, k.example))
+                    .collect();
+                check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            }
+        }
     }
 
     #[test]
@@ -903,5 +1044,54 @@ mod tests {
             doc.contains(&reference_markdown()),
             "docs/operations.md is out of date: replace its configuration table with `tapio-load config reference`"
         );
+    }
+
+    // --- filters ---
+    fn filters_of(text: &str) -> Filters {
+        check(text).unwrap_or_else(|e| panic!("{text}: {e}")).filters
+    }
+
+    #[rstest]
+    #[case::none("", Filters::default())]
+    #[case::exclude_uids("filter_exclude_uids = [0, 65534]", Filters { uid: Some(KeySet { mode: Mode::Exclude, keys: [0, 65534].into() }), ..Default::default() })]
+    #[case::include_uids("filter_include_uids = [1000]", Filters { uid: Some(KeySet { mode: Mode::Include, keys: [1000].into() }), ..Default::default() })]
+    #[case::comms_cut_as_the_kernel_cuts("filter_exclude_comms = [\"a-very-long-command-name\"]", Filters { comm: Some(KeySet { mode: Mode::Exclude, keys: [comm_key("a-very-long-com")].into() }), ..Default::default() })]
+    #[case::scope_host("filter_scope = \"host\"", Filters { scope: Scope::Host, ..Default::default() })]
+    #[case::scope_containers("filter_scope = \"containers\"", Filters { scope: Scope::Containers, ..Default::default() })]
+    #[case::scope_all("filter_scope = \"all\"", Filters::default())]
+    #[case::namespaces("filter_exclude_namespaces = [\"kube-system\"]", Filters { namespace: Some(Names { mode: Mode::Exclude, values: ["kube-system".to_owned()].into() }), ..Default::default() })]
+    #[case::labels("filter_include_pod_labels = [\"app=web\", \"tier=\"]", Filters { pod_label: Some(Names { mode: Mode::Include, values: ["app=web".to_owned(), "tier=".to_owned()].into() }), ..Default::default() })]
+    #[case::container_names("filter_include_container_names = [\"app\"]", Filters { container_name: Some(Names { mode: Mode::Include, values: ["app".to_owned()].into() }), ..Default::default() })]
+    #[case::binaries("filter_exclude_binaries = [\"/usr/bin/curl\", \"/opt/app/*\"]", Filters { binary: Some((Mode::Exclude, [PathPattern::Exact("/usr/bin/curl".to_owned()), PathPattern::Prefix("/opt/app/".to_owned())].into())), ..Default::default() })]
+    fn filter_keys_parse(#[case] text: &str, #[case] want: Filters) {
+        assert_eq!(filters_of(text), want);
+    }
+
+    #[rstest]
+    #[case::both_modes("filter_include_uids = [1]\nfilter_exclude_uids = [2]", "config key filter_include_uids: expected either filter_include_uids or filter_exclude_uids, not both, got both set")]
+    #[case::negative_uid("filter_exclude_uids = [-1]", "config key filter_exclude_uids: expected uids from 0 to 4294967295, got -1")]
+    #[case::empty_comm("filter_exclude_comms = [\"\"]", "config key filter_exclude_comms: expected non-empty comms without NUL, got \"\"")]
+    #[case::bad_scope("filter_scope = \"pods\"", "config key filter_scope: expected `all`, `host` or `containers`, got `pods`")]
+    #[case::bad_label("filter_include_pod_labels = [\"app\"]", "config key filter_include_pod_labels: expected labels as `key=value`, got `app`")]
+    #[case::relative_binary("filter_exclude_binaries = [\"curl\"]", "config key filter_exclude_binaries: expected absolute paths, a trailing `*` for a prefix, got `curl`")]
+    #[case::empty_namespace("filter_exclude_namespaces = [\"\"]", "config key filter_exclude_namespaces: expected non-empty names, got ``")]
+    #[case::unknown_key("filter_exclude_pods = [\"x\"]", "filter_exclude_pods")]
+    fn filter_keys_refused(#[case] text: &str, #[case] message: &str) {
+        let e = check(text).expect_err(text).to_string();
+        assert!(e.contains(message), "{e}");
+    }
+
+    #[test]
+    fn too_many_uids_are_refused() {
+        let uids: Vec<String> = (0..=tapio_runtime::filter::UID_MAX).map(|u| u.to_string()).collect();
+        let e = check(&format!("filter_exclude_uids = [{}]", uids.join(", "))).expect_err("257 uids").to_string();
+        assert!(e.contains("at most 256 uids"), "{e}");
+    }
+
+    #[test]
+    fn filter_lists_come_from_the_environment() {
+        let p = from_env([("TAPIO_FILTER_EXCLUDE_COMMS".to_owned(), "sshd, kubelet".to_owned())]).expect("env");
+        let f = Config::from_partial(p).expect("valid").filters;
+        assert_eq!(f.comm.map(|s| s.keys), Some([comm_key("sshd"), comm_key("kubelet")].into()));
     }
 }

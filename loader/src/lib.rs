@@ -1,6 +1,7 @@
 //! tapio-load: the agent. Loads the tapio-probes bundle on the running kernel through
 //! tapio-runtime, and owns what a node's operator touches: the CLI (`main.rs`), the
-//! configuration and its reload ([`config`], [`config_watch`]), the run loop ([`run`]), the
+//! configuration and its reload ([`config`], [`config_watch`]), the source filters ([`filter`]),
+//! the run loop ([`run`]), the
 //! outputs and metrics ([`output`]) and logging ([`logging`]).
 //!
 //! May import every tapio crate below it; `anyhow` lives here (in `main.rs`) and in the harness
@@ -9,6 +10,7 @@
 
 pub mod config;
 pub mod config_watch;
+pub mod filter;
 pub mod logging;
 pub mod output;
 pub mod run;

@@ -359,7 +359,9 @@ fn real_main(cli: Cli) -> Result<()> {
                         TransportArg::Perf => tapio_bundle::Transport::Perf,
                     }),
                     in_container_fallback: c.in_container_fallback,
+                    filter: None, // decided by the run from `filters`
                 },
+                filters: c.filters.clone(),
                 metrics: c.metrics_address.map(|address| tapio_load::output::metrics::MetricsOptions {
                     address,
                     required: c.metrics_address_explicit,

@@ -46,6 +46,9 @@ pub struct RunOptions {
     /// The CRI socket asked for pod and container names (tapio-cri); None: no names. Only with
     /// `attribution`.
     pub cri_socket: Option<PathBuf>,
+    /// The source filters (crate::filter): the kernel half is filled before any program is
+    /// attached, the rest applies to every decoded event.
+    pub filters: crate::filter::Filters,
 }
 
 // What the run reports for a monitor that did not start: kept in the runtime, beside
@@ -54,13 +57,16 @@ pub use crate::monitors::MonitorFailure;
 
 /// Asks the runtime about the containers the attributor met since the last call, and gives the
 /// map the answers that have come (never waits: see tapio_cri::Resolver).
-fn name_containers(a: &mut crate::attribution::Attributor, cri: Option<&mut tapio_cri::Resolver>) {
+/// Returns whether any container got its names, so the filters' cgroup sets are recomputed.
+fn name_containers(a: &mut crate::attribution::Attributor, cri: Option<&mut tapio_cri::Resolver>) -> bool {
     let new = a.take_new_containers();
-    let Some(cri) = cri else { return };
+    let Some(cri) = cri else { return false };
     for id in &new {
         cri.ask(id);
     }
+    let mut named = false;
     for (id, names) in cri.answers() {
+        named = true;
         a.name(&id, |at| {
             at.pod_name = names.pod_name.clone();
             at.pod_namespace = names.pod_namespace.clone();
@@ -69,6 +75,7 @@ fn name_containers(a: &mut crate::attribution::Attributor, cri: Option<&mut tapi
             at.pod_labels = names.pod_labels.clone();
         });
     }
+    named
 }
 
 /// An event of a container whose CRI names are on their way waits at most this long for them.
@@ -233,6 +240,26 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
 
+    // --- filters (crate::filter): the kernel half goes in before attach, so it holds from the
+    // first event. The cgroup sets are resolved over a scan made now; the run's own scan and the
+    // watcher's records refine them once running. ---
+    let mut filtering = crate::filter::Active {
+        filters: options.filters.clone(),
+        drops: std::sync::Arc::new(crate::filter::AgentDrops::new()),
+        kernel_on: options.filters.any(),
+        dirty: false,
+    };
+    if filtering.kernel_on {
+        let mut early = options.attribution.map(crate::attribution::Attributor::new);
+        if let (Some(a), true) = (early.as_mut(), filtering.filters.by_cgroup()) {
+            if let Ok(Some(root)) = crate::cgroup2::mounted_root() {
+                a.scan(&root);
+            }
+        }
+        options.load.filter = Some(filtering.kernel(early.as_ref()));
+        info!(filters = ?filtering.filters, "filters: on in the kernel and in the agent");
+    }
+    // --- end filters ---
     // --- pin (crate::pin): adopt a previous run's pinned monitors, load and pin the others ---
     let adopted = match &options.pin_path {
         Some(dir) => crate::pin::adopt(dir, &options.monitors, &options.load.delivery)?,
@@ -327,6 +354,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         _ => None,
     };
     // --- end attribution ---
+    filtering.dirty = filtering.filters.by_cgroup();
     // --- pin: adopted monitors stream from their pinned buffers; nothing was loaded ---
     let pinned: Vec<crate::pin::PinnedProgram> = adopted.iter().flatten().flat_map(|a| a.programs.iter().cloned()).collect();
     // An adopted ring keeps the wake-up threshold its programs were loaded with, which this run
@@ -360,6 +388,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             requested: options.monitors.iter().map(|m| m.name).collect(),
             failed: failed.clone(),
             counters: counters.clone(),
+            filter_drops: filtering.drops.clone(),
             kernel_release: crate::plan::kernel_release(),
             pinned, // --- pin ---
         };
@@ -425,7 +454,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             _ = interrupt.recv(), if !stopping => stopping = true,
             _ = terminate.recv(), if !stopping => stopping = true,
             _ = hangup.recv() => {
-                reload("SIGHUP", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs);
+                if let Some(config) = reload("SIGHUP", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs) {
+                    filters_reloaded(&mut filtering, config.filters);
+                }
                 if let Some(watch) = watch.as_mut() {
                     watch.get_mut().applied();
                 }
@@ -448,7 +479,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             _ = tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)), if reload_at.is_some() => {
                 reload_at = None;
                 if watch.as_mut().is_some_and(|w| w.get_mut().changed()) {
-                    reload("config file changed", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs);
+                    if let Some(config) = reload("config file changed", &mut options.decode, &mut dns, options.reload.as_ref(), &counters, &ebpfs) {
+                        filters_reloaded(&mut filtering, config.filters);
+                    }
                 }
             }
             _ = dns_tick.tick(), if dns_on => {
@@ -457,10 +490,11 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 dns.advance(crate::dns::monotonic_ns(), &mut ordered);
                 let mut released: Vec<_> = ordered.drain(..).collect();
                 if let Some(a) = attributor.as_mut() {
-                    name_containers(a, cri.as_mut());
+                    filtering.dirty |= name_containers(a, cri.as_mut()) && filtering.filters.by_cgroup();
                     released.iter_mut().for_each(|event| a.annotate(event));
                     released = hold_for_names(a, cri.as_ref(), &mut held, released, false);
                 }
+                filtering.retain(&mut released);
                 if !released.is_empty() {
                     sink.send(released).await.map_err(output_failed)?;
                 }
@@ -478,7 +512,10 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             // attribution: the watcher's records update the map and are not output.
             if let Some(mkdir) = monitors::cgroup_watch::decode(record) {
                 match (mkdir, attributor.as_mut()) {
-                    (Ok(mkdir), Some(a)) => a.observe(&mkdir),
+                    (Ok(mkdir), Some(a)) => {
+                        a.observe(&mkdir);
+                        filtering.dirty |= filtering.filters.by_cgroup();
+                    }
                     (Ok(_), None) => {}
                     (Err(e), _) => {
                         summary.decode_errors += 1;
@@ -512,11 +549,16 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         // attribution: after the whole pass, so the announcement of a cgroup drained later in
         // the pass than its first event's record (another ring) is applied all the same.
         if let Some(a) = attributor.as_mut() {
-            name_containers(a, cri.as_mut());
+            filtering.dirty |= name_containers(a, cri.as_mut()) && filtering.filters.by_cgroup();
             for event in out.iter_mut() {
                 a.annotate(event);
             }
             out = hold_for_names(a, cri.as_ref(), &mut held, out, stopping);
+        }
+        // filters: after attribution, so names apply; the cgroup sets follow new cgroups.
+        filtering.retain(&mut out);
+        if filtering.dirty {
+            filtering.sync(ebpfs.iter().map(|(n, e)| (*n, e)), attributor.as_ref());
         }
         if !out.is_empty() {
             sink.send(out).await.map_err(output_failed)?;
@@ -530,10 +572,11 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     dns.flush(crate::dns::monotonic_ns(), &mut ordered);
     let mut last: Vec<_> = ordered.drain(..).collect();
     if let Some(a) = attributor.as_mut() {
-        name_containers(a, cri.as_mut());
+        filtering.dirty |= name_containers(a, cri.as_mut()) && filtering.filters.by_cgroup();
         last.iter_mut().for_each(|event| a.annotate(event));
         last = hold_for_names(a, cri.as_ref(), &mut held, last, true);
     }
+    filtering.retain(&mut last);
     drop(cri);
     if !last.is_empty() {
         sink.send(last).await.map_err(output_failed)?;
@@ -575,10 +618,10 @@ fn reload(
     source: Option<&crate::config::Reload>,
     counters: &crate::output::metrics::Counters,
     objects: &crate::output::metrics::SharedObjects,
-) {
+) -> Option<crate::config::Config> {
     let Some(source) = source else {
         warn!("{trigger}: no --config file to re-read; ignored");
-        return;
+        return None;
     };
     match source.load() {
         Ok(config) => {
@@ -590,10 +633,27 @@ fn reload(
             // --- end advanced ---
             counters.config_reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(argv_max = config.argv_max, dns_timeout_ms = config.dns_timeout_ms, "{trigger}: configuration reloaded");
+            Some(config)
         }
         Err(e) => {
             counters.config_reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!("{trigger}: {e}; keeping the running configuration");
+            None
         }
     }
+}
+
+/// A reload's filters: the agent applies them from the next event; the kernel maps are rewritten
+/// in place after the current pass (no program is detached). Objects loaded without the kernel
+/// filter cannot turn it on (its switch is read-only after load): the agent applies it there.
+fn filters_reloaded(filtering: &mut crate::filter::Active, filters: crate::filter::Filters) {
+    if filtering.filters == filters {
+        return;
+    }
+    if !filtering.kernel_on && filters.any() {
+        warn!("filters: the monitors were loaded without the kernel filter; the new filters apply in the agent until the next start");
+    }
+    info!(filters = ?filters, "filters: reloaded");
+    filtering.filters = filters;
+    filtering.dirty = true;
 }

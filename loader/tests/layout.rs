@@ -17,6 +17,9 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
             }),
         ),
         ("process", mirror_layout!("process_exec_event", ProcessExecEvent { base, filename, args })),
+        // The source filter's flags word, in every object that carries the filter.
+        ("process", mirror_layout!("tapio_filter_config", tapio_runtime::filter::FilterConfig { flags, _pad0 })),
+        ("security", mirror_layout!("tapio_filter_config", tapio_runtime::filter::FilterConfig { flags, _pad0 })),
         (
             "dns",
             mirror_layout!("tapio_flow", tapio_decode::events::network::TapioFlow {

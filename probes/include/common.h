@@ -41,7 +41,11 @@ _Static_assert(sizeof(struct tapio_header) == 48, "tapio_header layout");
 enum tapio_stat {
 	TAPIO_STAT_EMITTED = 0,
 	TAPIO_STAT_LOST = 1, /* the ring was full, or the perf output failed */
-	TAPIO_STAT_MAX = 2,
+	/* Events the source filter (filter.bpf.h) dropped, per key; counted by the first key that drops. */
+	TAPIO_STAT_FILTER_UID = 2,
+	TAPIO_STAT_FILTER_COMM = 3,
+	TAPIO_STAT_FILTER_CGROUP = 4,
+	TAPIO_STAT_MAX = 5,
 };
 
 #endif /* __TAPIO_COMMON_H__ */

@@ -100,6 +100,8 @@ pub struct State {
     /// The monitors asked for that are not running, with the kernel's reason (crate::run).
     pub failed: Vec<crate::monitors::MonitorFailure>,
     pub counters: Arc<Counters>,
+    /// The agent's drops per source filter (crate::filter).
+    pub filter_drops: Arc<crate::filter::AgentDrops>,
     pub kernel_release: String,
     /// Programs adopted from `--pin-path` pins instead of loaded (see crate::pin): no object
     /// holds them, so they are read through their pins.
@@ -340,6 +342,15 @@ pub fn render(state: &State) -> String {
     family(&mut out, "tapio_events_emitted_total", "counter", "Events the monitor's programs put into their buffer (kernel stats map).");
     for (name, ebpf) in state.objects.iter() {
         let _ = writeln!(out, "tapio_events_emitted_total{{monitor=\"{}\"}} {}", label(name), monitors::stat(ebpf, 0).unwrap_or(0));
+    }
+    family(&mut out, "tapio_filter_dropped_total", "counter", "Events a source filter dropped, by filter and where: `kernel` (before the buffer, per monitor) or `agent` (after decoding).");
+    for (name, ebpf) in state.objects.iter().filter(|(_, e)| tapio_runtime::filter::carried(e)) {
+        for (filter, n) in tapio_runtime::filter::drops(ebpf) {
+            let _ = writeln!(out, "tapio_filter_dropped_total{{filter=\"{filter}\",where=\"kernel\",monitor=\"{}\"}} {n}", label(name));
+        }
+    }
+    for (filter, n) in state.filter_drops.iter() {
+        let _ = writeln!(out, "tapio_filter_dropped_total{{filter=\"{filter}\",where=\"agent\"}} {n}");
     }
     family(&mut out, "tapio_events_lost_total", "counter", "Events dropped in the kernel because the buffer was full or the perf output failed.");
     for (name, ebpf) in state.objects.iter() {

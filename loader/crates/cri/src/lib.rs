@@ -67,7 +67,7 @@ pub struct Names {
     pub pod_namespace: Option<String>,
     /// None for a sandbox's own id.
     pub container_name: Option<String>,
-    /// As the runtime reports it (a reference such as `docker.io/library/nginx:1.27`, or an id).
+    /// As the runtime reports it (a reference such as `nginx:1.27`, possibly with its registry, or an id).
     pub container_image: Option<String>,
     /// The pod's labels (the sandbox's, without kubelet's own `io.kubernetes.pod.*`).
     pub pod_labels: BTreeMap<String, String>,

@@ -3,7 +3,8 @@
 //!
 //! Owns: the catalog of monitors and their load and attach ([`monitors`]), the transports
 //! (ring buffer, perf buffer, pinned rings: [`transport`]), pinning ([`pin`]), the plan of what
-//! a kernel can run ([`plan`]), the verifier check ([`check`]), cgroup links ([`cgroup_link`]),
+//! a kernel can run ([`plan`]), the verifier check ([`check`]), the kernel half of the source
+//! filters ([`filter`]), cgroup links ([`cgroup_link`]),
 //! socket owners ([`sock_owners`]), error-chain helpers ([`errors`]) and the bundle lint
 //! ([`lint`]), which judges objects against the catalog's program groups.
 //!
@@ -14,6 +15,7 @@
 pub mod cgroup_link;
 pub mod check;
 pub mod errors;
+pub mod filter;
 pub mod lint;
 pub mod monitors;
 pub mod pin;

@@ -99,6 +99,12 @@ impl Attributor {
         self.by_id.get(&id)
     }
 
+    /// Every pod and container cgroup known, with its attribution (the source filters resolve
+    /// their cgroup id sets over these).
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &Arc<Attribution>)> {
+        self.by_id.iter().map(|(id, a)| (*id, a))
+    }
+
     /// Gives `event` its container fields when its cgroup is a pod's or a container's.
     pub fn annotate(&mut self, event: &mut Event) {
         if let Some(a) = self.by_id.get(&event.cgroup_id) {

@@ -377,6 +377,12 @@ pub enum MonitorError {
         source: aya::maps::MapError,
     },
     #[error("monitor {monitor}: {source}")]
+    Filter {
+        monitor: &'static str,
+        #[source]
+        source: crate::filter::FilterError,
+    },
+    #[error("monitor {monitor}: {source}")]
     Advanced {
         monitor: &'static str,
         #[source]
@@ -494,6 +500,10 @@ pub struct LoadOptions {
     /// security: decide `in_container` by the pid namespace alone when the mount namespace
     /// reference is unreadable (config `in_container_fallback`), instead of failing the monitor.
     pub in_container_fallback: bool,
+    /// The source filter (crate::filter): Some turns it on in objects that carry it and fills its
+    /// maps before any program is attached; None leaves it off (one branch per event in the ring
+    /// build). Its content can change later ([`crate::filter::apply`]); whether it is on cannot.
+    pub filter: Option<crate::filter::KernelFilter>,
 }
 
 impl LoadOptions {
@@ -532,6 +542,7 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     // The ring build's delivery knob (probes/include/transport.bpf.h): global data, which only the
     // ring build has (5.8+); the perf build's wake-ups are set where its buffers are opened.
     let wakeup_bytes = options.delivery.ring_wakeup_bytes(options.ring_size.unwrap_or(crate::transport::DEFAULT_RING_SIZE));
+    let filter_on: u32 = options.filter.is_some().into();
     let mut loader = EbpfLoader::new();
     loader.btf(btf);
     if transport == Transport::Ringbuf {
@@ -539,6 +550,7 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
             loader.map_max_entries("events", size);
         }
         loader.override_global(WAKEUP_BYTES, &wakeup_bytes, true);
+        crate::filter::set_global(&mut loader, &filter_on);
     }
     let mut ebpf = loader.load(object.bytes).map_err(|source| MonitorError::Object { monitor, source })?;
     // dns and network: the ports that mark DNS traffic are a map, not global data (4.19 has
@@ -562,6 +574,10 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
             // loader's would look containerised: an error, not a silent degradation.
             Err(source) => return Err(MonitorError::MountNsReference { monitor, source }),
         }
+    }
+    // The source filter's key sets and flags, before any program runs (active from the first event).
+    if let Some(filter) = options.filter.as_ref().filter(|_| crate::filter::carried(&ebpf)) {
+        crate::filter::apply(&ebpf, filter).map_err(|source| MonitorError::Filter { monitor, source })?;
     }
     // advanced: knobs, sampling rates and the pre-filter set are maps the loader fills (no global
     // data), before any program runs.
