@@ -129,7 +129,7 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc { key: "filter_exclude_uids", kind: Kind::IntegerList, default: "-", flag: None, example: r#"[0, 65534]"#, doc: "Drop events of these user ids (the task's real uid), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Reloaded live." },
     KeyDoc { key: "filter_include_comms", kind: Kind::StringList, default: "-", flag: None, example: r#"["sshd", "kubelet"]"#, doc: "Keep only events of these comms (the task's name, up to 15 bytes; longer names are cut as the kernel cuts them), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Refused together with `filter_exclude_comms`. Reloaded live." },
     KeyDoc { key: "filter_exclude_comms", kind: Kind::StringList, default: "-", flag: None, example: r#"["sshd", "kubelet"]"#, doc: "Drop events of these comms (the task's name, up to 15 bytes; longer names are cut as the kernel cuts them), filtered in the kernel by the process and security monitors, in the agent for the others. At most 256. Reloaded live." },
-    KeyDoc { key: "filter_include_namespaces", kind: Kind::StringList, default: "-", flag: None, example: r#"["kube-system"]"#, doc: "Keep only events of these Kubernetes namespaces (the attribution's `pod_namespace`). Resolved to cgroup ids the kernel filters as the agent learns each pod's names; also applied in the agent. Refused together with `filter_exclude_namespaces`. Reloaded live." },
+    KeyDoc { key: "filter_include_namespaces", kind: Kind::StringList, default: "-", flag: None, example: r#"["kube-system"]"#, doc: "Keep only events of these Kubernetes namespaces (the attribution's `pod_namespace`). The kernel excludes the cgroups the agent has found out (as it learns each pod's names); the agent applies it to every event. Refused together with `filter_exclude_namespaces`. Reloaded live." },
     KeyDoc { key: "filter_exclude_namespaces", kind: Kind::StringList, default: "-", flag: None, example: r#"["kube-system"]"#, doc: "Drop events of these Kubernetes namespaces (the attribution's `pod_namespace`). Resolved to cgroup ids the kernel filters as the agent learns each pod's names; also applied in the agent. Reloaded live." },
     KeyDoc { key: "filter_include_pod_labels", kind: Kind::StringList, default: "-", flag: None, example: r#"["app=web"]"#, doc: "Keep only events of these pod labels as `key=value` (the attribution's `pod_labels`); an event matches when its pod has any of them. Resolved to cgroup ids like namespaces. Refused together with `filter_exclude_pod_labels`. Reloaded live." },
     KeyDoc { key: "filter_exclude_pod_labels", kind: Kind::StringList, default: "-", flag: None, example: r#"["app=web"]"#, doc: "Drop events of these pod labels as `key=value` (the attribution's `pod_labels`); an event matches when its pod has any of them. Resolved to cgroup ids like namespaces. Reloaded live." },
@@ -410,6 +410,18 @@ impl Config {
     /// Validates a merged layer, filling defaults.
     pub fn from_partial(p: Partial) -> Result<Config, ConfigError> {
         let filters = filters(&p)?;
+        // A name filter with the CRI socket off could never match: no event would carry names.
+        if p.cri_socket.as_deref() == Some("off") {
+            for (what, names) in [("namespaces", &filters.namespace), ("pod_labels", &filters.pod_label), ("container_names", &filters.container_name)] {
+                if let Some(names) = names {
+                    let side = if names.mode == Mode::Include { "include" } else { "exclude" };
+                    return Err(ConfigError::Unread {
+                        key: format!("filter_{side}_{what}"),
+                        why: "cri_socket is `off`, so no event carries the pod and container names it matches".to_owned(),
+                    });
+                }
+            }
+        }
         let names = p.monitors.unwrap_or_else(|| vec!["process".to_owned()]);
         if names.is_empty() {
             return Err(invalid("monitors", format!("at least one of {}", known_monitors()), "[]"));
@@ -1016,6 +1028,13 @@ mod tests {
     }
 
     /// The security monitor's fallback is an explicit choice: off unless a layer sets it.
+    #[test]
+    fn name_filters_are_refused_with_the_cri_socket_off() {
+        let e = check("cri_socket = \"off\"\nfilter_include_namespaces = [\"prod\"]\n").unwrap_err().to_string();
+        assert!(e.contains("filter_include_namespaces") && e.contains("cri_socket is `off`"), "{e}");
+        check("cri_socket = \"off\"\nfilter_exclude_uids = [0]\n").expect("a uid filter needs no names");
+    }
+
     #[test]
     fn cri_socket_is_probed_unless_set_or_off() {
         let env = |v: &str| [("TAPIO_CRI_SOCKET".to_owned(), v.to_owned())];

@@ -105,28 +105,18 @@ impl Filters {
     /// attribution as JSON: every pod and container cgroup the agent knows of).
     pub fn kernel(&self, known: impl IntoIterator<Item = (u64, serde_json::Value)>) -> KernelFilter {
         let cgroup = self.by_cgroup().then(|| {
-            // Include mode as soon as one filter keeps only matches (host processes are then
-            // dropped too, unless the scope keeps them: then exclude what is decidedly out).
-            let include = self.scope == Scope::Containers
-                || [&self.namespace, &self.pod_label, &self.container_name]
-                    .iter()
-                    .any(|n| n.as_ref().is_some_and(|n| n.mode == Mode::Include));
-            let mut keys = BTreeSet::new();
-            for (id, record) in known {
-                let verdict = self.judge_container(Some(&record));
-                match (include, verdict) {
-                    // In include mode an undecided cgroup (names not known yet) is kept: the
-                    // agent decides its events, so none is lost before its names arrive.
-                    (true, Verdict::Keep | Verdict::Unknown) => {
-                        keys.insert(id);
-                    }
-                    (false, Verdict::Drop(_)) => {
-                        keys.insert(id);
-                    }
-                    _ => {}
-                }
-            }
-            KeySet { mode: if include { Mode::Include } else { Mode::Exclude }, keys }
+            // Always an exclusion of the cgroups decidedly out, never an inclusion of those
+            // known to be in: a container's cgroup reaches this set only after the agent has
+            // drained its cgroup_mkdir record, and an include set would drop its first events
+            // (the entrypoint's exec) in that gap. Excluding only what is decided loses nothing:
+            // what the kernel lets through (a new cgroup, a host process under an include
+            // filter) the agent still judges.
+            let keys = known
+                .into_iter()
+                .filter(|(_, record)| matches!(self.judge_container(Some(record)), Verdict::Drop(_)))
+                .map(|(id, _)| id)
+                .collect();
+            KeySet { mode: Mode::Exclude, keys }
         });
         KernelFilter { uid: self.uid.clone(), comm: self.comm.clone(), cgroup }
     }
@@ -353,13 +343,14 @@ mod tests {
         assert_eq!(filters.judge_container(record.as_ref()), verdict);
     }
 
-    /// The kernel's cgroup set: exclude mode holds what is decidedly out; include mode holds what
-    /// is in or undecided, so no event of a pod whose names are late is lost in the kernel.
+    /// The kernel's cgroup set is always an exclusion of what is decidedly out, also for include
+    /// filters: a cgroup the kernel set does not hold yet (a container just made, or one whose
+    /// names are late) passes to the agent, so none of its events is lost in the kernel.
     #[rstest]
     #[case::exclude_namespace(Filters { namespace: names(Mode::Exclude, &["kube-system"]), ..Default::default() }, Mode::Exclude, &[1])]
-    #[case::include_namespace(Filters { namespace: names(Mode::Include, &["kube-system"]), ..Default::default() }, Mode::Include, &[1, 3])]
+    #[case::include_namespace(Filters { namespace: names(Mode::Include, &["kube-system"]), ..Default::default() }, Mode::Exclude, &[2])]
     #[case::host_scope(Filters { scope: Scope::Host, ..Default::default() }, Mode::Exclude, &[1, 2, 3])]
-    #[case::containers_but_not_proxies(Filters { scope: Scope::Containers, container_name: names(Mode::Exclude, &["istio-proxy"]), ..Default::default() }, Mode::Include, &[1, 3])]
+    #[case::containers_but_not_proxies(Filters { scope: Scope::Containers, container_name: names(Mode::Exclude, &["istio-proxy"]), ..Default::default() }, Mode::Exclude, &[2])]
     fn kernel_cgroup_sets(#[case] filters: Filters, #[case] mode: Mode, #[case] ids: &[u64]) {
         let known = vec![(1, record("kube-system", "coredns", json!({}))), (2, record("prod", "istio-proxy", json!({}))), (3, unnamed())];
         let kernel = filters.kernel(known);

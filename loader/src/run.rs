@@ -513,8 +513,8 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
             if let Some(mkdir) = monitors::cgroup_watch::decode(record) {
                 match (mkdir, attributor.as_mut()) {
                     (Ok(mkdir), Some(a)) => {
-                        a.observe(&mkdir);
-                        filtering.dirty |= filtering.filters.by_cgroup();
+                        // Only a pod's or container's cgroup changes the filters' cgroup sets.
+                        filtering.dirty |= a.observe(&mkdir) && filtering.filters.by_cgroup();
                     }
                     (Ok(_), None) => {}
                     (Err(e), _) => {

@@ -171,10 +171,13 @@ fn resource() -> Resource {
     }
 }
 
-/// Whether a failed export is worth retrying (the OTLP specification's retryable codes).
+/// Whether a failed export is worth retrying: the OTLP specification's retryable codes, plus
+/// `Unknown`, which is how tonic reports some transport failures (a connection reset while the
+/// collector restarts). `Internal` is not retried: a collector that fails a batch that way fails
+/// it again, and retrying it would stall the sink for good.
 fn retryable(status: &tonic::Status) -> bool {
     use tonic::Code::*;
-    matches!(status.code(), Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Cancelled | Unknown | Internal | OutOfRange | DataLoss)
+    matches!(status.code(), Unavailable | DeadlineExceeded | ResourceExhausted | Aborted | Cancelled | Unknown | OutOfRange | DataLoss)
 }
 
 /// The sink's backend: batches records and exports them with retry.

@@ -275,10 +275,17 @@ impl Resolver {
                     Ok(None) if attempt + 1 < ATTEMPTS => {
                         // Not listed yet (a sandbox being made): ask again a little later,
                         // without holding up the ids queued behind it.
-                        let retry = retry.clone();
+                        let (retry, reply, counters) = (retry.clone(), reply.clone(), counters.clone());
                         tokio::spawn(async move {
                             tokio::time::sleep(RETRY_FIRST * 2u32.pow(attempt)).await;
-                            let _ = retry.try_send((id, attempt + 1));
+                            // A full queue must not leave the id in flight for good (its events
+                            // would be held on every pass): it is answered "no names" instead.
+                            if let Err(e) = retry.try_send((id, attempt + 1)) {
+                                let (id, _) = e.into_inner();
+                                counters.failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(container_id = %id, "cri: lookup queue full; this container's events carry no names");
+                                let _ = reply.send((id, None));
+                            }
                         });
                         continue;
                     }

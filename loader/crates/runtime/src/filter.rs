@@ -186,19 +186,36 @@ fn sync<K: Pod + Ord>(ebpf: &Ebpf, map: &'static str, want: &BTreeSet<K>, max: u
     Ok(())
 }
 
-/// Writes `filter` into an object's maps in place (at load and on reload): the key sets first,
-/// then the flags, so no event is judged by new flags against old keys. A key that is not
-/// filtered has its set emptied.
+/// Writes `filter` into an object's maps in place (at load and on reload). A key whose mode
+/// changes, or that is turned off, is first switched off (off lets every event through to the
+/// agent, which still judges it); then the key sets are written; then the final flags. So no event
+/// is judged by a mode against the keys of another (an include flag over an emptied set would
+/// drop everything for a moment). A key that is not filtered has its set emptied.
 pub fn apply(ebpf: &Ebpf, filter: &KernelFilter) -> Result<(), FilterError> {
+    let err = |source| FilterError::Map { map: CONFIG_MAP, source };
+    let mut config = Array::<_, FilterConfig>::try_from(Map::Array(owned(ebpf, CONFIG_MAP)?)).map_err(err)?;
+    let old = config.get(&0, 0).map_err(err)?.flags;
+    let new = filter.flags();
+    let interim = interim_flags(old, new);
+    if interim != old {
+        config.set(0, FilterConfig { flags: interim, _pad0: 0 }, 0).map_err(err)?;
+    }
     let none = BTreeSet::new();
     sync(ebpf, UID_MAP, filter.uid.as_ref().map_or(&none, |s| &s.keys), UID_MAX)?;
     let no_comm = BTreeSet::new();
     sync(ebpf, COMM_MAP, filter.comm.as_ref().map_or(&no_comm, |s| &s.keys), COMM_MAX)?;
     let no_cgroup = BTreeSet::new();
     sync(ebpf, CGROUP_MAP, filter.cgroup.as_ref().map_or(&no_cgroup, |s| &s.keys), CGROUP_MAX)?;
-    let err = |source| FilterError::Map { map: CONFIG_MAP, source };
-    let mut config = Array::<_, FilterConfig>::try_from(Map::Array(owned(ebpf, CONFIG_MAP)?)).map_err(err)?;
-    config.set(0, FilterConfig { flags: filter.flags(), _pad0: 0 }, 0).map_err(err)
+    config.set(0, FilterConfig { flags: new, _pad0: 0 }, 0).map_err(err)
+}
+
+/// The flags to hold while the key sets are rewritten: each key keeps its bits only where its
+/// mode is the same before and after; any other key is off meanwhile.
+fn interim_flags(old: u32, new: u32) -> u32 {
+    [F_UID | F_UID_INCLUDE, F_COMM | F_COMM_INCLUDE, F_CGROUP | F_CGROUP_INCLUDE]
+        .iter()
+        .filter(|&&mask| old & mask == new & mask)
+        .fold(0, |flags, &mask| flags | (old & mask))
 }
 
 /// The kernel's drops per filter (`uid`, `comm`, `cgroup`), summed over CPUs.
@@ -211,6 +228,18 @@ mod tests {
     use rstest::rstest;
 
     use super::*;
+
+    /// While the sets are rewritten a key whose mode changes is off, never judged by its new
+    /// mode against its old keys; a key whose mode stays keeps filtering.
+    #[rstest]
+    #[case::same(F_UID, F_UID, F_UID)]
+    #[case::include_to_off(F_CGROUP | F_CGROUP_INCLUDE, 0, 0)]
+    #[case::exclude_to_include(F_UID, F_UID | F_UID_INCLUDE, 0)]
+    #[case::off_to_include(0, F_COMM | F_COMM_INCLUDE, 0)]
+    #[case::one_changes_one_stays(F_UID | F_COMM, F_UID | F_COMM | F_COMM_INCLUDE, F_UID)]
+    fn interim_flags_switch_off_what_changes(#[case] old: u32, #[case] new: u32, #[case] interim: u32) {
+        assert_eq!(interim_flags(old, new), interim);
+    }
 
     fn set<T: Ord + Clone>(mode: Mode, keys: &[T]) -> KeySet<T> {
         KeySet { mode, keys: keys.iter().cloned().collect() }

@@ -85,13 +85,17 @@ impl Attributor {
     }
 
     /// A cgroup the watcher announced.
-    pub fn observe(&mut self, mkdir: &Mkdir) {
+    /// Returns whether the cgroup is a pod's or a container's (and so was recorded): a host
+    /// cgroup (a systemd scope, a session) changes nothing a caller derives from the map.
+    pub fn observe(&mut self, mkdir: &Mkdir) -> bool {
         if mkdir.truncated {
             tracing::debug!(cgroup_id = mkdir.cgroup_id, path = %mkdir.path, "cgroup path longer than the record: attributed from its beginning");
         }
-        if self.insert(mkdir.cgroup_id, &mkdir.path) {
+        let recorded = self.insert(mkdir.cgroup_id, &mkdir.path);
+        if recorded {
             self.stats.announced += 1;
         }
+        recorded
     }
 
     /// What is known of cgroup `id`; None: a host cgroup (or one not seen).
