@@ -39,7 +39,9 @@ fn render() -> String {
         let record = unhex(line.trim());
         if let Some(mkdir) = cgroup_watch::decode(&record) {
             match mkdir {
-                Ok(mkdir) => attributor.observe(&mkdir),
+                Ok(mkdir) => {
+                    attributor.observe(&mkdir);
+                }
                 Err(e) => errors.push(format!("record {i}: {e}")),
             }
             continue;
