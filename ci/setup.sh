@@ -21,10 +21,9 @@ declare -A PKGS=(
   [runc]=runc
   [gcc]=gcc
   # A real containerd (its CRI plugin) for the pod and container name test; protoc builds the CRI
-  # API bindings (k8s-cri's build script); busybox-static is the tiny static image of that test.
+  # API bindings (k8s-cri's build script). The test's image is a static binary it builds itself.
   [containerd]=containerd
   [protoc]=protobuf-compiler
-  [busybox]=busybox-static
 )
 
 missing=()
