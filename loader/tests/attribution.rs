@@ -5,60 +5,16 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use common::{kernel_lock, skip_unless_root, Loader};
+use common::cgroups::{exec_in, v2_root, Cgroups};
 use serde_json::Value;
 
 const CONTAINER_FIELDS: [&str; 4] = ["container_id", "container_runtime", "pod_uid", "qos"];
-
-fn v2_root() -> PathBuf {
-    tapio_features::cgroup2::mounted_root().expect("read mountinfo").expect("the test host mounts the cgroup v2 hierarchy")
-}
-
-/// Removes the cgroups it made, deepest first, even when the test fails.
-struct Cgroups(Vec<PathBuf>);
-
-impl Cgroups {
-    /// Makes every missing directory of `rel` under `root`; returns the deepest.
-    fn make(&mut self, root: &Path, rel: &str) -> PathBuf {
-        let mut dir = root.to_path_buf();
-        for component in rel.split('/').filter(|c| !c.is_empty()) {
-            dir.push(component);
-            if !dir.exists() {
-                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                self.0.push(dir.clone());
-            }
-        }
-        dir
-    }
-
-    fn remove_all(&mut self) {
-        while let Some(dir) = self.0.pop() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            // A cgroup whose last task just exited may be busy for a moment.
-            while std::fs::remove_dir(&dir).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        self.remove_all();
-    }
-}
-
-/// A shell that moves itself into `cgroup`, then execs `/bin/echo <marker>`.
-fn exec_in(cgroup: &Path, marker: &str) {
-    let script = format!("echo $$ > '{}/cgroup.procs' && exec /bin/echo {marker}", cgroup.display());
-    let out = Command::new("/bin/sh").args(["-c", &script]).output().expect("run sh");
-    assert!(out.status.success(), "moving into {}: {}", cgroup.display(), String::from_utf8_lossy(&out.stderr));
-}
 
 fn exec_with(events: &[Value], marker: &str) -> Value {
     events
@@ -120,7 +76,7 @@ fn kubelet_layouts_attribute_process_events() {
     let _serial = kernel_lock();
     let root = v2_root();
     let nonce = std::process::id();
-    let mut cgroups = Cgroups(Vec::new());
+    let mut cgroups = Cgroups::default();
     let path_of = |i: usize, l: &Layout| {
         let (id, uid) = ids(i);
         (l.path.replace("{UID_}", &uid.replace('-', "_")).replace("{UID}", &uid).replace("{ID}", &id), id, uid)
@@ -133,7 +89,7 @@ fn kubelet_layouts_attribute_process_events() {
     exec_in(&early, &format!("tapio-attr-{nonce}-0"));
     for (i, layout) in LAYOUTS.iter().enumerate().skip(1) {
         let (rel, ..) = path_of(i, layout);
-        let mut short = Cgroups(Vec::new());
+        let mut short = Cgroups::default();
         let dir = short.make(&root, &rel);
         exec_in(&dir, &format!("tapio-attr-{nonce}-{i}"));
         short.remove_all(); // gone before the loader's next drain

@@ -13,6 +13,7 @@ use std::{
 };
 
 use common::{http_get, kernel_lock, sample, skip_unless_root, Loader};
+use common::cgroups::{exec_in, v2_root, Cgroups};
 use serde_json::Value;
 
 /// A copy of /bin/echo named `name`, so its exec's comm is `name`.
@@ -103,45 +104,6 @@ fn uid_and_comm_are_filtered_in_the_kernel(#[case] transport: &str) {
     assert_eq!(agent_drops(&page, "uid"), 0.0, "{page}");
 }
 
-fn v2_root() -> PathBuf {
-    tapio_features::cgroup2::mounted_root().expect("read mountinfo").expect("the test host mounts the cgroup v2 hierarchy")
-}
-
-/// Removes the cgroups it made, deepest first, even when the test fails.
-struct Cgroups(Vec<PathBuf>);
-
-impl Cgroups {
-    fn make(&mut self, root: &Path, rel: &str) -> PathBuf {
-        let mut dir = root.to_path_buf();
-        for component in rel.split('/').filter(|c| !c.is_empty()) {
-            dir.push(component);
-            if !dir.exists() {
-                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                self.0.push(dir.clone());
-            }
-        }
-        dir
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        while let Some(dir) = self.0.pop() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while std::fs::remove_dir(&dir).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-/// A shell that moves itself into `cgroup`, then execs `/bin/echo <marker>`.
-fn exec_in(cgroup: &Path, marker: &str) {
-    let script = format!("echo $$ > '{}/cgroup.procs' && exec /bin/echo {marker}", cgroup.display());
-    let out = Command::new("/bin/sh").args(["-c", &script]).output().expect("run sh");
-    assert!(out.status.success(), "moving into {}: {}", cgroup.display(), String::from_utf8_lossy(&out.stderr));
-}
-
 /// `filter_scope = "host"`: the container cgroups the agent knows become the kernel's exclude
 /// set, one found by the scan at start and one announced by the watcher after.
 #[test]
@@ -157,7 +119,7 @@ fn host_scope_excludes_container_cgroups_in_the_kernel() {
     let id = |n: u32| format!("{nonce:08x}{n:04x}{}", "feed".repeat(13))[..64].to_owned();
     let uid = format!("{nonce:08x}-1111-4222-8333-444455556666");
     let pod = format!("kubepods/burstable/pod{uid}");
-    let mut cgroups = Cgroups(Vec::new());
+    let mut cgroups = Cgroups::default();
     let early = cgroups.make(&root, &format!("{pod}/{}", id(1)));
     let file = config_file(dir.path(), &format!("monitors = [\"process\"]\nmetrics_address = \"127.0.0.1:{port}\"\nfilter_scope = \"host\"\n"));
     let loader = Loader::start(&["--config", file.to_str().expect("utf-8 path")]);

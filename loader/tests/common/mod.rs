@@ -2,6 +2,7 @@
 
 #![allow(dead_code, reason = "each test file uses a different part of this module")]
 
+pub mod cgroups;
 pub mod dnsmasq;
 pub mod dns_wire;
 pub mod skip;
