@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
+    arch::Arch,
     artifacts::fetch::{self, KernelArtifacts},
     kernels::{
         apt,
@@ -21,7 +22,7 @@ use crate::{
     ui::{Progress, Ui},
     vm::{
         initramfs::Initramfs,
-        qemu::QemuConfig,
+        qemu::{Accel, QemuConfig},
         runner::{self, GuestStatus},
     },
 };
@@ -79,6 +80,7 @@ impl Fault {
 struct Bootable {
     index: usize,
     line: String,
+    arch: Arch,
     artifacts: KernelArtifacts,
 }
 
@@ -87,6 +89,17 @@ enum Target {
     Deb(PathBuf),
     Files(PathBuf, Option<PathBuf>),
     Host,
+}
+
+impl Target {
+    /// The architecture the target boots; a user's `--kernel-deb` or `--kernel-file` is taken to
+    /// be the host's.
+    fn arch(&self) -> Arch {
+        match self {
+            Target::Locked(k) => k.arch,
+            Target::Deb(_) | Target::Files(..) | Target::Host => Arch::host(),
+        }
+    }
 }
 
 fn targets(options: &Options, lock: &Lock) -> Result<Vec<(String, Target)>> {
@@ -109,7 +122,7 @@ fn targets(options: &Options, lock: &Lock) -> Result<Vec<(String, Target)>> {
             let mut picked = Vec::new();
             for n in names.iter().filter(|n| n.as_str() != "host") {
                 let k = lock.get(n).with_context(|| {
-                    let known: Vec<_> = lock.kernels.iter().map(|k| k.line.as_str()).collect();
+                    let known: Vec<_> = lock.kernels.iter().map(|k| k.id()).collect();
                     format!("unknown kernel line `{n}` (known: {}, host)", known.join(", "))
                 })?;
                 picked.push(k);
@@ -117,15 +130,15 @@ fn targets(options: &Options, lock: &Lock) -> Result<Vec<(String, Target)>> {
             (picked, names.iter().any(|n| n == "host"))
         }
     };
-    out.extend(lines.into_iter().map(|k| (k.line.clone(), Target::Locked(k.clone()))));
+    out.extend(lines.into_iter().map(|k| (k.id(), Target::Locked(k.clone()))));
     if host {
         out.push(("host".to_owned(), Target::Host));
     }
     Ok(out)
 }
 
-fn empty_row(line: &str, verdict: Verdict) -> Row {
-    Row { line: line.to_owned(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
+fn empty_row(line: &str, arch: Arch, verdict: Verdict) -> Row {
+    Row { line: line.to_owned(), arch, release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
 }
 
 /// The kernel modules the guest's scenarios load, as (directory in the release's module tree,
@@ -190,11 +203,13 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
     let _ = std::fs::create_dir_all(&dir);
     let initrd = dir.join("initramfs.cpio");
     if let Err(e) = pack(guest, &b.artifacts, &initrd) {
-        return empty_row(&b.line, Verdict::BootFailed(format!("{e:#}")));
+        return empty_row(&b.line, b.arch, Verdict::BootFailed(format!("{e:#}")));
     }
-    let accel = runner::detect_accel(&b.artifacts.vmlinuz, &initrd);
+    // KVM runs only the host's own architecture; another one is always emulated.
+    let accel = if b.arch.kvm_possible() { runner::detect_accel(&b.artifacts.vmlinuz, &initrd) } else { Accel::Tcg };
     let _ = ui.send(Progress::BootStart { line: b.line.clone(), accel: accel.as_str().to_owned() });
     let mut cfg = QemuConfig::new(&b.artifacts.vmlinuz, &initrd, accel, dir.join("console.log"), dir.join("results.jsonl"));
+    cfg.arch = b.arch;
     if let Some(fault) = options.fault {
         cfg.append_extra.push(fault.cmdline().to_owned());
     }
@@ -202,7 +217,7 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
     let outcome = runner::run_guest(&cfg, options.timeout, |text| {
         let _ = ui.send(Progress::Boot { line: line.clone(), text: text.to_owned() });
     });
-    let mut row = empty_row(&b.line, Verdict::Pass);
+    let mut row = empty_row(&b.line, b.arch, Verdict::Pass);
     row.release = Some(b.artifacts.release.clone());
     row.accel = Some(accel.as_str().to_owned());
     match outcome {
@@ -241,11 +256,11 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
 /// The host row: the same agent as a plain process on the running kernel.
 fn host_row(guest: &Path, timeout: Duration) -> Row {
     let started = Instant::now();
-    let mut row = empty_row("host", Verdict::Pass);
+    let mut row = empty_row("host", Arch::host(), Verdict::Pass);
     let child = Command::new(guest).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return empty_row("host", Verdict::BootFailed(format!("run the agent: {e}"))),
+        Err(e) => return empty_row("host", Arch::host(), Verdict::BootFailed(format!("run the agent: {e}"))),
     };
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -296,8 +311,16 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
     let targets = targets(options, &lock)?;
     std::fs::create_dir_all(&options.out_dir).with_context(|| format!("create {}", options.out_dir.display()))?;
 
-    ui.send(Progress::Stage(format!("building the guest agent ({})", crate::artifacts::guest::GUEST_TARGET)));
-    let guest = crate::artifacts::guest::build(&options.workspace)?;
+    // One agent per architecture the run needs: the host's (the host row, and user kernels,
+    // which are taken to be the host's architecture) and each selected kernel's.
+    let mut arches = std::collections::BTreeSet::from([Arch::host()]);
+    arches.extend(targets.iter().map(|(_, t)| t.arch()));
+    let mut guests = std::collections::BTreeMap::new();
+    for arch in arches {
+        ui.send(Progress::Stage(format!("building the guest agent ({})", arch.guest_target())));
+        guests.insert(arch, crate::artifacts::guest::build(&options.workspace, arch)?);
+    }
+    let guest = guests[&Arch::host()].clone();
 
     // Fetch sequentially: downloads share one link and print one progress line at a time.
     let mirror = apt::discover_mirror();
@@ -306,6 +329,7 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
     let mut bootable = VecDeque::new();
     let mut host_index = None;
     for (index, (line, target)) in targets.into_iter().enumerate() {
+        let arch = target.arch();
         let artifacts = match target {
             Target::Host => {
                 host_index = Some(index);
@@ -313,7 +337,7 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
             }
             Target::Locked(k) => {
                 if let Some(reason) = k.unavailable_reason() {
-                    rows[index] = Some(empty_row(&line, Verdict::Unavailable(reason.to_owned())));
+                    rows[index] = Some(empty_row(&line, arch, Verdict::Unavailable(reason.to_owned())));
                     continue;
                 }
                 ui.send(Progress::Stage(format!("kernel {line}: fetch (cached after the first run)")));
@@ -329,8 +353,8 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
             }
         };
         match artifacts {
-            Ok(artifacts) => bootable.push_back(Bootable { index, line, artifacts }),
-            Err(e) => rows[index] = Some(empty_row(&line, Verdict::Unavailable(e))),
+            Ok(artifacts) => bootable.push_back(Bootable { index, line, arch, artifacts }),
+            Err(e) => rows[index] = Some(empty_row(&line, arch, Verdict::Unavailable(e))),
         }
     }
 
@@ -346,10 +370,10 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
             let queue = Arc::clone(&queue);
             let done = Arc::clone(&done);
             let tx = ui.sender();
-            let guest = &guest;
+            let guests = &guests;
             scope.spawn(move || loop {
                 let Some(b) = queue.lock().expect("queue").pop_front() else { return };
-                let row = boot(&b, guest, options, &tx);
+                let row = boot(&b, &guests[&b.arch], options, &tx);
                 done.lock().expect("rows").push((b.index, row));
             });
         }
@@ -455,11 +479,11 @@ mod tests {
 
     #[test]
     fn flavoured_rows_meet_their_versions_snapshot_variants() {
-        let mut rt = empty_row("6.1-rt", Verdict::Pass);
+        let mut rt = empty_row("6.1-rt", Arch::X86_64, Verdict::Pass);
         rt.release = Some("6.1.0-50-rt-amd64".to_owned());
         assert_eq!(variant_key(&rt), "6.1");
-        assert_eq!(variant_key(&empty_row("6.12", Verdict::Pass)), "6.12");
-        let mut deb = empty_row("deb:x.deb", Verdict::Pass);
+        assert_eq!(variant_key(&empty_row("6.12", Arch::X86_64, Verdict::Pass)), "6.12");
+        let mut deb = empty_row("deb:x.deb", Arch::X86_64, Verdict::Pass);
         deb.release = Some("6.1.0-54-rt-amd64".to_owned());
         assert_eq!(variant_key(&deb), "6.1");
     }
@@ -521,7 +545,7 @@ mod tests {
                     judgement: None,
                 });
             }
-            let mut r = empty_row("6.1", Verdict::Pass);
+            let mut r = empty_row("6.1", Arch::X86_64, Verdict::Pass);
             r.results = Some(results);
             r
         };
@@ -546,7 +570,7 @@ mod tests {
         std::fs::write(crate::report::snapshots::variant_path(dir.path(), "process", "exec_chain", "4.19"), variant).unwrap();
         let mut results = results::GuestResults::default();
         results.snapshots.push(results::SnapshotBody { monitor: "process".to_owned(), scenario: "exec_chain".to_owned(), body: "[1]".to_owned() });
-        let mut row = empty_row("6.1", Verdict::Pass);
+        let mut row = empty_row("6.1", Arch::X86_64, Verdict::Pass);
         row.results = Some(results);
         let mut rows = [row];
         check_snapshots(&options_in(dir.path()), &mut rows);
@@ -574,7 +598,7 @@ mod tests {
                     body: (*body).to_owned(),
                 });
             }
-            let mut r = empty_row(line, Verdict::Pass);
+            let mut r = empty_row(line, Arch::X86_64, Verdict::Pass);
             r.results = Some(results);
             r
         };

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::arch::Arch;
+
 /// Errors reading or writing the manifest or the lock.
 #[derive(Debug, Error)]
 pub enum ManifestError {
@@ -65,6 +67,18 @@ pub struct Manifest {
     pub kernels: Vec<KernelEntry>,
 }
 
+/// A kernel's name in reports: `6.1` on x86_64, `arm64/6.12` on arm64.
+pub fn kernel_id(arch: Arch, line: &str) -> String {
+    match arch {
+        Arch::X86_64 => line.to_owned(),
+        other => format!("{other}/{line}"),
+    }
+}
+
+fn is_x86_64(arch: &Arch) -> bool {
+    *arch == Arch::X86_64
+}
+
 /// The upstream version a kernel line names: `6.1` for both `6.1` and `6.1-rt`.
 ///
 /// A line is `<major>.<minor>`, optionally followed by `-<flavour>` when one release series
@@ -82,6 +96,8 @@ pub struct KernelEntry {
     /// The kernel line, e.g. `6.1` or `6.1-rt` ([`line_version`]); a resolved package's upstream
     /// version must start with its version part.
     pub line: String,
+    /// The CPU architecture the line's kernel is built for; `x86_64` unless the entry says.
+    pub arch: Arch,
     /// Whether the line is part of the default matrix run.
     pub default: bool,
     /// Free-form note carried into the lock's reasons (e.g. "not a Debian kernel").
@@ -116,6 +132,8 @@ pub enum KernelSource {
 #[serde(deny_unknown_fields)]
 struct RawEntry {
     line: String,
+    #[serde(default)]
+    arch: Arch,
     #[serde(default)]
     default: bool,
     note: Option<String>,
@@ -158,8 +176,8 @@ impl Manifest {
         };
         let mut kernels = Vec::with_capacity(raw.kernels.len());
         for e in raw.kernels {
-            if kernels.iter().any(|k: &KernelEntry| k.line == e.line) {
-                return Err(invalid(&e.line, "listed twice"));
+            if kernels.iter().any(|k: &KernelEntry| k.line == e.line && k.arch == e.arch) {
+                return Err(invalid(&e.line, &format!("listed twice for {}", e.arch)));
             }
             let version = line_version(&e.line);
             let flavour = e.line.strip_prefix(version).and_then(|f| f.strip_prefix('-'));
@@ -200,6 +218,7 @@ impl Manifest {
             };
             kernels.push(KernelEntry {
                 line: e.line,
+                arch: e.arch,
                 default: e.default,
                 note: e.note,
                 source,
@@ -223,6 +242,8 @@ pub struct Lock {
 #[serde(try_from = "RawLocked", into = "RawLocked")]
 pub struct LockedKernel {
     pub line: String,
+    /// The CPU architecture of the pinned kernel (see [`LockedKernel::id`]).
+    pub arch: Arch,
     pub default: bool,
     pub pin: Pin,
 }
@@ -277,6 +298,12 @@ impl Pin {
 }
 
 impl LockedKernel {
+    /// The name of the line in reports and on the command line: the line itself for x86_64
+    /// (so existing names and directories stay), `<arch>/<line>` for any other architecture.
+    pub fn id(&self) -> String {
+        kernel_id(self.arch, &self.line)
+    }
+
     /// The reason the line cannot run, if it cannot.
     pub fn unavailable_reason(&self) -> Option<&str> {
         match &self.pin {
@@ -290,6 +317,8 @@ impl LockedKernel {
 #[serde(deny_unknown_fields)]
 struct RawLocked {
     line: String,
+    #[serde(default, skip_serializing_if = "is_x86_64")]
+    arch: Arch,
     default: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     suite: Option<String>,
@@ -332,6 +361,7 @@ impl TryFrom<RawLocked> for LockedKernel {
         };
         Ok(LockedKernel {
             line: r.line,
+            arch: r.arch,
             default: r.default,
             pin,
         })
@@ -342,6 +372,7 @@ impl From<LockedKernel> for RawLocked {
     fn from(k: LockedKernel) -> Self {
         let mut raw = RawLocked {
             line: k.line,
+            arch: k.arch,
             default: k.default,
             suite: None,
             unavailable: None,
@@ -449,9 +480,9 @@ impl Lock {
         Ok(())
     }
 
-    /// Looks up a line, e.g. `"6.1"`.
-    pub fn get(&self, line: &str) -> Option<&LockedKernel> {
-        self.kernels.iter().find(|k| k.line == line)
+    /// Looks up a line by its [`LockedKernel::id`], e.g. `"6.1"` or `"arm64/6.12"`.
+    pub fn get(&self, id: &str) -> Option<&LockedKernel> {
+        self.kernels.iter().find(|k| k.id() == id)
     }
 }
 
@@ -518,6 +549,38 @@ kernel_file = "local/vmlinuz-5.4"
     }
 
     #[test]
+    fn one_line_per_architecture_named_by_its_id() {
+        let text = "[[kernel]]\nline = \"6.12\"\nsuite = \"trixie\"\nimage_package = \"a\"\n\
+                    [[kernel]]\nline = \"6.12\"\narch = \"arm64\"\nsuite = \"trixie\"\nimage_package = \"b\"\n";
+        let m = Manifest::parse(text, Path::new("k.toml"), PathBuf::new()).unwrap();
+        assert_eq!(m.kernels.iter().map(|k| k.arch).collect::<Vec<_>>(), [Arch::X86_64, Arch::Arm64]);
+        let twice = text.replace("image_package = \"a\"\n", "image_package = \"a\"\narch = \"arm64\"\n");
+        let err = Manifest::parse(&twice, Path::new("k.toml"), PathBuf::new()).unwrap_err();
+        assert!(err.to_string().contains("listed twice for arm64"), "{err}");
+        let bad = text.replace("\"arm64\"", "\"sparc\"");
+        assert!(Manifest::parse(&bad, Path::new("k.toml"), PathBuf::new()).is_err());
+    }
+
+    #[test]
+    fn lock_keeps_x86_entries_as_they_were_and_names_arm64_ones() {
+        let pinned = |arch| LockedKernel {
+            line: "6.12".into(),
+            arch,
+            default: true,
+            pin: Pin::Unavailable { reason: "r".into() },
+        };
+        let lock = Lock { base_dir: PathBuf::from("/vm"), kernels: vec![pinned(Arch::X86_64), pinned(Arch::Arm64)] };
+        let text = lock.to_toml(Path::new("/vm/kernels.lock")).unwrap();
+        // An x86_64 entry is written without the key, so locks from before arm64 are unchanged.
+        assert_eq!(text.matches("arch = ").count(), 1, "{text}");
+        let back = Lock::parse(&text, Path::new("k.lock"), PathBuf::from("/vm")).unwrap();
+        assert_eq!(back, lock);
+        assert_eq!(back.get("6.12").unwrap().arch, Arch::X86_64);
+        assert_eq!(back.get("arm64/6.12").unwrap().arch, Arch::Arm64);
+        assert!(back.get("arm64/6.1").is_none());
+    }
+
+    #[test]
     fn manifest_rejects_mixed_sources_naming_the_line() {
         let text = "[[kernel]]\nline = \"6.6\"\nsuite = \"sid\"\nkernel_file = \"x\"\n";
         let err = Manifest::parse(text, Path::new("k.toml"), PathBuf::new()).unwrap_err();
@@ -559,6 +622,7 @@ kernel_file = "local/vmlinuz-5.4"
             kernels: vec![
                 LockedKernel {
                     line: "7.3".into(),
+                    arch: Default::default(),
                     default: true,
                     pin: Pin::Debian {
                         suite: "trixie-backports".into(),
@@ -569,6 +633,7 @@ kernel_file = "local/vmlinuz-5.4"
                 },
                 LockedKernel {
                     line: "5.4".into(),
+                    arch: Default::default(),
                     default: false,
                     pin: Pin::Local {
                         kernel_file: PathBuf::from("/vm/local/vmlinuz-5.4"),
@@ -577,6 +642,7 @@ kernel_file = "local/vmlinuz-5.4"
                 },
                 LockedKernel {
                     line: "4.19".into(),
+                    arch: Default::default(),
                     default: false,
                     pin: Pin::Unavailable {
                         reason: "suite buster not served".into(),

@@ -43,8 +43,11 @@ impl Verdict {
 /// One kernel's row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// The manifest line (`6.1`), `host`, or the name of a user-supplied kernel.
+    /// The kernel's name: its [`crate::kernels::manifest::LockedKernel::id`] (`6.1`,
+    /// `arm64/6.12`), `host`, or the name of a user-supplied kernel.
     pub line: String,
+    /// The architecture the row ran on.
+    pub arch: crate::arch::Arch,
     pub release: Option<String>,
     pub accel: Option<String>,
     #[serde(with = "secs")]
@@ -106,7 +109,7 @@ mod tests {
     use super::*;
 
     fn row(verdict: Verdict) -> Row {
-        Row { line: "x".into(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
+        Row { line: "x".into(), arch: Default::default(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
     }
 
     #[rstest]

@@ -22,7 +22,9 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
                         n => format!("{accepted}/{} (+{n} skipped)", loaded.len()),
                     }
                 },
-                match res.verifier.iter().filter(|v| v.skipped.is_none()).map(|v| v.verified_insns).sum::<Option<u64>>() {
+                // Over the accepted programs only: a rejected one has no count on any kernel, and
+                // must not turn the total into "n/a".
+                match res.verifier.iter().filter(|v| v.skipped.is_none() && v.accepted).map(|v| v.verified_insns).sum::<Option<u64>>() {
                     Some(total) => total.to_string(),
                     None => "n/a (< 5.16)".to_owned(),
                 },
@@ -100,7 +102,7 @@ mod tests {
 
     #[test]
     fn unavailable_is_never_counted_as_passed() {
-        let row = |v| Row { line: "x".into(), release: None, accel: None, wall: None, verdict: v, results: None, splats: vec![], console_tail: None };
+        let row = |v| Row { line: "x".into(), arch: Default::default(), release: None, accel: None, wall: None, verdict: v, results: None, splats: vec![], console_tail: None };
         let rows = vec![row(Verdict::Pass), row(Verdict::Unavailable("no".into())), row(Verdict::BootFailed("panic".into()))];
         assert_eq!(totals(&rows), (1, 0, 1, 1));
         let md = render_markdown(&rows, "tcg");
