@@ -49,6 +49,8 @@ bench: setup
 	$(CARGO) bench --locked -p tapio-load --bench advanced
 	$(CARGO) bench --locked -p tapio-load --bench ring_decode
 	$(CARGO) bench --locked -p tapio-load --bench delivery
+	# What container and pod attribution adds per event, and its memory per 10,000 containers.
+	$(CARGO) bench --locked -p tapio-load --bench attribution
 	$(CARGO) bench --locked -p tapio-load --bench node_tax
 	# Matrix wall time per cached default kernel beside its bare boot (docs/benchmarks-matrix.md).
 	$(CARGO) bench --locked -p verifier-matrix --bench matrix_overhead
