@@ -452,3 +452,91 @@ fn containerd_pod_events_carry_pod_and_container_names() {
     assert_eq!(exit["pod_namespace"], NAMESPACE, "{exit}");
     assert!(exit.get("container_name").is_none(), "a sandbox is no container: {exit}");
 }
+
+/// `filter_exclude_namespaces` with a real containerd pod: once the runtime has named the pod,
+/// its container's cgroup is in the kernel's exclude set, and the process monitor's own drop
+/// counter (`tapio_filter_dropped_total{filter="cgroup",where="kernel"}`) rises while the
+/// container keeps exec'ing; no event of the namespace reaches the output (those before the names
+/// are dropped by the agent's filter).
+#[test]
+fn an_excluded_namespace_is_dropped_in_the_kernel() {
+    const TEST: &str = "an_excluded_namespace_is_dropped_in_the_kernel";
+    if skip_unless_root(TEST) {
+        return;
+    }
+    if let Some(why) = tools_missing() {
+        skip::skip(TEST, skip::Why::Environment(why));
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("tapio-cri-ns-").tempdir().unwrap();
+    let tarball = image_tarball(dir.path()).unwrap_or_else(|e| panic!("building the image: {e}"));
+    let containerd = Containerd::start(dir.path());
+    let log = dir.path().join("containerd.log");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _in_runtime = rt.enter();
+    let mut client = tapio_cri::Client::new(&containerd.socket);
+    rt.block_on(wait_ready(&mut client, &log));
+    containerd
+        .ctr(&["images", "import", "--snapshotter", "native", tarball.to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("importing the image: {e}"));
+    let uid = format!("{:08x}-5b2e-4f1a-9c3d-{:012x}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_micros() as u64 & 0xffff_ffff_ffff);
+    let _cgroups = PodCgroups::new(&format!("kubepods/besteffort/pod{uid}"));
+    let _serial = kernel_lock();
+    let port = common::free_port();
+    let config = dir.path().join("tapio.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "monitors = [\"process\"]\nmetrics_address = \"127.0.0.1:{port}\"\ncri_socket = \"{}\"\nfilter_exclude_namespaces = [\"{NAMESPACE}\"]\n",
+            containerd.socket.display()
+        ),
+    )
+    .unwrap();
+    let loader = Loader::start(&["--config", config.to_str().unwrap()]);
+    let kernel_drops = |page: &str| {
+        common::sample(page, "tapio_filter_dropped_total{filter=\"cgroup\",where=\"kernel\",monitor=\"process\"}").unwrap_or(0.0)
+    };
+    let before = kernel_drops(&common::http_get(port, "/metrics").1);
+
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        panic!("{what}: {e}; containerd log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+    };
+    let sandbox = rt
+        .block_on(client.runtime().run_pod_sandbox(api::RunPodSandboxRequest { config: Some(pod_config(&uid)), runtime_handler: String::new() }))
+        .unwrap_or_else(|e| fail("RunPodSandbox", &e))
+        .into_inner()
+        .pod_sandbox_id;
+    let created = rt.block_on(client.runtime().create_container(api::CreateContainerRequest {
+        pod_sandbox_id: sandbox.clone(),
+        config: Some(container_config(&uid)),
+        sandbox_config: Some(pod_config(&uid)),
+    }));
+    let id = created.unwrap_or_else(|e| fail("CreateContainer", &e)).into_inner().container_id;
+    rt.block_on(client.runtime().start_container(api::StartContainerRequest { container_id: id.clone() }))
+        .unwrap_or_else(|e| fail("StartContainer", &e));
+
+    // The container execs every 100 ms: ten of them dropped in the kernel shows the set holds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let (_, page) = common::http_get(port, "/metrics");
+        if kernel_drops(&page) >= before + 10.0 || Instant::now() > deadline {
+            break page;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stop = rt.block_on(async {
+        let r = client.runtime();
+        r.stop_container(api::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await?;
+        r.remove_container(api::RemoveContainerRequest { container_id: id.clone() }).await?;
+        r.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await?;
+        r.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await
+    });
+    let (events, stderr, status) = loader.finish();
+    stop.unwrap_or_else(|e| fail("tearing the pod down", &e));
+    assert!(status.success(), "tapio-load exits 0: {status}; stderr:\n{stderr}");
+    let dropped = kernel_drops(&page) - before;
+    assert!(dropped >= 10.0, "the namespace's container was not dropped in the kernel ({dropped} drops in 20 s):\n{page}\nstderr:\n{stderr}");
+    let leaked: Vec<&Value> = events.iter().filter(|e| e["pod_namespace"] == NAMESPACE).collect();
+    assert!(leaked.is_empty(), "events of the excluded namespace were output: {leaked:?}");
+    println!("namespace {NAMESPACE}: {dropped} execs of container {id} dropped in the kernel, none output");
+}
