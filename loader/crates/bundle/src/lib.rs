@@ -224,3 +224,32 @@ pub static FIXTURE_BENCH_PRODUCER: &[u8] =
 /// array, for the delivery benchmark's perf figures (`benches/delivery.rs`).
 pub static FIXTURE_BENCH_PRODUCER_PERF: &[u8] =
     include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", target_dir!(), "/fixture_bench_producer_perf.bpf.o"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default bundle is the target's, and every object in it says so in its note (the
+    /// owner, padded to 4 bytes, then the architecture's name: build.rs's `arch_note`).
+    #[test]
+    fn the_default_bundle_is_the_targets_and_says_so() {
+        let own = objects_for(Arch::TARGET).expect("the target's bundle is always embedded");
+        assert!(std::ptr::eq(own, OBJECTS));
+        assert_eq!(Arch::parse(std::env::consts::ARCH), Some(Arch::TARGET));
+        for o in OBJECTS {
+            assert_eq!(o.arch, Arch::TARGET, "{}", o.file);
+            let note: Vec<u8> = [&b"tapio\0\0\0"[..], Arch::TARGET.name().as_bytes(), b"\0"].concat();
+            assert!(o.bytes.windows(note.len()).any(|w| w == note), "{}: no {} note", o.file, Arch::TARGET);
+        }
+    }
+
+    /// Every name an architecture goes by parses to it, and its own name round-trips.
+    #[test]
+    fn arch_names() {
+        for (name, arch) in [("x86_64", Arch::X86_64), ("amd64", Arch::X86_64), ("x86", Arch::X86_64), ("arm64", Arch::Arm64), ("aarch64", Arch::Arm64)] {
+            assert_eq!(Arch::parse(name), Some(arch), "{name}");
+        }
+        assert!(Arch::ALL.iter().all(|&a| Arch::parse(a.name()) == Some(a) && a.to_string() == a.name()));
+        assert_eq!(Arch::parse("riscv64"), None);
+    }
+}
