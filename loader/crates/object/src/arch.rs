@@ -17,7 +17,12 @@
 //!   or libbpf's `pt_regs___arm64` flavour (a syscall's first argument);
 //! - a kprobe or fentry target that is a syscall wrapper: `__x64_sys_*` and `__ia32_sys_*` exist
 //!   only on x86 kernels, `__arm64_sys_*` only on arm64 ones (the prefixes the kernel's
-//!   `arch/*/include/asm/syscall_wrapper.h` gives them).
+//!   `arch/*/include/asm/syscall_wrapper.h` gives them);
+//! - a syscall tracepoint of a syscall only x86-64 has ([`X86_64_ONLY_SYSCALLS`]: `open`,
+//!   `creat`, ...): arm64 uses the generic table, which has only their `*at` and other successors,
+//!   and the kernel registers no `syscalls:sys_enter_<name>` event for a syscall its table lacks
+//!   (`init_syscall_trace` in kernel/trace/trace_syscalls.c), so such a program cannot attach
+//!   there and the arm64 build must leave it out.
 //!
 //! The names here match tapio-bundle's `Arch` (which this crate may not import); the bundle's
 //! tests check every embedded object's note against the bundle it is in.
@@ -200,6 +205,18 @@ pub fn syscall_wrapper_arch(function: &str) -> Option<Arch> {
     PREFIXES.iter().find(|(p, _)| function.starts_with(p)).map(|&(_, arch)| arch)
 }
 
+/// Syscalls in x86-64's table (arch/x86/entry/syscalls/syscall_64.tbl) that arm64's, the generic
+/// one (include/uapi/asm-generic/unistd.h), does not have: the legacy calls it replaced (`open` by
+/// `openat`, `fork` by `clone`, `poll` by `ppoll`, ...) and x86's own. Checked against both uapi
+/// headers (`__NR_<name>` in x86_64's asm/unistd_64.h and not in asm-generic/unistd.h).
+pub const X86_64_ONLY_SYSCALLS: &[&str] = &[
+    "open", "creat", "fork", "vfork", "pipe", "dup2", "poll", "select", "access", "chmod", "chown",
+    "lchown", "mkdir", "rmdir", "link", "unlink", "symlink", "readlink", "rename", "mknod", "utime",
+    "utimes", "futimesat", "epoll_wait", "epoll_create", "inotify_init", "eventfd", "signalfd",
+    "getdents", "alarm", "pause", "time", "uselib", "ustat", "sysfs", "arch_prctl", "iopl",
+    "ioperm", "modify_ldt", "getpgrp",
+];
+
 /// The evidence in an object's BTF: which register frame it declares.
 pub fn btf_evidence(btf: &Btf) -> Vec<Evidence> {
     let mut out = Vec::new();
@@ -223,14 +240,22 @@ pub fn btf_evidence(btf: &Btf) -> Vec<Evidence> {
 }
 
 /// The evidence in an object's attach targets: (program type, target) pairs as `inspect`
-/// classifies sections. Only kprobes and fentry/fexit name kernel functions.
+/// classifies sections. Kprobes and fentry/fexit name kernel functions (a syscall wrapper is an
+/// architecture's own); a syscall tracepoint names a syscall, which only some tables have.
 pub fn target_evidence<'a>(targets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Evidence> {
     targets
         .into_iter()
-        .filter(|(kind, _)| kind.starts_with("kprobe") || kind.starts_with("tracing (f"))
         .filter_map(|(kind, target)| {
-            let arch = syscall_wrapper_arch(target)?;
-            Some(Evidence { arch, what: format!("{kind} target {target}") })
+            if kind.starts_with("kprobe") || kind.starts_with("tracing (f") {
+                let arch = syscall_wrapper_arch(target)?;
+                return Some(Evidence { arch, what: format!("{kind} target {target}") });
+            }
+            let event = target.strip_prefix("syscalls/")?;
+            let name = event.strip_prefix("sys_enter_").or_else(|| event.strip_prefix("sys_exit_"))?;
+            X86_64_ONLY_SYSCALLS.contains(&name).then(|| Evidence {
+                arch: Arch::X86_64,
+                what: format!("{kind} {target} (arm64 has no {name} syscall)"),
+            })
         })
         .collect()
 }
@@ -263,6 +288,25 @@ mod tests {
         assert_eq!(found, vec![Evidence { arch: Arch::X86_64, what: "kprobe target __x64_sys_openat".into() }]);
     }
 
+    /// A syscall tracepoint of a syscall arm64's table lacks is x86-64 code; its `*at` successor
+    /// is nobody's.
+    #[test]
+    fn x86_only_syscall_tracepoints_are_x86_code() {
+        let found = target_evidence([
+            ("tracepoint", "syscalls/sys_enter_open"),
+            ("tracepoint", "syscalls/sys_exit_creat"),
+            ("tracepoint", "syscalls/sys_enter_openat"),
+            ("tracepoint", "syscalls/sys_enter_setns"),
+            ("tracepoint", "sched/sched_process_exec"),
+        ]);
+        let what: Vec<&str> = found.iter().map(|e| e.what.as_str()).collect();
+        assert_eq!(
+            what,
+            ["tracepoint syscalls/sys_enter_open (arm64 has no open syscall)", "tracepoint syscalls/sys_exit_creat (arm64 has no creat syscall)"]
+        );
+        assert!(found.iter().all(|e| e.arch == Arch::X86_64));
+    }
+
     /// The note's evidence check: agreement, contradiction, and an expected architecture.
     #[test]
     fn problems_name_what_disagrees() {
@@ -282,6 +326,25 @@ mod tests {
             vec![format!("no architecture note ({NOTE_SECTION})")],
             "a bundle's object must have one"
         );
+    }
+
+    /// The x86-64-only list agrees with the uapi headers the bundle is built with (ci/setup.sh
+    /// installs both): each name is an x86-64 syscall and not in the generic table arm64 uses.
+    #[test]
+    fn x86_only_syscalls_agree_with_the_uapi_headers() {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e} (run ci/setup.sh)"));
+        let x86 = read("/usr/include/x86_64-linux-gnu/asm/unistd_64.h");
+        let generic = ["/usr/aarch64-linux-gnu/include/asm-generic/unistd.h", "/usr/include/asm-generic/unistd.h"]
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .map(|p| read(p))
+            .expect("asm-generic/unistd.h (run ci/setup.sh)");
+        for name in X86_64_ONLY_SYSCALLS {
+            assert!(x86.contains(&format!("#define __NR_{name} ")), "{name} is not an x86-64 syscall");
+            for prefix in ["__NR_", "__NR3264_"] {
+                assert!(!generic.contains(&format!("#define {prefix}{name} ")), "{name} is in the generic table ({prefix})");
+            }
+        }
     }
 
     /// The note's byte layout, as build.rs writes it, parses; a foreign owner does not.
