@@ -248,6 +248,11 @@ enum BtfAction {
         /// Minimize for these object files instead of every object of the bundle.
         #[arg(long = "object")]
         objects: Vec<PathBuf>,
+        /// The target kernel's architecture, whose bundle to minimize for (default: this
+        /// binary's). Its register types differ (arm64's kprobes read `user_pt_regs`), so a BTF
+        /// minimized for the other bundle lacks them.
+        #[arg(long, value_parser = parse_arch, conflicts_with = "objects")]
+        arch: Option<bundle::Arch>,
     },
 }
 
@@ -455,8 +460,12 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Btf { action: BtfAction::Minimize { from, out, objects } } => {
-            let all: Vec<_> = bundle::OBJECTS.iter().collect();
+        Command::Btf { action: BtfAction::Minimize { from, out, objects, arch } } => {
+            let all: Vec<_> = if objects.is_empty() {
+                bundle_of(arch.unwrap_or(bundle::Arch::TARGET))?.iter().collect()
+            } else {
+                Vec::new()
+            };
             let inputs = objects_or_bundle(&objects, &all)?;
             let refs: Vec<_> = inputs
                 .iter()
