@@ -33,8 +33,11 @@ for cmd in "${!PKGS[@]}"; do
   # Some tools (bpftool, libbpf-tools) install under /usr/sbin, which a non-login PATH may lack.
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${PKGS[$cmd]}")
 done
-# Headers checked by path: the libbpf helper headers the probes include.
+# Headers checked by path: the libbpf helper headers the probes include, and arm64's uapi <asm/*.h>
+# for the arm64 probe build (loader/crates/bundle/build.rs; x86_64's come with the C toolchain).
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+[ -f /usr/aarch64-linux-gnu/include/asm/types.h ] || [ -f /usr/include/aarch64-linux-gnu/asm/types.h ] \
+  || missing+=(linux-libc-dev-arm64-cross)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "ci/setup.sh: installing: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -42,12 +45,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Rust targets: the guest agent is a static musl binary.
+# Rust targets: the agent and the guest agent are static musl binaries, for x86_64 and for arm64
+# nodes and VMs (cross-built; .cargo/config.toml links aarch64 with the toolchain's rust-lld).
 if command -v rustup >/dev/null 2>&1; then
-  if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
-    echo "ci/setup.sh: adding rustup target x86_64-unknown-linux-musl" >&2
-    rustup target add x86_64-unknown-linux-musl
-  fi
+  for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    if ! rustup target list --installed | grep -qx "$target"; then
+      echo "ci/setup.sh: adding rustup target $target" >&2
+      rustup target add "$target"
+    fi
+  done
 fi
 # cargo-insta: `cargo insta review/accept/pending-snapshots` for the snapshots a matrix run leaves,
 # and `make test`'s `cargo insta test --require-full-match --unreferenced=reject`. Pinned to the

@@ -257,7 +257,10 @@ static __always_inline int advanced_record(void *ctx, struct advanced_config *cf
  * tracepoint, nothing runs before the program (the classic one first fills a perf trace record
  * with the syscall's six arguments, on every syscall), so a filtered-out syscall costs the
  * pre-filter and the tracepoint call. The first argument is read from the user registers only for
- * a watched syscall (x86-64 syscall ABI: rdi).
+ * a watched syscall, where each architecture's syscall ABI puts it: rdi on x86-64, orig_x0 on
+ * arm64 (regs[0] is overwritten by the return value; the kernel's own syscall_get_arguments() in
+ * arch/arm64/include/asm/syscall.h reads orig_x0 too, so both paths report the same value).
+ * bpf_tracing.h picks the register by the build's __TARGET_ARCH_*.
  */
 SEC("raw_tracepoint/sys_enter")
 int advanced_sys_enter(struct bpf_raw_tracepoint_args *ctx)
@@ -269,7 +272,7 @@ int advanced_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	if (!cfg)
 		return 0;
 	regs = (struct pt_regs *)ctx->args[0];
-	return advanced_record(ctx, cfg, nr, BPF_CORE_READ(regs, di));
+	return advanced_record(ctx, cfg, nr, PT_REGS_PARM1_CORE_SYSCALL(regs));
 }
 
 /* The fallback where raw tracepoints cannot attach: the classic raw_syscalls/sys_enter. */

@@ -154,6 +154,10 @@ enum Command {
         /// Inspect these object files instead of the embedded bundle.
         #[arg(long = "object")]
         objects: Vec<PathBuf>,
+        /// The architecture whose bundle to inspect (x86_64, arm64; default: this binary's).
+        /// Another architecture's bundle is embedded only in a build with `--features all-arches`.
+        #[arg(long, value_parser = parse_arch, conflicts_with = "objects")]
+        arch: Option<bundle::Arch>,
     },
     /// The XDP prefix filter: attach to an interface, print periodic `stats` records.
     Xdp {
@@ -170,6 +174,10 @@ enum Command {
         /// Lint these object files instead of the bundle's variants for that kernel.
         #[arg(long = "object")]
         objects: Vec<PathBuf>,
+        /// The architecture the objects are for: its bundle (default: this binary's), or, with
+        /// `--object`, the architecture every file must be built for.
+        #[arg(long, value_parser = parse_arch)]
+        arch: Option<bundle::Arch>,
     },
     /// Work with BTF files for kernels that have none.
     Btf {
@@ -240,6 +248,11 @@ enum BtfAction {
         /// Minimize for these object files instead of every object of the bundle.
         #[arg(long = "object")]
         objects: Vec<PathBuf>,
+        /// The target kernel's architecture, whose bundle to minimize for (default: this
+        /// binary's). Its register types differ (arm64's kprobes read `user_pt_regs`), so a BTF
+        /// minimized for the other bundle lacks them.
+        #[arg(long, value_parser = parse_arch, conflicts_with = "objects")]
+        arch: Option<bundle::Arch>,
     },
 }
 
@@ -275,9 +288,24 @@ fn all_or(names: &[String]) -> Result<Vec<&'static monitors::MonitorSpec>> {
     }
 }
 
-fn cmd_inspect(json: bool, objects: &[PathBuf]) -> Result<()> {
+/// `--arch`: an architecture by any of its names (`arm64`, `aarch64`, `x86_64`, `amd64`).
+fn parse_arch(s: &str) -> Result<bundle::Arch, String> {
+    bundle::Arch::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = bundle::Arch::ALL.iter().map(|a| a.name()).collect();
+        format!("unknown architecture {s:?} (known: {})", known.join(", "))
+    })
+}
+
+/// The embedded bundle of `arch`, or why this binary has none.
+fn bundle_of(arch: bundle::Arch) -> Result<&'static [bundle::EmbeddedObject]> {
+    bundle::objects_for(arch).with_context(|| {
+        format!("no {arch} bundle in this {} build (build tapio-load with `--features all-arches`)", bundle::Arch::TARGET)
+    })
+}
+
+fn cmd_inspect(json: bool, objects: &[PathBuf], arch: Option<bundle::Arch>) -> Result<()> {
     let infos = if objects.is_empty() {
-        bundle::OBJECTS
+        bundle_of(arch.unwrap_or(bundle::Arch::TARGET))?
             .iter()
             .map(|o| inspect::inspect(o.file, o.bytes))
             .collect::<Result<Vec<_>, _>>()?
@@ -388,7 +416,7 @@ fn real_main(cli: Cli) -> Result<()> {
             print!("{}", tapio_load::config::reference_markdown());
             Ok(())
         }
-        Command::Inspect { json, objects } => cmd_inspect(json, &objects),
+        Command::Inspect { json, objects, arch } => cmd_inspect(json, &objects, arch),
         Command::Unpin { pin_path } => {
             for dir in tapio_runtime::pin::unpin(&pin_path)? {
                 println!("unpinned {}", dir.display());
@@ -405,23 +433,39 @@ fn real_main(cli: Cli) -> Result<()> {
             })?;
             Ok(())
         }
-        Command::Lint { min_kernel, json, objects } => {
+        Command::Lint { min_kernel, json, objects, arch } => {
             let min = tapio_runtime::lint::KernelVersion::parse(&min_kernel)?;
-            let inputs = objects_or_bundle(&objects, &tapio_runtime::lint::bundle_objects_for(min))?;
+            // The bundle's objects are meant for its architecture; files only when --arch says so.
+            let (bundle_objects, expected) = if objects.is_empty() {
+                let arch = arch.unwrap_or(bundle::Arch::TARGET);
+                bundle_of(arch)?;
+                (tapio_runtime::lint::bundle_objects_for(min, arch)?, Some(arch))
+            } else {
+                (Vec::new(), arch)
+            };
+            let inputs = objects_or_bundle(&objects, &bundle_objects)?;
             let refs: Vec<(String, &[u8])> = inputs.iter().map(|(f, b)| (f.clone(), b.as_slice())).collect();
-            let report = tapio_runtime::lint::lint(&refs, min)?;
+            let report = tapio_runtime::lint::lint(&refs, min, expected.map(tapio_runtime::lint::object_arch))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", tapio_runtime::lint::render_text(&report));
             }
-            if report.missing() > 0 {
-                bail!("lint: {} features missing on {min}", report.missing());
+            if report.failed() {
+                bail!(
+                    "lint: {} features missing on {min}, {} objects not built for their architecture",
+                    report.missing(),
+                    report.arch_problems.len()
+                );
             }
             Ok(())
         }
-        Command::Btf { action: BtfAction::Minimize { from, out, objects } } => {
-            let all: Vec<_> = bundle::OBJECTS.iter().collect();
+        Command::Btf { action: BtfAction::Minimize { from, out, objects, arch } } => {
+            let all: Vec<_> = if objects.is_empty() {
+                bundle_of(arch.unwrap_or(bundle::Arch::TARGET))?.iter().collect()
+            } else {
+                Vec::new()
+            };
             let inputs = objects_or_bundle(&objects, &all)?;
             let refs: Vec<_> = inputs
                 .iter()

@@ -1,5 +1,6 @@
-//! The deployment files agree with the code: the ConfigMap's configuration is valid, and the
-//! DaemonSet is not privileged and adds exactly the capabilities docs/operations.md documents.
+//! The deployment files agree with the code: the ConfigMap's configuration is valid, the
+//! DaemonSet is not privileged and adds exactly the capabilities docs/operations.md documents,
+//! and the image is built for every architecture the probes are, the DaemonSet running only there.
 
 use std::path::Path;
 
@@ -132,4 +133,82 @@ fn daemonset_mounts_the_nodes_cgroup_root_and_the_cri_socket_directories() {
         let at = lines.iter().position(|l| l.trim() == format!("- name: {name}")).unwrap();
         assert!(lines[at - 1].trim_start().starts_with('#'), "volumeMount {name} has no comment giving its reason");
     }
+}
+
+const CONTAINERFILE: &str = include_str!("../deploy/Containerfile");
+const SETUP: &str = include_str!("../../ci/setup.sh");
+
+/// Kubernetes' (and Debian's, and the image platforms') name of a bundle architecture.
+fn kubernetes_arch(arch: tapio_bundle::Arch) -> &'static str {
+    match arch {
+        tapio_bundle::Arch::X86_64 => "amd64",
+        tapio_bundle::Arch::Arm64 => "arm64",
+    }
+}
+
+/// The Containerfile's architectures: each `TARGETARCH) target=<rust target> ;;` arm.
+fn containerfile_targets() -> Vec<(String, String)> {
+    CONTAINERFILE
+        .lines()
+        .filter_map(|l| {
+            let (arch, rest) = l.trim().split_once(") target=")?;
+            let target = rest.split_whitespace().next()?;
+            Some((arch.to_owned(), target.to_owned()))
+        })
+        .collect()
+}
+
+/// The image is built for every architecture the probes are built for, each through the Rust
+/// target of that architecture, which ci/setup.sh installs; the build stage runs on the
+/// builder's platform and cross-compiles (no emulated compiler), the final stage is empty.
+#[test]
+fn containerfile_builds_every_architecture() {
+    let targets = containerfile_targets();
+    let mut arches: Vec<&str> = targets.iter().map(|(a, _)| a.as_str()).collect();
+    arches.sort_unstable();
+    let mut expected: Vec<&str> = tapio_bundle::Arch::ALL.iter().map(|&a| kubernetes_arch(a)).collect();
+    expected.sort_unstable();
+    assert_eq!(arches, expected, "the Containerfile's TARGETARCH arms");
+    for (arch, target) in &targets {
+        let bundle = tapio_bundle::Arch::ALL.into_iter().find(|&a| kubernetes_arch(a) == arch).expect("a bundle architecture");
+        let rust_arch = target.split('-').next().unwrap_or_default();
+        assert_eq!(tapio_bundle::Arch::parse(rust_arch), Some(bundle), "{arch} builds {target}");
+        assert!(target.ends_with("-unknown-linux-musl"), "{arch}: {target} is not a static musl target");
+        assert!(SETUP.contains(target.as_str()), "ci/setup.sh does not add the rustup target {target}");
+    }
+    let froms: Vec<&str> = CONTAINERFILE.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "{froms:?}");
+    assert!(froms[0].starts_with("FROM --platform=$BUILDPLATFORM ") && froms[0].ends_with(" AS build"), "{}", froms[0]);
+    assert_eq!(froms[1], "FROM scratch", "the final stage is the target platform's empty image");
+    assert!(CONTAINERFILE.lines().any(|l| l.trim() == "ARG TARGETARCH"), "TARGETARCH must be declared in the build stage");
+    assert!(CONTAINERFILE.contains("--target \"$target\"") && CONTAINERFILE.contains("target/$target/release/tapio-load"));
+    // aarch64 links with rust-lld on any builder (.cargo/config.toml); the Containerfile sets it
+    // for the other target when it is cross-built.
+    let cargo_config = include_str!("../../.cargo/config.toml");
+    assert!(cargo_config.contains("[target.aarch64-unknown-linux-musl]\nlinker = \"rust-lld\""), "{cargo_config}");
+}
+
+/// The DaemonSet may only be scheduled on nodes whose architecture the image has (a required
+/// node affinity on kubernetes.io/arch, the Containerfile's architectures exactly), and runs one
+/// image reference for all of them (the multi-arch index).
+#[test]
+fn daemonset_runs_only_on_the_image_architectures() {
+    let lines: Vec<&str> = DAEMONSET.lines().map(str::trim).collect();
+    let required = lines
+        .iter()
+        .position(|l| *l == "requiredDuringSchedulingIgnoredDuringExecution:")
+        .expect("a required node affinity in the DaemonSet");
+    let key = lines[required..].iter().position(|l| *l == "- key: kubernetes.io/arch").expect("a kubernetes.io/arch expression") + required;
+    assert_eq!(lines[key + 1], "operator: In", "{}", lines[key..].join("\n"));
+    let values = lines[key + 2].strip_prefix("values: ").expect("the values of the arch expression");
+    let mut allowed: Vec<&str> = values.trim_matches(|c| c == '[' || c == ']').split(',').map(|v| v.trim().trim_matches('"')).collect();
+    allowed.sort_unstable();
+    let mut built: Vec<String> = containerfile_targets().into_iter().map(|(a, _)| a).collect();
+    built.sort_unstable();
+    assert_eq!(allowed, built, "the DaemonSet's architectures and the image's");
+    assert!(!DAEMONSET.contains("preferredDuringScheduling"), "a preference would still place the pod on another architecture");
+    let images: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("image: ")).collect();
+    assert_eq!(images.len(), 1, "one image reference (the multi-arch index) for every node: {images:?}");
+    assert!(OPERATIONS.contains("--platform linux/amd64,linux/arm64"), "docs/operations.md does not say how to build the index");
+    assert!(OPERATIONS.contains("kubernetes.io/arch"), "docs/operations.md does not explain the node affinity");
 }

@@ -319,10 +319,49 @@ struct user_namespace {
 	int level;
 };
 
+/*
+ * The register frame a kprobe, kretprobe or raw sys_enter program is given, one per architecture:
+ * bpf_tracing.h names registers by the __TARGET_ARCH_* the build passes (loader/crates/bundle/
+ * build.rs), and these are the fields it names there.
+ */
+#if defined(__TARGET_ARCH_x86)
+/* arch/x86/include/asm/ptrace.h, kernel names (di, si, ...): see __VMLINUX_H__ above. */
 struct pt_regs {
 	unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di;
 	unsigned long orig_ax, ip, cs, flags, sp, ss;
 };
+#elif defined(__TARGET_ARCH_arm64)
+/*
+ * arch/arm64/include/uapi/asm/ptrace.h: bpf_tracing.h casts a kprobe's context to this type and
+ * reads regs[0..4] for the arguments and regs[0] for the return value.
+ */
+struct user_pt_regs {
+	__u64 regs[31];
+	__u64 sp;
+	__u64 pc;
+	__u64 pstate;
+};
+
+/*
+ * arch/arm64/include/asm/ptrace.h: user_pt_regs first, then orig_x0, the syscall's first argument
+ * as it entered (regs[0] becomes the return value). bpf_tracing.h reads orig_x0 through its own
+ * pt_regs___arm64 flavour; it is declared here so the kernel type is complete.
+ */
+struct pt_regs {
+	union {
+		struct user_pt_regs user_regs;
+		struct {
+			__u64 regs[31];
+			__u64 sp;
+			__u64 pc;
+			__u64 pstate;
+		};
+	};
+	__u64 orig_x0;
+};
+#else
+#error "define __TARGET_ARCH_x86 or __TARGET_ARCH_arm64 (loader/crates/bundle/build.rs does)"
+#endif
 
 #pragma clang attribute pop
 

@@ -257,6 +257,11 @@ impl Btf {
             .ok_or(BtfError::NoType(id))
     }
 
+    /// Every type, in id order (the first is id 1).
+    pub fn types(&self) -> impl Iterator<Item = &Type> {
+        self.types.iter()
+    }
+
     /// The number of types (not counting `void`).
     pub fn len(&self) -> usize {
         self.types.len()

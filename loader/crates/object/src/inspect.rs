@@ -1,8 +1,9 @@
 //! `tapio-load inspect`: what each embedded object holds, read offline from the ELF alone.
 //!
 //! Nothing is loaded into the kernel. Programs, maps and instructions come from aya-obj's parser;
-//! section names, helper calls and the CO-RE relocation count are read here. The portability
-//! lint builds on the same report.
+//! section names, helper calls, the CO-RE relocation count and the architecture (the build's
+//! note, checked against the code: [`crate::arch`]) are read here. The portability lint builds on
+//! the same report.
 
 use std::collections::BTreeSet;
 
@@ -10,7 +11,7 @@ use object::{Object as _, ObjectSection as _};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::{btf, helpers::helper_name};
+use crate::{arch, btf, helpers::helper_name};
 
 /// Why an object could not be inspected.
 #[derive(Debug, Error)]
@@ -53,6 +54,8 @@ pub struct MapInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectInfo {
     pub file: String,
+    /// The architecture it was built for, and the code that shows it.
+    pub arch: arch::ArchInfo,
     pub programs: Vec<ProgramInfo>,
     pub maps: Vec<MapInfo>,
     pub core_relocations: usize,
@@ -155,7 +158,17 @@ pub fn inspect(file: &str, bytes: &[u8]) -> Result<ObjectInfo, InspectError> {
         }
         None => 0,
     };
-    Ok(ObjectInfo { file: file.to_owned(), programs, maps, core_relocations })
+    let mut evidence = match elf.section_by_name(".BTF") {
+        Some(section) => {
+            let data = section.data().map_err(|e| elf_err(e.to_string()))?;
+            let btf = btf::Btf::parse(data).map_err(|source| InspectError::Btf { file: file.to_owned(), source })?;
+            arch::btf_evidence(&btf)
+        }
+        None => Vec::new(),
+    };
+    evidence.extend(arch::target_evidence(programs.iter().map(|p| (p.program_type.as_str(), p.attach_target.as_str()))));
+    let arch = arch::ArchInfo { note: arch::read_note(&elf), evidence };
+    Ok(ObjectInfo { file: file.to_owned(), arch, programs, maps, core_relocations })
 }
 
 /// Reads the `.BTF` section of an object.
@@ -177,7 +190,14 @@ pub fn render_text(infos: &[ObjectInfo]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     for info in infos {
-        let _ = writeln!(out, "{}  ({} CO-RE relocations)", info.file, info.core_relocations);
+        let _ = writeln!(out, "{}  arch={}  ({} CO-RE relocations)", info.file, info.arch, info.core_relocations);
+        if !info.arch.evidence.is_empty() {
+            let shown: Vec<String> = info.arch.evidence.iter().map(|e| format!("{} ({})", e.what, e.arch)).collect();
+            let _ = writeln!(out, "  arch evidence: {}", shown.join(", "));
+        }
+        for problem in info.arch.problems(None) {
+            let _ = writeln!(out, "  arch PROBLEM: {problem}");
+        }
         for p in &info.programs {
             let _ = writeln!(
                 out,
@@ -200,6 +220,26 @@ pub fn render_text(infos: &[ObjectInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use object::{Object, ObjectSection, ObjectSymbol};
+
+    use crate::arch;
+
+    /// Every object of every bundle (the tests embed both, `all-arches`) carries the note of the
+    /// bundle it is in, and nothing in its code contradicts it: an arm64 object with x86
+    /// registers or an `__x64_sys_*` target fails here.
+    #[test]
+    fn every_object_is_built_for_its_bundles_arch() {
+        for bundle_arch in crate::bundle::Arch::ALL {
+            let expected = arch::Arch::from_name(bundle_arch.name()).expect("the bundle's names are the note's");
+            let objects = crate::bundle::objects_for(bundle_arch).expect("all-arches embeds every bundle");
+            for obj in objects {
+                assert_eq!(obj.arch, bundle_arch);
+                let info = super::inspect(obj.file, obj.bytes).expect("inspect");
+                assert_eq!(info.arch.note, arch::Note::Arch { arch: expected }, "{bundle_arch} {}", obj.file);
+                assert_eq!(info.arch.problems(Some(expected)), Vec::<String>::new(), "{bundle_arch} {}", obj.file);
+                assert_eq!(info.arch.arch(), Some(expected));
+            }
+        }
+    }
 
     /// issue 15, item 6: a program the kernel may run nested with another on the same CPU, or
     /// preempted (cgroup_skb: migration off only, in process context and in softirq alike, with

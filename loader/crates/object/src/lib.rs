@@ -1,6 +1,7 @@
 //! tapio-object: offline tools for compiled eBPF objects. Nothing here touches the kernel.
 //!
-//! Owns: the BTF reader ([`btf`]) and minimizer ([`btf_minimize`]), the object inspector
+//! Owns: the architecture an object was built for ([`arch`]: its note and the register and
+//! syscall-wrapper evidence in its code), the BTF reader ([`btf`]) and minimizer ([`btf_minimize`]), the object inspector
 //! ([`inspect`]), the helper-id table ([`helpers`]) and the check that a Rust mirror of a C
 //! struct has the layout the object's BTF records ([`layout`], [`mirror_layout!`]).
 //!
@@ -8,6 +9,7 @@
 //! other tapio crate (the bundle only in tests), anyhow. The rules live in one table,
 //! `loader/tests/crate_rules.rs`; docs/architecture.md draws the picture.
 
+pub mod arch;
 pub mod btf;
 pub mod btf_minimize;
 pub mod helpers;

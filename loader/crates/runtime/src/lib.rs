@@ -27,4 +27,4 @@ pub mod transport;
 use tapio_bundle as bundle;
 use tapio_decode::events;
 use tapio_features::{cgroup2, features, tracefs};
-use tapio_object::{btf_minimize, helpers, inspect};
+use tapio_object::{arch, btf_minimize, helpers, inspect};

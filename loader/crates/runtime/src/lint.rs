@@ -23,6 +23,13 @@
 //! whose program or attach type needs a newer kernel is not meant for that kernel when another
 //! path of its group is available there: the loader takes that path. It is reported once, as a
 //! [`Severity::Skipped`] note (`skipped: needs >= 5.5`), and not linted further.
+//!
+//! Each object's architecture (the note the bundle's build writes, checked against the register
+//! frame and syscall-wrapper targets in its code: `tapio_object::arch`) is reported beside it.
+//! When the objects are meant for one architecture (a bundle, or `--arch`), an object without the
+//! note, with another architecture's, or whose code contradicts it is an [`ArchProblem`], and the
+//! lint fails: such an object would read the wrong registers or attach to functions the kernel
+//! does not have.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -31,10 +38,11 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
+    arch::Arch,
     btf_minimize::{kind, RawBtf},
     bundle::{self, EmbeddedObject, Transport},
     helpers::helper_name,
-    inspect::{classify_section, map_type_name},
+    inspect::{self, classify_section, map_type_name},
 };
 
 /// Why the lint could not run.
@@ -50,6 +58,15 @@ pub enum LintError {
         #[source]
         source: crate::btf_minimize::RawBtfError,
     },
+    /// The object's architecture could not be read (its ELF or BTF is malformed).
+    #[error("lint {file}: architecture: {source}")]
+    Arch {
+        file: String,
+        #[source]
+        source: inspect::InspectError,
+    },
+    #[error("lint: no {arch} bundle in this build (build tapio-load with `--features all-arches`)")]
+    NoBundle { arch: bundle::Arch },
 }
 
 /// An upstream kernel version, compared as (major, minor); serialized as "5.8", as the spec writes it.
@@ -469,18 +486,37 @@ pub struct Finding {
     pub detail: String,
 }
 
+/// An object that is not what its architecture's bundle needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArchProblem {
+    pub object: String,
+    pub detail: String,
+}
+
 /// The lint of a set of objects against one kernel version.
 #[derive(Debug, Clone, Serialize)]
 pub struct LintReport {
     pub min_kernel: KernelVersion,
+    /// The architecture the objects are meant for, when they are meant for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
     pub objects: Vec<String>,
+    /// Each object's architecture, as `inspect` shows it (`arm64`, `unknown (no note)`).
+    pub object_arches: BTreeMap<String, String>,
     pub findings: Vec<Finding>,
+    pub arch_problems: Vec<ArchProblem>,
 }
 
 impl LintReport {
-    /// Findings that stop something from loading (the lint's exit status is 1 when any exist).
+    /// Findings that stop something from loading.
     pub fn missing(&self) -> usize {
         self.findings.iter().filter(|f| f.severity == Severity::Missing).count()
+    }
+
+    /// Whether the objects fail the lint (exit status 1): a missing feature or an object built
+    /// for another architecture.
+    pub fn failed(&self) -> bool {
+        self.missing() > 0 || !self.arch_problems.is_empty()
     }
 }
 
@@ -494,14 +530,21 @@ fn variant_since(object: &EmbeddedObject) -> KernelVersion {
     }
 }
 
-/// The bundle's variants meant for kernel `min`: the ring-buffer objects from 5.8, the perf-buffer
-/// (legacy) objects before, and optional variants (bloom filter) only from their own version.
-pub fn bundle_objects_for(min: KernelVersion) -> Vec<&'static EmbeddedObject> {
+/// The variants of `arch`'s bundle meant for kernel `min`: the ring-buffer objects from 5.8, the
+/// perf-buffer (legacy) objects before, and optional variants (bloom filter) only from their own
+/// version. Another architecture than the binary's own is there only with `all-arches`.
+pub fn bundle_objects_for(min: KernelVersion, arch: bundle::Arch) -> Result<Vec<&'static EmbeddedObject>, LintError> {
     let transport = if min >= v(5, 8) { Transport::Ringbuf } else { Transport::Perf };
-    bundle::OBJECTS
-        .iter()
-        .filter(|o| o.transport == transport && variant_since(o) <= min)
-        .collect()
+    let objects = bundle::objects_for(arch).ok_or(LintError::NoBundle { arch })?;
+    Ok(objects.iter().filter(|o| o.transport == transport && variant_since(o) <= min).collect())
+}
+
+/// The object reader's name for a bundle architecture (the two crates may not share the type).
+pub fn object_arch(arch: bundle::Arch) -> Arch {
+    match arch {
+        bundle::Arch::X86_64 => Arch::X86_64,
+        bundle::Arch::Arm64 => Arch::Arm64,
+    }
 }
 
 /// The kernel's `check_cfg` walk (kernel/bpf/verifier.c, 4.19): depth first from instruction 0,
@@ -781,13 +824,26 @@ pub fn lint_object(file: &str, bytes: &[u8], min: KernelVersion) -> Result<Vec<F
     Ok(findings)
 }
 
-/// Lints `objects` (name, bytes) against kernel `min`.
-pub fn lint(objects: &[(String, &[u8])], min: KernelVersion) -> Result<LintReport, LintError> {
+/// Lints `objects` (name, bytes) against kernel `min`, and, when they are meant for one
+/// architecture, against `arch`.
+pub fn lint(objects: &[(String, &[u8])], min: KernelVersion, arch: Option<Arch>) -> Result<LintReport, LintError> {
     let mut findings = Vec::new();
+    let mut object_arches = BTreeMap::new();
+    let mut arch_problems = Vec::new();
     for (file, bytes) in objects {
         findings.extend(lint_object(file, bytes, min)?);
+        let info = inspect::inspect(file, bytes).map_err(|source| LintError::Arch { file: file.clone(), source })?;
+        object_arches.insert(file.clone(), info.arch.to_string());
+        arch_problems.extend(info.arch.problems(arch).into_iter().map(|detail| ArchProblem { object: file.clone(), detail }));
     }
-    Ok(LintReport { min_kernel: min, objects: objects.iter().map(|(f, _)| f.clone()).collect(), findings })
+    Ok(LintReport {
+        min_kernel: min,
+        arch,
+        objects: objects.iter().map(|(f, _)| f.clone()).collect(),
+        object_arches,
+        findings,
+        arch_problems,
+    })
 }
 
 /// The report as text: one line per finding, then a summary.
@@ -810,15 +866,28 @@ pub fn render_text(report: &LintReport) -> String {
             f.detail
         );
     }
+    for p in &report.arch_problems {
+        let _ = writeln!(out, "ARCH    {}: {}", p.object, p.detail);
+    }
+    // One line per architecture: which objects are built for it.
+    let mut by_arch: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in report.object_arches.values() {
+        *by_arch.entry(a.as_str()).or_default() += 1;
+    }
+    for (a, n) in &by_arch {
+        let _ = writeln!(out, "arch    {a}: {n} objects");
+    }
     let notes = report.findings.len() - report.missing();
     let _ = writeln!(
         out,
-        "lint --min-kernel {}: {} objects, {} missing, {} notes: {}",
+        "lint --min-kernel {}{}: {} objects, {} missing, {} arch problems, {} notes: {}",
         report.min_kernel,
+        report.arch.map(|a| format!(" --arch {a}")).unwrap_or_default(),
         report.objects.len(),
         report.missing(),
+        report.arch_problems.len(),
         notes,
-        if report.missing() == 0 { "clean" } else { "FAIL" }
+        if report.failed() { "FAIL" } else { "clean" }
     );
     out
 }
@@ -830,8 +899,8 @@ mod tests {
     fn bundle_report(min: &str) -> LintReport {
         let min = KernelVersion::parse(min).unwrap();
         let objects: Vec<(String, &[u8])> =
-            bundle_objects_for(min).iter().map(|o| (o.file.to_owned(), o.bytes)).collect();
-        lint(&objects, min).unwrap()
+            bundle_objects_for(min, bundle::Arch::TARGET).unwrap().iter().map(|o| (o.file.to_owned(), o.bytes)).collect();
+        lint(&objects, min, Some(object_arch(bundle::Arch::TARGET))).unwrap()
     }
 
     #[test]
@@ -858,10 +927,12 @@ mod tests {
 
     #[test]
     fn picks_the_variants_for_a_kernel() {
-        assert!(bundle_objects_for(v(4, 19)).iter().all(|o| o.transport == Transport::Perf));
-        assert!(bundle_objects_for(v(5, 8)).iter().all(|o| o.transport == Transport::Ringbuf));
-        assert!(bundle_objects_for(v(6, 1)).iter().all(|o| o.transport == Transport::Ringbuf));
-        assert!(!bundle_objects_for(v(5, 8)).iter().any(|o| o.file.contains(".bloom.")));
+        let t = bundle::Arch::TARGET;
+        assert!(bundle_objects_for(v(4, 19), t).unwrap().iter().all(|o| o.transport == Transport::Perf));
+        assert!(bundle_objects_for(v(5, 8), t).unwrap().iter().all(|o| o.transport == Transport::Ringbuf));
+        assert!(bundle_objects_for(v(6, 1), t).unwrap().iter().all(|o| o.transport == Transport::Ringbuf));
+        assert!(!bundle_objects_for(v(5, 8), t).unwrap().iter().any(|o| o.file.contains(".bloom.")));
+        assert!(bundle_objects_for(v(5, 8), t).unwrap().iter().all(|o| o.arch == t));
     }
 
     #[test]
@@ -958,12 +1029,12 @@ mod tests {
     #[test]
     fn legacy_variants_are_clean_at_4_19() {
         let report = bundle_report("4.19");
-        assert_eq!(report.missing(), 0, "{}", render_text(&report));
+        assert!(!report.failed(), "{}", render_text(&report));
     }
 
     #[rstest::rstest]
     fn ringbuf_variants_are_clean_on_5_8_and_newer(#[values("5.8", "5.16", "6.1")] min: &str) {
         let report = bundle_report(min);
-        assert_eq!(report.missing(), 0, "{}", render_text(&report));
+        assert!(!report.failed(), "{}", render_text(&report));
     }
 }
