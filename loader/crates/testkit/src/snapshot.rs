@@ -67,6 +67,17 @@ const INTEGER_FIELDS: &[&str] = &["cgroup_id", "pid_ns", "mnt_ns"];
 /// User-space addresses (ptrace's `addr`) move with ASLR: non-zero ones are redacted; 0 (the
 /// requests that take no address) is kept.
 const ADDRESS_FIELDS: &[&str] = &["addr"];
+/// Syscall numbers differ per architecture (close is 3 on x86-64, 57 on arm64), so the ones the
+/// scenarios make are shown by name, from the table of the architecture this code is built for
+/// (the guest's: it runs on the kernel it reports). A number not here stays a number, and shows
+/// as drift.
+const SYSCALL_NAMES: &[(libc::c_long, &str)] = &[
+    (libc::SYS_read, "read"),
+    (libc::SYS_write, "write"),
+    (libc::SYS_openat, "openat"),
+    (libc::SYS_close, "close"),
+];
+
 /// The task fields of an event whose task is not attributable (see [`unattributed`]).
 const TASK_FIELDS: &[&str] = &["pid", "tgid", "comm", "uid"];
 
@@ -139,6 +150,12 @@ pub fn normalize(events: &[Value], roles: &Roles) -> Result<Vec<Value>, Normaliz
                     Some(x) if x > 0 => Value::String(format!("[{k}]")),
                     _ => return Err(fail(k, "must be a positive integer")),
                 }
+            } else if k == "syscall_nr" {
+                let nr = v.as_i64().ok_or_else(|| fail(k, "must be an integer"))?;
+                match SYSCALL_NAMES.iter().find(|(n, _)| i64::from(*n) == nr) {
+                    Some((_, name)) => Value::String(format!("[syscall:{name}]")),
+                    None => v.clone(),
+                }
             } else if INTEGER_FIELDS.contains(&k) {
                 v.as_u64().ok_or_else(|| fail(k, "must be an integer"))?;
                 Value::String(format!("[{k}]"))
@@ -183,6 +200,17 @@ mod tests {
             ports: vec![(40001, "client".into())],
             cgroups: Vec::new(),
         }
+    }
+
+    #[test]
+    fn syscall_numbers_of_this_architecture_are_named_and_others_kept() {
+        let e = |nr: i64| json!({"monitor": "advanced", "event": "syscall", "ts_ns": 1, "syscall_nr": nr});
+        let out = normalize(&[e(libc::SYS_close as i64), e(999)], &Roles::default()).unwrap();
+        let names: Vec<&Value> = out.iter().map(|v| &v["syscall_nr"]).collect();
+        assert!(names.contains(&&json!("[syscall:close]")), "{out:?}");
+        assert!(names.contains(&&json!(999)), "an unknown number must stay visible: {out:?}");
+        let bad = normalize(&[json!({"ts_ns": 1, "syscall_nr": "x"})], &Roles::default()).unwrap_err();
+        assert_eq!(bad.field, "syscall_nr");
     }
 
     #[test]
