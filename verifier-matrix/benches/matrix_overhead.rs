@@ -144,7 +144,7 @@ fn main() -> Result<()> {
         let dir = work.join(line.replace(['/', ':'], "_"));
         fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let initrd = dir.join("initramfs.cpio");
-        matrix::pack(&guest, artifacts, &initrd)?;
+        matrix::pack(&guest, verifier_matrix::arch::Arch::X86_64, artifacts, &initrd)?;
         let a = *accel.get_or_insert_with(|| runner::detect_accel(&artifacts.vmlinuz, &initrd));
         let mut k = KernelFigures { line: line.clone(), release: artifacts.release.clone(), bare: vec![], full: vec![] };
         for round in 0..rounds {

@@ -145,6 +145,22 @@ fn empty_row(line: &str, arch: Arch, verdict: Verdict) -> Row {
 /// module name): veth for the veth-pair scenarios (network/tcp_veth, xdp/veth_prefixes).
 pub const GUEST_MODULES: &[(&str, &str)] = &[("kernel/drivers/net", "veth")];
 
+/// What the arm64 results port (a virtio console, `hvc0`) needs, in load order. Debian's arm64
+/// 6.12 and later build it in; 5.10 and 6.1 build virtio-pci and virtio-console as modules, so
+/// the guest loads these from [`RESULTS_MODULE_DIR`] before it opens the port. A module that is
+/// built in, or absent from a release (the pci `_dev` helpers are 5.14+), is left out.
+pub const RESULTS_PORT_MODULES: &[(&str, &str)] = &[
+    ("kernel/drivers/virtio", "virtio"),
+    ("kernel/drivers/virtio", "virtio_ring"),
+    ("kernel/drivers/virtio", "virtio_pci_legacy_dev"),
+    ("kernel/drivers/virtio", "virtio_pci_modern_dev"),
+    ("kernel/drivers/virtio", "virtio_pci"),
+    ("kernel/drivers/char", "virtio_console"),
+];
+
+/// Where the guest finds [`RESULTS_PORT_MODULES`], named `NN-<name>.ko` in load order.
+pub const RESULTS_MODULE_DIR: &str = "lib/modules/results-port";
+
 /// The booted kernel's own build of module `name` under `dir` of its modules directory, in any
 /// of the compressions `Initramfs::add_module` reads; or why there is none, in words the guest
 /// reports when the module's scenarios cannot run.
@@ -169,11 +185,20 @@ pub fn find_module(modules_dir: Option<&Path>, dir: &str, name: &str) -> Result<
 /// `/lib/modules/<name>.missing` holding the reason there is none) and the kernel config, for
 /// the record, into a newc initramfs. Public so the matrix benchmark boots exactly the image the
 /// matrix boots.
-pub fn pack(guest: &Path, artifacts: &KernelArtifacts, out: &Path) -> Result<()> {
+pub fn pack(guest: &Path, arch: Arch, artifacts: &KernelArtifacts, out: &Path) -> Result<()> {
     let mut image = Initramfs::new()
         .char_dev("/dev/console", 0o600, 5, 1)
         .file_from_path("/init", guest, 0o755)
         .context("initramfs: add the guest agent")?;
+    if arch == Arch::Arm64 {
+        for (i, (dir, name)) in RESULTS_PORT_MODULES.iter().enumerate() {
+            if let Ok(path) = find_module(artifacts.modules_dir.as_deref(), dir, name) {
+                image = image
+                    .add_module_in(RESULTS_MODULE_DIR, &format!("{i:02}-"), &path)
+                    .with_context(|| format!("initramfs: add module {}", path.display()))?;
+            }
+        }
+    }
     for (dir, name) in GUEST_MODULES {
         image = match find_module(artifacts.modules_dir.as_deref(), dir, name) {
             Ok(path) => image.add_module(&path).with_context(|| format!("initramfs: add module {}", path.display()))?,
@@ -202,7 +227,7 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
     let dir = options.out_dir.join(b.line.replace(['/', ':'], "_"));
     let _ = std::fs::create_dir_all(&dir);
     let initrd = dir.join("initramfs.cpio");
-    if let Err(e) = pack(guest, &b.artifacts, &initrd) {
+    if let Err(e) = pack(guest, b.arch, &b.artifacts, &initrd) {
         return empty_row(&b.line, b.arch, Verdict::BootFailed(format!("{e:#}")));
     }
     // KVM runs only the host's own architecture; another one is always emulated.
@@ -632,13 +657,37 @@ mod tests {
         };
         let has = |image: &Path, needle: &[u8]| std::fs::read(image).unwrap().windows(needle.len()).any(|w| w == needle);
         let image = dir.path().join("with.cpio");
-        pack(&guest, &artifacts, &image).unwrap();
+        pack(&guest, Arch::X86_64, &artifacts, &image).unwrap();
         assert!(has(&image, b"lib/modules/veth.ko\0") && has(&image, b"\x7fELF-veth"));
         assert!(!has(&image, b"veth.missing"));
         artifacts.modules_dir = None;
         let image = dir.path().join("without.cpio");
-        pack(&guest, &artifacts, &image).unwrap();
+        pack(&guest, Arch::X86_64, &artifacts, &image).unwrap();
         assert!(has(&image, b"lib/modules/veth.missing\0") && has(&image, b"without a modules directory"));
         assert!(!has(&image, b"lib/modules/veth.ko\0"));
+    }
+
+    /// arm64 images carry the results port's modules the kernel has, numbered in load order;
+    /// x86 images never do (their results port is a built-in UART).
+    #[test]
+    fn arm64_images_carry_the_results_port_modules_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let guest = dir.path().join("agent");
+        std::fs::write(&guest, b"agent").unwrap();
+        let modules = dir.path().join("lib/modules/6.1.0");
+        for (sub, name) in [("kernel/drivers/virtio", "virtio_pci"), ("kernel/drivers/char", "virtio_console")] {
+            std::fs::create_dir_all(modules.join(sub)).unwrap();
+            std::fs::write(modules.join(sub).join(format!("{name}.ko")), format!("\x7fELF-{name}")).unwrap();
+        }
+        let artifacts = KernelArtifacts { release: "6.1.0".to_owned(), vmlinuz: dir.path().join("vmlinuz"), config: None, modules_dir: Some(modules) };
+        let has = |image: &Path, needle: &str| std::fs::read(image).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes());
+        let image = dir.path().join("arm64.cpio");
+        pack(&guest, Arch::Arm64, &artifacts, &image).unwrap();
+        assert!(has(&image, "lib/modules/results-port/04-virtio_pci.ko\0"), "virtio_pci is fifth in load order");
+        assert!(has(&image, "lib/modules/results-port/05-virtio_console.ko\0"));
+        assert!(!has(&image, "results-port/00-virtio.ko"), "a module the kernel does not ship is left out");
+        let image = dir.path().join("x86.cpio");
+        pack(&guest, Arch::X86_64, &artifacts, &image).unwrap();
+        assert!(!has(&image, "results-port"));
     }
 }

@@ -148,6 +148,13 @@ impl Initramfs {
         Ok(self.file(&format!("/{MODULE_DIR}/{name}.ko"), data, 0o644))
     }
 
+    /// Adds a kernel module as `/<dir>/<prefix><name>.ko` (decompressed as [`Self::add_module`]
+    /// does), for modules the guest must load in a given order: the prefix sorts them.
+    pub fn add_module_in(self, dir: &str, prefix: &str, host: impl AsRef<Path>) -> Result<Self, InitramfsError> {
+        let (name, data) = read_module(host.as_ref())?;
+        Ok(self.file(&format!("/{dir}/{prefix}{name}.ko"), data, 0o644))
+    }
+
     /// Guest paths (with a leading slash) currently in the archive, in archive order.
     pub fn paths(&self) -> impl Iterator<Item = String> + '_ {
         self.entries.keys().map(|k| format!("/{k}"))
