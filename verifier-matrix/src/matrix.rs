@@ -15,9 +15,15 @@ use crate::{
     artifacts::fetch::{self, KernelArtifacts},
     kernels::{
         apt,
+        arch::{Arch, ArchFilter},
         manifest::{Lock, LockedKernel},
+        shard::{self, Candidate, Shard},
     },
-    report::{judge::judge, results, Row, Verdict},
+    report::{
+        document::{self, Planned, Report, SnapshotAudit, StoredSnapshot},
+        judge::judge,
+        results, Row, Verdict,
+    },
     ui::{Progress, Ui},
     vm::{
         initramfs::Initramfs,
@@ -52,6 +58,21 @@ pub struct Options {
     pub accept_snapshots: bool,
     /// A fault to inject into every VM, to prove the harness reports it and goes on.
     pub fault: Option<Fault>,
+    /// Which architectures' rows to run (`--arch`).
+    pub arch: ArchFilter,
+    /// Which part of the selected rows this process runs (`--shard`; [`Shard::WHOLE`] for all).
+    pub shard: Shard,
+}
+
+impl Selection {
+    /// The selection as `--kernels` spells it, for the report.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Default => "default".to_owned(),
+            Self::All => "all".to_owned(),
+            Self::Lines(lines) => lines.join(","),
+        }
+    }
 }
 
 /// Faults the harness can inject (through the guest's kernel command line).
@@ -78,6 +99,7 @@ impl Fault {
 /// A kernel to boot, once its artifacts are in hand.
 struct Bootable {
     index: usize,
+    arch: Arch,
     line: String,
     artifacts: KernelArtifacts,
 }
@@ -89,13 +111,31 @@ enum Target {
     Host,
 }
 
-fn targets(options: &Options, lock: &Lock) -> Result<Vec<(String, Target)>> {
+/// One selected row: its key (architecture, line) and what it boots.
+type TargetRow = (Arch, String, Target);
+
+impl Target {
+    /// Whether the row boots something, for the shard split: the lock's unavailable lines do not.
+    fn boots(&self) -> bool {
+        !matches!(self, Target::Locked(k) if k.unavailable_reason().is_some())
+    }
+}
+
+/// The host row's architecture (x86_64 on a host Rust calls neither x86_64 nor aarch64).
+fn host_arch() -> Arch {
+    Arch::host().unwrap_or_default()
+}
+
+/// Every row the options select, in selection order: user-supplied kernels, the lock's lines in
+/// lock order, the host; only the architectures `--arch` admits. User-supplied kernels are
+/// x86_64, the architecture the QEMU runner boots.
+fn targets(options: &Options, lock: &Lock) -> Result<Vec<TargetRow>> {
     let mut out = Vec::new();
     if let Some(deb) = &options.kernel_deb {
-        out.push((format!("deb:{}", deb.display()), Target::Deb(deb.clone())));
+        out.push((Arch::X86_64, format!("deb:{}", deb.display()), Target::Deb(deb.clone())));
     }
     if let Some(file) = &options.kernel_file {
-        out.push((format!("file:{}", file.display()), Target::Files(file.clone(), options.modules.clone())));
+        out.push((Arch::X86_64, format!("file:{}", file.display()), Target::Files(file.clone(), options.modules.clone())));
     }
     let user_kernel = !out.is_empty();
     let (lines, host): (Vec<&LockedKernel>, bool) = match &options.selection {
@@ -108,24 +148,46 @@ fn targets(options: &Options, lock: &Lock) -> Result<Vec<(String, Target)>> {
         Selection::Lines(names) => {
             let mut picked = Vec::new();
             for n in names.iter().filter(|n| n.as_str() != "host") {
-                let k = lock.get(n).with_context(|| {
+                // A line may exist for several architectures: each is a row.
+                let found: Vec<&LockedKernel> = lock.kernels.iter().filter(|k| &k.line == n).collect();
+                if found.is_empty() {
                     let known: Vec<_> = lock.kernels.iter().map(|k| k.line.as_str()).collect();
-                    format!("unknown kernel line `{n}` (known: {}, host)", known.join(", "))
-                })?;
-                picked.push(k);
+                    anyhow::bail!("unknown kernel line `{n}` (known: {}, host)", known.join(", "));
+                }
+                picked.extend(found);
             }
             (picked, names.iter().any(|n| n == "host"))
         }
     };
-    out.extend(lines.into_iter().map(|k| (k.line.clone(), Target::Locked(k.clone()))));
+    out.extend(lines.into_iter().map(|k| (k.arch, k.line.clone(), Target::Locked(k.clone()))));
     if host {
-        out.push(("host".to_owned(), Target::Host));
+        out.push((host_arch(), "host".to_owned(), Target::Host));
     }
+    out.retain(|(arch, _, _)| options.arch.admits(*arch));
     Ok(out)
 }
 
-fn empty_row(line: &str, verdict: Verdict) -> Row {
-    Row { line: line.to_owned(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
+/// The selection as the report records it (every row with its shard), and this shard's rows.
+fn plan(options: &Options, lock: &Lock) -> Result<(document::Selection, Vec<TargetRow>)> {
+    let all = targets(options, lock)?;
+    let candidates: Vec<Candidate> = all.iter().map(|(arch, _, t)| Candidate { arch: *arch, boots: t.boots() }).collect();
+    let shard_of = shard::assign(&candidates, options.shard.count);
+    let mut kernels = options.selection.label();
+    for user in [options.kernel_deb.as_ref(), options.kernel_file.as_ref()].into_iter().flatten() {
+        kernels.push_str(&format!(" + {}", user.display()));
+    }
+    let selection = document::Selection {
+        kernels,
+        arch: options.arch.to_string(),
+        shards: options.shard.count,
+        rows: all.iter().zip(&shard_of).map(|((arch, line, _), &shard)| Planned { arch: *arch, line: line.clone(), shard }).collect(),
+    };
+    let mine = all.into_iter().zip(shard_of).filter(|(_, s)| *s == options.shard.index).map(|(t, _)| t).collect();
+    Ok((selection, mine))
+}
+
+fn empty_row(arch: Arch, line: &str, verdict: Verdict) -> Row {
+    Row { arch, line: line.to_owned(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
 }
 
 /// The kernel modules the guest's scenarios load, as (directory in the release's module tree,
@@ -186,11 +248,11 @@ pub fn guest_config(artifacts: &KernelArtifacts) -> Result<tapio_kernel_gates::K
 
 /// Boots one kernel and judges it.
 fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sender<Progress>) -> Row {
-    let dir = options.out_dir.join(b.line.replace(['/', ':'], "_"));
+    let dir = options.out_dir.join(format!("{}-{}", b.arch, b.line.replace(['/', ':'], "_")));
     let _ = std::fs::create_dir_all(&dir);
     let initrd = dir.join("initramfs.cpio");
     if let Err(e) = pack(guest, &b.artifacts, &initrd) {
-        return empty_row(&b.line, Verdict::BootFailed(format!("{e:#}")));
+        return empty_row(b.arch, &b.line, Verdict::BootFailed(format!("{e:#}")));
     }
     let accel = runner::detect_accel(&b.artifacts.vmlinuz, &initrd);
     let _ = ui.send(Progress::BootStart { line: b.line.clone(), accel: accel.as_str().to_owned() });
@@ -202,7 +264,7 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
     let outcome = runner::run_guest(&cfg, options.timeout, |text| {
         let _ = ui.send(Progress::Boot { line: line.clone(), text: text.to_owned() });
     });
-    let mut row = empty_row(&b.line, Verdict::Pass);
+    let mut row = empty_row(b.arch, &b.line, Verdict::Pass);
     row.release = Some(b.artifacts.release.clone());
     row.accel = Some(accel.as_str().to_owned());
     match outcome {
@@ -241,11 +303,11 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
 /// The host row: the same agent as a plain process on the running kernel.
 fn host_row(guest: &Path, timeout: Duration) -> Row {
     let started = Instant::now();
-    let mut row = empty_row("host", Verdict::Pass);
+    let mut row = empty_row(host_arch(), "host", Verdict::Pass);
     let child = Command::new(guest).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return empty_row("host", Verdict::BootFailed(format!("run the agent: {e}"))),
+        Err(e) => return empty_row(host_arch(), "host", Verdict::BootFailed(format!("run the agent: {e}"))),
     };
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -289,12 +351,65 @@ fn host_row(guest: &Path, timeout: Duration) -> Row {
     row
 }
 
-/// Runs the whole matrix and returns one row per target, in manifest order.
+/// Runs the matrix (this shard of it) and returns one row per target, in selection order.
 pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
+    run_report(options, ui).map(|r| r.rows)
+}
+
+/// Runs the matrix (this shard of it) and returns its report.
+///
+/// Two runs may share the machine, the kernel cache (each entry is fetched under a lock) and
+/// the cargo target directory (cargo locks it), but not an output directory: the run holds a
+/// lock on `out_dir` and refuses one another run holds.
+pub fn run_report(options: &Options, ui: &Ui) -> Result<Report> {
     let lock_path = options.workspace.join("vm-images/kernels.lock");
     let lock = Lock::load(&lock_path).with_context(|| format!("read {}", lock_path.display()))?;
-    let targets = targets(options, &lock)?;
+    let source = document::Source::of_workspace(&options.workspace);
+    let (selection, targets) = plan(options, &lock)?;
     std::fs::create_dir_all(&options.out_dir).with_context(|| format!("create {}", options.out_dir.display()))?;
+    let _out_lock = crate::artifacts::lock::FileLock::try_exclusive(&options.out_dir.join(".lock"))
+        .with_context(|| format!("output directory {}", options.out_dir.display()))?;
+    let host_selected = selection.rows.iter().any(|p| p.line == "host");
+    let holds_host = targets.iter().any(|(_, _, t)| matches!(t, Target::Host));
+    let rows = run_targets(options, ui, targets)?;
+    let mut rows = rows;
+    let stale_variants = check_snapshots(options, &mut rows);
+    let snapshots = SnapshotAudit {
+        stored: stored_snapshots(&options.workspace),
+        // Which variants are live depends on the host's release: the shard with the host row
+        // says, or any shard when no host row was selected.
+        stale_variants: (holds_host || !host_selected).then_some(stale_variants),
+    };
+    let accel = match runner::accel_detection() {
+        Some(d) => vec![format!("{} ({}, decided in {:.2} s)", d.accel.as_str(), d.reason, d.took.as_secs_f64())],
+        None => vec![],
+    };
+    Ok(Report::new(source, selection, vec![options.shard.index], accel, rows, snapshots))
+}
+
+/// Every stored snapshot file, relative to the workspace, with its (monitor, scenario).
+fn stored_snapshots(workspace: &Path) -> Vec<StoredSnapshot> {
+    let mut out: Vec<StoredSnapshot> = crate::report::snapshots::unreferenced(workspace, &Default::default())
+        .into_iter()
+        .filter_map(|path| {
+            let monitor = path.parent()?.file_name()?.to_string_lossy().into_owned();
+            let stem = path.file_stem()?.to_string_lossy().into_owned();
+            let scenario = stem.split_once('@').map_or(stem.as_str(), |(s, _)| s).to_owned();
+            let relative = path.strip_prefix(workspace).unwrap_or(&path).display().to_string();
+            Some(StoredSnapshot { path: relative, monitor, scenario })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Fetches, packs and boots `targets`, returning their rows in the same order.
+fn run_targets(options: &Options, ui: &Ui, targets: Vec<TargetRow>) -> Result<Vec<Row>> {
+    if targets.is_empty() {
+        // A shard past the end of a short selection: nothing to build or boot.
+        ui.send(Progress::Stage(format!("shard {}: no rows", options.shard)));
+        return Ok(Vec::new());
+    }
 
     ui.send(Progress::Stage(format!("building the guest agent ({})", crate::artifacts::guest::GUEST_TARGET)));
     let guest = crate::artifacts::guest::build(&options.workspace)?;
@@ -305,7 +420,7 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
     let mut rows: Vec<Option<Row>> = (0..targets.len()).map(|_| None).collect();
     let mut bootable = VecDeque::new();
     let mut host_index = None;
-    for (index, (line, target)) in targets.into_iter().enumerate() {
+    for (index, (arch, line, target)) in targets.into_iter().enumerate() {
         let artifacts = match target {
             Target::Host => {
                 host_index = Some(index);
@@ -313,7 +428,7 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
             }
             Target::Locked(k) => {
                 if let Some(reason) = k.unavailable_reason() {
-                    rows[index] = Some(empty_row(&line, Verdict::Unavailable(reason.to_owned())));
+                    rows[index] = Some(empty_row(arch, &line, Verdict::Unavailable(reason.to_owned())));
                     continue;
                 }
                 ui.send(Progress::Stage(format!("kernel {line}: fetch (cached after the first run)")));
@@ -329,8 +444,8 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
             }
         };
         match artifacts {
-            Ok(artifacts) => bootable.push_back(Bootable { index, line, artifacts }),
-            Err(e) => rows[index] = Some(empty_row(&line, Verdict::Unavailable(e))),
+            Ok(artifacts) => bootable.push_back(Bootable { index, arch, line, artifacts }),
+            Err(e) => rows[index] = Some(empty_row(arch, &line, Verdict::Unavailable(e))),
         }
     }
 
@@ -357,29 +472,25 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
     for (index, row) in Arc::try_unwrap(done).expect("workers done").into_inner().expect("rows") {
         rows[index] = Some(row);
     }
-    let mut rows: Vec<Row> = rows.into_iter().flatten().collect();
-    check_snapshots(options, &mut rows);
-    Ok(rows)
+    Ok(rows.into_iter().flatten().collect())
 }
 
 /// Compares every row's snapshots with the stored ones; drift fails the row with the diff.
 /// Every row that ran must produce every stored scenario's snapshot, or skip the scenario with a
 /// skip line named `<monitor>.<scenario>` that carries the kernel's reason (listed, never a
-/// pass); a row that did neither fails. Stored snapshots that no row produced fail the run (on
-/// the first row that booted).
-fn check_snapshots(options: &Options, rows: &mut [Row]) {
+/// pass); a row that did neither fails. Returns the stored variants for kernels the matrix never
+/// runs (relative to the workspace): stored snapshots that no row produced fail the run, which
+/// [`Report::judge_run`] decides over all the rows, so that shards joined judge as one run.
+fn check_snapshots(options: &Options, rows: &mut [Row]) -> Vec<String> {
     let stored = crate::report::snapshots::stored_scenarios(&options.workspace);
-    let mut referenced = std::collections::BTreeSet::new();
-    let mut skipped = std::collections::BTreeSet::new();
     for row in rows.iter_mut() {
         let Some(results) = &row.results else { continue };
-        let mut row_skipped = std::collections::BTreeSet::new();
-        for skip in &results.skips {
-            if let Some((monitor, scenario)) = skip.name.split_once('.') {
-                skipped.insert((monitor.to_owned(), scenario.to_owned()));
-                row_skipped.insert((monitor.to_owned(), scenario.to_owned()));
-            }
-        }
+        let row_skipped: std::collections::BTreeSet<_> = results
+            .skips
+            .iter()
+            .filter_map(|skip| skip.name.split_once('.'))
+            .map(|(monitor, scenario)| (monitor.to_owned(), scenario.to_owned()))
+            .collect();
         let produced: std::collections::BTreeSet<_> =
             results.snapshots.iter().map(|s| (s.monitor.clone(), s.scenario.clone())).collect();
         let mut problems: Vec<String> = stored
@@ -388,7 +499,6 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
             .map(|(m, s)| format!("snapshot {m}/{s} not produced, and no skip line `{m}.{s}` says why"))
             .collect();
         for snap in &results.snapshots {
-            referenced.insert((snap.monitor.clone(), snap.scenario.clone()));
             let compared = crate::report::snapshots::compare(
                 &options.workspace,
                 &variant_key(row),
@@ -403,22 +513,16 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
         }
         add_problems(row, problems);
     }
-    let accounted: std::collections::BTreeSet<_> = referenced.union(&skipped).cloned().collect();
-    let mut stale = crate::report::snapshots::unreferenced(&options.workspace, &accounted);
     // A variant for a kernel the matrix never runs (neither a manifest line nor the host) is
     // unreferenced too, whichever kernels this run chose.
-    if let Ok(lock) = Lock::load(&options.workspace.join("vm-images/kernels.lock")) {
-        let host = rows.iter().find(|r| r.line == "host").and_then(|r| r.release.clone()).or_else(host_release);
-        let live = crate::report::snapshots::live_kernels(&lock, host.as_deref());
-        stale.extend(tapio_snapshots::audit(&options.workspace, &live).stale);
-    }
-    // Only a run that produced snapshots can call others unreferenced.
-    if !stale.is_empty() && !referenced.is_empty() {
-        if let Some(row) = rows.iter_mut().find(|r| r.results.is_some()) {
-            let names: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
-            add_problems(row, vec![format!("unreferenced snapshots: {}", names.join(", "))]);
-        }
-    }
+    let Ok(lock) = Lock::load(&options.workspace.join("vm-images/kernels.lock")) else { return Vec::new() };
+    let host = rows.iter().find(|r| r.line == "host").and_then(|r| r.release.clone()).or_else(host_release);
+    let live = crate::report::snapshots::live_kernels(&lock, host.as_deref());
+    tapio_snapshots::audit(&options.workspace, &live)
+        .stale
+        .into_iter()
+        .map(|p| p.strip_prefix(&options.workspace).map(Path::to_path_buf).unwrap_or(p).display().to_string())
+        .collect()
 }
 
 /// The kernel line a row's per-kernel snapshot variants are named by: the manifest line's
@@ -455,11 +559,11 @@ mod tests {
 
     #[test]
     fn flavoured_rows_meet_their_versions_snapshot_variants() {
-        let mut rt = empty_row("6.1-rt", Verdict::Pass);
+        let mut rt = empty_row(Arch::X86_64, "6.1-rt", Verdict::Pass);
         rt.release = Some("6.1.0-50-rt-amd64".to_owned());
         assert_eq!(variant_key(&rt), "6.1");
-        assert_eq!(variant_key(&empty_row("6.12", Verdict::Pass)), "6.12");
-        let mut deb = empty_row("deb:x.deb", Verdict::Pass);
+        assert_eq!(variant_key(&empty_row(Arch::X86_64, "6.12", Verdict::Pass)), "6.12");
+        let mut deb = empty_row(Arch::X86_64, "deb:x.deb", Verdict::Pass);
         deb.release = Some("6.1.0-54-rt-amd64".to_owned());
         assert_eq!(variant_key(&deb), "6.1");
     }
@@ -496,7 +600,18 @@ mod tests {
             out_dir: dir.to_owned(),
             accept_snapshots: false,
             fault: None,
+            arch: ArchFilter::All,
+            shard: Shard::WHOLE,
         }
+    }
+
+    /// The report of `rows` after the snapshot checks, as a run of them writes it.
+    fn judged(options: &Options, rows: &mut [Row]) -> Report {
+        let stale_variants = check_snapshots(options, rows);
+        let mut report = Report::of_rows(rows.to_vec());
+        report.snapshots = SnapshotAudit { stored: stored_snapshots(&options.workspace), stale_variants: Some(stale_variants) };
+        report.judge_run();
+        report
     }
 
     /// A stored snapshot no row produced fails the run, unless a row skipped its scenario.
@@ -521,16 +636,22 @@ mod tests {
                     judgement: None,
                 });
             }
-            let mut r = empty_row("6.1", Verdict::Pass);
+            let mut r = empty_row(Arch::X86_64, "6.1", Verdict::Pass);
             r.results = Some(results);
             r
         };
         let mut rows = [row(None)];
-        check_snapshots(&options, &mut rows);
-        assert!(matches!(&rows[0].verdict, Verdict::Fail(why) if why.contains("unreferenced snapshots") && why.contains("veth_prefixes")), "{:?}", rows[0].verdict);
+        let report = judged(&options, &mut rows);
+        assert!(
+            matches!(report.problems.as_slice(), [why] if why.contains("unreferenced snapshots") && why.contains("veth_prefixes")),
+            "{:?}",
+            report.problems
+        );
+        assert_eq!(report.exit_status(), 1, "an unreferenced snapshot fails the run");
         let mut rows = [row(Some("xdp.veth_prefixes"))];
-        check_snapshots(&options, &mut rows);
+        let report = judged(&options, &mut rows);
         assert_eq!(rows[0].verdict, Verdict::Pass);
+        assert_eq!(report.problems, Vec::<String>::new());
     }
 
     /// A variant for a kernel the matrix never runs (no line of the lock, not the host) is an
@@ -546,14 +667,14 @@ mod tests {
         std::fs::write(crate::report::snapshots::variant_path(dir.path(), "process", "exec_chain", "4.19"), variant).unwrap();
         let mut results = results::GuestResults::default();
         results.snapshots.push(results::SnapshotBody { monitor: "process".to_owned(), scenario: "exec_chain".to_owned(), body: "[1]".to_owned() });
-        let mut row = empty_row("6.1", Verdict::Pass);
+        let mut row = empty_row(Arch::X86_64, "6.1", Verdict::Pass);
         row.results = Some(results);
         let mut rows = [row];
-        check_snapshots(&options_in(dir.path()), &mut rows);
+        let report = judged(&options_in(dir.path()), &mut rows);
         assert!(
-            matches!(&rows[0].verdict, Verdict::Fail(why) if why.contains("unreferenced snapshots") && why.contains("exec_chain@4.19.snap")),
+            matches!(report.problems.as_slice(), [why] if why.contains("unreferenced snapshots") && why.contains("exec_chain@4.19.snap")),
             "{:?}",
-            rows[0].verdict
+            report.problems
         );
     }
 
@@ -574,7 +695,7 @@ mod tests {
                     body: (*body).to_owned(),
                 });
             }
-            let mut r = empty_row(line, Verdict::Pass);
+            let mut r = empty_row(Arch::X86_64, line, Verdict::Pass);
             r.results = Some(results);
             r
         };
@@ -582,7 +703,7 @@ mod tests {
             row("6.1", &[("process", "exec_chain", "[1]"), ("dns", "udp_tcp", "[2]")]),
             row("6.12", &[("process", "exec_chain", "[1]")]),
         ];
-        check_snapshots(&options, &mut rows);
+        let _ = check_snapshots(&options, &mut rows);
         assert_eq!(rows[0].verdict, Verdict::Pass);
         assert!(
             matches!(&rows[1].verdict, Verdict::Fail(why) if why.contains("snapshot dns/udp_tcp not produced")),

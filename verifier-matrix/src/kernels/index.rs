@@ -394,6 +394,7 @@ pub fn update_lock(manifest: &Manifest, mirror: &str) -> Result<Lock, IndexError
         kernels.push(LockedKernel {
             line: entry.line.clone(),
             default: entry.default,
+            arch: entry.arch,
             pin,
         });
     }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::kernels::arch::Arch;
+
 /// Errors reading or writing the manifest or the lock.
 #[derive(Debug, Error)]
 pub enum ManifestError {
@@ -84,6 +86,8 @@ pub struct KernelEntry {
     pub line: String,
     /// Whether the line is part of the default matrix run.
     pub default: bool,
+    /// The architecture the line's kernel is built for (`x86_64` when the entry says none).
+    pub arch: Arch,
     /// Free-form note carried into the lock's reasons (e.g. "not a Debian kernel").
     pub note: Option<String>,
     pub source: KernelSource,
@@ -118,6 +122,8 @@ struct RawEntry {
     line: String,
     #[serde(default)]
     default: bool,
+    #[serde(default)]
+    arch: Arch,
     note: Option<String>,
     suite: Option<String>,
     image_package: Option<String>,
@@ -158,7 +164,7 @@ impl Manifest {
         };
         let mut kernels = Vec::with_capacity(raw.kernels.len());
         for e in raw.kernels {
-            if kernels.iter().any(|k: &KernelEntry| k.line == e.line) {
+            if kernels.iter().any(|k: &KernelEntry| k.line == e.line && k.arch == e.arch) {
                 return Err(invalid(&e.line, "listed twice"));
             }
             let version = line_version(&e.line);
@@ -201,6 +207,7 @@ impl Manifest {
             kernels.push(KernelEntry {
                 line: e.line,
                 default: e.default,
+                arch: e.arch,
                 note: e.note,
                 source,
             });
@@ -224,6 +231,8 @@ pub struct Lock {
 pub struct LockedKernel {
     pub line: String,
     pub default: bool,
+    /// The architecture of the line's kernel; with the line, the key of its report row.
+    pub arch: Arch,
     pub pin: Pin,
 }
 
@@ -291,6 +300,8 @@ impl LockedKernel {
 struct RawLocked {
     line: String,
     default: bool,
+    #[serde(default, skip_serializing_if = "Arch::is_default")]
+    arch: Arch,
     #[serde(skip_serializing_if = "Option::is_none")]
     suite: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -333,6 +344,7 @@ impl TryFrom<RawLocked> for LockedKernel {
         Ok(LockedKernel {
             line: r.line,
             default: r.default,
+            arch: r.arch,
             pin,
         })
     }
@@ -343,6 +355,7 @@ impl From<LockedKernel> for RawLocked {
         let mut raw = RawLocked {
             line: k.line,
             default: k.default,
+            arch: k.arch,
             suite: None,
             unavailable: None,
             kernel_file: None,
@@ -560,6 +573,7 @@ kernel_file = "local/vmlinuz-5.4"
                 LockedKernel {
                     line: "7.3".into(),
                     default: true,
+                    arch: Arch::X86_64,
                     pin: Pin::Debian {
                         suite: "trixie-backports".into(),
                         image: pkg.clone(),
@@ -570,6 +584,7 @@ kernel_file = "local/vmlinuz-5.4"
                 LockedKernel {
                     line: "5.4".into(),
                     default: false,
+                    arch: Arch::X86_64,
                     pin: Pin::Local {
                         kernel_file: PathBuf::from("/vm/local/vmlinuz-5.4"),
                         modules_dir: None,
@@ -578,6 +593,7 @@ kernel_file = "local/vmlinuz-5.4"
                 LockedKernel {
                     line: "4.19".into(),
                     default: false,
+                    arch: Arch::X86_64,
                     pin: Pin::Unavailable {
                         reason: "suite buster not served".into(),
                     },

@@ -4,19 +4,21 @@
 //! row must account for. This module holds what they share: the row, its verdict and the totals,
 //! which never count a skip as a pass.
 
+pub mod document;
 pub mod judge;
+pub mod merge;
 pub mod render;
 pub mod results;
 pub mod snapshots;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::{report::results::GuestResults, vm::console::Splat};
+use crate::{kernels::arch::Arch, report::results::GuestResults, vm::console::Splat};
 
 /// The verdict of one row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", content = "reason", rename_all = "kebab-case")]
 pub enum Verdict {
     /// Booted, every monitor attached, every check passed, no kernel splat.
@@ -40,9 +42,26 @@ impl Verdict {
     }
 }
 
+/// A row's identity: its kernel's architecture and line. The report holds each key once; a
+/// merge of shard reports refuses a key that two of them hold.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RowKey {
+    pub arch: Arch,
+    pub line: String,
+}
+
+impl std::fmt::Display for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.arch, self.line)
+    }
+}
+
 /// One kernel's row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Row {
+    /// The architecture of the kernel (the host's for the host row).
+    pub arch: Arch,
     /// The manifest line (`6.1`), `host`, or the name of a user-supplied kernel.
     pub line: String,
     pub release: Option<String>,
@@ -56,16 +75,28 @@ pub struct Row {
     pub console_tail: Option<String>,
 }
 
+impl Row {
+    pub fn key(&self) -> RowKey {
+        RowKey { arch: self.arch, line: self.line.clone() }
+    }
+}
+
 mod secs {
     use std::time::Duration;
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0),
             None => s.serialize_none(),
         }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|secs| Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -87,7 +118,8 @@ pub fn totals(rows: &[Row]) -> (usize, usize, usize, usize) {
 
 /// The exit status of a matrix run: 2 when a kernel did not boot, told apart from 1 when one
 /// booted but a probe failed to load or attach, a check failed or nothing passed; 0 otherwise.
-/// (`xtask` exits 3 when the harness itself failed.)
+/// (`xtask` exits 3 when the harness itself failed.) [`document::Report::exit_status`] adds
+/// the run's own problems and says when "nothing passed" applies to a shard.
 pub fn exit_status(rows: &[Row]) -> u8 {
     let (pass, fail, boot_failed, _) = totals(rows);
     if boot_failed > 0 {
@@ -106,7 +138,7 @@ mod tests {
     use super::*;
 
     fn row(verdict: Verdict) -> Row {
-        Row { line: "x".into(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
+        Row { arch: Arch::X86_64, line: "x".into(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
     }
 
     #[rstest]
