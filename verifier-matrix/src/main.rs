@@ -97,6 +97,10 @@ enum ReportCmd {
         /// Where to write the merged report (default: target/verifier-matrix/merged).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also append the Markdown to this file, or why the reports could not be merged (for
+        /// CI's job summary, `$GITHUB_STEP_SUMMARY`).
+        #[arg(long)]
+        summary: Option<PathBuf>,
     },
 }
 
@@ -142,10 +146,23 @@ fn verifier_matrix(options: matrix::Options, verbose: bool) -> Result<ExitCode> 
     Ok(ExitCode::from(report.exit_status()))
 }
 
-fn merge_reports(reports: &[PathBuf], out: &std::path::Path) -> Result<ExitCode> {
-    let merged = merge::merge_files(reports)?;
+fn merge_reports(reports: &[PathBuf], out: &std::path::Path, summary: Option<&std::path::Path>) -> Result<ExitCode> {
+    let append_summary = |text: &str| -> Result<()> {
+        let Some(path) = summary else { return Ok(()) };
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("open {}", path.display()))?;
+        f.write_all(text.as_bytes()).with_context(|| format!("write {}", path.display()))
+    };
+    let merged = match merge::merge_files(reports) {
+        Ok(m) => m,
+        Err(e) => {
+            append_summary(&format!("# Verifier matrix\n\nThe shard reports could not be merged: {e}\n"))?;
+            return Err(e.into());
+        }
+    };
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
     let md = merged.write(out).with_context(|| format!("write the merged report into {}", out.display()))?;
+    append_summary(&md)?;
     println!("{md}");
     println!("report: {}", out.join("report.md").display());
     Ok(ExitCode::from(merged.exit_status()))
@@ -165,8 +182,8 @@ fn real_main() -> Result<ExitCode> {
             println!("{}", artifacts.vmlinuz.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::VerifierMatrix { command: Some(MatrixCmd::Report { command: ReportCmd::Merge { reports, out } }), .. } => {
-            merge_reports(&reports, &out.unwrap_or_else(|| workspace().join("target/verifier-matrix/merged")))
+        Cmd::VerifierMatrix { command: Some(MatrixCmd::Report { command: ReportCmd::Merge { reports, out, summary } }), .. } => {
+            merge_reports(&reports, &out.unwrap_or_else(|| workspace().join("target/verifier-matrix/merged")), summary.as_deref())
         }
         Cmd::VerifierMatrix {
             command: None,
