@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process; boxing the options would only add noise")]
 enum Cmd {
     /// Boot each kernel in QEMU with the bundle inside and report what loaded, attached and decoded.
     ///

@@ -84,7 +84,7 @@ pub enum FetchError {
     UnknownRelease { what: String, path: PathBuf },
     #[error("fetch cache: no cache directory on this system; set {CACHE_ENV}")]
     NoCacheDir,
-    #[error("fetch {what}: {source}")]
+    #[error("fetch {what}: cache entry lock")]
     Lock {
         what: String,
         #[source]

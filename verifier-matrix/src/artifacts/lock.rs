@@ -14,7 +14,7 @@ use thiserror::Error;
 /// A lock that could not be taken.
 #[derive(Debug, Error)]
 pub enum LockError {
-    #[error("lock {path}: {source}")]
+    #[error("lock {path}")]
     Io {
         path: PathBuf,
         #[source]

@@ -30,13 +30,13 @@ pub const FORMAT: u32 = 1;
 /// Errors reading a report document.
 #[derive(Debug, Error)]
 pub enum ReportFileError {
-    #[error("report {path}: read: {source}")]
+    #[error("report {path}: read")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("report {path}: not a verifier matrix report: {source}")]
+    #[error("report {path}: not a verifier matrix report")]
     Parse {
         path: PathBuf,
         #[source]
@@ -186,10 +186,10 @@ impl Report {
         self.shards.iter().copied().eq(1..=self.selection.shards)
     }
 
-    /// The shard label of a report: `2/3`, or `1-3/3` for a merge of every shard.
+    /// Which shards a report holds: `2 of 3`, or `1, 2, 3 of 3` for a merge of every shard.
     pub fn shard_label(&self) -> String {
         let held: Vec<String> = self.shards.iter().map(u32::to_string).collect();
-        format!("{}/{}", held.join(","), self.selection.shards)
+        format!("{} of {}", held.join(", "), self.selection.shards)
     }
 
     /// Recomputes [`Report::problems`]: stored snapshots that no row produced and no row

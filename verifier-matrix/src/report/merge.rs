@@ -23,7 +23,7 @@ use crate::report::{
 pub enum MergeError {
     #[error("report merge: no reports given")]
     NoReports,
-    #[error("report merge: {0}")]
+    #[error("report merge")]
     File(#[source] ReportFileError),
     #[error("report merge: {a} and {b} were built from different sources ({source_a} and {source_b})")]
     Sources { a: PathBuf, b: PathBuf, source_a: String, source_b: String },
@@ -197,6 +197,18 @@ mod tests {
         report
     }
 
+    /// An error and its sources, as `xtask` prints them (`{:#}` of anyhow).
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            source = s.source();
+        }
+        out
+    }
+
     fn named(reports: Vec<Report>) -> Vec<(PathBuf, Report)> {
         reports.into_iter().enumerate().map(|(i, r)| (PathBuf::from(format!("shard{}.json", i + 1)), r)).collect()
     }
@@ -299,8 +311,8 @@ mod tests {
         std::fs::write(&good, serde_json::to_vec(&shard_report(1, 2)).unwrap()).unwrap();
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, text).unwrap();
-        let err = merge_files(&[good, bad.clone()]).unwrap_err().to_string();
-        assert!(err.contains(message) && err.contains(&bad.display().to_string()), "{err}");
+        let err = chain(&merge_files(&[good, bad.clone()]).unwrap_err());
+        assert!(err.starts_with("report merge: report ") && err.contains(message) && err.contains(&bad.display().to_string()), "{err}");
     }
 
     #[rstest]
@@ -314,7 +326,7 @@ mod tests {
         change(&mut report);
         let path = dir.path().join("r.json");
         std::fs::write(&path, serde_json::to_vec(&report).unwrap()).unwrap();
-        let err = Report::load(&path).unwrap_err().to_string();
+        let err = chain(&Report::load(&path).unwrap_err());
         assert!(err.contains(message), "{err}");
     }
 
@@ -325,6 +337,6 @@ mod tests {
         report.write(dir.path()).unwrap();
         let back = Report::load(&dir.path().join("report.json")).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&report).unwrap());
-        assert!(std::fs::read_to_string(dir.path().join("report.md")).unwrap().contains("Shards: 1/2"));
+        assert!(std::fs::read_to_string(dir.path().join("report.md")).unwrap().contains("Shards: 1 of 2"));
     }
 }
