@@ -137,6 +137,8 @@ fn update_images() -> Result<()> {
 }
 
 fn verifier_matrix(options: matrix::Options, verbose: bool) -> Result<ExitCode> {
+    // Held until the report is written.
+    let _out = matrix::lock_out_dir(&options.out_dir)?;
     let ui = Ui::start(verbose);
     let report = matrix::run_report(&options, &ui);
     ui.finish();
@@ -154,6 +156,7 @@ fn merge_reports(reports: &[PathBuf], out: &std::path::Path, summary: Option<&st
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("open {}", path.display()))?;
         f.write_all(text.as_bytes()).with_context(|| format!("write {}", path.display()))
     };
+    let _out = matrix::lock_out_dir(out)?;
     let merged = match merge::merge_files(reports) {
         Ok(m) => m,
         Err(e) => {
@@ -161,7 +164,6 @@ fn merge_reports(reports: &[PathBuf], out: &std::path::Path, summary: Option<&st
             return Err(e.into());
         }
     };
-    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
     let md = merged.write(out).with_context(|| format!("write the merged report into {}", out.display()))?;
     append_summary(&md)?;
     println!("{md}");

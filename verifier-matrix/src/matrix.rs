@@ -359,16 +359,14 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
 /// Runs the matrix (this shard of it) and returns its report.
 ///
 /// Two runs may share the machine, the kernel cache (each entry is fetched under a lock) and
-/// the cargo target directory (cargo locks it), but not an output directory: the run holds a
-/// lock on `out_dir` and refuses one another run holds.
+/// the cargo target directory (cargo locks it), but not an output directory: a caller that
+/// writes into `out_dir` holds [`lock_out_dir`] from before the run until the report is written.
 pub fn run_report(options: &Options, ui: &Ui) -> Result<Report> {
     let lock_path = options.workspace.join("vm-images/kernels.lock");
     let lock = Lock::load(&lock_path).with_context(|| format!("read {}", lock_path.display()))?;
     let source = document::Source::of_workspace(&options.workspace);
     let (selection, targets) = plan(options, &lock)?;
     std::fs::create_dir_all(&options.out_dir).with_context(|| format!("create {}", options.out_dir.display()))?;
-    let _out_lock = crate::artifacts::lock::FileLock::try_exclusive(&options.out_dir.join(".lock"))
-        .with_context(|| format!("output directory {}", options.out_dir.display()))?;
     let host_selected = selection.rows.iter().any(|p| p.line == "host");
     let holds_host = targets.iter().any(|(_, _, t)| matches!(t, Target::Host));
     let rows = run_targets(options, ui, targets)?;
@@ -385,6 +383,14 @@ pub fn run_report(options: &Options, ui: &Ui) -> Result<Report> {
         None => vec![],
     };
     Ok(Report::new(source, selection, vec![options.shard.index], accel, rows, snapshots))
+}
+
+/// Takes `out_dir` for this process (creating it), or fails at once when another harness
+/// process holds it: two runs writing one report and one set of row directories would mix them.
+pub fn lock_out_dir(out_dir: &Path) -> Result<crate::artifacts::lock::FileLock> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    crate::artifacts::lock::FileLock::try_exclusive(&out_dir.join(".lock"))
+        .with_context(|| format!("output directory {}", out_dir.display()))
 }
 
 /// Every stored snapshot file, relative to the workspace, with its (monitor, scenario).

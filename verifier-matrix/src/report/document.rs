@@ -65,7 +65,11 @@ impl Source {
     /// the repository is missing: the report then cannot tell sources apart, and says so).
     pub fn of_workspace(workspace: &Path) -> Source {
         let git = |args: &[&str]| {
+            // safe.directory: CI runs the harness as root in a checkout the runner user owns,
+            // where git would otherwise refuse the repository and every source would be unknown.
             Command::new("git")
+                .arg("-c")
+                .arg(format!("safe.directory={}", workspace.display()))
                 .arg("-C")
                 .arg(workspace)
                 .args(args)
