@@ -620,6 +620,57 @@ mod tests {
         report
     }
 
+    /// A lock with an x86_64 and an arm64 6.12, an unavailable line, and an x86_64-only line.
+    fn two_arch_lock() -> Lock {
+        let text = "[[kernel]]\nline = \"4.19\"\ndefault = true\nunavailable = \"gone\"\n\n\
+                    [[kernel]]\nline = \"6.1\"\ndefault = true\nkernel_file = \"/k/6.1\"\n\n\
+                    [[kernel]]\nline = \"6.12\"\ndefault = true\nkernel_file = \"/k/6.12\"\n\n\
+                    [[kernel]]\nline = \"6.12\"\ndefault = true\narch = \"arm64\"\nkernel_file = \"/k/6.12-arm64\"\n";
+        Lock::parse(text, Path::new("kernels.lock"), PathBuf::from("/")).expect("lock")
+    }
+
+    fn planned(options: &Options, lock: &Lock) -> Vec<(String, u32)> {
+        let (selection, mine) = plan(options, lock).expect("plan");
+        let keys: Vec<(String, u32)> = selection.rows.iter().map(|p| (p.key().to_string(), p.shard)).collect();
+        // This shard's targets are the selection's rows of this shard, in order.
+        let own: Vec<String> = keys.iter().filter(|(_, s)| *s == options.shard.index).map(|(k, _)| k.clone()).collect();
+        assert_eq!(mine.iter().map(|(arch, line, _)| format!("{arch}/{line}")).collect::<Vec<_>>(), own);
+        keys
+    }
+
+    #[rstest::rstest]
+    #[case::all(ArchFilter::All, Selection::Default, &["x86_64/4.19", "x86_64/6.1", "x86_64/6.12", "arm64/6.12", "x86_64/host"])]
+    #[case::arm64_only(ArchFilter::Only(Arch::Arm64), Selection::Default, &["arm64/6.12"])]
+    #[case::x86_64_only(ArchFilter::Only(Arch::X86_64), Selection::Default, &["x86_64/4.19", "x86_64/6.1", "x86_64/6.12", "x86_64/host"])]
+    #[case::a_line_of_two_archs(ArchFilter::All, Selection::Lines(vec!["6.12".into()]), &["x86_64/6.12", "arm64/6.12"])]
+    fn arch_selects_rows_keyed_by_arch_and_line(#[case] arch: ArchFilter, #[case] selection: Selection, #[case] want: &[&str]) {
+        if Arch::host() != Some(Arch::X86_64) {
+            return; // the cases name the host row's architecture
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options { arch, selection, ..options_in(dir.path()) };
+        let keys: Vec<String> = planned(&options, &two_arch_lock()).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, want);
+    }
+
+    /// The split of a real plan: booting rows first by (arch, selection order), round-robin.
+    #[test]
+    fn a_plan_splits_into_the_documented_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = two_arch_lock();
+        let mut seen = Vec::new();
+        for index in 1..=2 {
+            let options = Options { shard: Shard { index, count: 2 }, ..options_in(dir.path()) };
+            let keys = planned(&options, &lock);
+            if Arch::host() == Some(Arch::X86_64) {
+                // Booting x86_64 6.1, 6.12, host, then arm64 6.12, then the unavailable 4.19.
+                assert_eq!(keys, [("x86_64/4.19", 1), ("x86_64/6.1", 1), ("x86_64/6.12", 2), ("arm64/6.12", 2), ("x86_64/host", 1)].map(|(k, s)| (k.to_owned(), s)));
+            }
+            seen.push(keys);
+        }
+        assert_eq!(seen[0], seen[1], "every shard computes the same split");
+    }
+
     /// A stored snapshot no row produced fails the run, unless a row skipped its scenario.
     #[test]
     fn a_skipped_scenario_accounts_for_its_snapshot() {

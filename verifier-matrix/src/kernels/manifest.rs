@@ -530,6 +530,24 @@ kernel_file = "local/vmlinuz-5.4"
         ));
     }
 
+    /// `arch` defaults to x86_64; a line may be listed once per architecture, and the lock keeps
+    /// the field only where it is not the default, so today's lock keeps its bytes.
+    #[test]
+    fn a_line_is_keyed_by_its_architecture() {
+        assert!(manifest().kernels.iter().all(|k| k.arch == Arch::X86_64));
+        let both = "[[kernel]]\nline = \"6.12\"\nkernel_file = \"a\"\n\n[[kernel]]\nline = \"6.12\"\narch = \"arm64\"\nkernel_file = \"b\"\n";
+        let m = Manifest::parse(both, Path::new("k.toml"), PathBuf::new()).unwrap();
+        assert_eq!(m.kernels.iter().map(|k| k.arch).collect::<Vec<_>>(), [Arch::X86_64, Arch::Arm64]);
+        let twice = "[[kernel]]\nline = \"6.12\"\nkernel_file = \"a\"\n\n[[kernel]]\nline = \"6.12\"\narch = \"x86_64\"\nkernel_file = \"b\"\n";
+        let err = Manifest::parse(twice, Path::new("k.toml"), PathBuf::new()).unwrap_err();
+        assert!(err.to_string().contains("listed twice"), "{err}");
+        let lock_text = "[[kernel]]\nline = \"6.12\"\ndefault = true\nunavailable = \"x\"\n\n[[kernel]]\nline = \"6.12\"\ndefault = true\narch = \"arm64\"\nunavailable = \"y\"\n";
+        let lock = Lock::parse(lock_text, Path::new("kernels.lock"), PathBuf::new()).unwrap();
+        assert_eq!(lock.kernels[1].arch, Arch::Arm64);
+        let written = lock.to_toml(Path::new("kernels.lock")).unwrap();
+        assert_eq!(written.matches("arch = ").count(), 1, "{written}");
+    }
+
     #[test]
     fn manifest_rejects_mixed_sources_naming_the_line() {
         let text = "[[kernel]]\nline = \"6.6\"\nsuite = \"sid\"\nkernel_file = \"x\"\n";
