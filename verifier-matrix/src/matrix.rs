@@ -255,12 +255,15 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
         return empty_row(b.arch, &b.line, Verdict::BootFailed(format!("{e:#}")));
     }
     let accel = runner::detect_accel(&b.artifacts.vmlinuz, &initrd);
-    let _ = ui.send(Progress::BootStart { line: b.line.clone(), accel: accel.as_str().to_owned() });
+    // Progress names an x86_64 row by its line, as before rows had an architecture; another
+    // architecture's row by its key, so an arm64 6.12 is told apart from the x86_64 one.
+    let label = if b.arch == Arch::X86_64 { b.line.clone() } else { format!("{}/{}", b.arch, b.line) };
+    let _ = ui.send(Progress::BootStart { line: label.clone(), accel: accel.as_str().to_owned() });
     let mut cfg = QemuConfig::new(&b.artifacts.vmlinuz, &initrd, accel, dir.join("console.log"), dir.join("results.jsonl"));
     if let Some(fault) = options.fault {
         cfg.append_extra.push(fault.cmdline().to_owned());
     }
-    let line = b.line.clone();
+    let line = label.clone();
     let outcome = runner::run_guest(&cfg, options.timeout, |text| {
         let _ = ui.send(Progress::Boot { line: line.clone(), text: text.to_owned() });
     });
@@ -288,7 +291,7 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
                 row.console_tail = Some(o.console_tail(40));
             }
             let _ = ui.send(Progress::BootEnd {
-                line: b.line.clone(),
+                line: label.clone(),
                 verdict: row.verdict.label().to_owned(),
                 wall: o.wall,
                 console: o.console.clone(),
