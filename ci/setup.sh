@@ -9,6 +9,8 @@ declare -A PKGS=(
   [llvm-strip]=llvm
   [bpftool]=bpftool
   [qemu-system-x86_64]=qemu-system-x86
+  # arm64 kernels in the matrix, emulated (TCG).
+  [qemu-system-aarch64]=qemu-system-arm
   [cpio]=cpio
   [dig]=dnsutils
   [dnsmasq]=dnsmasq-base

@@ -95,3 +95,41 @@ fn daemonset_is_unprivileged_with_the_documented_capabilities() {
         assert!(OPERATIONS.contains(&format!("`CAP_{cap}`")), "docs/operations.md does not document CAP_{cap}");
     }
 }
+
+/// `(name, path)` of each `- name:` item followed by a `key:` line, in the order they appear.
+fn named_paths(key: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = DAEMONSET.lines().map(str::trim).collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(name) = line.strip_prefix("- name: ") else { continue };
+        let path = lines[i + 1..].iter().take(3).find_map(|l| l.strip_prefix(key));
+        if let Some(path) = path {
+            out.push((name.to_owned(), path.trim().to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn daemonset_mounts_the_nodes_cgroup_root_and_the_cri_socket_directories() {
+    let mounts = named_paths("mountPath: ");
+    let host_paths = named_paths("path: ");
+    let mount = |name: &str| mounts.iter().find(|(n, _)| n == name).map(|(_, p)| p.as_str());
+    let host = |name: &str| host_paths.iter().find(|(n, _)| n == name).map(|(_, p)| p.as_str());
+    // The node's hierarchy, beside (not over) the pod's own /sys/fs/cgroup: the loader tells
+    // them apart by their roots in mountinfo (tapio_features::cgroup2).
+    assert_eq!(host("cgroup"), Some("/sys/fs/cgroup"));
+    assert_eq!(mount("cgroup"), Some("/host/sys/fs/cgroup"));
+    // Every probed CRI socket under /run is inside a directory the pod mounts at the same path.
+    for socket in tapio_cri::DEFAULT_SOCKETS.iter().filter(|s| s.starts_with("/run/")) {
+        let dir = Path::new(socket).parent().unwrap().to_str().unwrap();
+        let (name, _) = mounts.iter().find(|(_, p)| p == dir).unwrap_or_else(|| panic!("{socket}: its directory {dir} is not mounted"));
+        assert_eq!(host(name), Some(dir), "{socket}: the volume {name} is not the node's {dir}");
+    }
+    // Each of these mounts says why it is there, in the comment above it.
+    let lines: Vec<&str> = DAEMONSET.lines().collect();
+    for name in ["cgroup", "containerd"] {
+        let at = lines.iter().position(|l| l.trim() == format!("- name: {name}")).unwrap();
+        assert!(lines[at - 1].trim_start().starts_with('#'), "volumeMount {name} has no comment giving its reason");
+    }
+}

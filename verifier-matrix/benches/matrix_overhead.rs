@@ -134,7 +134,7 @@ fn main() -> Result<()> {
     }
 
     println!("matrix_overhead: building the guest agent");
-    let guest = verifier_matrix::artifacts::guest::build(&workspace).context("build the guest agent")?;
+    let guest = verifier_matrix::artifacts::guest::build(&workspace, verifier_matrix::arch::Arch::X86_64).context("build the guest agent")?;
     let work = target_dir().join("bench/matrix");
     fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
 

@@ -9,6 +9,7 @@
 //! - [`report`]: what a boot means (results from the guest protocol, judge, render, snapshots);
 //! - [`matrix`] runs them in order for every kernel, and [`ui`] shows the progress.
 
+pub mod arch;
 pub mod artifacts;
 pub mod kernels;
 pub mod matrix;

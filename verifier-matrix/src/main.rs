@@ -5,7 +5,8 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use verifier_matrix::{
-    kernels::{apt, arch::ArchFilter, index, manifest::Manifest, shard::Shard},
+    arch::ArchFilter,
+    kernels::{apt, index, manifest::Manifest, shard::Shard},
     matrix::{self, Selection},
     report::merge,
     ui::Ui,
@@ -129,8 +130,8 @@ fn update_images() -> Result<()> {
     lock.write(&dir.join("kernels.lock"))?;
     for k in &lock.kernels {
         match k.unavailable_reason() {
-            Some(why) => println!("{:<6} unavailable: {why}", k.line),
-            None => println!("{:<6} {}", k.line, k.pin.packages().iter().map(|p| format!("{} {}", p.package, p.version)).collect::<Vec<_>>().join(", ")),
+            Some(why) => println!("{:<11} unavailable: {why}", k.id()),
+            None => println!("{:<11} {}", k.id(), k.pin.packages().iter().map(|p| format!("{} {}", p.package, p.version)).collect::<Vec<_>>().join(", ")),
         }
     }
     Ok(())

@@ -12,10 +12,10 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
+    arch::{Arch, ArchFilter},
     artifacts::fetch::{self, KernelArtifacts},
     kernels::{
         apt,
-        arch::{Arch, ArchFilter},
         manifest::{Lock, LockedKernel},
         shard::{self, Candidate, Shard},
     },
@@ -27,7 +27,7 @@ use crate::{
     ui::{Progress, Ui},
     vm::{
         initramfs::Initramfs,
-        qemu::QemuConfig,
+        qemu::{Accel, QemuConfig},
         runner::{self, GuestStatus},
     },
 };
@@ -115,27 +115,33 @@ enum Target {
 type TargetRow = (Arch, String, Target);
 
 impl Target {
+    /// The architecture the target boots; a user's `--kernel-deb` or `--kernel-file` is taken to
+    /// be the host's.
+    fn arch(&self) -> Arch {
+        match self {
+            Target::Locked(k) => k.arch,
+            Target::Deb(_) | Target::Files(..) | Target::Host => Arch::host(),
+        }
+    }
+
     /// Whether the row boots something, for the shard split: the lock's unavailable lines do not.
     fn boots(&self) -> bool {
         !matches!(self, Target::Locked(k) if k.unavailable_reason().is_some())
     }
 }
 
-/// The host row's architecture (x86_64 on a host Rust calls neither x86_64 nor aarch64).
-fn host_arch() -> Arch {
-    Arch::host().unwrap_or_default()
-}
-
 /// Every row the options select, in selection order: user-supplied kernels, the lock's lines in
-/// lock order, the host; only the architectures `--arch` admits. User-supplied kernels are
-/// x86_64, the architecture the QEMU runner boots.
+/// lock order, the host; only the architectures `--arch` admits. A row's line is the kernel's
+/// id (`6.1`, `arm64/6.12`); with its architecture, the key of its report row.
 fn targets(options: &Options, lock: &Lock) -> Result<Vec<TargetRow>> {
     let mut out = Vec::new();
     if let Some(deb) = &options.kernel_deb {
-        out.push((Arch::X86_64, format!("deb:{}", deb.display()), Target::Deb(deb.clone())));
+        let target = Target::Deb(deb.clone());
+        out.push((target.arch(), format!("deb:{}", deb.display()), target));
     }
     if let Some(file) = &options.kernel_file {
-        out.push((Arch::X86_64, format!("file:{}", file.display()), Target::Files(file.clone(), options.modules.clone())));
+        let target = Target::Files(file.clone(), options.modules.clone());
+        out.push((target.arch(), format!("file:{}", file.display()), target));
     }
     let user_kernel = !out.is_empty();
     let (lines, host): (Vec<&LockedKernel>, bool) = match &options.selection {
@@ -148,10 +154,11 @@ fn targets(options: &Options, lock: &Lock) -> Result<Vec<TargetRow>> {
         Selection::Lines(names) => {
             let mut picked = Vec::new();
             for n in names.iter().filter(|n| n.as_str() != "host") {
-                // A line may exist for several architectures: each is a row.
-                let found: Vec<&LockedKernel> = lock.kernels.iter().filter(|k| &k.line == n).collect();
+                // A line may exist for several architectures: `6.12` names each (as many rows),
+                // an id such as `arm64/6.12` one.
+                let found: Vec<&LockedKernel> = lock.kernels.iter().filter(|k| &k.line == n || &k.id() == n).collect();
                 if found.is_empty() {
-                    let known: Vec<_> = lock.kernels.iter().map(|k| k.line.as_str()).collect();
+                    let known: Vec<_> = lock.kernels.iter().map(|k| k.id()).collect();
                     anyhow::bail!("unknown kernel line `{n}` (known: {}, host)", known.join(", "));
                 }
                 picked.extend(found);
@@ -159,9 +166,9 @@ fn targets(options: &Options, lock: &Lock) -> Result<Vec<TargetRow>> {
             (picked, names.iter().any(|n| n == "host"))
         }
     };
-    out.extend(lines.into_iter().map(|k| (k.arch, k.line.clone(), Target::Locked(k.clone()))));
+    out.extend(lines.into_iter().map(|k| (k.arch, k.id(), Target::Locked(k.clone()))));
     if host {
-        out.push((host_arch(), "host".to_owned(), Target::Host));
+        out.push((Arch::host(), "host".to_owned(), Target::Host));
     }
     out.retain(|(arch, _, _)| options.arch.admits(*arch));
     Ok(out)
@@ -248,18 +255,19 @@ pub fn guest_config(artifacts: &KernelArtifacts) -> Result<tapio_kernel_gates::K
 
 /// Boots one kernel and judges it.
 fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sender<Progress>) -> Row {
-    let dir = options.out_dir.join(format!("{}-{}", b.arch, b.line.replace(['/', ':'], "_")));
+    let dir = options.out_dir.join(b.line.replace(['/', ':'], "_"));
     let _ = std::fs::create_dir_all(&dir);
     let initrd = dir.join("initramfs.cpio");
     if let Err(e) = pack(guest, &b.artifacts, &initrd) {
         return empty_row(b.arch, &b.line, Verdict::BootFailed(format!("{e:#}")));
     }
-    let accel = runner::detect_accel(&b.artifacts.vmlinuz, &initrd);
-    // Progress names an x86_64 row by its line, as before rows had an architecture; another
-    // architecture's row by its key, so an arm64 6.12 is told apart from the x86_64 one.
-    let label = if b.arch == Arch::X86_64 { b.line.clone() } else { format!("{}/{}", b.arch, b.line) };
+    // KVM runs only the host's own architecture; another one is always emulated.
+    let accel = if b.arch.kvm_possible() { runner::detect_accel(&b.artifacts.vmlinuz, &initrd) } else { Accel::Tcg };
+    // The line is the kernel's id, which names another architecture's row (`arm64/6.12`).
+    let label = b.line.clone();
     let _ = ui.send(Progress::BootStart { line: label.clone(), accel: accel.as_str().to_owned() });
     let mut cfg = QemuConfig::new(&b.artifacts.vmlinuz, &initrd, accel, dir.join("console.log"), dir.join("results.jsonl"));
+    cfg.arch = b.arch;
     if let Some(fault) = options.fault {
         cfg.append_extra.push(fault.cmdline().to_owned());
     }
@@ -306,11 +314,11 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
 /// The host row: the same agent as a plain process on the running kernel.
 fn host_row(guest: &Path, timeout: Duration) -> Row {
     let started = Instant::now();
-    let mut row = empty_row(host_arch(), "host", Verdict::Pass);
+    let mut row = empty_row(Arch::host(), "host", Verdict::Pass);
     let child = Command::new(guest).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return empty_row(host_arch(), "host", Verdict::BootFailed(format!("run the agent: {e}"))),
+        Err(e) => return empty_row(Arch::host(), "host", Verdict::BootFailed(format!("run the agent: {e}"))),
     };
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -420,8 +428,16 @@ fn run_targets(options: &Options, ui: &Ui, targets: Vec<TargetRow>) -> Result<Ve
         return Ok(Vec::new());
     }
 
-    ui.send(Progress::Stage(format!("building the guest agent ({})", crate::artifacts::guest::GUEST_TARGET)));
-    let guest = crate::artifacts::guest::build(&options.workspace)?;
+    // One agent per architecture the run needs: the host's (the host row, and user kernels,
+    // which are taken to be the host's architecture) and each selected kernel's.
+    let mut arches = std::collections::BTreeSet::from([Arch::host()]);
+    arches.extend(targets.iter().map(|(arch, _, _)| *arch));
+    let mut guests = std::collections::BTreeMap::new();
+    for arch in arches {
+        ui.send(Progress::Stage(format!("building the guest agent ({})", arch.guest_target())));
+        guests.insert(arch, crate::artifacts::guest::build(&options.workspace, arch)?);
+    }
+    let guest = guests[&Arch::host()].clone();
 
     // Fetch sequentially: downloads share one link and print one progress line at a time.
     let mirror = apt::discover_mirror();
@@ -470,10 +486,10 @@ fn run_targets(options: &Options, ui: &Ui, targets: Vec<TargetRow>) -> Result<Ve
             let queue = Arc::clone(&queue);
             let done = Arc::clone(&done);
             let tx = ui.sender();
-            let guest = &guest;
+            let guests = &guests;
             scope.spawn(move || loop {
                 let Some(b) = queue.lock().expect("queue").pop_front() else { return };
-                let row = boot(&b, guest, options, &tx);
+                let row = boot(&b, &guests[&b.arch], options, &tx);
                 done.lock().expect("rows").push((b.index, row));
             });
         }
@@ -637,7 +653,7 @@ mod tests {
         let keys: Vec<(String, u32)> = selection.rows.iter().map(|p| (p.key().to_string(), p.shard)).collect();
         // This shard's targets are the selection's rows of this shard, in order.
         let own: Vec<String> = keys.iter().filter(|(_, s)| *s == options.shard.index).map(|(k, _)| k.clone()).collect();
-        assert_eq!(mine.iter().map(|(arch, line, _)| format!("{arch}/{line}")).collect::<Vec<_>>(), own);
+        assert_eq!(mine.iter().map(|(arch, line, _)| crate::report::RowKey { arch: *arch, line: line.clone() }.to_string()).collect::<Vec<_>>(), own);
         keys
     }
 
@@ -647,7 +663,7 @@ mod tests {
     #[case::x86_64_only(ArchFilter::Only(Arch::X86_64), Selection::Default, &["x86_64/4.19", "x86_64/6.1", "x86_64/6.12", "x86_64/host"])]
     #[case::a_line_of_two_archs(ArchFilter::All, Selection::Lines(vec!["6.12".into()]), &["x86_64/6.12", "arm64/6.12"])]
     fn arch_selects_rows_keyed_by_arch_and_line(#[case] arch: ArchFilter, #[case] selection: Selection, #[case] want: &[&str]) {
-        if Arch::host() != Some(Arch::X86_64) {
+        if Arch::host() != Arch::X86_64 {
             return; // the cases name the host row's architecture
         }
         let dir = tempfile::tempdir().unwrap();
@@ -665,7 +681,7 @@ mod tests {
         for index in 1..=2 {
             let options = Options { shard: Shard { index, count: 2 }, ..options_in(dir.path()) };
             let keys = planned(&options, &lock);
-            if Arch::host() == Some(Arch::X86_64) {
+            if Arch::host() == Arch::X86_64 {
                 // Booting x86_64 6.1, 6.12, host, then arm64 6.12, then the unavailable 4.19.
                 assert_eq!(keys, [("x86_64/4.19", 1), ("x86_64/6.1", 1), ("x86_64/6.12", 2), ("arm64/6.12", 2), ("x86_64/host", 1)].map(|(k, s)| (k.to_owned(), s)));
             }

@@ -11,7 +11,8 @@ mod skip;
 use std::{path::PathBuf, sync::Mutex, time::Duration};
 
 use verifier_matrix::{
-    kernels::{arch::ArchFilter, shard::Shard},
+    arch::ArchFilter,
+    kernels::shard::Shard,
     matrix::{self, Fault, Options, Selection},
     report::{Row, Verdict},
     ui::Ui,

@@ -2,7 +2,7 @@
 //!
 //! Inside a VM it is `/init`: it mounts what the loader needs, loads and attaches every monitor of
 //! the bundle, runs the process workload, checks the decoded events, writes one JSON line per
-//! result to the dedicated results port (`/dev/ttyS1`), and powers the VM off. On the host row it
+//! result to the dedicated results port (`/dev/ttyS1`, `/dev/hvc0` on arm64), and powers the VM off. On the host row it
 //! runs the same checks as a plain process and writes the lines to stdout.
 //!
 //! The workload needs no shell: the agent re-executes itself (`/proc/self/exe exit-with N tag`),

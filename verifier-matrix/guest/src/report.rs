@@ -7,15 +7,20 @@ use std::{
 
 use tapio_matrix_protocol::Line;
 
+/// The device the host reads results from: the second 8250 UART on x86; on arm64 QEMU's
+/// `virt` board has one UART (the console), so the harness adds a virtio console instead.
+const RESULTS_DEVICE: &str = if cfg!(target_arch = "aarch64") { "/dev/hvc0" } else { "/dev/ttyS1" };
+
 /// Writes result lines to one sink.
 pub struct Reporter {
     out: Box<dyn Write>,
 }
 
 impl Reporter {
-    /// The VM's second serial port, in raw mode so the host reads exactly the bytes written.
+    /// The VM's results port ([`RESULTS_DEVICE`]), in raw mode so the host reads exactly the
+    /// bytes written.
     pub fn results_port() -> Self {
-        match OpenOptions::new().write(true).open("/dev/ttyS1") {
+        match OpenOptions::new().write(true).open(RESULTS_DEVICE) {
             Ok(file) => {
                 use std::os::fd::AsRawFd;
                 let fd = file.as_raw_fd();
@@ -30,7 +35,7 @@ impl Reporter {
                 Self { out: Box::new(file) }
             }
             Err(e) => {
-                eprintln!("tapio-guest: open /dev/ttyS1: {e}; results go to the console");
+                eprintln!("tapio-guest: open {RESULTS_DEVICE}: {e}; results go to the console");
                 Self { out: Box::new(io::stdout()) }
             }
         }

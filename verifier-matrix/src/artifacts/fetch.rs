@@ -665,8 +665,8 @@ mod tests {
         let (base, server) = serve(body.clone(), 1);
         let locked = LockedKernel {
             line: "9.9".into(),
-            default: true,
             arch: Default::default(),
+            default: true,
             pin: Pin::Debian {
                 suite: "test".into(),
                 image: pin_for(&body),
@@ -693,8 +693,8 @@ mod tests {
     fn unavailable_lines_say_why() {
         let locked = LockedKernel {
             line: "4.19".into(),
-            default: false,
             arch: Default::default(),
+            default: false,
             pin: Pin::Unavailable {
                 reason: "suite buster not served".into(),
             },

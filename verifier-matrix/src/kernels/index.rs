@@ -11,6 +11,7 @@ use std::io::Read;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use crate::arch::Arch;
 use crate::kernels::manifest::{
     KernelEntry, KernelSource, Lock, LockedKernel, Manifest, Pin, PinnedPackage,
 };
@@ -96,12 +97,13 @@ pub fn parse_packages(text: &str) -> Vec<IndexEntry> {
     out
 }
 
-/// Downloads and parses `dists/<suite>/main/binary-amd64/Packages.xz`, falling back to `.gz`.
-pub fn fetch_index(mirror: &str, suite: &str) -> Result<Vec<IndexEntry>, IndexError> {
+/// Downloads and parses `dists/<suite>/main/binary-<arch>/Packages.xz`, falling back to `.gz`.
+pub fn fetch_index(mirror: &str, suite: &str, arch: Arch) -> Result<Vec<IndexEntry>, IndexError> {
     let agent = crate::artifacts::fetch::http_agent();
     let base = format!(
-        "{}/dists/{suite}/main/binary-amd64/Packages",
-        mirror.trim_end_matches('/')
+        "{}/dists/{suite}/main/binary-{}/Packages",
+        mirror.trim_end_matches('/'),
+        arch.debian()
     );
     let mut not_found = None;
     for ext in ["xz", "gz"] {
@@ -331,7 +333,8 @@ pub fn resolve_companion<'a>(
 /// `unavailable` with the reason; any other network failure aborts, so a flaky connection
 /// never rewrites good pins as unavailable.
 pub fn update_lock(manifest: &Manifest, mirror: &str) -> Result<Lock, IndexError> {
-    let mut indices: HashMap<String, Result<Vec<IndexEntry>, u16>> = HashMap::new();
+    // One index per (suite, architecture): each is tens of MB uncompressed.
+    let mut indices: HashMap<(String, Arch), Result<Vec<IndexEntry>, u16>> = HashMap::new();
     let mut kernels = Vec::with_capacity(manifest.kernels.len());
     for entry in &manifest.kernels {
         let pin = match &entry.source {
@@ -341,15 +344,16 @@ pub fn update_lock(manifest: &Manifest, mirror: &str) -> Result<Lock, IndexError
                 modules_package,
                 base_package,
             } => {
-                if !indices.contains_key(suite) {
-                    let loaded = match fetch_index(mirror, suite) {
+                let key = (suite.clone(), entry.arch);
+                if !indices.contains_key(&key) {
+                    let loaded = match fetch_index(mirror, suite, entry.arch) {
                         Ok(index) => Ok(index),
                         Err(IndexError::SuiteNotServed { status, .. }) => Err(status),
                         Err(e) => return Err(e),
                     };
-                    indices.insert(suite.clone(), loaded);
+                    indices.insert(key.clone(), loaded);
                 }
-                match &indices[suite] {
+                match &indices[&key] {
                     Err(status) => Pin::Unavailable {
                         reason: format!(
                             "suite {suite} not served by the configured mirror (HTTP {status})"
@@ -383,9 +387,9 @@ pub fn update_lock(manifest: &Manifest, mirror: &str) -> Result<Lock, IndexError
             }
         };
         match &pin {
-            Pin::Unavailable { reason } => warn!(line = %entry.line, %reason, "kernel unavailable"),
+            Pin::Unavailable { reason } => warn!(line = %entry.line, arch = %entry.arch, %reason, "kernel unavailable"),
             Pin::Debian { image, .. } => {
-                info!(line = %entry.line, package = %image.package, version = %image.version, "kernel pinned")
+                info!(line = %entry.line, arch = %entry.arch, package = %image.package, version = %image.version, "kernel pinned")
             }
             Pin::Local { kernel_file, .. } => {
                 info!(line = %entry.line, file = %kernel_file.display(), "local kernel")
@@ -393,8 +397,8 @@ pub fn update_lock(manifest: &Manifest, mirror: &str) -> Result<Lock, IndexError
         }
         kernels.push(LockedKernel {
             line: entry.line.clone(),
-            default: entry.default,
             arch: entry.arch,
+            default: entry.default,
             pin,
         });
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::kernels::arch::Arch;
+use crate::arch::Arch;
 
 /// Errors reading or writing the manifest or the lock.
 #[derive(Debug, Error)]
@@ -67,6 +67,18 @@ pub struct Manifest {
     pub kernels: Vec<KernelEntry>,
 }
 
+/// A kernel's name in reports: `6.1` on x86_64, `arm64/6.12` on arm64.
+pub fn kernel_id(arch: Arch, line: &str) -> String {
+    match arch {
+        Arch::X86_64 => line.to_owned(),
+        other => format!("{other}/{line}"),
+    }
+}
+
+fn is_x86_64(arch: &Arch) -> bool {
+    *arch == Arch::X86_64
+}
+
 /// The upstream version a kernel line names: `6.1` for both `6.1` and `6.1-rt`.
 ///
 /// A line is `<major>.<minor>`, optionally followed by `-<flavour>` when one release series
@@ -84,10 +96,10 @@ pub struct KernelEntry {
     /// The kernel line, e.g. `6.1` or `6.1-rt` ([`line_version`]); a resolved package's upstream
     /// version must start with its version part.
     pub line: String,
+    /// The CPU architecture the line's kernel is built for; `x86_64` unless the entry says.
+    pub arch: Arch,
     /// Whether the line is part of the default matrix run.
     pub default: bool,
-    /// The architecture the line's kernel is built for (`x86_64` when the entry says none).
-    pub arch: Arch,
     /// Free-form note carried into the lock's reasons (e.g. "not a Debian kernel").
     pub note: Option<String>,
     pub source: KernelSource,
@@ -121,9 +133,9 @@ pub enum KernelSource {
 struct RawEntry {
     line: String,
     #[serde(default)]
-    default: bool,
-    #[serde(default)]
     arch: Arch,
+    #[serde(default)]
+    default: bool,
     note: Option<String>,
     suite: Option<String>,
     image_package: Option<String>,
@@ -165,7 +177,7 @@ impl Manifest {
         let mut kernels = Vec::with_capacity(raw.kernels.len());
         for e in raw.kernels {
             if kernels.iter().any(|k: &KernelEntry| k.line == e.line && k.arch == e.arch) {
-                return Err(invalid(&e.line, "listed twice"));
+                return Err(invalid(&e.line, &format!("listed twice for {}", e.arch)));
             }
             let version = line_version(&e.line);
             let flavour = e.line.strip_prefix(version).and_then(|f| f.strip_prefix('-'));
@@ -206,8 +218,8 @@ impl Manifest {
             };
             kernels.push(KernelEntry {
                 line: e.line,
-                default: e.default,
                 arch: e.arch,
+                default: e.default,
                 note: e.note,
                 source,
             });
@@ -230,9 +242,9 @@ pub struct Lock {
 #[serde(try_from = "RawLocked", into = "RawLocked")]
 pub struct LockedKernel {
     pub line: String,
-    pub default: bool,
-    /// The architecture of the line's kernel; with the line, the key of its report row.
+    /// The CPU architecture of the pinned kernel (see [`LockedKernel::id`]).
     pub arch: Arch,
+    pub default: bool,
     pub pin: Pin,
 }
 
@@ -286,6 +298,12 @@ impl Pin {
 }
 
 impl LockedKernel {
+    /// The name of the line in reports and on the command line: the line itself for x86_64
+    /// (so existing names and directories stay), `<arch>/<line>` for any other architecture.
+    pub fn id(&self) -> String {
+        kernel_id(self.arch, &self.line)
+    }
+
     /// The reason the line cannot run, if it cannot.
     pub fn unavailable_reason(&self) -> Option<&str> {
         match &self.pin {
@@ -299,9 +317,9 @@ impl LockedKernel {
 #[serde(deny_unknown_fields)]
 struct RawLocked {
     line: String,
-    default: bool,
-    #[serde(default, skip_serializing_if = "Arch::is_default")]
+    #[serde(default, skip_serializing_if = "is_x86_64")]
     arch: Arch,
+    default: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     suite: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -343,8 +361,8 @@ impl TryFrom<RawLocked> for LockedKernel {
         };
         Ok(LockedKernel {
             line: r.line,
-            default: r.default,
             arch: r.arch,
+            default: r.default,
             pin,
         })
     }
@@ -354,8 +372,8 @@ impl From<LockedKernel> for RawLocked {
     fn from(k: LockedKernel) -> Self {
         let mut raw = RawLocked {
             line: k.line,
-            default: k.default,
             arch: k.arch,
+            default: k.default,
             suite: None,
             unavailable: None,
             kernel_file: None,
@@ -462,9 +480,9 @@ impl Lock {
         Ok(())
     }
 
-    /// Looks up a line, e.g. `"6.1"`.
-    pub fn get(&self, line: &str) -> Option<&LockedKernel> {
-        self.kernels.iter().find(|k| k.line == line)
+    /// Looks up a line by its [`LockedKernel::id`], e.g. `"6.1"` or `"arm64/6.12"`.
+    pub fn get(&self, id: &str) -> Option<&LockedKernel> {
+        self.kernels.iter().find(|k| k.id() == id)
     }
 }
 
@@ -530,22 +548,36 @@ kernel_file = "local/vmlinuz-5.4"
         ));
     }
 
-    /// `arch` defaults to x86_64; a line may be listed once per architecture, and the lock keeps
-    /// the field only where it is not the default, so today's lock keeps its bytes.
     #[test]
-    fn a_line_is_keyed_by_its_architecture() {
-        assert!(manifest().kernels.iter().all(|k| k.arch == Arch::X86_64));
-        let both = "[[kernel]]\nline = \"6.12\"\nkernel_file = \"a\"\n\n[[kernel]]\nline = \"6.12\"\narch = \"arm64\"\nkernel_file = \"b\"\n";
-        let m = Manifest::parse(both, Path::new("k.toml"), PathBuf::new()).unwrap();
+    fn one_line_per_architecture_named_by_its_id() {
+        let text = "[[kernel]]\nline = \"6.12\"\nsuite = \"trixie\"\nimage_package = \"a\"\n\
+                    [[kernel]]\nline = \"6.12\"\narch = \"arm64\"\nsuite = \"trixie\"\nimage_package = \"b\"\n";
+        let m = Manifest::parse(text, Path::new("k.toml"), PathBuf::new()).unwrap();
         assert_eq!(m.kernels.iter().map(|k| k.arch).collect::<Vec<_>>(), [Arch::X86_64, Arch::Arm64]);
-        let twice = "[[kernel]]\nline = \"6.12\"\nkernel_file = \"a\"\n\n[[kernel]]\nline = \"6.12\"\narch = \"x86_64\"\nkernel_file = \"b\"\n";
-        let err = Manifest::parse(twice, Path::new("k.toml"), PathBuf::new()).unwrap_err();
-        assert!(err.to_string().contains("listed twice"), "{err}");
-        let lock_text = "[[kernel]]\nline = \"6.12\"\ndefault = true\nunavailable = \"x\"\n\n[[kernel]]\nline = \"6.12\"\ndefault = true\narch = \"arm64\"\nunavailable = \"y\"\n";
-        let lock = Lock::parse(lock_text, Path::new("kernels.lock"), PathBuf::new()).unwrap();
-        assert_eq!(lock.kernels[1].arch, Arch::Arm64);
-        let written = lock.to_toml(Path::new("kernels.lock")).unwrap();
-        assert_eq!(written.matches("arch = ").count(), 1, "{written}");
+        let twice = text.replace("image_package = \"a\"\n", "image_package = \"a\"\narch = \"arm64\"\n");
+        let err = Manifest::parse(&twice, Path::new("k.toml"), PathBuf::new()).unwrap_err();
+        assert!(err.to_string().contains("listed twice for arm64"), "{err}");
+        let bad = text.replace("\"arm64\"", "\"sparc\"");
+        assert!(Manifest::parse(&bad, Path::new("k.toml"), PathBuf::new()).is_err());
+    }
+
+    #[test]
+    fn lock_keeps_x86_entries_as_they_were_and_names_arm64_ones() {
+        let pinned = |arch| LockedKernel {
+            line: "6.12".into(),
+            arch,
+            default: true,
+            pin: Pin::Unavailable { reason: "r".into() },
+        };
+        let lock = Lock { base_dir: PathBuf::from("/vm"), kernels: vec![pinned(Arch::X86_64), pinned(Arch::Arm64)] };
+        let text = lock.to_toml(Path::new("/vm/kernels.lock")).unwrap();
+        // An x86_64 entry is written without the key, so locks from before arm64 are unchanged.
+        assert_eq!(text.matches("arch = ").count(), 1, "{text}");
+        let back = Lock::parse(&text, Path::new("k.lock"), PathBuf::from("/vm")).unwrap();
+        assert_eq!(back, lock);
+        assert_eq!(back.get("6.12").unwrap().arch, Arch::X86_64);
+        assert_eq!(back.get("arm64/6.12").unwrap().arch, Arch::Arm64);
+        assert!(back.get("arm64/6.1").is_none());
     }
 
     #[test]
@@ -590,8 +622,8 @@ kernel_file = "local/vmlinuz-5.4"
             kernels: vec![
                 LockedKernel {
                     line: "7.3".into(),
+                    arch: Default::default(),
                     default: true,
-                    arch: Arch::X86_64,
                     pin: Pin::Debian {
                         suite: "trixie-backports".into(),
                         image: pkg.clone(),
@@ -601,8 +633,8 @@ kernel_file = "local/vmlinuz-5.4"
                 },
                 LockedKernel {
                     line: "5.4".into(),
+                    arch: Default::default(),
                     default: false,
-                    arch: Arch::X86_64,
                     pin: Pin::Local {
                         kernel_file: PathBuf::from("/vm/local/vmlinuz-5.4"),
                         modules_dir: None,
@@ -610,8 +642,8 @@ kernel_file = "local/vmlinuz-5.4"
                 },
                 LockedKernel {
                     line: "4.19".into(),
+                    arch: Default::default(),
                     default: false,
-                    arch: Arch::X86_64,
                     pin: Pin::Unavailable {
                         reason: "suite buster not served".into(),
                     },

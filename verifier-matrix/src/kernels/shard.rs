@@ -21,7 +21,7 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::kernels::arch::Arch;
+use crate::arch::Arch;
 
 /// One shard of `count`, numbered from 1 as the command line writes it (`--shard 2/3`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::{
-    kernels::arch::Arch,
+    arch::Arch,
     report::{totals, Row, RowKey},
 };
 

@@ -138,10 +138,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        kernels::{
-            arch::Arch,
-            shard::{self, Candidate},
-        },
+        arch::Arch,
+        kernels::shard::{self, Candidate},
         report::{
             document::{Planned, Selection, Source, StoredSnapshot},
             results::{GuestResults, SnapshotBody},

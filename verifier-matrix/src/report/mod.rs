@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{kernels::arch::Arch, report::results::GuestResults, vm::console::Splat};
+use crate::{arch::Arch, report::results::GuestResults, vm::console::Splat};
 
 /// The verdict of one row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +51,14 @@ pub struct RowKey {
 }
 
 impl std::fmt::Display for RowKey {
+    /// `x86_64/6.1`, `arm64/6.12`, `x86_64/host`: the line (a kernel id, which already names an
+    /// architecture other than x86_64) under its architecture, once.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.arch, self.line)
+        let prefix = format!("{}/", self.arch);
+        match self.line.starts_with(&prefix) {
+            true => f.write_str(&self.line),
+            false => write!(f, "{prefix}{}", self.line),
+        }
     }
 }
 
@@ -60,10 +66,11 @@ impl std::fmt::Display for RowKey {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Row {
-    /// The architecture of the kernel (the host's for the host row).
-    pub arch: Arch,
-    /// The manifest line (`6.1`), `host`, or the name of a user-supplied kernel.
+    /// The kernel's name: its [`crate::kernels::manifest::LockedKernel::id`] (`6.1`,
+    /// `arm64/6.12`), `host`, or the name of a user-supplied kernel.
     pub line: String,
+    /// The architecture the row ran on.
+    pub arch: Arch,
     pub release: Option<String>,
     pub accel: Option<String>,
     #[serde(with = "secs")]
@@ -138,7 +145,7 @@ mod tests {
     use super::*;
 
     fn row(verdict: Verdict) -> Row {
-        Row { arch: Arch::X86_64, line: "x".into(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
+        Row { line: "x".into(), arch: Default::default(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
     }
 
     #[rstest]

@@ -47,7 +47,9 @@ pub fn render_markdown(report: &Report) -> String {
                         n => format!("{accepted}/{} (+{n} skipped)", loaded.len()),
                     }
                 },
-                match res.verifier.iter().filter(|v| v.skipped.is_none()).map(|v| v.verified_insns).sum::<Option<u64>>() {
+                // Over the accepted programs only: a rejected one has no count on any kernel, and
+                // must not turn the total into "n/a".
+                match res.verifier.iter().filter(|v| v.skipped.is_none() && v.accepted).map(|v| v.verified_insns).sum::<Option<u64>>() {
                     Some(total) => total.to_string(),
                     None => "n/a (< 5.16)".to_owned(),
                 },
@@ -127,7 +129,7 @@ pub fn render_markdown(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{kernels::arch::Arch, report::Row};
+    use crate::{arch::Arch, report::Row};
 
     #[test]
     fn unavailable_is_never_counted_as_passed() {

@@ -7,6 +7,9 @@
 //! - `ttyS1` is the results channel: a `file` chardev at `results_path`. Debian cloud kernels
 //!   have no 9p or virtio-vsock drivers built in, but the 8250 UART is built in everywhere,
 //!   so a second serial port is the one transport every kernel in the matrix has.
+//! - On arm64 (QEMU's `virt` machine) the console is the one PL011, `ttyAMA0`, and the machine
+//!   has no second UART; the results go through a virtio console (`hvc0`) instead, since
+//!   Debian's arm64 kernels build virtio-pci and virtio-console in.
 //!
 //! The guest leaves by `reboot(RB_POWER_OFF)`; with `-no-reboot` and `panic=-1` QEMU also
 //! exits on a kernel panic instead of rebooting into the same failure forever.
@@ -14,9 +17,12 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::arch::Arch;
+
 /// The QEMU binary for x86-64 guests; `TAPIO_QEMU` overrides it (e.g. a locally built QEMU).
+/// Other architectures: [`Arch::qemu_binary`].
 pub fn qemu_binary() -> OsString {
-    std::env::var_os("TAPIO_QEMU").unwrap_or_else(|| OsString::from("qemu-system-x86_64"))
+    Arch::X86_64.qemu_binary()
 }
 
 /// How QEMU executes guest code.
@@ -49,12 +55,15 @@ impl Accel {
     }
 
     /// The `-cpu` model. Under KVM `host` passes the real CPU through; under TCG `max` enables
-    /// every feature QEMU can emulate, so BPF JIT paths that test CPU features (e.g. BMI2)
-    /// are exercised the same way as on modern hardware.
-    pub fn cpu_model(self) -> &'static str {
-        match self {
-            Accel::Kvm => "host",
-            Accel::Tcg => "max",
+    /// every feature QEMU can emulate, so BPF JIT paths that test CPU features (e.g. BMI2, or
+    /// arm64's LSE atomics) are exercised the same way as on modern hardware. On arm64,
+    /// `pauth-impdef` swaps the architected pointer-authentication hash (QARMA, slow to
+    /// emulate and run on every kernel function return) for QEMU's cheap one.
+    pub fn cpu_model(self, arch: Arch) -> &'static str {
+        match (self, arch) {
+            (Accel::Kvm, _) => "host",
+            (Accel::Tcg, Arch::X86_64) => "max",
+            (Accel::Tcg, Arch::Arm64) => "max,pauth-impdef=on",
         }
     }
 }
@@ -87,8 +96,8 @@ impl std::str::FromStr for Accel {
 /// - `printk.devkmsg=on`: lets the agent write markers into the kernel log if it wants.
 /// - `random.trust_cpu=on`: avoids boot stalls waiting for entropy under TCG.
 /// - `nokaslr`: stable addresses make call traces comparable across runs of one kernel.
+/// (The console word is per architecture: [`QemuConfig::cmdline`] puts it first.)
 pub const BASE_CMDLINE: &[&str] = &[
-    "console=ttyS0",
     "panic=-1",
     "printk.devkmsg=on",
     "random.trust_cpu=on",
@@ -98,6 +107,8 @@ pub const BASE_CMDLINE: &[&str] = &[
 /// One guest boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuConfig {
+    /// The guest's architecture: which QEMU, machine, console and results device.
+    pub arch: Arch,
     /// The `vmlinuz` to boot directly with `-kernel`.
     pub kernel: PathBuf,
     /// The newc initramfs with the guest agent as `/init`.
@@ -126,6 +137,7 @@ impl QemuConfig {
         results_path: impl Into<PathBuf>,
     ) -> Self {
         Self {
+            arch: Arch::X86_64,
             kernel: kernel.into(),
             initrd: initrd.into(),
             append_extra: Vec::new(),
@@ -139,22 +151,32 @@ impl QemuConfig {
 
     /// The full kernel command line.
     pub fn cmdline(&self) -> String {
-        BASE_CMDLINE
-            .iter()
-            .copied()
+        let console = format!("console={}", self.arch.console_device());
+        std::iter::once(console.as_str())
+            .chain(BASE_CMDLINE.iter().copied())
             .chain(self.append_extra.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join(" ")
     }
 
-    /// The argv for [`qemu_binary`] (without the program name).
+    /// The QEMU binary for this config's architecture.
+    pub fn program(&self) -> OsString {
+        self.arch.qemu_binary()
+    }
+
+    /// The argv for [`QemuConfig::program`] (without the program name).
     pub fn args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |s: &str| a.push(OsString::from(s));
+        if self.arch == Arch::Arm64 {
+            // The generic virtual board: PL011 console, virtio-pci, GICv3 for more than 8 CPUs.
+            push("-machine");
+            push("virt,gic-version=3");
+        }
         push("-accel");
         push(self.accel.accel_arg());
         push("-cpu");
-        push(self.accel.cpu_model());
+        push(self.accel.cpu_model(self.arch));
         push("-m");
         push(&self.mem_mb.to_string());
         push("-smp");
@@ -187,13 +209,23 @@ impl QemuConfig {
         a.push("-serial".into());
         a.push("chardev:console".into());
 
-        // ttyS1: results file.
+        // Results file: ttyS1 on x86, hvc0 (a virtio console) on arm64.
         let mut res = OsString::from("file,id=results,path=");
         res.push(escape_chardev_path(&self.results_path));
         a.push("-chardev".into());
         a.push(res);
-        a.push("-serial".into());
-        a.push("chardev:results".into());
+        match self.arch {
+            Arch::X86_64 => {
+                a.push("-serial".into());
+                a.push("chardev:results".into());
+            }
+            Arch::Arm64 => {
+                a.push("-device".into());
+                a.push("virtio-serial-pci".into());
+                a.push("-device".into());
+                a.push("virtconsole,chardev=results".into());
+            }
+        }
         a
     }
 }
@@ -243,6 +275,7 @@ mod tests {
         let a = strs(&cfg().args());
         assert_eq!(value_of(&a, "-accel"), "tcg,thread=single");
         assert_eq!(value_of(&a, "-cpu"), "max");
+        assert!(!a.contains(&"-machine".to_owned()), "x86 keeps QEMU's default pc machine");
         assert_eq!(value_of(&a, "-m"), "1024");
         assert_eq!(value_of(&a, "-smp"), "2");
         assert_eq!(value_of(&a, "-kernel"), "/k/vmlinuz");
@@ -311,6 +344,21 @@ mod tests {
             a.contains(&"file,id=results,path=/tmp/a,,b/r".to_owned()),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn arm64_uses_virt_pl011_and_a_virtio_console_for_results() {
+        let mut c = cfg();
+        c.arch = Arch::Arm64;
+        let a = strs(&c.args());
+        assert_eq!(c.program(), "qemu-system-aarch64");
+        assert_eq!(value_of(&a, "-machine"), "virt,gic-version=3");
+        assert_eq!(value_of(&a, "-cpu"), "max,pauth-impdef=on");
+        assert!(value_of(&a, "-append").starts_with("console=ttyAMA0 panic=-1"));
+        let serials = a.iter().filter(|x| *x == "-serial").count();
+        assert_eq!(serials, 1, "virt has one UART: the console");
+        assert!(a.contains(&"virtconsole,chardev=results".to_owned()), "{a:?}");
+        assert!(a.contains(&"file,id=results,path=/out/results.jsonl".to_owned()));
     }
 
     #[test]

@@ -21,16 +21,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::vm::console::{self, Splat};
-use crate::vm::qemu::{qemu_binary, Accel, QemuConfig};
+use crate::vm::qemu::{Accel, QemuConfig};
 
 /// Errors that prevent a guest run from producing an outcome at all. A guest that panics,
 /// hangs or a QEMU that exits with an error are *outcomes*, not errors.
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     /// QEMU could not be started (not installed, not executable).
-    #[error("cannot start qemu binary {program}")]
+    #[error("cannot start qemu binary {program} (Debian package {package}; ci/setup.sh installs it)")]
     Spawn {
         program: String,
+        package: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -156,7 +157,7 @@ pub fn run_guest_until(
         }
     }
 
-    let program = qemu_binary();
+    let program = cfg.program();
     let args = cfg.args();
     tracing::debug!(?program, ?args, accel = %cfg.accel, "starting qemu");
     let start = Instant::now();
@@ -170,6 +171,7 @@ pub fn run_guest_until(
         .spawn()
         .map_err(|source| RunnerError::Spawn {
             program: program.to_string_lossy().into_owned(),
+            package: cfg.arch.qemu_package(),
             source,
         })?;
     let mut guard = GroupGuard::new(child);
