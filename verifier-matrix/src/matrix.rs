@@ -12,13 +12,18 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    arch::Arch,
+    arch::{Arch, ArchFilter},
     artifacts::fetch::{self, KernelArtifacts},
     kernels::{
         apt,
         manifest::{Lock, LockedKernel},
+        shard::{self, Candidate, Shard},
     },
-    report::{judge::judge, results, Row, Verdict},
+    report::{
+        document::{self, Planned, Report, SnapshotAudit, StoredSnapshot},
+        judge::judge,
+        results, Row, Verdict,
+    },
     ui::{Progress, Ui},
     vm::{
         initramfs::Initramfs,
@@ -53,6 +58,21 @@ pub struct Options {
     pub accept_snapshots: bool,
     /// A fault to inject into every VM, to prove the harness reports it and goes on.
     pub fault: Option<Fault>,
+    /// Which architectures' rows to run (`--arch`).
+    pub arch: ArchFilter,
+    /// Which part of the selected rows this process runs (`--shard`; [`Shard::WHOLE`] for all).
+    pub shard: Shard,
+}
+
+impl Selection {
+    /// The selection as `--kernels` spells it, for the report.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Default => "default".to_owned(),
+            Self::All => "all".to_owned(),
+            Self::Lines(lines) => lines.join(","),
+        }
+    }
 }
 
 /// Faults the harness can inject (through the guest's kernel command line).
@@ -79,8 +99,8 @@ impl Fault {
 /// A kernel to boot, once its artifacts are in hand.
 struct Bootable {
     index: usize,
-    line: String,
     arch: Arch,
+    line: String,
     artifacts: KernelArtifacts,
 }
 
@@ -91,6 +111,9 @@ enum Target {
     Host,
 }
 
+/// One selected row: its key (architecture, line) and what it boots.
+type TargetRow = (Arch, String, Target);
+
 impl Target {
     /// The architecture the target boots; a user's `--kernel-deb` or `--kernel-file` is taken to
     /// be the host's.
@@ -100,15 +123,25 @@ impl Target {
             Target::Deb(_) | Target::Files(..) | Target::Host => Arch::host(),
         }
     }
+
+    /// Whether the row boots something, for the shard split: the lock's unavailable lines do not.
+    fn boots(&self) -> bool {
+        !matches!(self, Target::Locked(k) if k.unavailable_reason().is_some())
+    }
 }
 
-fn targets(options: &Options, lock: &Lock) -> Result<Vec<(String, Target)>> {
+/// Every row the options select, in selection order: user-supplied kernels, the lock's lines in
+/// lock order, the host; only the architectures `--arch` admits. A row's line is the kernel's
+/// id (`6.1`, `arm64/6.12`); with its architecture, the key of its report row.
+fn targets(options: &Options, lock: &Lock) -> Result<Vec<TargetRow>> {
     let mut out = Vec::new();
     if let Some(deb) = &options.kernel_deb {
-        out.push((format!("deb:{}", deb.display()), Target::Deb(deb.clone())));
+        let target = Target::Deb(deb.clone());
+        out.push((target.arch(), format!("deb:{}", deb.display()), target));
     }
     if let Some(file) = &options.kernel_file {
-        out.push((format!("file:{}", file.display()), Target::Files(file.clone(), options.modules.clone())));
+        let target = Target::Files(file.clone(), options.modules.clone());
+        out.push((target.arch(), format!("file:{}", file.display()), target));
     }
     let user_kernel = !out.is_empty();
     let (lines, host): (Vec<&LockedKernel>, bool) = match &options.selection {
@@ -121,24 +154,47 @@ fn targets(options: &Options, lock: &Lock) -> Result<Vec<(String, Target)>> {
         Selection::Lines(names) => {
             let mut picked = Vec::new();
             for n in names.iter().filter(|n| n.as_str() != "host") {
-                let k = lock.get(n).with_context(|| {
+                // A line may exist for several architectures: `6.12` names each (as many rows),
+                // an id such as `arm64/6.12` one.
+                let found: Vec<&LockedKernel> = lock.kernels.iter().filter(|k| &k.line == n || &k.id() == n).collect();
+                if found.is_empty() {
                     let known: Vec<_> = lock.kernels.iter().map(|k| k.id()).collect();
-                    format!("unknown kernel line `{n}` (known: {}, host)", known.join(", "))
-                })?;
-                picked.push(k);
+                    anyhow::bail!("unknown kernel line `{n}` (known: {}, host)", known.join(", "));
+                }
+                picked.extend(found);
             }
             (picked, names.iter().any(|n| n == "host"))
         }
     };
-    out.extend(lines.into_iter().map(|k| (k.id(), Target::Locked(k.clone()))));
+    out.extend(lines.into_iter().map(|k| (k.arch, k.id(), Target::Locked(k.clone()))));
     if host {
-        out.push(("host".to_owned(), Target::Host));
+        out.push((Arch::host(), "host".to_owned(), Target::Host));
     }
+    out.retain(|(arch, _, _)| options.arch.admits(*arch));
     Ok(out)
 }
 
-fn empty_row(line: &str, arch: Arch, verdict: Verdict) -> Row {
-    Row { line: line.to_owned(), arch, release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
+/// The selection as the report records it (every row with its shard), and this shard's rows.
+fn plan(options: &Options, lock: &Lock) -> Result<(document::Selection, Vec<TargetRow>)> {
+    let all = targets(options, lock)?;
+    let candidates: Vec<Candidate> = all.iter().map(|(arch, _, t)| Candidate { arch: *arch, boots: t.boots() }).collect();
+    let shard_of = shard::assign(&candidates, options.shard.count);
+    let mut kernels = options.selection.label();
+    for user in [options.kernel_deb.as_ref(), options.kernel_file.as_ref()].into_iter().flatten() {
+        kernels.push_str(&format!(" + {}", user.display()));
+    }
+    let selection = document::Selection {
+        kernels,
+        arch: options.arch.to_string(),
+        shards: options.shard.count,
+        rows: all.iter().zip(&shard_of).map(|((arch, line, _), &shard)| Planned { arch: *arch, line: line.clone(), shard }).collect(),
+    };
+    let mine = all.into_iter().zip(shard_of).filter(|(_, s)| *s == options.shard.index).map(|(t, _)| t).collect();
+    Ok((selection, mine))
+}
+
+fn empty_row(arch: Arch, line: &str, verdict: Verdict) -> Row {
+    Row { arch, line: line.to_owned(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
 }
 
 /// The kernel modules the guest's scenarios load, as (directory in the release's module tree,
@@ -228,21 +284,23 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
     let _ = std::fs::create_dir_all(&dir);
     let initrd = dir.join("initramfs.cpio");
     if let Err(e) = pack(guest, b.arch, &b.artifacts, &initrd) {
-        return empty_row(&b.line, b.arch, Verdict::BootFailed(format!("{e:#}")));
+        return empty_row(b.arch, &b.line, Verdict::BootFailed(format!("{e:#}")));
     }
     // KVM runs only the host's own architecture; another one is always emulated.
     let accel = if b.arch.kvm_possible() { runner::detect_accel(&b.artifacts.vmlinuz, &initrd) } else { Accel::Tcg };
-    let _ = ui.send(Progress::BootStart { line: b.line.clone(), accel: accel.as_str().to_owned() });
+    // The line is the kernel's id, which names another architecture's row (`arm64/6.12`).
+    let label = b.line.clone();
+    let _ = ui.send(Progress::BootStart { line: label.clone(), accel: accel.as_str().to_owned() });
     let mut cfg = QemuConfig::new(&b.artifacts.vmlinuz, &initrd, accel, dir.join("console.log"), dir.join("results.jsonl"));
     cfg.arch = b.arch;
     if let Some(fault) = options.fault {
         cfg.append_extra.push(fault.cmdline().to_owned());
     }
-    let line = b.line.clone();
+    let line = label.clone();
     let outcome = runner::run_guest(&cfg, options.timeout, |text| {
         let _ = ui.send(Progress::Boot { line: line.clone(), text: text.to_owned() });
     });
-    let mut row = empty_row(&b.line, b.arch, Verdict::Pass);
+    let mut row = empty_row(b.arch, &b.line, Verdict::Pass);
     row.release = Some(b.artifacts.release.clone());
     row.accel = Some(accel.as_str().to_owned());
     match outcome {
@@ -266,7 +324,7 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
                 row.console_tail = Some(o.console_tail(40));
             }
             let _ = ui.send(Progress::BootEnd {
-                line: b.line.clone(),
+                line: label.clone(),
                 verdict: row.verdict.label().to_owned(),
                 wall: o.wall,
                 console: o.console.clone(),
@@ -281,11 +339,11 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
 /// The host row: the same agent as a plain process on the running kernel.
 fn host_row(guest: &Path, timeout: Duration) -> Row {
     let started = Instant::now();
-    let mut row = empty_row("host", Arch::host(), Verdict::Pass);
+    let mut row = empty_row(Arch::host(), "host", Verdict::Pass);
     let child = Command::new(guest).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return empty_row("host", Arch::host(), Verdict::BootFailed(format!("run the agent: {e}"))),
+        Err(e) => return empty_row(Arch::host(), "host", Verdict::BootFailed(format!("run the agent: {e}"))),
     };
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -329,17 +387,76 @@ fn host_row(guest: &Path, timeout: Duration) -> Row {
     row
 }
 
-/// Runs the whole matrix and returns one row per target, in manifest order.
+/// Runs the matrix (this shard of it) and returns one row per target, in selection order.
 pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
+    run_report(options, ui).map(|r| r.rows)
+}
+
+/// Runs the matrix (this shard of it) and returns its report.
+///
+/// Two runs may share the machine, the kernel cache (each entry is fetched under a lock) and
+/// the cargo target directory (cargo locks it), but not an output directory: a caller that
+/// writes into `out_dir` holds [`lock_out_dir`] from before the run until the report is written.
+pub fn run_report(options: &Options, ui: &Ui) -> Result<Report> {
     let lock_path = options.workspace.join("vm-images/kernels.lock");
     let lock = Lock::load(&lock_path).with_context(|| format!("read {}", lock_path.display()))?;
-    let targets = targets(options, &lock)?;
+    let source = document::Source::of_workspace(&options.workspace);
+    let (selection, targets) = plan(options, &lock)?;
     std::fs::create_dir_all(&options.out_dir).with_context(|| format!("create {}", options.out_dir.display()))?;
+    let host_selected = selection.rows.iter().any(|p| p.line == "host");
+    let holds_host = targets.iter().any(|(_, _, t)| matches!(t, Target::Host));
+    let rows = run_targets(options, ui, targets)?;
+    let mut rows = rows;
+    let stale_variants = check_snapshots(options, &mut rows);
+    let snapshots = SnapshotAudit {
+        stored: stored_snapshots(&options.workspace),
+        // Which variants are live depends on the host's release: the shard with the host row
+        // says, or any shard when no host row was selected.
+        stale_variants: (holds_host || !host_selected).then_some(stale_variants),
+    };
+    let accel = match runner::accel_detection() {
+        Some(d) => vec![format!("{} ({}, decided in {:.2} s)", d.accel.as_str(), d.reason, d.took.as_secs_f64())],
+        None => vec![],
+    };
+    Ok(Report::new(source, selection, vec![options.shard.index], accel, rows, snapshots))
+}
+
+/// Takes `out_dir` for this process (creating it), or fails at once when another harness
+/// process holds it: two runs writing one report and one set of row directories would mix them.
+pub fn lock_out_dir(out_dir: &Path) -> Result<crate::artifacts::lock::FileLock> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("create {}", out_dir.display()))?;
+    crate::artifacts::lock::FileLock::try_exclusive(&out_dir.join(".lock"))
+        .with_context(|| format!("output directory {}", out_dir.display()))
+}
+
+/// Every stored snapshot file, relative to the workspace, with its (monitor, scenario).
+fn stored_snapshots(workspace: &Path) -> Vec<StoredSnapshot> {
+    let mut out: Vec<StoredSnapshot> = crate::report::snapshots::unreferenced(workspace, &Default::default())
+        .into_iter()
+        .filter_map(|path| {
+            let monitor = path.parent()?.file_name()?.to_string_lossy().into_owned();
+            let stem = path.file_stem()?.to_string_lossy().into_owned();
+            let scenario = stem.split_once('@').map_or(stem.as_str(), |(s, _)| s).to_owned();
+            let relative = path.strip_prefix(workspace).unwrap_or(&path).display().to_string();
+            Some(StoredSnapshot { path: relative, monitor, scenario })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Fetches, packs and boots `targets`, returning their rows in the same order.
+fn run_targets(options: &Options, ui: &Ui, targets: Vec<TargetRow>) -> Result<Vec<Row>> {
+    if targets.is_empty() {
+        // A shard past the end of a short selection: nothing to build or boot.
+        ui.send(Progress::Stage(format!("shard {}: no rows", options.shard)));
+        return Ok(Vec::new());
+    }
 
     // One agent per architecture the run needs: the host's (the host row, and user kernels,
     // which are taken to be the host's architecture) and each selected kernel's.
     let mut arches = std::collections::BTreeSet::from([Arch::host()]);
-    arches.extend(targets.iter().map(|(_, t)| t.arch()));
+    arches.extend(targets.iter().map(|(arch, _, _)| *arch));
     let mut guests = std::collections::BTreeMap::new();
     for arch in arches {
         ui.send(Progress::Stage(format!("building the guest agent ({})", arch.guest_target())));
@@ -353,8 +470,7 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
     let mut rows: Vec<Option<Row>> = (0..targets.len()).map(|_| None).collect();
     let mut bootable = VecDeque::new();
     let mut host_index = None;
-    for (index, (line, target)) in targets.into_iter().enumerate() {
-        let arch = target.arch();
+    for (index, (arch, line, target)) in targets.into_iter().enumerate() {
         let artifacts = match target {
             Target::Host => {
                 host_index = Some(index);
@@ -362,7 +478,7 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
             }
             Target::Locked(k) => {
                 if let Some(reason) = k.unavailable_reason() {
-                    rows[index] = Some(empty_row(&line, arch, Verdict::Unavailable(reason.to_owned())));
+                    rows[index] = Some(empty_row(arch, &line, Verdict::Unavailable(reason.to_owned())));
                     continue;
                 }
                 ui.send(Progress::Stage(format!("kernel {line}: fetch (cached after the first run)")));
@@ -378,8 +494,8 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
             }
         };
         match artifacts {
-            Ok(artifacts) => bootable.push_back(Bootable { index, line, arch, artifacts }),
-            Err(e) => rows[index] = Some(empty_row(&line, arch, Verdict::Unavailable(e))),
+            Ok(artifacts) => bootable.push_back(Bootable { index, arch, line, artifacts }),
+            Err(e) => rows[index] = Some(empty_row(arch, &line, Verdict::Unavailable(e))),
         }
     }
 
@@ -406,29 +522,25 @@ pub fn run(options: &Options, ui: &Ui) -> Result<Vec<Row>> {
     for (index, row) in Arc::try_unwrap(done).expect("workers done").into_inner().expect("rows") {
         rows[index] = Some(row);
     }
-    let mut rows: Vec<Row> = rows.into_iter().flatten().collect();
-    check_snapshots(options, &mut rows);
-    Ok(rows)
+    Ok(rows.into_iter().flatten().collect())
 }
 
 /// Compares every row's snapshots with the stored ones; drift fails the row with the diff.
 /// Every row that ran must produce every stored scenario's snapshot, or skip the scenario with a
 /// skip line named `<monitor>.<scenario>` that carries the kernel's reason (listed, never a
-/// pass); a row that did neither fails. Stored snapshots that no row produced fail the run (on
-/// the first row that booted).
-fn check_snapshots(options: &Options, rows: &mut [Row]) {
+/// pass); a row that did neither fails. Returns the stored variants for kernels the matrix never
+/// runs (relative to the workspace): stored snapshots that no row produced fail the run, which
+/// [`Report::judge_run`] decides over all the rows, so that shards joined judge as one run.
+fn check_snapshots(options: &Options, rows: &mut [Row]) -> Vec<String> {
     let stored = crate::report::snapshots::stored_scenarios(&options.workspace);
-    let mut referenced = std::collections::BTreeSet::new();
-    let mut skipped = std::collections::BTreeSet::new();
     for row in rows.iter_mut() {
         let Some(results) = &row.results else { continue };
-        let mut row_skipped = std::collections::BTreeSet::new();
-        for skip in &results.skips {
-            if let Some((monitor, scenario)) = skip.name.split_once('.') {
-                skipped.insert((monitor.to_owned(), scenario.to_owned()));
-                row_skipped.insert((monitor.to_owned(), scenario.to_owned()));
-            }
-        }
+        let row_skipped: std::collections::BTreeSet<_> = results
+            .skips
+            .iter()
+            .filter_map(|skip| skip.name.split_once('.'))
+            .map(|(monitor, scenario)| (monitor.to_owned(), scenario.to_owned()))
+            .collect();
         let produced: std::collections::BTreeSet<_> =
             results.snapshots.iter().map(|s| (s.monitor.clone(), s.scenario.clone())).collect();
         let mut problems: Vec<String> = stored
@@ -437,7 +549,6 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
             .map(|(m, s)| format!("snapshot {m}/{s} not produced, and no skip line `{m}.{s}` says why"))
             .collect();
         for snap in &results.snapshots {
-            referenced.insert((snap.monitor.clone(), snap.scenario.clone()));
             let compared = crate::report::snapshots::compare(
                 &options.workspace,
                 &variant_key(row),
@@ -452,22 +563,16 @@ fn check_snapshots(options: &Options, rows: &mut [Row]) {
         }
         add_problems(row, problems);
     }
-    let accounted: std::collections::BTreeSet<_> = referenced.union(&skipped).cloned().collect();
-    let mut stale = crate::report::snapshots::unreferenced(&options.workspace, &accounted);
     // A variant for a kernel the matrix never runs (neither a manifest line nor the host) is
     // unreferenced too, whichever kernels this run chose.
-    if let Ok(lock) = Lock::load(&options.workspace.join("vm-images/kernels.lock")) {
-        let host = rows.iter().find(|r| r.line == "host").and_then(|r| r.release.clone()).or_else(host_release);
-        let live = crate::report::snapshots::live_kernels(&lock, host.as_deref());
-        stale.extend(tapio_snapshots::audit(&options.workspace, &live).stale);
-    }
-    // Only a run that produced snapshots can call others unreferenced.
-    if !stale.is_empty() && !referenced.is_empty() {
-        if let Some(row) = rows.iter_mut().find(|r| r.results.is_some()) {
-            let names: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
-            add_problems(row, vec![format!("unreferenced snapshots: {}", names.join(", "))]);
-        }
-    }
+    let Ok(lock) = Lock::load(&options.workspace.join("vm-images/kernels.lock")) else { return Vec::new() };
+    let host = rows.iter().find(|r| r.line == "host").and_then(|r| r.release.clone()).or_else(host_release);
+    let live = crate::report::snapshots::live_kernels(&lock, host.as_deref());
+    tapio_snapshots::audit(&options.workspace, &live)
+        .stale
+        .into_iter()
+        .map(|p| p.strip_prefix(&options.workspace).map(Path::to_path_buf).unwrap_or(p).display().to_string())
+        .collect()
 }
 
 /// The kernel line a row's per-kernel snapshot variants are named by: the manifest line's
@@ -504,11 +609,11 @@ mod tests {
 
     #[test]
     fn flavoured_rows_meet_their_versions_snapshot_variants() {
-        let mut rt = empty_row("6.1-rt", Arch::X86_64, Verdict::Pass);
+        let mut rt = empty_row(Arch::X86_64, "6.1-rt", Verdict::Pass);
         rt.release = Some("6.1.0-50-rt-amd64".to_owned());
         assert_eq!(variant_key(&rt), "6.1");
-        assert_eq!(variant_key(&empty_row("6.12", Arch::X86_64, Verdict::Pass)), "6.12");
-        let mut deb = empty_row("deb:x.deb", Arch::X86_64, Verdict::Pass);
+        assert_eq!(variant_key(&empty_row(Arch::X86_64, "6.12", Verdict::Pass)), "6.12");
+        let mut deb = empty_row(Arch::X86_64, "deb:x.deb", Verdict::Pass);
         deb.release = Some("6.1.0-54-rt-amd64".to_owned());
         assert_eq!(variant_key(&deb), "6.1");
     }
@@ -545,7 +650,69 @@ mod tests {
             out_dir: dir.to_owned(),
             accept_snapshots: false,
             fault: None,
+            arch: ArchFilter::All,
+            shard: Shard::WHOLE,
         }
+    }
+
+    /// The report of `rows` after the snapshot checks, as a run of them writes it.
+    fn judged(options: &Options, rows: &mut [Row]) -> Report {
+        let stale_variants = check_snapshots(options, rows);
+        let mut report = Report::of_rows(rows.to_vec());
+        report.snapshots = SnapshotAudit { stored: stored_snapshots(&options.workspace), stale_variants: Some(stale_variants) };
+        report.judge_run();
+        report
+    }
+
+    /// A lock with an x86_64 and an arm64 6.12, an unavailable line, and an x86_64-only line.
+    fn two_arch_lock() -> Lock {
+        let text = "[[kernel]]\nline = \"4.19\"\ndefault = true\nunavailable = \"gone\"\n\n\
+                    [[kernel]]\nline = \"6.1\"\ndefault = true\nkernel_file = \"/k/6.1\"\n\n\
+                    [[kernel]]\nline = \"6.12\"\ndefault = true\nkernel_file = \"/k/6.12\"\n\n\
+                    [[kernel]]\nline = \"6.12\"\ndefault = true\narch = \"arm64\"\nkernel_file = \"/k/6.12-arm64\"\n";
+        Lock::parse(text, Path::new("kernels.lock"), PathBuf::from("/")).expect("lock")
+    }
+
+    fn planned(options: &Options, lock: &Lock) -> Vec<(String, u32)> {
+        let (selection, mine) = plan(options, lock).expect("plan");
+        let keys: Vec<(String, u32)> = selection.rows.iter().map(|p| (p.key().to_string(), p.shard)).collect();
+        // This shard's targets are the selection's rows of this shard, in order.
+        let own: Vec<String> = keys.iter().filter(|(_, s)| *s == options.shard.index).map(|(k, _)| k.clone()).collect();
+        assert_eq!(mine.iter().map(|(arch, line, _)| crate::report::RowKey { arch: *arch, line: line.clone() }.to_string()).collect::<Vec<_>>(), own);
+        keys
+    }
+
+    #[rstest::rstest]
+    #[case::all(ArchFilter::All, Selection::Default, &["x86_64/4.19", "x86_64/6.1", "x86_64/6.12", "arm64/6.12", "x86_64/host"])]
+    #[case::arm64_only(ArchFilter::Only(Arch::Arm64), Selection::Default, &["arm64/6.12"])]
+    #[case::x86_64_only(ArchFilter::Only(Arch::X86_64), Selection::Default, &["x86_64/4.19", "x86_64/6.1", "x86_64/6.12", "x86_64/host"])]
+    #[case::a_line_of_two_archs(ArchFilter::All, Selection::Lines(vec!["6.12".into()]), &["x86_64/6.12", "arm64/6.12"])]
+    fn arch_selects_rows_keyed_by_arch_and_line(#[case] arch: ArchFilter, #[case] selection: Selection, #[case] want: &[&str]) {
+        if Arch::host() != Arch::X86_64 {
+            return; // the cases name the host row's architecture
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options { arch, selection, ..options_in(dir.path()) };
+        let keys: Vec<String> = planned(&options, &two_arch_lock()).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, want);
+    }
+
+    /// The split of a real plan: booting rows first by (arch, selection order), round-robin.
+    #[test]
+    fn a_plan_splits_into_the_documented_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = two_arch_lock();
+        let mut seen = Vec::new();
+        for index in 1..=2 {
+            let options = Options { shard: Shard { index, count: 2 }, ..options_in(dir.path()) };
+            let keys = planned(&options, &lock);
+            if Arch::host() == Arch::X86_64 {
+                // Booting x86_64 6.1, 6.12, host, then arm64 6.12, then the unavailable 4.19.
+                assert_eq!(keys, [("x86_64/4.19", 1), ("x86_64/6.1", 1), ("x86_64/6.12", 2), ("arm64/6.12", 2), ("x86_64/host", 1)].map(|(k, s)| (k.to_owned(), s)));
+            }
+            seen.push(keys);
+        }
+        assert_eq!(seen[0], seen[1], "every shard computes the same split");
     }
 
     /// A stored snapshot no row produced fails the run, unless a row skipped its scenario.
@@ -570,16 +737,22 @@ mod tests {
                     judgement: None,
                 });
             }
-            let mut r = empty_row("6.1", Arch::X86_64, Verdict::Pass);
+            let mut r = empty_row(Arch::X86_64, "6.1", Verdict::Pass);
             r.results = Some(results);
             r
         };
         let mut rows = [row(None)];
-        check_snapshots(&options, &mut rows);
-        assert!(matches!(&rows[0].verdict, Verdict::Fail(why) if why.contains("unreferenced snapshots") && why.contains("veth_prefixes")), "{:?}", rows[0].verdict);
+        let report = judged(&options, &mut rows);
+        assert!(
+            matches!(report.problems.as_slice(), [why] if why.contains("unreferenced snapshots") && why.contains("veth_prefixes")),
+            "{:?}",
+            report.problems
+        );
+        assert_eq!(report.exit_status(), 1, "an unreferenced snapshot fails the run");
         let mut rows = [row(Some("xdp.veth_prefixes"))];
-        check_snapshots(&options, &mut rows);
+        let report = judged(&options, &mut rows);
         assert_eq!(rows[0].verdict, Verdict::Pass);
+        assert_eq!(report.problems, Vec::<String>::new());
     }
 
     /// A variant for a kernel the matrix never runs (no line of the lock, not the host) is an
@@ -595,14 +768,14 @@ mod tests {
         std::fs::write(crate::report::snapshots::variant_path(dir.path(), "process", "exec_chain", "4.19"), variant).unwrap();
         let mut results = results::GuestResults::default();
         results.snapshots.push(results::SnapshotBody { monitor: "process".to_owned(), scenario: "exec_chain".to_owned(), body: "[1]".to_owned() });
-        let mut row = empty_row("6.1", Arch::X86_64, Verdict::Pass);
+        let mut row = empty_row(Arch::X86_64, "6.1", Verdict::Pass);
         row.results = Some(results);
         let mut rows = [row];
-        check_snapshots(&options_in(dir.path()), &mut rows);
+        let report = judged(&options_in(dir.path()), &mut rows);
         assert!(
-            matches!(&rows[0].verdict, Verdict::Fail(why) if why.contains("unreferenced snapshots") && why.contains("exec_chain@4.19.snap")),
+            matches!(report.problems.as_slice(), [why] if why.contains("unreferenced snapshots") && why.contains("exec_chain@4.19.snap")),
             "{:?}",
-            rows[0].verdict
+            report.problems
         );
     }
 
@@ -623,7 +796,7 @@ mod tests {
                     body: (*body).to_owned(),
                 });
             }
-            let mut r = empty_row(line, Arch::X86_64, Verdict::Pass);
+            let mut r = empty_row(Arch::X86_64, line, Verdict::Pass);
             r.results = Some(results);
             r
         };
@@ -631,7 +804,7 @@ mod tests {
             row("6.1", &[("process", "exec_chain", "[1]"), ("dns", "udp_tcp", "[2]")]),
             row("6.12", &[("process", "exec_chain", "[1]")]),
         ];
-        check_snapshots(&options, &mut rows);
+        let _ = check_snapshots(&options, &mut rows);
         assert_eq!(rows[0].verdict, Verdict::Pass);
         assert!(
             matches!(&rows[1].verdict, Verdict::Fail(why) if why.contains("snapshot dns/udp_tcp not produced")),

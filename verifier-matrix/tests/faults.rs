@@ -11,6 +11,8 @@ mod skip;
 use std::{path::PathBuf, sync::Mutex, time::Duration};
 
 use verifier_matrix::{
+    arch::ArchFilter,
+    kernels::shard::Shard,
     matrix::{self, Fault, Options, Selection},
     report::{Row, Verdict},
     ui::Ui,
@@ -54,6 +56,8 @@ fn run(test: &str, fault: Option<Fault>, timeout: Duration) -> Option<Vec<Row>> 
         out_dir,
         accept_snapshots: false,
         fault,
+        arch: ArchFilter::All,
+        shard: Shard::WHOLE,
     };
     let ui = Ui::start(false);
     let rows = matrix::run(&options, &ui).expect("the matrix runs");

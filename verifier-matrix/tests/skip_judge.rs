@@ -6,6 +6,7 @@
 
 use rstest::rstest;
 use verifier_matrix::report::{
+    document::Report,
     judge::judge,
     render::render_markdown,
     results::{self, GuestResults},
@@ -70,7 +71,7 @@ fn row(results: GuestResults) -> Row {
 fn unexplained_fails_the_row(#[case] kernel: &str, #[case] extra: &[&str], #[case] config: Option<&str>, #[case] want: &str) {
     let r = row(guest(kernel, extra, config));
     assert!(matches!(&r.verdict, Verdict::Fail(why) if why.contains(want)), "want a failure naming `{want}`: {:?}", r.verdict);
-    let md = render_markdown(&[r], "tcg");
+    let md = render_markdown(&Report::of_rows(vec![r]));
     assert!(md.contains("UNEXPLAINED"), "{md}");
 }
 
@@ -109,7 +110,7 @@ fn explained_skips_pass_and_the_report_names_why(
     assert_eq!(r.verdict, Verdict::Pass, "{:#?}", r.results);
     let json = serde_json::to_string(&r).expect("a row serialises");
     assert!(json.contains(r#""judgement":"explained""#), "{json}");
-    let md = render_markdown(&[r], "tcg");
+    let md = render_markdown(&Report::of_rows(vec![r]));
     assert!(md.contains(listed), "want `{listed}` in:\n{md}");
 }
 

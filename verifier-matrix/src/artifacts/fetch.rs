@@ -84,6 +84,12 @@ pub enum FetchError {
     UnknownRelease { what: String, path: PathBuf },
     #[error("fetch cache: no cache directory on this system; set {CACHE_ENV}")]
     NoCacheDir,
+    #[error("fetch {what}: cache entry lock")]
+    Lock {
+        what: String,
+        #[source]
+        source: crate::artifacts::lock::LockError,
+    },
 }
 
 /// The directory kernels are cached in: `$TAPIO_CACHE_DIR/kernels` or
@@ -152,6 +158,18 @@ pub fn ensure_kernel(
             source,
         }
     };
+    // Another harness process (a shard beside this one) may be filling the same entry: wait for
+    // it, then look again, rather than both deleting and extracting into one directory.
+    std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
+    let lock_path = cache_dir.join(format!("{}.lock", cache_entry_name(image)));
+    let _lock = crate::artifacts::lock::FileLock::exclusive(&lock_path).map_err(|e| FetchError::Lock {
+        what: what.to_owned(),
+        source: e,
+    })?;
+    if std::fs::read_to_string(entry.join(MARKER)).is_ok_and(|m| m == stamp) {
+        debug!(line = what, dir = %entry.display(), "kernel cache filled by another run");
+        return artifacts_in(what, &root);
+    }
     if entry.exists() {
         std::fs::remove_dir_all(&entry).map_err(io(&entry))?;
     }
@@ -407,6 +425,13 @@ pub fn artifacts_from_deb(deb: &Path, cache_dir: &Path) -> Result<KernelArtifact
     let sha = hex::encode(hasher.finalize());
     let entry = cache_dir.join(format!("deb-{}", &sha[..16]));
     let root = entry.join("root");
+    if std::fs::read_to_string(entry.join(MARKER)).is_ok_and(|m| m.trim() == sha) {
+        return artifacts_in(&what, &root);
+    }
+    // As in ensure_kernel: one process fills an entry, another waits and then finds it filled.
+    std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
+    let _lock = crate::artifacts::lock::FileLock::exclusive(&cache_dir.join(format!("deb-{}.lock", &sha[..16])))
+        .map_err(|source| FetchError::Lock { what: what.clone(), source })?;
     if std::fs::read_to_string(entry.join(MARKER)).is_ok_and(|m| m.trim() == sha) {
         return artifacts_in(&what, &root);
     }

@@ -6,3 +6,4 @@
 pub mod apt;
 pub mod index;
 pub mod manifest;
+pub mod shard;

@@ -4,19 +4,21 @@
 //! row must account for. This module holds what they share: the row, its verdict and the totals,
 //! which never count a skip as a pass.
 
+pub mod document;
 pub mod judge;
+pub mod merge;
 pub mod render;
 pub mod results;
 pub mod snapshots;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::{report::results::GuestResults, vm::console::Splat};
+use crate::{arch::Arch, report::results::GuestResults, vm::console::Splat};
 
 /// The verdict of one row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", content = "reason", rename_all = "kebab-case")]
 pub enum Verdict {
     /// Booted, every monitor attached, every check passed, no kernel splat.
@@ -40,14 +42,35 @@ impl Verdict {
     }
 }
 
+/// A row's identity: its kernel's architecture and line. The report holds each key once; a
+/// merge of shard reports refuses a key that two of them hold.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RowKey {
+    pub arch: Arch,
+    pub line: String,
+}
+
+impl std::fmt::Display for RowKey {
+    /// `x86_64/6.1`, `arm64/6.12`, `x86_64/host`: the line (a kernel id, which already names an
+    /// architecture other than x86_64) under its architecture, once.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let prefix = format!("{}/", self.arch);
+        match self.line.starts_with(&prefix) {
+            true => f.write_str(&self.line),
+            false => write!(f, "{prefix}{}", self.line),
+        }
+    }
+}
+
 /// One kernel's row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Row {
     /// The kernel's name: its [`crate::kernels::manifest::LockedKernel::id`] (`6.1`,
     /// `arm64/6.12`), `host`, or the name of a user-supplied kernel.
     pub line: String,
     /// The architecture the row ran on.
-    pub arch: crate::arch::Arch,
+    pub arch: Arch,
     pub release: Option<String>,
     pub accel: Option<String>,
     #[serde(with = "secs")]
@@ -59,16 +82,28 @@ pub struct Row {
     pub console_tail: Option<String>,
 }
 
+impl Row {
+    pub fn key(&self) -> RowKey {
+        RowKey { arch: self.arch, line: self.line.clone() }
+    }
+}
+
 mod secs {
     use std::time::Duration;
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0),
             None => s.serialize_none(),
         }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|secs| Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 
@@ -90,7 +125,8 @@ pub fn totals(rows: &[Row]) -> (usize, usize, usize, usize) {
 
 /// The exit status of a matrix run: 2 when a kernel did not boot, told apart from 1 when one
 /// booted but a probe failed to load or attach, a check failed or nothing passed; 0 otherwise.
-/// (`xtask` exits 3 when the harness itself failed.)
+/// (`xtask` exits 3 when the harness itself failed.) [`document::Report::exit_status`] adds
+/// the run's own problems and says when "nothing passed" applies to a shard.
 pub fn exit_status(rows: &[Row]) -> u8 {
     let (pass, fail, boot_failed, _) = totals(rows);
     if boot_failed > 0 {

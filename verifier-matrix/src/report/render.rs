@@ -2,14 +2,39 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{first_line, totals, Row, Verdict};
+use crate::report::{document::Report, first_line, totals, Verdict};
 
-/// The report as Markdown: a table, then the reasons for every row that did not pass.
-pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
+/// The report as Markdown: what ran (source, selection, shards, accelerator), a table with one
+/// row per (architecture, kernel), the run's own problems, then the reasons for every row that
+/// did not pass, each named `<arch>/<kernel>`.
+pub fn render_markdown(report: &Report) -> String {
+    let rows = &report.rows;
     let mut out = String::new();
-    let _ = writeln!(out, "# Verifier matrix\n\nAccelerator: {accel_note}\n");
-    let _ = writeln!(out, "| kernel | release | verdict | verifier accepted | verified insns | programs attached | checks passed | events | wall (s) |");
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "# Verifier matrix\n");
+    let _ = writeln!(out, "Source: {}  ", report.source);
+    let sel = &report.selection;
+    let _ = writeln!(out, "Selection: --kernels {} --arch {}  ", sel.kernels, sel.arch);
+    if sel.shards > 1 {
+        let whole = if report.is_complete() { " (every shard: the whole selection)" } else { "" };
+        let _ = writeln!(out, "Shards: {}{whole}  ", report.shard_label());
+    }
+    match report.accel.as_slice() {
+        [] => {
+            let _ = writeln!(out, "Accelerator: none (no VM booted)");
+        }
+        [one] => {
+            let _ = writeln!(out, "Accelerator: {one}");
+        }
+        many => {
+            let _ = writeln!(out, "Accelerator:");
+            for a in many {
+                let _ = writeln!(out, "- {a}");
+            }
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| arch | kernel | release | verdict | verifier accepted | verified insns | programs attached | checks passed | events | wall (s) |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let (verified, insns) = match &r.results {
             Some(res) if !res.verifier.is_empty() => (
@@ -44,7 +69,8 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.arch,
             r.line,
             r.release.as_deref().unwrap_or("-"),
             r.verdict.label(),
@@ -58,35 +84,39 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
     }
     let (pass, fail, boot, unavailable) = totals(rows);
     let _ = writeln!(out, "\n{pass} passed, {fail} failed, {boot} failed to boot, {unavailable} unavailable (not counted as passed)\n");
+    for p in &report.problems {
+        let _ = writeln!(out, "- run: FAIL: {p}");
+    }
     for r in rows {
+        let key = r.key();
         // Every skip with the kernel's explanation (or UNEXPLAINED, which failed the row).
         let judged = |j: &Option<tapio_kernel_gates::Judgement>| match j {
             Some(j) => format!(" ({j})"),
             None => String::new(),
         };
         for u in r.results.iter().flat_map(|res| &res.unavailable) {
-            let _ = writeln!(out, "- {}: {}/{} unavailable: {}{}", r.line, u.monitor, u.program, first_line(&u.detail), judged(&u.judgement));
+            let _ = writeln!(out, "- {key}: {}/{} unavailable: {}{}", u.monitor, u.program, first_line(&u.detail), judged(&u.judgement));
         }
         for v in r.results.iter().flat_map(|res| &res.verifier).filter(|v| v.skipped.is_some()) {
             let why = v.skipped.as_deref().unwrap_or_default();
-            let _ = writeln!(out, "- {}: verifier skipped {}/{}: {why}{}", r.line, v.monitor, v.program, judged(&v.judgement));
+            let _ = writeln!(out, "- {key}: verifier skipped {}/{}: {why}{}", v.monitor, v.program, judged(&v.judgement));
         }
         for skip in r.results.iter().flat_map(|res| &res.skips) {
-            let _ = writeln!(out, "- {}: SKIP {}: {}{}", r.line, skip.name, skip.detail, judged(&skip.judgement));
+            let _ = writeln!(out, "- {key}: SKIP {}: {}{}", skip.name, skip.detail, judged(&skip.judgement));
         }
         if let Some(source) = r.results.as_ref().and_then(|res| res.config_source.as_deref()) {
             let has_skips = r.results.as_ref().is_some_and(|res| !res.not_run().is_empty());
             if has_skips {
-                let _ = writeln!(out, "- {}: kernel config: {source}", r.line);
+                let _ = writeln!(out, "- {key}: kernel config: {source}");
             }
         }
         match &r.verdict {
             Verdict::Pass => {}
             Verdict::Unavailable(why) => {
-                let _ = writeln!(out, "- {}: unavailable: {why}", r.line);
+                let _ = writeln!(out, "- {key}: unavailable: {why}");
             }
             Verdict::Fail(why) | Verdict::BootFailed(why) => {
-                let _ = writeln!(out, "- {}: {}: {why}", r.line, r.verdict.label());
+                let _ = writeln!(out, "- {key}: {}: {why}", r.verdict.label());
                 if let Some(tail) = &r.console_tail {
                     let _ = writeln!(out, "\n  console tail:\n```\n{tail}\n```");
                 }
@@ -99,14 +129,26 @@ pub fn render_markdown(rows: &[Row], accel_note: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{arch::Arch, report::Row};
 
     #[test]
     fn unavailable_is_never_counted_as_passed() {
-        let row = |v| Row { line: "x".into(), arch: Default::default(), release: None, accel: None, wall: None, verdict: v, results: None, splats: vec![], console_tail: None };
-        let rows = vec![row(Verdict::Pass), row(Verdict::Unavailable("no".into())), row(Verdict::BootFailed("panic".into()))];
+        let row = |line: &str, v| Row {
+            arch: Arch::X86_64,
+            line: line.into(),
+            release: None,
+            accel: None,
+            wall: None,
+            verdict: v,
+            results: None,
+            splats: vec![],
+            console_tail: None,
+        };
+        let rows = vec![row("a", Verdict::Pass), row("x", Verdict::Unavailable("no".into())), row("c", Verdict::BootFailed("panic".into()))];
         assert_eq!(totals(&rows), (1, 0, 1, 1));
-        let md = render_markdown(&rows, "tcg");
+        let md = render_markdown(&Report::of_rows(rows));
         assert!(md.contains("1 passed, 0 failed, 1 failed to boot, 1 unavailable"), "{md}");
-        assert!(md.contains("x: unavailable: no"));
+        assert!(md.contains("x86_64/x: unavailable: no"), "{md}");
+        assert!(md.contains("| x86_64 | a | - | pass |"), "{md}");
     }
 }

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tapio_kernel_gates::{judge, Judgement, KernelConfig, KernelFacts, KernelVersion, Needs, ProbeAnswer};
 use tapio_matrix_protocol::{Line, ProgramStatus};
 
 /// One program that attached, or one monitor that failed to load.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProgramResult {
     pub monitor: String,
     pub program: String,
@@ -16,7 +16,7 @@ pub struct ProgramResult {
     /// The attach path, or the error that stopped the monitor.
     pub detail: String,
     /// For an unavailable program: the kernel features it needs.
-    #[serde(skip_serializing_if = "Needs::is_empty")]
+    #[serde(default, skip_serializing_if = "Needs::is_empty")]
     pub needs: Needs,
     /// For an unavailable program: whether the kernel explains it ([`GuestResults::explain`]).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -25,7 +25,7 @@ pub struct ProgramResult {
 
 /// A check the kernel cannot run: the reason the guest gave, the features it needs, and whether
 /// the kernel explains it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SkipResult {
     pub name: String,
     pub detail: String,
@@ -35,7 +35,7 @@ pub struct SkipResult {
 }
 
 /// One named check and its verdict.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CheckResult {
     pub name: String,
     pub pass: bool,
@@ -43,7 +43,7 @@ pub struct CheckResult {
 }
 
 /// One program's pass through the kernel's verifier (loaded, not attached).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VerifierResult {
     pub monitor: String,
     pub program: String,
@@ -54,7 +54,7 @@ pub struct VerifierResult {
     /// An alternative path the kernel lacks, not loaded (a kernel fact, not a rejection).
     pub skipped: Option<String>,
     /// For a skipped program: the kernel features it needs.
-    #[serde(skip_serializing_if = "Needs::is_empty")]
+    #[serde(default, skip_serializing_if = "Needs::is_empty")]
     pub needs: Needs,
     /// For a skipped program: whether the kernel explains it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,7 +62,7 @@ pub struct VerifierResult {
 }
 
 /// A normalised event list the guest produced for one (monitor, scenario) snapshot.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotBody {
     pub monitor: String,
     pub scenario: String,
@@ -70,7 +70,7 @@ pub struct SnapshotBody {
 }
 
 /// Everything one guest (or the host row) reported.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GuestResults {
     pub release: Option<String>,
     pub btf: Option<bool>,

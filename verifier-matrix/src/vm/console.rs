@@ -11,10 +11,10 @@
 //! `[    1.234567]` timestamp), so an agent line that merely mentions "WARNING:" mid-text is
 //! not a splat. The agent should still avoid starting its own lines with these words.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What kind of splat a header line announces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SplatKind {
     /// `Kernel panic - not syncing: ...`
@@ -62,7 +62,7 @@ impl std::fmt::Display for SplatKind {
 }
 
 /// One splat found in the console.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Splat {
     pub kind: SplatKind,
     /// The header without its timestamp, e.g. `WARNING: CPU: 1 PID: 97 at kernel/bpf/...`.
