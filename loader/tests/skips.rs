@@ -14,6 +14,7 @@ use tapio_kernel_gates::{KernelConfig, KernelFacts, KernelVersion, Needs, ProbeA
 fn host_like() -> KernelFacts {
     KernelFacts {
         running: KernelVersion::parse("6.18.44-fc-v1300"),
+        arch: None,
         config: Some(KernelConfig::parse(
             "CONFIG_DEBUG_INFO_BTF=y\nCONFIG_BPF_JIT=y\nCONFIG_FUNCTION_TRACER=y\n# CONFIG_KPROBES is not set\n",
             "test config",

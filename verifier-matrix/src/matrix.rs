@@ -309,6 +309,7 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
             row.wall = Some(o.wall);
             let mut parsed = results::parse(&o.results_lines());
             parsed.set_config(guest_config(&b.artifacts));
+            parsed.set_arch(b.arch);
             parsed.explain();
             row.verdict = match &o.status {
                 GuestStatus::PoweredOff => judge(&parsed, &o.splats),
@@ -376,6 +377,7 @@ fn host_row(guest: &Path, timeout: Duration) -> Row {
         tapio_kernel_gates::KernelConfig::running(&release)
             .ok_or_else(|| format!("neither /proc/config.gz nor /boot/config-{release} is readable")),
     );
+    parsed.set_arch(Arch::host());
     parsed.explain();
     row.wall = Some(started.elapsed());
     row.release = parsed.release.clone();

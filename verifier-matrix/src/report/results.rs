@@ -89,6 +89,9 @@ pub struct GuestResults {
     /// host's `/proc/config.gz`); not the agent's to say.
     #[serde(skip)]
     pub config: Option<KernelConfig>,
+    /// The kernel's architecture, set by the harness from the row ([`GuestResults::set_arch`]).
+    #[serde(skip)]
+    pub arch: Option<tapio_kernel_gates::Arch>,
     /// Where [`GuestResults::config`] came from, or why there is none.
     pub config_source: Option<String>,
     pub setup_errors: Vec<String>,
@@ -106,9 +109,18 @@ impl GuestResults {
     pub fn facts(&self) -> KernelFacts {
         KernelFacts {
             running: self.release.as_deref().and_then(KernelVersion::parse),
+            arch: self.arch,
             config: self.config.clone(),
             probes: self.features.clone(),
         }
+    }
+
+    /// Sets the kernel's architecture for the judge (a feature may come later to arm64).
+    pub fn set_arch(&mut self, arch: crate::arch::Arch) {
+        self.arch = Some(match arch {
+            crate::arch::Arch::X86_64 => tapio_kernel_gates::Arch::X86_64,
+            crate::arch::Arch::Arm64 => tapio_kernel_gates::Arch::Arm64,
+        });
     }
 
     /// Sets the kernel's config (or why there is none) for the judge.

@@ -83,7 +83,7 @@ pub fn kernel_facts() -> gates::KernelFacts {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let probes = if root { probe_all().into_iter().map(|f| (f.name.to_owned(), f.status.answer())).collect() } else { Default::default() };
-    gates::KernelFacts { running: gates::KernelVersion::parse(&release), config: gates::KernelConfig::running(&release), probes }
+    gates::KernelFacts { running: gates::KernelVersion::parse(&release), arch: gates::Arch::this(), config: gates::KernelConfig::running(&release), probes }
 }
 
 /// The internal failure of one probe step, before it is classified into a [`FeatureStatus`].

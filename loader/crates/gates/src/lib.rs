@@ -82,6 +82,33 @@ impl<'de> Deserialize<'de> for KernelVersion {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Architectures.
+
+/// A CPU architecture whose first version of a feature may differ from x86-64's ([`ARCH_SINCE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    X86_64,
+    Arm64,
+}
+
+impl Arch {
+    /// The architecture this code runs on: a static agent runs on the kernel of its own target.
+    pub fn this() -> Option<Self> {
+        Self::from_machine(std::env::consts::ARCH)
+    }
+
+    /// From `uname -m` (or Rust's target arch): `x86_64`, `aarch64` / `arm64`.
+    pub fn from_machine(machine: &str) -> Option<Self> {
+        match machine {
+            "x86_64" => Some(Self::X86_64),
+            "aarch64" | "arm64" => Some(Self::Arm64),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The table.
 
 /// One kernel feature: its name, the first upstream version that has it, and the config options
@@ -105,7 +132,38 @@ impl Gate {
     pub fn version(&self) -> KernelVersion {
         KernelVersion::parse(self.since).unwrap_or(KernelVersion::new(0, 0))
     }
+
+    /// The first version on `arch`: [`ARCH_SINCE`]'s entry where the architecture got the
+    /// feature later than x86-64, else [`Gate::version`]. An unknown architecture is judged by
+    /// x86-64's versions.
+    pub fn version_on(&self, arch: Option<Arch>) -> KernelVersion {
+        ARCH_SINCE
+            .iter()
+            .find(|a| a.gate == self.name && Some(a.arch) == arch)
+            .and_then(|a| KernelVersion::parse(a.since))
+            .unwrap_or_else(|| self.version())
+    }
 }
+
+/// A feature that came to an architecture later than to x86-64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchSince {
+    pub gate: &'static str,
+    pub arch: Arch,
+    pub since: &'static str,
+    pub source: &'static str,
+}
+
+/// Where an architecture's first version differs from [`Gate::since`] (x86-64's).
+pub const ARCH_SINCE: &[ArchSince] = &[
+    // arm64 has had a BPF trampoline since 6.0 ("bpf, arm64: Add bpf trampoline for arm64",
+    // efc9909fdce0), but attaching it to a kernel function needs ftrace direct calls, which
+    // arm64 gained in 6.4; before that the attach fails with ENOTSUPP (seen on Debian's
+    // 6.1 cloud-arm64 kernel in the matrix).
+    ArchSince { gate: "fentry", arch: Arch::Arm64, since: "6.4", source: "6.4: \"arm64: ftrace: Add direct call support\" (2aa6ac03516d)" },
+    // BPF LSM programs attach through the same trampoline.
+    ArchSince { gate: "lsm", arch: Arch::Arm64, since: "6.4", source: "6.4: \"arm64: ftrace: Add direct call support\" (2aa6ac03516d)" },
+];
 
 const fn g(name: &'static str, since: &'static str, config: &'static [&'static str], source: &'static str) -> Gate {
     Gate { name, since, config, source }
@@ -317,6 +375,8 @@ pub enum ProbeAnswer {
 #[derive(Debug, Clone, Default)]
 pub struct KernelFacts {
     pub running: Option<KernelVersion>,
+    /// The kernel's architecture, for [`ARCH_SINCE`]; `None` judges by x86-64's versions.
+    pub arch: Option<Arch>,
     /// `None` when the kernel's config could not be had: then no option explains anything.
     pub config: Option<KernelConfig>,
     /// Probe answers by feature name; only a root process's answers belong here.
@@ -429,7 +489,7 @@ pub fn judge(needs: &Needs, facts: &KernelFacts) -> Judgement {
 
 /// The fact that explains `gate` missing on `running`, or why there is none.
 fn explain(gate: &Gate, running: KernelVersion, facts: &KernelFacts) -> Result<Explanation, String> {
-    let need = gate.version();
+    let need = gate.version_on(facts.arch);
     if running < need {
         return Ok(Explanation::BelowVersion { need, running });
     }
@@ -483,6 +543,7 @@ mod tests {
     fn facts(running: &str, config: Option<&str>, probes: &[(&str, ProbeAnswer)]) -> KernelFacts {
         KernelFacts {
             running: KernelVersion::parse(running),
+            arch: None,
             config: config.map(|c| KernelConfig::parse(c, "test config")),
             probes: probes.iter().map(|(n, a)| ((*n).to_owned(), a.clone())).collect(),
         }
@@ -495,6 +556,26 @@ mod tests {
 
     fn refused() -> ProbeAnswer {
         ProbeAnswer::Refused { errno: EPERM, message: "prog load: Operation not permitted".into() }
+    }
+
+    /// arm64 attaches fentry only from 6.4: on 6.1 the same ENOTSUPP that fails an x86 row is
+    /// explained there by the version; on 6.12 nothing explains it on either architecture.
+    #[test]
+    fn arm64_fentry_is_judged_by_arm64s_first_version() {
+        let unsupported = || vec![("fentry", ProbeAnswer::Unsupported { reason: "attach: os error 524".into() })];
+        let on = |arch, release: &str| {
+            let mut f = facts(release, Some(HOST_LIKE), &unsupported());
+            f.arch = arch;
+            judge(&Needs::one("fentry"), &f)
+        };
+        let arm = on(Some(Arch::Arm64), "6.1.0-50-cloud-arm64");
+        assert_eq!(arm.to_string(), "explained: fentry: requires >= 6.4, running 6.1");
+        assert!(!on(Some(Arch::X86_64), "6.1.0-50-cloud-amd64").is_explained());
+        assert!(!on(None, "6.1.0").is_explained(), "an unknown architecture is judged as x86-64");
+        assert!(!on(Some(Arch::Arm64), "6.12.117").is_explained());
+        assert_eq!(Arch::from_machine("aarch64"), Some(Arch::Arm64));
+        assert_eq!(Arch::from_machine("riscv64"), None);
+        assert!(ARCH_SINCE.iter().all(|a| gate(a.gate).is_some_and(|g| KernelVersion::parse(a.since).is_some_and(|v| v > g.version()))));
     }
 
     #[test]
