@@ -25,10 +25,9 @@ use aya::{
 use thiserror::Error;
 
 use super::{AttachPoint, MonitorSpec, ProgramSpec};
-use crate::{
-    bundle::{self, EmbeddedObject, Transport},
-    events::advanced::{AdvancedBatch, ADVANCED_BATCH_MAX},
-};
+use tapio_abi::advanced::{AdvancedBatch, ADVANCED_BATCH_MAX};
+
+use crate::bundle::{self, EmbeddedObject, Transport};
 
 /// The knobs (`struct advanced_config`), one slot.
 pub const CONFIG_MAP: &str = "advanced_config";
@@ -85,7 +84,7 @@ pub struct AdvancedConfig {
 
 // SAFETY: repr(C), integers only, no padding (32 bytes, asserted in C and by the layout test).
 unsafe impl aya::Pod for AdvancedConfig {}
-/// [`AdvancedBatch`] (tapio-decode's mirror, which knows no aya) as aya reads it from a map.
+/// [`AdvancedBatch`] (tapio-abi's mirror, which knows no aya) as aya reads it from a map.
 #[repr(transparent)]
 #[derive(Clone, Copy)]
 struct PodBatch(AdvancedBatch);

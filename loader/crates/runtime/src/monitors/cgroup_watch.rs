@@ -10,8 +10,9 @@
 //! program emits nothing and attribution has only the scan at start.
 
 use super::{AttachPoint, MonitorSpec, ProgramSpec};
-// The records' mirror and decoding are pure, in tapio-decode (attribution reads them there).
-pub use crate::events::cgroup_watch::{decode, CgroupWatchEvent, Mkdir, CGROUP_WATCH_MKDIR, F_PATH_TRUNCATED, MONITOR_ID, PATH_MAX};
+// The record's decoding is pure, in tapio-decode (attribution reads it there); its mirror is
+// tapio-abi's `cgroup_watch::CgroupWatchEvent`.
+pub use crate::events::cgroup_watch::{decode, Mkdir};
 
 /// The watcher's one program.
 pub const SPEC: MonitorSpec = MonitorSpec {
