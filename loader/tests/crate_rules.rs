@@ -45,6 +45,14 @@ const RULES: &[Rule] = &[
         tests_may_use: &[],
         forbids: &["aya", "aya-obj", "object", "tokio", "anyhow", "clap", "tracing-subscriber", "toml"],
     },
+    // The monitors as data: read by the runtime, the lint, the agent and the harness's guest, so
+    // it builds against nothing of theirs (no aya, no parsers); the gates name its features.
+    Rule {
+        krate: "tapio-catalog",
+        may_use: &["tapio-kernel-gates"],
+        tests_may_use: &[],
+        forbids: &["aya", "aya-obj", "object", "tokio", "tonic", "anyhow", "clap", "tracing-subscriber", "toml"],
+    },
     Rule {
         krate: "tapio-object",
         may_use: &[],
@@ -75,7 +83,15 @@ const RULES: &[Rule] = &[
     },
     Rule {
         krate: "tapio-runtime",
-        may_use: &["tapio-abi", "tapio-bundle", "tapio-object", "tapio-features", "tapio-decode", "tapio-kernel-gates"],
+        may_use: &[
+            "tapio-abi",
+            "tapio-catalog",
+            "tapio-bundle",
+            "tapio-object",
+            "tapio-features",
+            "tapio-decode",
+            "tapio-kernel-gates",
+        ],
         tests_may_use: &[],
         forbids: &["tonic", "anyhow", "clap", "tracing-subscriber", "toml"],
     },
@@ -330,6 +346,7 @@ fn the_checker_finds_forbidden_crates_directly_and_through_another() {
     g.edge("tapio-object", "tapio-bundle", true);
     g.edge("tapio-object", "tapio-decode", true);
     g.edge("tapio-abi", "serde", false);
+    g.edge("tapio-catalog", "aya", false);
     let breaches = check(&g, RULES);
     for want in [
         "tapio-decode: depends on aya, which its rule forbids",
@@ -338,6 +355,7 @@ fn the_checker_finds_forbidden_crates_directly_and_through_another() {
         "tapio-features: depends on anyhow, which its rule forbids",
         "tapio-object: dev-dependency on tapio-decode is not in its rule's may_use",
         "tapio-abi: depends on serde, which its rule forbids",
+        "tapio-catalog: depends on aya, which its rule forbids",
     ] {
         assert!(breaches.iter().any(|b| b == want), "missing {want:?} in {breaches:?}");
     }

@@ -8,7 +8,7 @@
 //! socket owners ([`sock_owners`]), error-chain helpers ([`errors`]) and the bundle lint
 //! ([`lint`]), which judges objects against the catalog's program groups.
 //!
-//! May import: tapio-abi, tapio-bundle, tapio-object, tapio-features, tapio-decode. May not import: the
+//! May import: tapio-abi, tapio-catalog, tapio-bundle, tapio-object, tapio-features, tapio-decode. May not import: the
 //! agent (tapio-load), the test kit, anyhow. The rules live in one table,
 //! `loader/tests/crate_rules.rs`.
 

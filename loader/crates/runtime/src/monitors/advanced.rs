@@ -24,7 +24,7 @@ use aya::{
 };
 use thiserror::Error;
 
-use super::{AttachPoint, MonitorSpec, ProgramSpec};
+pub use tapio_catalog::advanced::{SPEC, SYSCALL_GROUP};
 use tapio_abi::advanced::{AdvancedBatch, ADVANCED_BATCH_MAX};
 
 use crate::bundle::{self, EmbeddedObject, Transport};
@@ -46,29 +46,6 @@ pub const MAX_TYPES: u32 = 1024;
 pub const FILTER_MAX: usize = 256;
 /// The object file of the bloom-filter build.
 pub const BLOOM_OBJECT: &str = "advanced.bloom.bpf.o";
-
-/// The alternative paths to the syscall events, best first: the raw tracepoint (4.17+; a
-/// filtered-out syscall costs only the pre-filter), then the classic tracepoint, which fills a
-/// perf trace record with every syscall's arguments before the program runs.
-pub const SYSCALL_GROUP: super::ProgramGroup = super::ProgramGroup {
-    monitor: "advanced",
-    name: "syscall_events",
-    programs: &["advanced_sys_enter", "advanced_sys_enter_tp"],
-};
-
-/// The advanced monitor's programs: the event path (two alternatives, [`SYSCALL_GROUP`]) and the
-/// time-bound flusher.
-pub const SPEC: MonitorSpec = MonitorSpec {
-    name: "advanced",
-    programs: &[
-        ProgramSpec { name: "advanced_sys_enter", attach: AttachPoint::RawTracePoint { name: "sys_enter" } },
-        ProgramSpec {
-            name: "advanced_sys_enter_tp",
-            attach: AttachPoint::TracePoint { category: "raw_syscalls", name: "sys_enter" },
-        },
-        ProgramSpec { name: "advanced_flush", attach: AttachPoint::RawTracePoint { name: "sched_switch" } },
-    ],
-};
 
 /// Mirror of `struct advanced_config` (probes/include/advanced.h).
 #[repr(C)]
