@@ -53,9 +53,10 @@ const RULES: &[Rule] = &[
         tests_may_use: &[],
         forbids: &["aya", "aya-obj", "object", "tokio", "tonic", "anyhow", "clap", "tracing-subscriber", "toml"],
     },
+    // The object tools; the lint judges a group's alternative paths by the catalog's groups.
     Rule {
         krate: "tapio-object",
-        may_use: &[],
+        may_use: &["tapio-catalog"],
         tests_may_use: &["tapio-bundle"],
         forbids: &["aya", "tokio", "anyhow", "clap", "tracing-subscriber", "toml"],
     },

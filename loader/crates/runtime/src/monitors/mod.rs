@@ -713,7 +713,7 @@ mod tests {
                 bundle::object(spec.name, Transport::Ringbuf)
             }
             .unwrap_or_else(|| panic!("no object for {}", spec.name));
-            let info = crate::inspect::inspect(object.file, object.bytes).expect("inspect the embedded object");
+            let info = tapio_object::inspect::inspect(object.file, object.bytes).expect("inspect the embedded object");
             for p in spec.programs {
                 let section = &info.programs.iter().find(|i| i.name == p.name).unwrap_or_else(|| panic!("{} missing", p.name)).section;
                 let want = p.attach.section();

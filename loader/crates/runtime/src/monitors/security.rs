@@ -38,7 +38,7 @@ pub struct NamespaceError {
 pub const MNT_NS_INIT_INO: u32 = 0xEFFF_FFF8;
 
 /// The first kernel with [`MNT_NS_INIT_INO`].
-pub const FIXED_NS_INODES_SINCE: crate::lint::KernelVersion = crate::lint::KernelVersion::new(6, 18);
+pub const FIXED_NS_INODES_SINCE: tapio_object::lint::KernelVersion = tapio_object::lint::KernelVersion::new(6, 18);
 
 /// Where the initial mount namespace is read before 6.18: pid 1's, when the loader sees the
 /// host's pid namespace. Reading it needs ptrace access to pid 1 (CAP_SYS_PTRACE in a container).
@@ -54,7 +54,7 @@ pub fn initial_mount_ns() -> Result<(u32, &'static str), NamespaceError> {
 }
 
 fn initial_mount_ns_for(release: &str) -> Result<(u32, &'static str), NamespaceError> {
-    if crate::lint::KernelVersion::parse(release).is_ok_and(|v| v >= FIXED_NS_INODES_SINCE) {
+    if tapio_object::lint::KernelVersion::parse(release).is_ok_and(|v| v >= FIXED_NS_INODES_SINCE) {
         return Ok((MNT_NS_INIT_INO, "MNT_NS_INIT_INO (6.18+)"));
     }
     std::fs::metadata(Path::new(PID1_MNT_NS))
@@ -80,7 +80,7 @@ mod tests {
         // namespace's number.
         let release = tapio_features::kernel::release();
         let own = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino() as u32).ok();
-        if crate::lint::KernelVersion::parse(&release).is_ok_and(|v| v >= FIXED_NS_INODES_SINCE) && own == Some(MNT_NS_INIT_INO) {
+        if tapio_object::lint::KernelVersion::parse(&release).is_ok_and(|v| v >= FIXED_NS_INODES_SINCE) && own == Some(MNT_NS_INIT_INO) {
             assert_eq!(initial_mount_ns().map(|(ino, _)| ino).ok(), own);
         }
     }
