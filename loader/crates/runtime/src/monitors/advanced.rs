@@ -86,7 +86,7 @@ pub fn watched_syscall(name: &str) -> Option<u32> {
 /// What the advanced monitor does, from the configuration file or a caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdvancedOptions {
-    /// Events per record; clamped to [`crate::events::advanced::ADVANCED_BATCH_MAX`].
+    /// Events per record; clamped to [`tapio_abi::advanced::ADVANCED_BATCH_MAX`].
     pub batch_size: u32,
     /// A partial batch older than this is flushed (see probes/advanced.bpf.c for what bounds it).
     pub flush_interval: Duration,
