@@ -9,7 +9,7 @@
  *
  * Where the kernel allows more, two pairs of alternative programs add what no tracepoint gives,
  * both in the calling process's own context (the loader takes the first of each pair that loads
- * and attaches, see loader/crates/runtime/src/monitors/network.rs):
+ * and attaches, see loader/crates/catalog/src/network.rs):
  * - connect_attempt: tcp_connect() sends the SYN (fexit, with its return value; kprobe, without).
  *   The source port is bound by then (inet_hash_connect runs before it), so the tuple is full.
  * - accept_return: inet_csk_accept() hands the new socket to accept() (fexit or kretprobe).

@@ -713,7 +713,7 @@ int sec_exit_fsconfig(struct syscall_trace_exit *ctx) { return security_fsconfig
  * capability: every capable() check, through the capability:cap_capable tracepoint (6.14+, with
  * the verdict but not cap_capable()'s `opts`), fexit (5.5+, with the verdict and `opts`) or kprobe
  * (arguments only, no verdict); the loader takes the first that attaches (CAPABILITY_GROUP in
- * loader/crates/runtime/src/monitors/security.rs). cap_capable() runs constantly, so a (process, capability,
+ * loader/crates/catalog/src/security.rs). cap_capable() runs constantly, so a (process, capability,
  * verdict) is reported once a second at most: the first sighting is the signal, repeats are noise.
  *
  * The record is built on the stack (168 bytes), not in security_scratch: an fexit program runs

@@ -25,9 +25,13 @@ use std::{
 
 use anyhow::{Context, Result};
 use serde_json::json;
+use tapio_abi::{
+    process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC},
+    TapioHeader, MONITOR_PROCESS,
+};
 use tapio_decode::{
     attribution::{Attributor, DEFAULT_CAPACITY},
-    events::{self, process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC}, DecodeOptions, TapioHeader, MONITOR_PROCESS},
+    events::{self, DecodeOptions},
 };
 use tapio_load::output::json::JsonLines;
 

@@ -34,10 +34,12 @@ use aya::{
     EbpfLoader,
 };
 use serde_json::{json, Value};
-use tapio_bundle::{Transport, FIXTURE_BENCH_PRODUCER, FIXTURE_BENCH_PRODUCER_PERF};
-use tapio_decode::{
-    events::{self, process::{ProcessEvent, ProcessExecEvent, PROCESS_FORK}, DecodeOptions, TapioHeader, MONITOR_PROCESS},
+use tapio_abi::{
+    process::{ProcessEvent, ProcessExecEvent, PROCESS_FORK},
+    TapioHeader, MONITOR_PROCESS,
 };
+use tapio_bundle::{Transport, FIXTURE_BENCH_PRODUCER, FIXTURE_BENCH_PRODUCER_PERF};
+use tapio_decode::events::{self, DecodeOptions};
 use tapio_runtime::{
     monitors::{xdp_filter::{test_run, udp4_frame, XDP_PASS}, WAKEUP_BYTES},
     transport::{self, Delivery, DeliveryPolicy, EventSource, DEFAULT_RING_SIZE},

@@ -26,9 +26,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use tapio_decode::{
-    events::{self, process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK}, DecodeOptions, TapioHeader, MONITOR_PROCESS},
+use tapio_abi::{
+    process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK},
+    TapioHeader, MONITOR_PROCESS,
 };
+use tapio_decode::events::{self, DecodeOptions};
 use tapio_load::output::json::JsonLines;
 
 /// Execs in the process workload.

@@ -39,10 +39,12 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use serde_json::{json, Value};
-use tapio_bundle::{Transport, FIXTURE_BENCH_PRODUCER};
-use tapio_decode::{
-    events::{self, process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK}, DecodeOptions, TapioHeader, MONITOR_PROCESS},
+use tapio_abi::{
+    process::{ProcessEvent, ProcessExecEvent, PROCESS_EXEC, PROCESS_EXIT, PROCESS_FORK},
+    TapioHeader, MONITOR_PROCESS,
 };
+use tapio_bundle::{Transport, FIXTURE_BENCH_PRODUCER};
+use tapio_decode::events::{self, DecodeOptions};
 use tapio_runtime::{
     monitors::{xdp_filter::{test_run, udp4_frame, XDP_PASS}, WAKEUP_BYTES},
     transport::{Delivery, EventSource},

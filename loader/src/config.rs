@@ -18,10 +18,10 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 
+use tapio_abi::advanced::ADVANCED_BATCH_MAX;
 use tapio_runtime::filter::{comm_key, KeySet, Mode};
 
 use crate::{
-    events::advanced::ADVANCED_BATCH_MAX,
     output::sink::SinkSpec,
     filter::{Filters, Names, PathPattern, Scope},
     monitors::{self, advanced, advanced::AdvancedOptions},

@@ -434,7 +434,7 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Lint { min_kernel, json, objects, arch } => {
-            let min = tapio_runtime::lint::KernelVersion::parse(&min_kernel)?;
+            let min = tapio_object::lint::KernelVersion::parse(&min_kernel)?;
             // The bundle's objects are meant for its architecture; files only when --arch says so.
             let (bundle_objects, expected) = if objects.is_empty() {
                 let arch = arch.unwrap_or(bundle::Arch::TARGET);
@@ -445,11 +445,11 @@ fn real_main(cli: Cli) -> Result<()> {
             };
             let inputs = objects_or_bundle(&objects, &bundle_objects)?;
             let refs: Vec<(String, &[u8])> = inputs.iter().map(|(f, b)| (f.clone(), b.as_slice())).collect();
-            let report = tapio_runtime::lint::lint(&refs, min, expected.map(tapio_runtime::lint::object_arch))?;
+            let report = tapio_object::lint::lint(&refs, min, expected.map(tapio_runtime::lint::object_arch))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", tapio_runtime::lint::render_text(&report));
+                print!("{}", tapio_object::lint::render_text(&report));
             }
             if report.failed() {
                 bail!(

@@ -23,8 +23,16 @@ struct Rule {
 /// the agent and the guest, and in the feature probes for `aya::sys`'s own probes (so the test
 /// kit, which uses the features crate for cgroup2, builds against aya too, and is kept from the
 /// runtime by its `may_use`); the decoder depends on no eBPF crate at all (aya-obj and object
-/// are parsers, fine for the object tools).
+/// are parsers, fine for the object tools); the ABI mirrors depend on nothing at all.
 const RULES: &[Rule] = &[
+    // The records' repr(C) mirrors: plain data every reader shares, so it pulls in nothing; its
+    // layout test reads the objects' BTF through the object tools.
+    Rule {
+        krate: "tapio-abi",
+        may_use: &[],
+        tests_may_use: &["tapio-object", "tapio-bundle"],
+        forbids: &["aya", "aya-obj", "object", "tokio", "tonic", "serde", "anyhow", "clap", "tracing-subscriber", "toml"],
+    },
     Rule {
         krate: "tapio-kernel-gates",
         may_use: &[],
@@ -37,9 +45,18 @@ const RULES: &[Rule] = &[
         tests_may_use: &[],
         forbids: &["aya", "aya-obj", "object", "tokio", "anyhow", "clap", "tracing-subscriber", "toml"],
     },
+    // The monitors as data: read by the runtime, the lint, the agent and the harness's guest, so
+    // it builds against nothing of theirs (no aya, no parsers); the gates name its features.
+    Rule {
+        krate: "tapio-catalog",
+        may_use: &["tapio-kernel-gates"],
+        tests_may_use: &[],
+        forbids: &["aya", "aya-obj", "object", "tokio", "tonic", "anyhow", "clap", "tracing-subscriber", "toml"],
+    },
+    // The object tools; the lint judges a group's alternative paths by the catalog's groups.
     Rule {
         krate: "tapio-object",
-        may_use: &[],
+        may_use: &["tapio-catalog"],
         tests_may_use: &["tapio-bundle"],
         forbids: &["aya", "tokio", "anyhow", "clap", "tracing-subscriber", "toml"],
     },
@@ -51,7 +68,7 @@ const RULES: &[Rule] = &[
     },
     Rule {
         krate: "tapio-decode",
-        may_use: &[],
+        may_use: &["tapio-abi"],
         tests_may_use: &[],
         forbids: &["aya", "aya-obj", "object", "tokio", "tonic", "anyhow", "clap", "tracing-subscriber", "toml"],
     },
@@ -67,7 +84,15 @@ const RULES: &[Rule] = &[
     },
     Rule {
         krate: "tapio-runtime",
-        may_use: &["tapio-bundle", "tapio-object", "tapio-features", "tapio-decode", "tapio-kernel-gates"],
+        may_use: &[
+            "tapio-abi",
+            "tapio-catalog",
+            "tapio-bundle",
+            "tapio-object",
+            "tapio-features",
+            "tapio-decode",
+            "tapio-kernel-gates",
+        ],
         tests_may_use: &[],
         forbids: &["tonic", "anyhow", "clap", "tracing-subscriber", "toml"],
     },
@@ -79,7 +104,17 @@ const RULES: &[Rule] = &[
     },
     Rule {
         krate: "tapio-load",
-        may_use: &["tapio-bundle", "tapio-object", "tapio-features", "tapio-decode", "tapio-runtime", "tapio-testkit", "tapio-kernel-gates", "tapio-cri"],
+        may_use: &[
+            "tapio-abi",
+            "tapio-bundle",
+            "tapio-object",
+            "tapio-features",
+            "tapio-decode",
+            "tapio-runtime",
+            "tapio-testkit",
+            "tapio-kernel-gates",
+            "tapio-cri",
+        ],
         tests_may_use: &[],
         forbids: &[],
     },
@@ -311,6 +346,8 @@ fn the_checker_finds_forbidden_crates_directly_and_through_another() {
     g.edge("helper", "anyhow", false);
     g.edge("tapio-object", "tapio-bundle", true);
     g.edge("tapio-object", "tapio-decode", true);
+    g.edge("tapio-abi", "serde", false);
+    g.edge("tapio-catalog", "aya", false);
     let breaches = check(&g, RULES);
     for want in [
         "tapio-decode: depends on aya, which its rule forbids",
@@ -318,6 +355,8 @@ fn the_checker_finds_forbidden_crates_directly_and_through_another() {
         "tapio-testkit: depends on tokio, which its rule forbids",
         "tapio-features: depends on anyhow, which its rule forbids",
         "tapio-object: dev-dependency on tapio-decode is not in its rule's may_use",
+        "tapio-abi: depends on serde, which its rule forbids",
+        "tapio-catalog: depends on aya, which its rule forbids",
     ] {
         assert!(breaches.iter().any(|b| b == want), "missing {want:?} in {breaches:?}");
     }

@@ -4,8 +4,8 @@
  *
  * One ring record (struct advanced_batch) carries `count` events; user space expands it into
  * `count` output events. The kernel-side shapes are fixed-width with explicit padding, mirrored by
- * loader/crates/decode/src/events/advanced.rs and loader/crates/runtime/src/monitors/advanced.rs and checked against BTF by
- * loader/tests/layout.rs.
+ * loader/crates/abi/src/advanced.rs (records) and loader/crates/runtime/src/monitors/advanced.rs (config), checked against BTF by
+ * loader/crates/abi/tests/layout.rs and loader/tests/layout.rs.
  */
 #ifndef __TAPIO_ADVANCED_H__
 #define __TAPIO_ADVANCED_H__

@@ -11,7 +11,7 @@
 
 #define TAPIO_COMM_LEN 16
 
-/* Monitor ids in tapio_header.monitor; mirrored by loader/crates/decode/src/events/mod.rs. */
+/* Monitor ids in tapio_header.monitor; mirrored by loader/crates/abi/src/lib.rs. */
 enum tapio_monitor {
 	TAPIO_MONITOR_PROCESS = 1,
 	TAPIO_MONITOR_DNS = 2,

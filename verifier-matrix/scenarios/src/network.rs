@@ -171,7 +171,7 @@ pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
 }
 
 /// The network events that come from kernel functions through fexit or kprobes, each the name of
-/// its program group (loader/crates/runtime/src/monitors/network.rs).
+/// its program group (loader/crates/catalog/src/network.rs).
 pub(super) const CALL_EVENTS: [&str; 2] = ["connect_attempt", "accept_return"];
 
 /// The attach path the loader took for one of [`CALL_EVENTS`], or why none attached.

@@ -1,16 +1,19 @@
 //! tapio-runtime: loads the bundle on the running kernel, attaches what it can run and hands
 //! the records to the caller.
 //!
-//! Owns: the catalog of monitors and their load and attach ([`monitors`]), the transports
-//! (ring buffer, perf buffer, pinned rings: [`transport`]), pinning ([`pin`]), the plan of what
-//! a kernel can run ([`plan`]), the verifier check ([`check`]), the kernel half of the source
-//! filters ([`filter`]), cgroup links ([`cgroup_link`]),
-//! socket owners ([`sock_owners`]), error-chain helpers ([`errors`]) and the bundle lint
-//! ([`lint`]), which judges objects against the catalog's program groups.
+//! Owns: the loading and attaching of tapio-catalog's monitors ([`monitors`], which re-exports
+//! the catalog where it is loaded, with one module per monitor for what its loading needs beyond
+//! the catalog: maps to fill, its configuration, the advanced monitor's choice of object), the
+//! transports (ring buffer, perf buffer, pinned rings: [`transport`]), pinning ([`pin`]), the
+//! plan of what a kernel can run ([`plan`]), the verifier check ([`check`]), the kernel half of
+//! the source filters ([`filter`]), cgroup links ([`cgroup_link`]), socket owners
+//! ([`sock_owners`]), error-chain helpers ([`errors`]) and the bundle's half of the lint
+//! ([`lint`]: which embedded objects a kernel version gets; the lint itself is
+//! `tapio_object::lint`).
 //!
-//! May import: tapio-bundle, tapio-object, tapio-features, tapio-decode. May not import: the
-//! agent (tapio-load), the test kit, anyhow. The rules live in one table,
-//! `loader/tests/crate_rules.rs`.
+//! May import: tapio-abi, tapio-catalog, tapio-bundle, tapio-object, tapio-features,
+//! tapio-decode, tapio-kernel-gates. May not import: the agent (tapio-load), the test kit,
+//! anyhow. The rules live in one table, `loader/tests/crate_rules.rs`.
 
 pub mod cgroup_link;
 pub mod check;
@@ -27,4 +30,3 @@ pub mod transport;
 use tapio_bundle as bundle;
 use tapio_decode::events;
 use tapio_features::{cgroup2, features, tracefs};
-use tapio_object::{arch, btf_minimize, helpers, inspect};

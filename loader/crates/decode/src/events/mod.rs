@@ -1,4 +1,4 @@
-//! Typed events: the Rust mirrors of the C records and their decoding into output records.
+//! Typed events: the records the probes write (mirrored in tapio-abi) decoded into output records.
 //!
 //! Every record starts with `struct tapio_header` (probes/include/common.h). Decoding checks the
 //! length before reading, so a short or foreign record is an error, never a garbage event.
@@ -12,30 +12,10 @@ pub mod process;
 pub mod security;
 
 use serde::Serialize;
+use tapio_abi::{
+    TapioHeader, MONITOR_ADVANCED, MONITOR_DNS, MONITOR_KERNEL, MONITOR_NETWORK, MONITOR_PROCESS, MONITOR_SECURITY,
+};
 use thiserror::Error;
-
-/// Mirror of `struct tapio_header` (probes/include/common.h).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TapioHeader {
-    pub ts_ns: u64,
-    pub pid: u32,
-    pub tgid: u32,
-    pub cgroup_id: u64,
-    pub uid: u32,
-    pub monitor: u8,
-    pub kind: u8,
-    pub _pad0: u16,
-    pub comm: [u8; 16],
-}
-
-/// Monitor ids carried in `tapio_header.monitor` (`enum tapio_monitor`).
-pub const MONITOR_PROCESS: u8 = 1;
-pub const MONITOR_DNS: u8 = 2;
-pub const MONITOR_NETWORK: u8 = 3;
-pub const MONITOR_KERNEL: u8 = 4;
-pub const MONITOR_SECURITY: u8 = 5;
-pub const MONITOR_ADVANCED: u8 = 7;
 
 /// Why a record from the kernel could not be decoded.
 #[derive(Debug, Error, PartialEq, Eq)]

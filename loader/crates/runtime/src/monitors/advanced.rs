@@ -24,11 +24,10 @@ use aya::{
 };
 use thiserror::Error;
 
-use super::{AttachPoint, MonitorSpec, ProgramSpec};
-use crate::{
-    bundle::{self, EmbeddedObject, Transport},
-    events::advanced::{AdvancedBatch, ADVANCED_BATCH_MAX},
-};
+pub use tapio_catalog::advanced::{SPEC, SYSCALL_GROUP};
+use tapio_abi::advanced::{AdvancedBatch, ADVANCED_BATCH_MAX};
+
+use crate::bundle::{self, EmbeddedObject, Transport};
 
 /// The knobs (`struct advanced_config`), one slot.
 pub const CONFIG_MAP: &str = "advanced_config";
@@ -48,29 +47,6 @@ pub const FILTER_MAX: usize = 256;
 /// The object file of the bloom-filter build.
 pub const BLOOM_OBJECT: &str = "advanced.bloom.bpf.o";
 
-/// The alternative paths to the syscall events, best first: the raw tracepoint (4.17+; a
-/// filtered-out syscall costs only the pre-filter), then the classic tracepoint, which fills a
-/// perf trace record with every syscall's arguments before the program runs.
-pub const SYSCALL_GROUP: super::ProgramGroup = super::ProgramGroup {
-    monitor: "advanced",
-    name: "syscall_events",
-    programs: &["advanced_sys_enter", "advanced_sys_enter_tp"],
-};
-
-/// The advanced monitor's programs: the event path (two alternatives, [`SYSCALL_GROUP`]) and the
-/// time-bound flusher.
-pub const SPEC: MonitorSpec = MonitorSpec {
-    name: "advanced",
-    programs: &[
-        ProgramSpec { name: "advanced_sys_enter", attach: AttachPoint::RawTracePoint { name: "sys_enter" } },
-        ProgramSpec {
-            name: "advanced_sys_enter_tp",
-            attach: AttachPoint::TracePoint { category: "raw_syscalls", name: "sys_enter" },
-        },
-        ProgramSpec { name: "advanced_flush", attach: AttachPoint::RawTracePoint { name: "sched_switch" } },
-    ],
-};
-
 /// Mirror of `struct advanced_config` (probes/include/advanced.h).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,7 +61,7 @@ pub struct AdvancedConfig {
 
 // SAFETY: repr(C), integers only, no padding (32 bytes, asserted in C and by the layout test).
 unsafe impl aya::Pod for AdvancedConfig {}
-/// [`AdvancedBatch`] (tapio-decode's mirror, which knows no aya) as aya reads it from a map.
+/// [`AdvancedBatch`] (tapio-abi's mirror, which knows no aya) as aya reads it from a map.
 #[repr(transparent)]
 #[derive(Clone, Copy)]
 struct PodBatch(AdvancedBatch);
@@ -110,7 +86,7 @@ pub fn watched_syscall(name: &str) -> Option<u32> {
 /// What the advanced monitor does, from the configuration file or a caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdvancedOptions {
-    /// Events per record; clamped to [`crate::events::advanced::ADVANCED_BATCH_MAX`].
+    /// Events per record; clamped to [`tapio_abi::advanced::ADVANCED_BATCH_MAX`].
     pub batch_size: u32,
     /// A partial batch older than this is flushed (see probes/advanced.bpf.c for what bounds it).
     pub flush_interval: Duration,

@@ -1,23 +1,8 @@
-//! cgroup_watch: not a monitor of its own. One tracepoint program (probes/cgroup_watch.bpf.c) that
-//! reports every cgroup made in the v2 hierarchy, so container attribution (crate::attribution)
-//! knows a container's cgroup before the container's first event. `run` loads it beside the
-//! monitors asked for; it is not in [`super::MONITORS`].
-//!
-//! `cgroup/cgroup_mkdir` exists since 4.13
-//! (<https://github.com/torvalds/linux/blob/v4.13/include/trace/events/cgroup.h>); its `id` is the
-//! cgroup's kernfs id, the one `bpf_get_current_cgroup_id()` returns, since 5.5
-//! (<https://github.com/torvalds/linux/blob/v5.5/include/trace/events/cgroup.h>). Before 5.5 the
-//! program emits nothing and attribution has only the scan at start.
+//! cgroup_watch, the cgroup-creation watcher that feeds container attribution: its program is
+//! the catalog's (`tapio_catalog::cgroup_watch`, re-exported here), its records' decoding
+//! tapio-decode's.
 
-use super::{AttachPoint, MonitorSpec, ProgramSpec};
-// The records' mirror and decoding are pure, in tapio-decode (attribution reads them there).
-pub use crate::events::cgroup_watch::{decode, CgroupWatchEvent, Mkdir, CGROUP_WATCH_MKDIR, F_PATH_TRUNCATED, MONITOR_ID, PATH_MAX};
-
-/// The watcher's one program.
-pub const SPEC: MonitorSpec = MonitorSpec {
-    name: "cgroup_watch",
-    programs: &[ProgramSpec {
-        name: "cgroup_watch_mkdir",
-        attach: AttachPoint::TracePoint { category: "cgroup", name: "cgroup_mkdir" },
-    }],
-};
+pub use tapio_catalog::cgroup_watch::SPEC;
+// The record's decoding is pure, in tapio-decode (attribution reads it there); its mirror is
+// tapio-abi's `cgroup_watch::CgroupWatchEvent`.
+pub use crate::events::cgroup_watch::{decode, Mkdir};

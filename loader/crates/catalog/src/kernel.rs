@@ -11,7 +11,7 @@
 //! (<https://github.com/torvalds/linux/blob/v6.7/mm/oom_kill.c>). The socket's own cgroup is read
 //! from `sk_cgrp_data`: a pointer since 5.15, a tagged word before.
 
-use super::{AttachPoint, MonitorSpec, ProgramSpec};
+use crate::{AttachPoint, MonitorSpec, ProgramSpec};
 
 /// The kernel monitor's programs.
 pub const SPEC: MonitorSpec = MonitorSpec {

@@ -8,7 +8,7 @@
 //! unavailable ([`UDP_FLOW`]) and the rest runs.
 //!
 //! Where the kernel allows more, two events come from kernel functions that have no tracepoint,
-//! each with alternative paths tried best first (see [`super::ProgramGroup`]):
+//! each with alternative paths tried best first (see [`crate::ProgramGroup`]):
 //! - `connect_attempt` ([`CONNECT_ATTEMPT_GROUP`]): `tcp_connect()` sending the SYN, in the
 //!   connecting process, with the full tuple (`tcp_v4_connect` binds the source port through
 //!   `inet_hash_connect` before it calls `tcp_connect`,
@@ -40,10 +40,10 @@
 //! monitor's do: sends at the entry of `sendto`, `sendmsg` and `sendmmsg` (at their exit when the
 //! socket has no local port yet: the kernel binds one inside the send), receives at the exit of
 //! `recvfrom` and `recvmsg`. Their ports are the dns monitor's, in the object's own
-//! `dns_ports` map ([`super::dns::set_ports`] fills both). Repeats of a flow within a second are
+//! `dns_ports` map (tapio-runtime's `monitors::dns::set_ports` fills both). Repeats of a flow within a second are
 //! counted in an LRU hash (4.10+) and reported with its next event.
 
-use super::{syscall, Alternatives, AttachPoint, MonitorSpec, ProgramGroup, ProgramSet, ProgramSpec};
+use crate::{syscall, Alternatives, AttachPoint, MonitorSpec, ProgramGroup, ProgramSet, ProgramSpec};
 
 /// The alternative paths to `connect_attempt` events, best first.
 pub const CONNECT_ATTEMPT_GROUP: ProgramGroup = ProgramGroup {

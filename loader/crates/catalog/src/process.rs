@@ -5,7 +5,7 @@
 //! (<https://github.com/torvalds/linux/blob/v3.4/include/trace/events/sched.h>), raw tracepoints
 //! since 4.17, and the object uses no global data or loops, so 4.19 can verify it.
 
-use super::{AttachPoint, MonitorSpec, ProgramSpec};
+use crate::{AttachPoint, MonitorSpec, ProgramSpec};
 
 /// The process monitor's programs.
 pub const SPEC: MonitorSpec = MonitorSpec {
