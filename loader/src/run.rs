@@ -178,6 +178,19 @@ pub enum RunError {
     NothingRunning { failed: Vec<MonitorFailure> },
 }
 
+/// Gives the heap that loading freed back to the kernel. Relocating against the kernel's BTF
+/// parses all of it (tens of MB on a 6.x kernel) and frees it once every monitor has loaded;
+/// glibc keeps freed memory for reuse, so the agent sat at its load-time peak for the whole run
+/// (49 MB resident after start with every monitor, 17 MB once trimmed; the static musl build
+/// that the image ships already returns it: 12 MB).
+fn return_startup_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory at the top of and inside glibc's heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Reads the BTF the loader relocates against: the given file, or the kernel's own.
 pub fn load_btf(path: Option<&PathBuf>) -> Result<Btf, RunError> {
     match path {
@@ -395,6 +408,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         tokio::spawn(crate::output::metrics::serve(listener, std::sync::Arc::new(state)))
     });
     // --- end operations ---
+    return_startup_heap();
     let degraded = if failed.is_empty() {
         String::new()
     } else {

@@ -111,7 +111,7 @@ fn main() -> Result<()> {
     let cache = fetch::kernel_cache_dir().context("kernel cache directory")?;
 
     // Cached default lines only; everything else is said and skipped.
-    let mut kernels: Vec<(String, KernelArtifacts)> = Vec::new();
+    let mut kernels: Vec<(String, verifier_matrix::arch::Arch, KernelArtifacts)> = Vec::new();
     let mut skipped = Vec::new();
     for k in lock.kernels.iter().filter(|k| k.default) {
         if let Some(reason) = k.unavailable_reason() {
@@ -121,7 +121,7 @@ fn main() -> Result<()> {
         }
         // No mirror: a cache hit needs none, and a miss fails instead of downloading.
         match fetch::ensure_kernel(k, "", &cache) {
-            Ok(a) => kernels.push((k.line.clone(), a)),
+            Ok(a) => kernels.push((k.id(), k.arch, a)),
             Err(e) => {
                 println!("SKIP matrix.{}: not in the kernel cache {} ({e}); `cargo xtask verifier-matrix` fetches it", k.line, cache.display());
                 skipped.push(format!("{}: not cached", k.line));
@@ -133,25 +133,33 @@ fn main() -> Result<()> {
         return Ok(());
     }
 
-    println!("matrix_overhead: building the guest agent");
-    let guest = verifier_matrix::artifacts::guest::build(&workspace, verifier_matrix::arch::Arch::X86_64).context("build the guest agent")?;
+    // One agent per architecture among the kernels (arm64 rows boot an arm64 agent).
+    let mut guests = std::collections::BTreeMap::new();
+    for arch in kernels.iter().map(|(_, arch, _)| *arch) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = guests.entry(arch) {
+            println!("matrix_overhead: building the guest agent ({arch})");
+            slot.insert(verifier_matrix::artifacts::guest::build(&workspace, arch).context("build the guest agent")?);
+        }
+    }
     let work = target_dir().join("bench/matrix");
     fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
 
     let mut accel: Option<Accel> = None;
     let mut figures = Vec::new();
-    for (line, artifacts) in &kernels {
+    for (line, arch, artifacts) in &kernels {
+        let guest = &guests[arch];
         let dir = work.join(line.replace(['/', ':'], "_"));
         fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let initrd = dir.join("initramfs.cpio");
-        matrix::pack(&guest, verifier_matrix::arch::Arch::X86_64, artifacts, &initrd)?;
-        let a = *accel.get_or_insert_with(|| runner::detect_accel(&artifacts.vmlinuz, &initrd));
+        matrix::pack(guest, *arch, artifacts, &initrd)?;
+        // KVM (if any) runs only the host's architecture; another one is emulated, as in the matrix.
+        let a = if arch.kvm_possible() { *accel.get_or_insert_with(|| runner::detect_accel(&artifacts.vmlinuz, &initrd)) } else { Accel::Tcg };
         let mut k = KernelFigures { line: line.clone(), release: artifacts.release.clone(), bare: vec![], full: vec![] };
         for round in 0..rounds {
             // Alternate the order so neither kind always runs on a warmer page cache.
             let order: [bool; 2] = if round % 2 == 0 { [true, false] } else { [false, true] };
             for bare in order {
-                let b = boot(artifacts, &initrd, &dir, a, bare)?;
+                let b = boot(*arch, artifacts, &initrd, &dir, a, bare)?;
                 println!(
                     "matrix_overhead: {line} round {} {}: {:.2} s ({})",
                     round + 1,
@@ -167,12 +175,12 @@ fn main() -> Result<()> {
         }
         figures.push(k);
     }
-    let accel = accel.expect("at least one kernel booted");
+    let accel = accel.unwrap_or(Accel::Tcg);
     write_reports(&workspace, &figures, &skipped, accel, rounds)
 }
 
 /// Boots `initrd` on the kernel once, bare or full, and measures it.
-fn boot(artifacts: &KernelArtifacts, initrd: &Path, dir: &Path, accel: Accel, bare: bool) -> Result<Boot> {
+fn boot(arch: verifier_matrix::arch::Arch, artifacts: &KernelArtifacts, initrd: &Path, dir: &Path, accel: Accel, bare: bool) -> Result<Boot> {
     let kind = if bare { "bare" } else { "full" };
     let mut cfg = QemuConfig::new(
         &artifacts.vmlinuz,
@@ -181,6 +189,7 @@ fn boot(artifacts: &KernelArtifacts, initrd: &Path, dir: &Path, accel: Accel, ba
         dir.join(format!("console-{kind}.log")),
         dir.join(format!("results-{kind}.jsonl")),
     );
+    cfg.arch = arch;
     if bare {
         cfg.append_extra.push(BARE.to_owned());
     }
@@ -199,6 +208,7 @@ fn boot(artifacts: &KernelArtifacts, initrd: &Path, dir: &Path, accel: Accel, ba
     let mut parsed = results::parse(&lines);
     // The kernel's config, as the matrix gives its judge (skips are judged against it).
     parsed.set_config(matrix::guest_config(artifacts));
+    parsed.set_arch(arch);
     let verdict = if bare {
         if !parsed.done {
             bail!("{}: bare boot powered off without its done line (is the guest agent built with tapio.bare?)", artifacts.release);
