@@ -345,6 +345,65 @@ fn tools_missing() -> Option<String> {
         .map(|tool| format!("{tool} not installed (ci/setup.sh installs it)"))
 }
 
+/// A containerd of the test's own with the test image imported, and a CRI client whose
+/// connection lives on a runtime of the test's. Fields drop in order: client, runtime, containerd.
+struct Cri {
+    client: tapio_cri::Client,
+    rt: tokio::runtime::Runtime,
+    containerd: Containerd,
+    log: PathBuf,
+}
+
+impl Cri {
+    fn start(dir: &Path) -> Self {
+        let tarball = image_tarball(dir).unwrap_or_else(|e| panic!("building the image: {e}"));
+        let containerd = Containerd::start(dir);
+        let log = dir.join("containerd.log");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut client = {
+            let _in_runtime = rt.enter();
+            tapio_cri::Client::new(&containerd.socket)
+        };
+        rt.block_on(wait_ready(&mut client, &log));
+        containerd
+            .ctr(&["images", "import", "--snapshotter", "native", tarball.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("importing the image: {e}"));
+        Self { client, rt, containerd, log }
+    }
+
+    fn fail(&self, what: &str, e: &dyn std::fmt::Display) -> ! {
+        panic!("{what}: {e}; containerd log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// Runs the pod sandbox and its container through CRI calls, as kubelet does: (sandbox id,
+    /// container id).
+    fn run_pod(&mut self, uid: &str) -> (String, String) {
+        let sandbox = self.rt.block_on(self.client.runtime().run_pod_sandbox(api::RunPodSandboxRequest { config: Some(pod_config(uid)), runtime_handler: String::new() }));
+        let sandbox = sandbox.unwrap_or_else(|e| self.fail("RunPodSandbox", &e)).into_inner().pod_sandbox_id;
+        let created = self.rt.block_on(self.client.runtime().create_container(api::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(container_config(uid)),
+            sandbox_config: Some(pod_config(uid)),
+        }));
+        let id = created.unwrap_or_else(|e| self.fail("CreateContainer", &e)).into_inner().container_id;
+        let started = self.rt.block_on(self.client.runtime().start_container(api::StartContainerRequest { container_id: id.clone() }));
+        started.unwrap_or_else(|e| self.fail("StartContainer", &e));
+        (sandbox, id)
+    }
+
+    /// Tears the pod down as kubelet does, so the shims exit with the sandbox.
+    fn tear_down(&mut self, sandbox: &str, id: &str) -> Result<(), tonic::Status> {
+        self.rt.block_on(async {
+            let r = self.client.runtime();
+            r.stop_container(api::StopContainerRequest { container_id: id.to_owned(), timeout: 0 }).await?;
+            r.remove_container(api::RemoveContainerRequest { container_id: id.to_owned() }).await?;
+            r.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: sandbox.to_owned() }).await?;
+            r.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: sandbox.to_owned() }).await?;
+            Ok(())
+        })
+    }
+}
+
 /// A pod sandbox and a container run through containerd's CRI after the loader started: the
 /// container's execs carry its pod name, namespace, container name, image and pod labels beside
 /// the cgroup's pod uid, QoS and full id; the pause process's exit carries the pod's names and no
@@ -360,40 +419,15 @@ fn containerd_pod_events_carry_pod_and_container_names() {
         return;
     }
     let dir = tempfile::Builder::new().prefix("tapio-cri-").tempdir().unwrap();
-    let tarball = image_tarball(dir.path()).unwrap_or_else(|e| panic!("building the image: {e}"));
-    let containerd = Containerd::start(dir.path());
-    let log = dir.path().join("containerd.log");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let _in_runtime = rt.enter(); // the client's connection lives on this runtime
-    let mut client = tapio_cri::Client::new(&containerd.socket);
-    rt.block_on(wait_ready(&mut client, &log));
-    containerd
-        .ctr(&["images", "import", "--snapshotter", "native", tarball.to_str().unwrap()])
-        .unwrap_or_else(|e| panic!("importing the image: {e}"));
+    let mut cri = Cri::start(dir.path());
 
     let uid = format!("{:08x}-7a91-4c3e-8d2f-{:012x}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_micros() as u64 & 0xffff_ffff_ffff);
     let _cgroups = PodCgroups::new(&format!("kubepods/besteffort/pod{uid}"));
     let _serial = kernel_lock();
     let config = dir.path().join("tapio.toml");
-    std::fs::write(&config, format!("monitors = [\"process\"]\nmetrics_address = \"off\"\ncri_socket = \"{}\"\n", containerd.socket.display())).unwrap();
+    std::fs::write(&config, format!("monitors = [\"process\"]\nmetrics_address = \"off\"\ncri_socket = \"{}\"\n", cri.containerd.socket.display())).unwrap();
     let loader = Loader::start(&["--config", config.to_str().unwrap()]);
-
-    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        panic!("{what}: {e}; containerd log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-    };
-    let sandbox = rt
-        .block_on(client.runtime().run_pod_sandbox(api::RunPodSandboxRequest { config: Some(pod_config(&uid)), runtime_handler: String::new() }))
-        .unwrap_or_else(|e| fail("RunPodSandbox", &e))
-        .into_inner()
-        .pod_sandbox_id;
-    let created = rt.block_on(client.runtime().create_container(api::CreateContainerRequest {
-        pod_sandbox_id: sandbox.clone(),
-        config: Some(container_config(&uid)),
-        sandbox_config: Some(pod_config(&uid)),
-    }));
-    let id = created.unwrap_or_else(|e| fail("CreateContainer", &e)).into_inner().container_id;
-    rt.block_on(client.runtime().start_container(api::StartContainerRequest { container_id: id.clone() }))
-        .unwrap_or_else(|e| fail("StartContainer", &e));
+    let (sandbox, id) = cri.run_pod(&uid);
 
     // The names arrive once the loader's lookup has been answered: wait for a named tick.
     let mut seen = Vec::new();
@@ -401,18 +435,11 @@ fn containerd_pod_events_carry_pod_and_container_names() {
         e["event"] == "exec" && e["container_id"] == id.as_str() && e.get("pod_name").is_some()
     });
 
-    // Tear down as kubelet does, so the shims exit with the sandbox (the pause process's exit is
-    // an event too).
-    let stop = rt.block_on(async {
-        let r = client.runtime();
-        r.stop_container(api::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await?;
-        r.remove_container(api::RemoveContainerRequest { container_id: id.clone() }).await?;
-        r.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await?;
-        r.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await
-    });
+    // Torn down as kubelet does (the pause process's exit is an event too).
+    let stop = cri.tear_down(&sandbox, &id);
     std::thread::sleep(Duration::from_millis(300));
     let (rest, stderr, status) = loader.finish();
-    stop.unwrap_or_else(|e| fail("tearing the pod down", &e));
+    stop.unwrap_or_else(|e| cri.fail("tearing the pod down", &e));
     assert!(status.success(), "tapio-load exits 0: {status}; stderr:\n{stderr}");
     seen.extend(rest);
 
@@ -469,16 +496,7 @@ fn an_excluded_namespace_is_dropped_in_the_kernel() {
         return;
     }
     let dir = tempfile::Builder::new().prefix("tapio-cri-ns-").tempdir().unwrap();
-    let tarball = image_tarball(dir.path()).unwrap_or_else(|e| panic!("building the image: {e}"));
-    let containerd = Containerd::start(dir.path());
-    let log = dir.path().join("containerd.log");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let _in_runtime = rt.enter();
-    let mut client = tapio_cri::Client::new(&containerd.socket);
-    rt.block_on(wait_ready(&mut client, &log));
-    containerd
-        .ctr(&["images", "import", "--snapshotter", "native", tarball.to_str().unwrap()])
-        .unwrap_or_else(|e| panic!("importing the image: {e}"));
+    let mut cri = Cri::start(dir.path());
     let uid = format!("{:08x}-5b2e-4f1a-9c3d-{:012x}", std::process::id(), std::time::UNIX_EPOCH.elapsed().unwrap().as_micros() as u64 & 0xffff_ffff_ffff);
     let _cgroups = PodCgroups::new(&format!("kubepods/besteffort/pod{uid}"));
     let _serial = kernel_lock();
@@ -488,7 +506,7 @@ fn an_excluded_namespace_is_dropped_in_the_kernel() {
         &config,
         format!(
             "monitors = [\"process\"]\nmetrics_address = \"127.0.0.1:{port}\"\ncri_socket = \"{}\"\nfilter_exclude_namespaces = [\"{NAMESPACE}\"]\n",
-            containerd.socket.display()
+            cri.containerd.socket.display()
         ),
     )
     .unwrap();
@@ -498,22 +516,7 @@ fn an_excluded_namespace_is_dropped_in_the_kernel() {
     };
     let before = kernel_drops(&common::http_get(port, "/metrics").1);
 
-    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        panic!("{what}: {e}; containerd log:\n{}", std::fs::read_to_string(&log).unwrap_or_default())
-    };
-    let sandbox = rt
-        .block_on(client.runtime().run_pod_sandbox(api::RunPodSandboxRequest { config: Some(pod_config(&uid)), runtime_handler: String::new() }))
-        .unwrap_or_else(|e| fail("RunPodSandbox", &e))
-        .into_inner()
-        .pod_sandbox_id;
-    let created = rt.block_on(client.runtime().create_container(api::CreateContainerRequest {
-        pod_sandbox_id: sandbox.clone(),
-        config: Some(container_config(&uid)),
-        sandbox_config: Some(pod_config(&uid)),
-    }));
-    let id = created.unwrap_or_else(|e| fail("CreateContainer", &e)).into_inner().container_id;
-    rt.block_on(client.runtime().start_container(api::StartContainerRequest { container_id: id.clone() }))
-        .unwrap_or_else(|e| fail("StartContainer", &e));
+    let (sandbox, id) = cri.run_pod(&uid);
 
     // The container execs every 100 ms: ten of them dropped in the kernel shows the set holds.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -524,15 +527,9 @@ fn an_excluded_namespace_is_dropped_in_the_kernel() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let stop = rt.block_on(async {
-        let r = client.runtime();
-        r.stop_container(api::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await?;
-        r.remove_container(api::RemoveContainerRequest { container_id: id.clone() }).await?;
-        r.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await?;
-        r.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await
-    });
+    let stop = cri.tear_down(&sandbox, &id);
     let (events, stderr, status) = loader.finish();
-    stop.unwrap_or_else(|e| fail("tearing the pod down", &e));
+    stop.unwrap_or_else(|e| cri.fail("tearing the pod down", &e));
     assert!(status.success(), "tapio-load exits 0: {status}; stderr:\n{stderr}");
     let dropped = kernel_drops(&page) - before;
     assert!(dropped >= 10.0, "the namespace's container was not dropped in the kernel ({dropped} drops in 20 s):\n{page}\nstderr:\n{stderr}");

@@ -34,27 +34,9 @@ pub fn release_key(release: &str) -> Option<String> {
     Some(format!("{}.{}", parts.next().filter(|p| !p.is_empty())?, parts.next().filter(|p| !p.is_empty())?))
 }
 
-/// Every (monitor, scenario) with a stored snapshot, shared or per-kernel: what every row must
-/// produce or skip with the kernel's reason.
-pub fn stored_scenarios(workspace: &Path) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    let Ok(monitors) = std::fs::read_dir(workspace.join("snapshots")) else { return out };
-    for m in monitors.flatten().filter(|d| d.path().is_dir()) {
-        let monitor = m.file_name().to_string_lossy().into_owned();
-        for f in std::fs::read_dir(m.path()).into_iter().flatten().flatten() {
-            let path = f.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("snap") {
-                continue;
-            }
-            let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-            out.insert((monitor.clone(), stem.split_once('@').map_or(stem.as_str(), |(s, _)| s).to_owned()));
-        }
-    }
-    out
-}
-
-/// Stored snapshots no scenario produced in this run.
-pub fn unreferenced(workspace: &Path, referenced: &BTreeSet<(String, String)>) -> Vec<PathBuf> {
+/// Every stored snapshot file (`.snap`), with its monitor and scenario: a per-kernel variant
+/// (`<scenario>@<kernel>.snap`) belongs to its scenario.
+fn stored_files(workspace: &Path) -> Vec<(String, String, PathBuf)> {
     let mut out = Vec::new();
     let Ok(monitors) = std::fs::read_dir(workspace.join("snapshots")) else { return out };
     for m in monitors.flatten().filter(|d| d.path().is_dir()) {
@@ -65,14 +47,26 @@ pub fn unreferenced(workspace: &Path, referenced: &BTreeSet<(String, String)>) -
                 continue;
             }
             let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-            // A per-kernel variant belongs to its scenario.
             let scenario = stem.split_once('@').map_or(stem.as_str(), |(s, _)| s).to_owned();
-            if !referenced.contains(&(monitor.clone(), scenario)) {
-                out.push(path);
-            }
+            out.push((monitor.clone(), scenario, path));
         }
     }
     out
+}
+
+/// Every (monitor, scenario) with a stored snapshot, shared or per-kernel: what every row must
+/// produce or skip with the kernel's reason.
+pub fn stored_scenarios(workspace: &Path) -> BTreeSet<(String, String)> {
+    stored_files(workspace).into_iter().map(|(monitor, scenario, _)| (monitor, scenario)).collect()
+}
+
+/// Stored snapshots no scenario produced in this run.
+pub fn unreferenced(workspace: &Path, referenced: &BTreeSet<(String, String)>) -> Vec<PathBuf> {
+    stored_files(workspace)
+        .into_iter()
+        .filter(|(monitor, scenario, _)| !referenced.contains(&(monitor.clone(), scenario.clone())))
+        .map(|(_, _, path)| path)
+        .collect()
 }
 
 #[cfg(test)]
