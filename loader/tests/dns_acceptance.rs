@@ -404,7 +404,7 @@ fn flood_of_unanswered_queries_is_bounded() {
     assert_eq!(sample(&page, "tapio_events_lost_total{monitor=\"dns\"}"), 0, "{page}");
     println!("VmRSS before {rss_before} KiB, half-way {rss_half} KiB, after {rss_after} KiB");
     // The full table's own cost: 16,384 queries (about 24 MiB in this debug build). The agent
-    // returns its load-time heap at start (run.rs, return_startup_heap), so the table is paid in
+    // returns its load-time heap at start (run/load.rs, return_startup_heap), so the table is paid in
     // new pages rather than in heap left over from loading. Bounded is the second half's check.
     assert!(rss_after <= rss_before + 40 * 1024, "loader RSS grew from {rss_before} KiB to {rss_after} KiB");
     assert!(rss_after <= rss_half + 4 * 1024, "loader RSS grew from {rss_half} KiB to {rss_after} KiB in the second half");
