@@ -94,7 +94,7 @@ fn inspect_text_shows_each_objects_arch() {
 /// The embedded bundle (no --arch) is the binary's own architecture's.
 #[test]
 fn the_default_bundle_is_the_binarys_arch() {
-    let own = Arch::parse(std::env::consts::ARCH).expect("a supported architecture");
+    let own = Arch::this().expect("a supported architecture");
     assert_eq!(Arch::TARGET, own);
     assert!(OBJECTS.iter().all(|o| o.arch == own));
     for o in inspect(&[]) {

@@ -172,7 +172,7 @@ fn containerfile_builds_every_architecture() {
     for (arch, target) in &targets {
         let bundle = tapio_bundle::Arch::ALL.into_iter().find(|&a| kubernetes_arch(a) == arch).expect("a bundle architecture");
         let rust_arch = target.split('-').next().unwrap_or_default();
-        assert_eq!(tapio_bundle::Arch::parse(rust_arch), Some(bundle), "{arch} builds {target}");
+        assert_eq!(rust_arch.parse::<tapio_bundle::Arch>(), Ok(bundle), "{arch} builds {target}");
         assert!(target.ends_with("-unknown-linux-musl"), "{arch}: {target} is not a static musl target");
         assert!(SETUP.contains(target.as_str()), "ci/setup.sh does not add the rustup target {target}");
     }

@@ -17,7 +17,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::arch::Arch;
+use crate::arch::{Arch, ArchExt as _};
 
 /// The QEMU binary for x86-64 guests; `TAPIO_QEMU` overrides it (e.g. a locally built QEMU).
 /// Other architectures: [`Arch::qemu_binary`].
