@@ -621,23 +621,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn config_reads_plain_and_gzip() {
+    #[rstest]
+    fn config_reads_plain_and_gzip(#[values("config", "config.gz")] name: &str) {
         use std::io::Write as _;
-        let dir = std::env::temp_dir().join(format!("tapio-gates-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tapio-gates-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let plain = dir.join("config");
-        std::fs::write(&plain, HOST_LIKE).unwrap();
-        let gz = dir.join("config.gz");
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(HOST_LIKE.as_bytes()).unwrap();
-        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
-        for p in [plain, gz] {
-            let c = KernelConfig::read(&p).unwrap();
-            assert!(c.is_on("CONFIG_VETH") && c.is_on("CONFIG_BPF_EVENTS"));
-            assert!(!c.is_on("CONFIG_KPROBES") && !c.is_on("CONFIG_MODULES") && !c.is_on("CONFIG_NEVER_HEARD_OF"));
-        }
+        let path = dir.join(name);
+        let bytes = if name.ends_with(".gz") {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(HOST_LIKE.as_bytes()).unwrap();
+            enc.finish().unwrap()
+        } else {
+            HOST_LIKE.as_bytes().to_vec()
+        };
+        std::fs::write(&path, bytes).unwrap();
+        let c = KernelConfig::read(&path).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+        assert!(c.is_on("CONFIG_VETH") && c.is_on("CONFIG_BPF_EVENTS"));
+        assert!(!c.is_on("CONFIG_KPROBES") && !c.is_on("CONFIG_MODULES") && !c.is_on("CONFIG_NEVER_HEARD_OF"));
     }
 
     #[test]
