@@ -502,7 +502,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
                 // dns: what the watermark has passed comes out in kernel time order, with the
                 // timeouts that fell due (crate::dns::order).
                 dns.advance(crate::dns::monotonic_ns(), &mut ordered);
-                let mut released: Vec<_> = ordered.drain(..).collect();
+                let mut released = std::mem::take(&mut ordered);
                 if let Some(a) = attributor.as_mut() {
                     filtering.dirty |= name_containers(a, cri.as_mut()) && filtering.filters.by_cgroup();
                     released.iter_mut().for_each(|event| a.annotate(event));
@@ -559,7 +559,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
         if taken > 0 {
             dns.advance(crate::dns::monotonic_ns(), &mut ordered);
         }
-        let mut out: Vec<_> = ordered.drain(..).collect();
+        let mut out = std::mem::take(&mut ordered);
         // attribution: after the whole pass, so the announcement of a cgroup drained later in
         // the pass than its first event's record (another ring) is applied all the same.
         if let Some(a) = attributor.as_mut() {
@@ -584,7 +584,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     }
     // dns: the run is over and no record is on its way: release what the watermark still holds.
     dns.flush(crate::dns::monotonic_ns(), &mut ordered);
-    let mut last: Vec<_> = ordered.drain(..).collect();
+    let mut last = std::mem::take(&mut ordered);
     if let Some(a) = attributor.as_mut() {
         filtering.dirty |= name_containers(a, cri.as_mut()) && filtering.filters.by_cgroup();
         last.iter_mut().for_each(|event| a.annotate(event));

@@ -104,8 +104,9 @@ struct Bootable {
     artifacts: KernelArtifacts,
 }
 
+/// What a row boots. A locked kernel is boxed: its pin is several times the size of the others.
 enum Target {
-    Locked(LockedKernel),
+    Locked(Box<LockedKernel>),
     Deb(PathBuf),
     Files(PathBuf, Option<PathBuf>),
     Host,
@@ -166,7 +167,7 @@ fn targets(options: &Options, lock: &Lock) -> Result<Vec<TargetRow>> {
             (picked, names.iter().any(|n| n == "host"))
         }
     };
-    out.extend(lines.into_iter().map(|k| (k.arch, k.id(), Target::Locked(k.clone()))));
+    out.extend(lines.into_iter().map(|k| (k.arch, k.id(), Target::Locked(Box::new(k.clone())))));
     if host {
         out.push((arch::host(), "host".to_owned(), Target::Host));
     }
