@@ -58,6 +58,11 @@ if command -v rustup >/dev/null 2>&1; then
       rustup target add "$target"
     fi
   done
+  # clippy: `make test` lints the workspace first (`cargo clippy ... -D warnings`).
+  if ! cargo clippy --version >/dev/null 2>&1; then
+    echo "ci/setup.sh: adding rustup component clippy" >&2
+    rustup component add clippy
+  fi
 fi
 # cargo-insta: `cargo insta review/accept/pending-snapshots` for the snapshots a matrix run leaves,
 # and `make test`'s `cargo insta test --require-full-match --unreferenced=reject`. Pinned to the

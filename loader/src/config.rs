@@ -865,20 +865,16 @@ mod tests {
         Config::from_partial(parse_str(Path::new("t.toml"), text)?)
     }
 
-    #[test]
-    fn every_documented_key_accepts_its_example() {
-        // `sinks` replaces `output`, which is refused beside it, and a filter's include and
-        // exclude keys refuse each other: each combination is checked apart.
-        for side in ["filter_include_", "filter_exclude_"] {
-            for apart in ["sinks", "output"] {
-                let text: String = KEYS
-                    .iter()
-                    .filter(|k| !k.key.starts_with(side) && k.key != apart)
-                    .map(|k| format!("{} = {}\n", k.key, k.example))
-                    .collect();
-                check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-            }
-        }
+    /// `sinks` replaces `output`, which is refused beside it, and a filter's include and exclude
+    /// keys refuse each other: each combination is checked apart, every other key with it.
+    #[rstest]
+    fn every_documented_key_accepts_its_example(
+        #[values("filter_include_", "filter_exclude_")] side: &str,
+        #[values("sinks", "output")] apart: &str,
+    ) {
+        let text: String =
+            KEYS.iter().filter(|k| !k.key.starts_with(side) && k.key != apart).map(|k| format!("{} = {}\n", k.key, k.example)).collect();
+        check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     }
 
     #[test]

@@ -290,10 +290,7 @@ fn all_or(names: &[String]) -> Result<Vec<&'static monitors::MonitorSpec>> {
 
 /// `--arch`: an architecture by any of its names (`arm64`, `aarch64`, `x86_64`, `amd64`).
 fn parse_arch(s: &str) -> Result<bundle::Arch, String> {
-    bundle::Arch::parse(s).ok_or_else(|| {
-        let known: Vec<&str> = bundle::Arch::ALL.iter().map(|a| a.name()).collect();
-        format!("unknown architecture {s:?} (known: {})", known.join(", "))
-    })
+    s.parse().map_err(|e: tapio_kernel_gates::UnknownArch| e.to_string())
 }
 
 /// The embedded bundle of `arch`, or why this binary has none.
@@ -445,7 +442,7 @@ fn real_main(cli: Cli) -> Result<()> {
             };
             let inputs = objects_or_bundle(&objects, &bundle_objects)?;
             let refs: Vec<(String, &[u8])> = inputs.iter().map(|(f, b)| (f.clone(), b.as_slice())).collect();
-            let report = tapio_object::lint::lint(&refs, min, expected.map(tapio_runtime::lint::object_arch))?;
+            let report = tapio_object::lint::lint(&refs, min, expected)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -127,12 +127,14 @@ fn daemonset_mounts_the_nodes_cgroup_root_and_the_cri_socket_directories() {
         let (name, _) = mounts.iter().find(|(_, p)| p == dir).unwrap_or_else(|| panic!("{socket}: its directory {dir} is not mounted"));
         assert_eq!(host(name), Some(dir), "{socket}: the volume {name} is not the node's {dir}");
     }
-    // Each of these mounts says why it is there, in the comment above it.
+}
+
+/// Each of these mounts says why it is there, in the comment above it.
+#[rstest::rstest]
+fn daemonset_mounts_give_their_reason(#[values("cgroup", "containerd")] name: &str) {
     let lines: Vec<&str> = DAEMONSET.lines().collect();
-    for name in ["cgroup", "containerd"] {
-        let at = lines.iter().position(|l| l.trim() == format!("- name: {name}")).unwrap();
-        assert!(lines[at - 1].trim_start().starts_with('#'), "volumeMount {name} has no comment giving its reason");
-    }
+    let at = lines.iter().position(|l| l.trim() == format!("- name: {name}")).unwrap_or_else(|| panic!("no volumeMount {name}"));
+    assert!(lines[at - 1].trim_start().starts_with('#'), "volumeMount {name} has no comment giving its reason");
 }
 
 const CONTAINERFILE: &str = include_str!("../deploy/Containerfile");
@@ -172,7 +174,7 @@ fn containerfile_builds_every_architecture() {
     for (arch, target) in &targets {
         let bundle = tapio_bundle::Arch::ALL.into_iter().find(|&a| kubernetes_arch(a) == arch).expect("a bundle architecture");
         let rust_arch = target.split('-').next().unwrap_or_default();
-        assert_eq!(tapio_bundle::Arch::parse(rust_arch), Some(bundle), "{arch} builds {target}");
+        assert_eq!(rust_arch.parse::<tapio_bundle::Arch>(), Ok(bundle), "{arch} builds {target}");
         assert!(target.ends_with("-unknown-linux-musl"), "{arch}: {target} is not a static musl target");
         assert!(SETUP.contains(target.as_str()), "ci/setup.sh does not add the rustup target {target}");
     }

@@ -204,59 +204,56 @@ fn answer_pointers(msg: &[u8]) -> Vec<usize> {
 /// checks the bytes it received hold compression pointers in the answer (so the case is what
 /// it claims), then that the probe's events for them carry the right name, type, rcode, answer
 /// count, the same id and a latency under a second.
-#[test]
-fn compressed_cname_answers_over_ipv4_and_ipv6() {
+#[rstest::rstest]
+#[case::ipv4("127.0.0.1", "127.0.0.1:0", 0x7101, 1, "A", 4)]
+#[case::ipv6("::1", "[::1]:0", 0x7102, 28, "AAAA", 6)]
+fn compressed_cname_answers_over_ipv4_and_ipv6(
+    #[case] server: &str,
+    #[case] bind: &str,
+    #[case] id: u16,
+    #[case] qtype: u16,
+    #[case] qtype_name: &str,
+    #[case] ip_version: u64,
+) {
     if skip_unless_root("compressed_cname_answers_over_ipv4_and_ipv6") {
         return;
     }
     let _serial = kernel_lock();
     let _server = Dnsmasq::start(&["--host-record=tapio.test,10.1.2.3,fd00::1", "--cname=www.tapio.test,tapio.test"]);
     let loader = Loader::start(&["--monitors", "dns"]);
-    let cases = [("127.0.0.1", "127.0.0.1:0", 0x7101u16, 1u16, "A", 4u64), ("::1", "[::1]:0", 0x7102, 28, "AAAA", 6)];
-    let mut ports = Vec::new();
-    for (server, bind, id, qtype, _, _) in cases {
-        let sock = UdpSocket::bind(bind).unwrap();
-        sock.connect((server, 53)).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        sock.send(&query(id, "www.tapio.test", qtype)).unwrap();
-        let mut buf = [0u8; 1500];
-        let n = sock.recv(&mut buf).expect("dnsmasq answers");
-        let msg = &buf[..n];
-        assert_eq!(u16::from_be_bytes([msg[0], msg[1]]), id);
-        assert_eq!(u16::from_be_bytes([msg[6], msg[7]]), 2, "CNAME + {qtype}: {msg:?}");
-        let pointers = answer_pointers(msg);
-        assert!(pointers.len() >= 2, "dnsmasq's answer to {server} uses compression pointers: {msg:?}");
-        ports.push(sock.local_addr().unwrap().port());
-    }
+    let sock = UdpSocket::bind(bind).unwrap();
+    sock.connect((server, 53)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    sock.send(&query(id, "www.tapio.test", qtype)).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf).expect("dnsmasq answers");
+    let msg = &buf[..n];
+    assert_eq!(u16::from_be_bytes([msg[0], msg[1]]), id);
+    assert_eq!(u16::from_be_bytes([msg[6], msg[7]]), 2, "CNAME + {qtype}: {msg:?}");
+    let pointers = answer_pointers(msg);
+    assert!(pointers.len() >= 2, "dnsmasq's answer to {server} uses compression pointers: {msg:?}");
+    let port = sock.local_addr().unwrap().port();
     let me = std::process::id() as u64;
     let mut seen = Vec::new();
-    let done = Cell::new(0);
-    loader.wait_for(&mut seen, Duration::from_secs(5), |e| {
-        if e["tgid"] == me && e["event"] == "response" && (e["dns_id"] == 0x7101 || e["dns_id"] == 0x7102) {
-            done.set(done.get() + 1);
-        }
-        done.get() == 2
-    });
+    loader.wait_for(&mut seen, Duration::from_secs(5), |e| e["tgid"] == me && e["event"] == "response" && e["dns_id"] == id);
     let (rest, stderr, status) = loader.finish();
     seen.extend(rest);
     assert!(status.success(), "{stderr}");
-    for ((server, _, id, _, qtype, ip_version), port) in cases.into_iter().zip(ports) {
-        let (q, r) = (dns_events(&seen, me, "query", id), dns_events(&seen, me, "response", id));
-        assert_eq!((q.len(), r.len()), (1, 1), "one query and one response to {server}: {seen:?}");
-        let (q, r) = (q[0], r[0]);
-        for e in [q, r] {
-            assert_eq!(e["qname"], "www.tapio.test", "{e}");
-            assert_eq!(e["qtype"], qtype, "{e}");
-            assert_eq!(e["ip_version"], ip_version, "{e}");
-            assert_eq!(e["truncated"], false, "{e}");
-        }
-        assert_eq!((q["daddr"].as_str(), q["dport"].as_u64(), q["sport"].as_u64()), (Some(server), Some(53), Some(port as u64)), "{q}");
-        assert_eq!((r["saddr"].as_str(), r["sport"].as_u64(), r["dport"].as_u64()), (Some(server), Some(53), Some(port as u64)), "{r}");
-        assert_eq!(r["rcode"], "NOERROR", "{r}");
-        assert_eq!(r["answers"], 2, "{r}");
-        let latency = r["latency_ns"].as_u64().unwrap_or_else(|| panic!("unmatched: {r}"));
-        assert!(latency > 0 && latency < 1_000_000_000, "{r}");
+    let (q, r) = (dns_events(&seen, me, "query", id), dns_events(&seen, me, "response", id));
+    assert_eq!((q.len(), r.len()), (1, 1), "one query and one response to {server}: {seen:?}");
+    let (q, r) = (q[0], r[0]);
+    for e in [q, r] {
+        assert_eq!(e["qname"], "www.tapio.test", "{e}");
+        assert_eq!(e["qtype"], qtype_name, "{e}");
+        assert_eq!(e["ip_version"], ip_version, "{e}");
+        assert_eq!(e["truncated"], false, "{e}");
     }
+    assert_eq!((q["daddr"].as_str(), q["dport"].as_u64(), q["sport"].as_u64()), (Some(server), Some(53), Some(port as u64)), "{q}");
+    assert_eq!((r["saddr"].as_str(), r["sport"].as_u64(), r["dport"].as_u64()), (Some(server), Some(53), Some(port as u64)), "{r}");
+    assert_eq!(r["rcode"], "NOERROR", "{r}");
+    assert_eq!(r["answers"], 2, "{r}");
+    let latency = r["latency_ns"].as_u64().unwrap_or_else(|| panic!("unmatched: {r}"));
+    assert!(latency > 0 && latency < 1_000_000_000, "{r}");
 }
 
 /// A port free right now (bound then released; the loader binds it next).

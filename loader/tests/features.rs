@@ -28,10 +28,6 @@ fn running_version() -> (u32, u32) {
     parse_version(release.trim())
 }
 
-fn find<'a>(all: &'a [Feature], name: &str) -> &'a Feature {
-    all.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no probe named {name}"))
-}
-
 #[test]
 fn version_parsing() {
     assert_eq!(parse_version("6.18.44-fc-v782"), (6, 18));
@@ -48,8 +44,9 @@ fn every_name_probes() {
     assert!(features::probe("no such feature").is_none());
 }
 
-#[test]
-fn known_facts_of_a_btf_kernel() {
+/// What every kernel with vmlinux BTF has, each probed on its own.
+#[rstest::rstest]
+fn known_facts_of_a_btf_kernel(#[values("btf", "vmlinux btf", "ring buffer", "lru hash", "perf event array", "raw tracepoint")] name: &str) {
     if common::skip_unless_root("known_facts_of_a_btf_kernel") {
         return;
     }
@@ -57,12 +54,9 @@ fn known_facts_of_a_btf_kernel() {
         common::skip_for_kernel("known_facts_of_a_btf_kernel", &tapio_kernel_gates::Needs::one("vmlinux btf"), "no /sys/kernel/btf/vmlinux");
         return;
     }
-    let all = features::probe_all();
-    let table = features::render_text(&all);
-    println!("{table}");
-    for name in ["btf", "vmlinux btf", "ring buffer", "lru hash", "perf event array", "raw tracepoint"] {
-        assert_eq!(find(&all, name).status, FeatureStatus::Present, "{name}\n{table}");
-    }
+    let feature = features::probe(name).unwrap_or_else(|| panic!("{name}: no such probe"));
+    let table = features::render_text(std::slice::from_ref(&feature));
+    assert_eq!(feature.status, FeatureStatus::Present, "{name}\n{table}");
 }
 
 /// cilium's checkVersion: on a kernel at least as new as a gate, "absent" is a probe bug unless the

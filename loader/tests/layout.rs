@@ -25,20 +25,18 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
 }
 
 /// Every architecture's bundle (the tests embed both), as for the record mirrors.
-#[test]
-fn runtime_config_mirrors_match_object_btf() {
+#[rstest::rstest]
+fn runtime_config_mirrors_match_object_btf(#[values(tapio_bundle::Arch::X86_64, tapio_bundle::Arch::Arm64)] arch: tapio_bundle::Arch) {
     let mut checked = 0;
-    for arch in tapio_bundle::Arch::ALL {
-        for object in tapio_bundle::objects_for(arch).expect("all-arches embeds every bundle") {
-            let btf = object_btf(object.file, object.bytes).expect("object BTF");
-            for (monitor, mirror) in mirrors() {
-                if monitor != object.monitor {
-                    continue;
-                }
-                check(&btf, &mirror).unwrap_or_else(|e| panic!("{arch} {}: {e}", object.file));
-                checked += 1;
+    for object in tapio_bundle::objects_for(arch).expect("all-arches embeds every bundle") {
+        let btf = object_btf(object.file, object.bytes).expect("object BTF");
+        for (monitor, mirror) in mirrors() {
+            if monitor != object.monitor {
+                continue;
             }
+            check(&btf, &mirror).unwrap_or_else(|e| panic!("{arch} {}: {e}", object.file));
+            checked += 1;
         }
     }
-    assert!(checked >= 8, "checked only {checked} struct layouts");
+    assert!(checked >= 4, "{arch}: checked only {checked} struct layouts");
 }

@@ -65,8 +65,10 @@ fn one_flow<'a>(events: &'a [Value], what: &str, tgid: u64, direction: &str, fro
 /// dig's query and dnsmasq's answer, over 127.0.0.1 and ::1: dig's send and receive carry dig's
 /// pid, dnsmasq's receive and send carry dnsmasq's, each with the sender's address and port
 /// first, the server's port 53 on the right side, and dig's ephemeral port the same in all four.
-#[test]
-fn dig_and_dnsmasq_flows_both_ways_over_ipv4_and_ipv6() {
+#[rstest::rstest]
+#[case::ipv4("127.0.0.1", "A", "10.1.2.3")]
+#[case::ipv6("::1", "AAAA", "fd00::1")]
+fn dig_and_dnsmasq_flows_both_ways_over_ipv4_and_ipv6(#[case] at: &str, #[case] qtype: &str, #[case] answer: &str) {
     if skip_unless_root("dig_and_dnsmasq_flows_both_ways_over_ipv4_and_ipv6") {
         return;
     }
@@ -74,32 +76,23 @@ fn dig_and_dnsmasq_flows_both_ways_over_ipv4_and_ipv6() {
     let server = Dnsmasq::start(&["--address=/tapio.test/10.1.2.3", "--address=/tapio.test/fd00::1"]);
     let server_pid = u64::from(server.pid());
     let loader = Loader::start(&["--monitors", "network"]);
-    let cases = [("127.0.0.1", "A", "10.1.2.3"), ("::1", "AAAA", "fd00::1")];
-    let runs: Vec<u64> = cases
-        .iter()
-        .map(|(at, qtype, answer)| {
-            let (pid, out) = dig(&[&format!("@{at}"), "-p", "53", "tapio.test", qtype]);
-            assert_eq!(out.trim(), *answer, "dig @{at} {qtype}");
-            pid
-        })
-        .collect();
+    let (dig_pid, out) = dig(&[&format!("@{at}"), "-p", "53", "tapio.test", qtype]);
+    assert_eq!(out.trim(), answer, "dig @{at} {qtype}");
     let (events, stderr, status) = loader.finish();
     assert!(status.success(), "tapio-load exits 0 on SIGTERM: {status}; stderr:\n{stderr}");
-    for ((at, qtype, _), dig_pid) in cases.iter().zip(runs) {
-        let what = format!("dig @{at} {qtype} (pid {dig_pid}), dnsmasq (pid {server_pid})");
-        let server_end: SocketAddr = SocketAddr::new(at.parse().unwrap(), 53);
-        // dig's own send names its ephemeral port; every other event must agree with it.
-        let sends = flows(&events, dig_pid, "send");
-        assert_eq!(sends.len(), 1, "{what}: dig sends one query: {sends:#?}");
-        let dig_port = sends[0]["sport"].as_u64().and_then(|p| u16::try_from(p).ok()).expect("a port");
-        assert_ne!(dig_port, 0, "{what}: the connected socket's port is bound: {}", sends[0]);
-        let dig_end = SocketAddr::new(at.parse().unwrap(), dig_port);
-        one_flow(&events, &what, dig_pid, "send", dig_end, server_end);
-        one_flow(&events, &what, server_pid, "receive", dig_end, server_end);
-        one_flow(&events, &what, server_pid, "send", server_end, dig_end);
-        one_flow(&events, &what, dig_pid, "receive", server_end, dig_end);
-        assert_eq!(flows(&events, dig_pid, "receive").len(), 1, "{what}: dig receives one answer");
-    }
+    let what = format!("dig @{at} {qtype} (pid {dig_pid}), dnsmasq (pid {server_pid})");
+    let server_end: SocketAddr = SocketAddr::new(at.parse().unwrap(), 53);
+    // dig's own send names its ephemeral port; every other event must agree with it.
+    let sends = flows(&events, dig_pid, "send");
+    assert_eq!(sends.len(), 1, "{what}: dig sends one query: {sends:#?}");
+    let dig_port = sends[0]["sport"].as_u64().and_then(|p| u16::try_from(p).ok()).expect("a port");
+    assert_ne!(dig_port, 0, "{what}: the connected socket's port is bound: {}", sends[0]);
+    let dig_end = SocketAddr::new(at.parse().unwrap(), dig_port);
+    one_flow(&events, &what, dig_pid, "send", dig_end, server_end);
+    one_flow(&events, &what, server_pid, "receive", dig_end, server_end);
+    one_flow(&events, &what, server_pid, "send", server_end, dig_end);
+    one_flow(&events, &what, dig_pid, "receive", server_end, dig_end);
+    assert_eq!(flows(&events, dig_pid, "receive").len(), 1, "{what}: dig receives one answer");
     let left = common::programs_left_after("network_", Duration::from_secs(2));
     assert!(left.is_empty(), "programs left loaded after exit: {left:?}");
 }

@@ -95,11 +95,12 @@ fn exec_is_delivered_within_100ms() {
     let _serial = kernel_lock();
     let loader = Loader::start(&["--monitors", "process"]);
     let mut seen = Vec::new();
-    let child = Command::new("/bin/true").spawn().expect("spawn /bin/true");
+    let mut child = Command::new("/bin/true").spawn().expect("spawn /bin/true");
     let pid = child.id() as u64;
     let got = loader
         .wait_for(&mut seen, Duration::from_secs(5), |e| e["event"] == "exec" && e["tgid"] == pid)
         .expect("exec of /bin/true never arrived");
+    child.wait().expect("wait for /bin/true");
     let latency_ns = got.read_ns.saturating_sub(got.event["ts_ns"].as_u64().unwrap());
     assert_eq!(got.event["ppid"], std::process::id() as u64, "{}", got.event);
     assert_eq!(got.event["filename"], "/bin/true");

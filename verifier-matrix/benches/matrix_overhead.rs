@@ -30,6 +30,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use verifier_matrix::{
+    arch::ArchExt as _,
     artifacts::fetch::{self, KernelArtifacts},
     kernels::manifest::Lock,
     matrix,

@@ -1,63 +1,61 @@
-//! The CPU architectures the matrix boots, and everything that differs between them: the
-//! Debian architecture name (package indices and package names), the Rust target of the guest
-//! agent, the QEMU binary and machine, and the device names inside the guest.
+//! The CPU architectures the matrix boots, and everything that differs between them for the
+//! harness alone: the Debian architecture name (package indices and package names), the Rust
+//! target of the guest agent, the QEMU binary, and the device names inside the guest.
 //!
-//! Kept in one table so that adding an architecture is one match arm per fact, and so the
-//! manifest, the fetcher, the guest build and the QEMU command line cannot disagree.
+//! The architecture itself is tapio-kernel-gates' [`Arch`], the one type every crate names an
+//! architecture with (its names, `x86_64` and `arm64`, are the manifest's, the lock's,
+//! report.json's and `--arch`'s). What only the harness needs is [`ArchExt`], kept in one table so
+//! that adding an architecture is one match arm per fact, and so the manifest, the fetcher, the
+//! guest build and the QEMU command line cannot disagree.
 
-use serde::{Deserialize, Serialize};
+/// A CPU architecture of a kernel line: tapio-kernel-gates' one `Arch` type.
+pub use tapio_kernel_gates::Arch;
 
-/// A CPU architecture of a kernel line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-pub enum Arch {
-    /// 64-bit x86: Debian's `amd64`.
-    #[default]
-    #[serde(rename = "x86_64")]
-    X86_64,
-    /// 64-bit ARM: Debian's `arm64`, Rust's `aarch64`.
-    #[serde(rename = "arm64")]
-    Arm64,
+/// The architecture this harness runs on (the host row's); x86_64 on any other host.
+pub fn host() -> Arch {
+    Arch::this().unwrap_or(Arch::X86_64)
 }
 
-impl Arch {
-    /// Every architecture, in report order.
-    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Arm64];
+/// The architecture of a kernels.toml or kernels.lock entry that names none: x86_64.
+pub fn default_arch() -> Arch {
+    Arch::X86_64
+}
 
-    /// The architecture this harness runs on (the host row's).
-    pub fn host() -> Arch {
-        if cfg!(target_arch = "aarch64") {
-            Arch::Arm64
-        } else {
-            Arch::X86_64
-        }
-    }
-
-    /// The name used in manifests, reports and on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-
+/// What differs between architectures for the harness alone. An extension of the shared
+/// [`Arch`], so the loader's crates, which never boot anything, do not carry these facts.
+pub trait ArchExt {
     /// Debian's name, as in `binary-<arch>/Packages` and `*-cloud-<arch>` package names.
-    pub fn debian(self) -> &'static str {
+    fn debian(self) -> &'static str;
+    /// The static musl target the guest agent is built for: the initramfs holds no libc.
+    fn guest_target(self) -> &'static str;
+    /// The QEMU system emulator; `TAPIO_QEMU` (x86_64) or `TAPIO_QEMU_ARM64` override it.
+    fn qemu_binary(self) -> std::ffi::OsString;
+    /// The Debian package that provides [`ArchExt::qemu_binary`], for the error when it is
+    /// missing.
+    fn qemu_package(self) -> &'static str;
+    /// The kernel console device. x86 has the 8250 UART (`ttyS0`); QEMU's arm `virt` machine
+    /// has one PL011 (`ttyAMA0`).
+    fn console_device(self) -> &'static str;
+    /// Whether KVM could run this architecture's guests on this host: only the host's own.
+    fn kvm_possible(self) -> bool;
+}
+
+impl ArchExt for Arch {
+    fn debian(self) -> &'static str {
         match self {
             Arch::X86_64 => "amd64",
             Arch::Arm64 => "arm64",
         }
     }
 
-    /// The static musl target the guest agent is built for: the initramfs holds no libc.
-    pub fn guest_target(self) -> &'static str {
+    fn guest_target(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64-unknown-linux-musl",
             Arch::Arm64 => "aarch64-unknown-linux-musl",
         }
     }
 
-    /// The QEMU system emulator; `TAPIO_QEMU` (x86_64) or `TAPIO_QEMU_ARM64` override it.
-    pub fn qemu_binary(self) -> std::ffi::OsString {
+    fn qemu_binary(self) -> std::ffi::OsString {
         let (var, default) = match self {
             Arch::X86_64 => ("TAPIO_QEMU", "qemu-system-x86_64"),
             Arch::Arm64 => ("TAPIO_QEMU_ARM64", "qemu-system-aarch64"),
@@ -65,43 +63,22 @@ impl Arch {
         std::env::var_os(var).unwrap_or_else(|| default.into())
     }
 
-    /// The Debian package that provides [`Arch::qemu_binary`], for the error when it is missing.
-    pub fn qemu_package(self) -> &'static str {
+    fn qemu_package(self) -> &'static str {
         match self {
             Arch::X86_64 => "qemu-system-x86",
             Arch::Arm64 => "qemu-system-arm",
         }
     }
 
-    /// The kernel console device. x86 has the 8250 UART (`ttyS0`); QEMU's arm `virt` machine
-    /// has one PL011 (`ttyAMA0`).
-    pub fn console_device(self) -> &'static str {
+    fn console_device(self) -> &'static str {
         match self {
             Arch::X86_64 => "ttyS0",
             Arch::Arm64 => "ttyAMA0",
         }
     }
 
-    /// Whether KVM could run this architecture's guests on this host: only the host's own.
-    pub fn kvm_possible(self) -> bool {
-        self == Arch::host()
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Arch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "x86_64" | "amd64" | "x86-64" => Ok(Arch::X86_64),
-            "arm64" | "aarch64" => Ok(Arch::Arm64),
-            other => Err(format!("unknown architecture {other:?} (want x86_64 or arm64)")),
-        }
+    fn kvm_possible(self) -> bool {
+        self == host()
     }
 }
 
@@ -137,7 +114,7 @@ impl std::str::FromStr for ArchFilter {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "all" => Ok(Self::All),
-            other => other.parse().map(Self::Only).map_err(|e| format!("{e}, or all")),
+            other => other.parse().map(Self::Only).map_err(|_| format!("unknown architecture {other:?} (want x86_64 or arm64), or all")),
         }
     }
 }
@@ -147,18 +124,12 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
-    #[rstest]
-    #[case("x86_64", Arch::X86_64)]
-    #[case("amd64", Arch::X86_64)]
-    #[case("arm64", Arch::Arm64)]
-    #[case(" AArch64 ", Arch::Arm64)]
-    fn parses_every_spelling(#[case] text: &str, #[case] want: Arch) {
-        assert_eq!(text.parse::<Arch>().unwrap(), want);
-    }
-
+    /// `--arch` takes every spelling the shared type parses (its own tests list them), and `all`.
     #[rstest]
     #[case("x86_64", ArchFilter::Only(Arch::X86_64))]
+    #[case("amd64", ArchFilter::Only(Arch::X86_64))]
     #[case("aarch64", ArchFilter::Only(Arch::Arm64))]
+    #[case(" AArch64 ", ArchFilter::Only(Arch::Arm64))]
     #[case("all", ArchFilter::All)]
     fn arch_filters_parse(#[case] text: &str, #[case] filter: ArchFilter) {
         assert_eq!(text.parse::<ArchFilter>(), Ok(filter));
@@ -171,17 +142,12 @@ mod tests {
         assert!(e.contains("riscv64") && e.contains("arm64") && e.ends_with("or all"), "{e}");
     }
 
-    #[test]
-    fn unknown_names_are_refused_with_the_choices() {
-        let e = "riscv64".parse::<Arch>().unwrap_err();
-        assert!(e.contains("riscv64") && e.contains("arm64"), "{e}");
-    }
-
+    /// Debian's names parse back to the architecture, and the names the manifest, the lock and
+    /// the report hold are the shared type's.
     #[rstest]
     fn names_round_trip(#[values(Arch::X86_64, Arch::Arm64)] arch: Arch) {
-        assert_eq!(arch.as_str().parse::<Arch>().unwrap(), arch);
-        assert_eq!(arch.debian().parse::<Arch>().unwrap(), arch);
-        let json = serde_json::to_string(&arch).unwrap();
-        assert_eq!(json, format!("\"{}\"", arch.as_str()));
+        assert_eq!(arch.name().parse::<Arch>(), Ok(arch));
+        assert_eq!(arch.debian().parse::<Arch>(), Ok(arch));
+        assert_eq!(serde_json::to_string(&arch).unwrap(), format!("\"{arch}\""));
     }
 }

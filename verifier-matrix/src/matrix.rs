@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    arch::{Arch, ArchFilter},
+    arch::{self, Arch, ArchExt as _, ArchFilter},
     artifacts::fetch::{self, KernelArtifacts},
     kernels::{
         apt,
@@ -104,8 +104,9 @@ struct Bootable {
     artifacts: KernelArtifacts,
 }
 
+/// What a row boots. A locked kernel is boxed: its pin is several times the size of the others.
 enum Target {
-    Locked(LockedKernel),
+    Locked(Box<LockedKernel>),
     Deb(PathBuf),
     Files(PathBuf, Option<PathBuf>),
     Host,
@@ -120,7 +121,7 @@ impl Target {
     fn arch(&self) -> Arch {
         match self {
             Target::Locked(k) => k.arch,
-            Target::Deb(_) | Target::Files(..) | Target::Host => Arch::host(),
+            Target::Deb(_) | Target::Files(..) | Target::Host => arch::host(),
         }
     }
 
@@ -166,9 +167,9 @@ fn targets(options: &Options, lock: &Lock) -> Result<Vec<TargetRow>> {
             (picked, names.iter().any(|n| n == "host"))
         }
     };
-    out.extend(lines.into_iter().map(|k| (k.arch, k.id(), Target::Locked(k.clone()))));
+    out.extend(lines.into_iter().map(|k| (k.arch, k.id(), Target::Locked(Box::new(k.clone())))));
     if host {
-        out.push((Arch::host(), "host".to_owned(), Target::Host));
+        out.push((arch::host(), "host".to_owned(), Target::Host));
     }
     out.retain(|(arch, _, _)| options.arch.admits(*arch));
     Ok(out)
@@ -340,11 +341,11 @@ fn boot(b: &Bootable, guest: &Path, options: &Options, ui: &std::sync::mpsc::Sen
 /// The host row: the same agent as a plain process on the running kernel.
 fn host_row(guest: &Path, timeout: Duration) -> Row {
     let started = Instant::now();
-    let mut row = empty_row(Arch::host(), "host", Verdict::Pass);
+    let mut row = empty_row(arch::host(), "host", Verdict::Pass);
     let child = Command::new(guest).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let mut child = match child {
         Ok(c) => c,
-        Err(e) => return empty_row(Arch::host(), "host", Verdict::BootFailed(format!("run the agent: {e}"))),
+        Err(e) => return empty_row(arch::host(), "host", Verdict::BootFailed(format!("run the agent: {e}"))),
     };
     let mut stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -377,7 +378,7 @@ fn host_row(guest: &Path, timeout: Duration) -> Row {
         tapio_kernel_gates::KernelConfig::running(&release)
             .ok_or_else(|| format!("neither /proc/config.gz nor /boot/config-{release} is readable")),
     );
-    parsed.set_arch(Arch::host());
+    parsed.set_arch(arch::host());
     parsed.explain();
     row.wall = Some(started.elapsed());
     row.release = parsed.release.clone();
@@ -457,14 +458,14 @@ fn run_targets(options: &Options, ui: &Ui, targets: Vec<TargetRow>) -> Result<Ve
 
     // One agent per architecture the run needs: the host's (the host row, and user kernels,
     // which are taken to be the host's architecture) and each selected kernel's.
-    let mut arches = std::collections::BTreeSet::from([Arch::host()]);
+    let mut arches = std::collections::BTreeSet::from([arch::host()]);
     arches.extend(targets.iter().map(|(arch, _, _)| *arch));
     let mut guests = std::collections::BTreeMap::new();
     for arch in arches {
         ui.send(Progress::Stage(format!("building the guest agent ({})", arch.guest_target())));
         guests.insert(arch, crate::artifacts::guest::build(&options.workspace, arch)?);
     }
-    let guest = guests[&Arch::host()].clone();
+    let guest = guests[&arch::host()].clone();
 
     // Fetch sequentially: downloads share one link and print one progress line at a time.
     let mirror = apt::discover_mirror();
@@ -690,7 +691,7 @@ mod tests {
     #[case::x86_64_only(ArchFilter::Only(Arch::X86_64), Selection::Default, &["x86_64/4.19", "x86_64/6.1", "x86_64/6.12", "x86_64/host"])]
     #[case::a_line_of_two_archs(ArchFilter::All, Selection::Lines(vec!["6.12".into()]), &["x86_64/6.12", "arm64/6.12"])]
     fn arch_selects_rows_keyed_by_arch_and_line(#[case] arch: ArchFilter, #[case] selection: Selection, #[case] want: &[&str]) {
-        if Arch::host() != Arch::X86_64 {
+        if arch::host() != Arch::X86_64 {
             return; // the cases name the host row's architecture
         }
         let dir = tempfile::tempdir().unwrap();
@@ -708,7 +709,7 @@ mod tests {
         for index in 1..=2 {
             let options = Options { shard: Shard { index, count: 2 }, ..options_in(dir.path()) };
             let keys = planned(&options, &lock);
-            if Arch::host() == Arch::X86_64 {
+            if arch::host() == Arch::X86_64 {
                 // Booting x86_64 6.1, 6.12, host, then arm64 6.12, then the unavailable 4.19.
                 assert_eq!(keys, [("x86_64/4.19", 1), ("x86_64/6.1", 1), ("x86_64/6.12", 2), ("arm64/6.12", 2), ("x86_64/host", 1)].map(|(k, s)| (k.to_owned(), s)));
             }

@@ -33,7 +33,7 @@ fn guest(kernel: &str, extra: &[&str], config: Option<&str>) -> GuestResults {
 
 fn row(results: GuestResults) -> Row {
     let verdict = judge(&results, &[]);
-    Row { line: "6.1".into(), arch: Default::default(), release: results.release.clone(), accel: None, wall: None, verdict, results: Some(results), splats: vec![], console_tail: None }
+    Row { line: "6.1".into(), arch: verifier_matrix::arch::Arch::X86_64, release: results.release.clone(), accel: None, wall: None, verdict, results: Some(results), splats: vec![], console_tail: None }
 }
 
 #[rstest]

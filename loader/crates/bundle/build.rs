@@ -22,9 +22,14 @@ use std::{
 /// The monitors whose `<name>.bpf.c` is compiled.
 const MONITORS: &[&str] = &["process", "network", "kernel", "dns", "security", "advanced", "xdp_filter", "cgroup_watch"];
 
-/// An architecture the probes are built for.
-struct Arch {
-    /// The name the bundle, `inspect` and the object's note use (`tapio_bundle::Arch`).
+/// How the probes are built for one architecture.
+///
+/// Its `name` is tapio-kernel-gates' `Arch::name` (the bundle's `Arch`), written out rather than
+/// imported: a build-dependency on tapio-kernel-gates would recompile every probe whenever its
+/// feature table changes. The bundle's tests and tapio-object's check every embedded object's
+/// note against the `Arch` of the bundle it is in, so the two spellings cannot drift.
+struct ArchBuild {
+    /// The name the bundle, `inspect` and the object's note use (`tapio_bundle::Arch::name`).
     name: &'static str,
     /// Its `CARGO_CFG_TARGET_ARCH`.
     cargo: &'static str,
@@ -37,15 +42,15 @@ struct Arch {
     package: &'static str,
 }
 
-const ARCHES: &[Arch] = &[
-    Arch {
+const ARCHES: &[ArchBuild] = &[
+    ArchBuild {
         name: "x86_64",
         cargo: "x86_64",
         define: "x86",
         asm_dirs: &["/usr/include/x86_64-linux-gnu", "/usr/x86_64-linux-gnu/include"],
         package: "linux-libc-dev",
     },
-    Arch {
+    ArchBuild {
         name: "arm64",
         cargo: "aarch64",
         define: "arm64",
@@ -105,7 +110,7 @@ struct Build<'a> {
     clang: &'a Path,
     objcopy: &'a Path,
     probes: &'a Path,
-    arch: &'a Arch,
+    arch: &'a ArchBuild,
     /// The architecture's `<asm/types.h>` directory.
     asm_dir: PathBuf,
     /// The note file for `--add-section`.
@@ -144,7 +149,7 @@ impl Build<'_> {
 }
 
 /// The directory holding `arch`'s `<asm/types.h>`, or the build stops naming the package.
-fn asm_dir(arch: &Arch) -> PathBuf {
+fn asm_dir(arch: &ArchBuild) -> PathBuf {
     arch.asm_dirs
         .iter()
         .map(PathBuf::from)

@@ -55,7 +55,7 @@ impl Stages {
     /// announcement of a cgroup drained later in the pass than its first event's record (another
     /// ring) is applied all the same.
     pub(super) fn release(&mut self, all: bool) -> Vec<Event> {
-        let mut out: Vec<Event> = self.ordered.drain(..).collect();
+        let mut out = std::mem::take(&mut self.ordered);
         if let Some(a) = self.attribution.as_mut() {
             let (settled, named) = a.settle(out, all);
             out = settled;

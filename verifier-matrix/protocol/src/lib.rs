@@ -108,38 +108,35 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn every_line_round_trips() {
-        let lines = [
-            Line::Kernel { release: "6.1.0-50-cloud-amd64".into(), version: "#1 SMP".into(), btf: true },
-            Line::Program {
-                monitor: "process".into(),
-                program: "process_exec".into(),
-                status: ProgramStatus::Attached,
-                path: "tracepoint:sched/sched_process_exec".into(),
-                transport: Some("ringbuf".into()),
-                load_us: Some(12),
-                needs: Needs::default(),
-            },
-            Line::Program {
-                monitor: "network".into(),
-                program: "connect_attempt".into(),
-                status: ProgramStatus::Unavailable,
-                path: "fexit: refused".into(),
-                transport: None,
-                load_us: None,
-                needs: Needs::any(&[&["fentry"], &["kprobe"]]),
-            },
-            Line::Feature { name: "fentry".into(), answer: ProbeAnswer::Refused { errno: 1, message: "m".into() } },
-            Line::Monitor { monitor: "dns".into(), error: "verifier says no".into(), load_us: 3 },
-            Line::check("process.leaf", false, "ppid 5"),
-            Line::skip("fallback.kprobe", "no kprobes", Needs::one("kprobe")),
-            Line::Done,
-        ];
-        for l in lines {
-            assert_eq!(Line::parse(&l.to_json()), Ok(l));
-        }
+    #[rstest]
+    #[case::kernel(Line::Kernel { release: "6.1.0-50-cloud-amd64".into(), version: "#1 SMP".into(), btf: true })]
+    #[case::attached_program(Line::Program {
+        monitor: "process".into(),
+        program: "process_exec".into(),
+        status: ProgramStatus::Attached,
+        path: "tracepoint:sched/sched_process_exec".into(),
+        transport: Some("ringbuf".into()),
+        load_us: Some(12),
+        needs: Needs::default(),
+    })]
+    #[case::unavailable_program(Line::Program {
+        monitor: "network".into(),
+        program: "connect_attempt".into(),
+        status: ProgramStatus::Unavailable,
+        path: "fexit: refused".into(),
+        transport: None,
+        load_us: None,
+        needs: Needs::any(&[&["fentry"], &["kprobe"]]),
+    })]
+    #[case::feature(Line::Feature { name: "fentry".into(), answer: ProbeAnswer::Refused { errno: 1, message: "m".into() } })]
+    #[case::monitor(Line::Monitor { monitor: "dns".into(), error: "verifier says no".into(), load_us: 3 })]
+    #[case::check(Line::check("process.leaf", false, "ppid 5"))]
+    #[case::skip(Line::skip("fallback.kprobe", "no kprobes", Needs::one("kprobe")))]
+    #[case::done(Line::Done)]
+    fn every_line_round_trips(#[case] line: Line) {
+        assert_eq!(Line::parse(&line.to_json()), Ok(line));
     }
+
 
     #[rstest]
     #[case::not_json("not json")]

@@ -39,7 +39,7 @@ const SOURCE: &str = "tapio-mount-api";
 const ALARM_SECS: u32 = 10;
 /// include/uapi/linux/fcntl.h and magic.h.
 const AT_FDCWD: i64 = libc::AT_FDCWD as i64;
-const TMPFS_MAGIC: i64 = libc::TMPFS_MAGIC as i64;
+const TMPFS_MAGIC: i64 = libc::TMPFS_MAGIC;
 /// include/uapi/linux/mount.h.
 const MOVE_MOUNT_F_EMPTY_PATH: u64 = 0x4;
 const OPEN_TREE_CLONE: u64 = 0x1;

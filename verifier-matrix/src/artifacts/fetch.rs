@@ -665,7 +665,7 @@ mod tests {
         let (base, server) = serve(body.clone(), 1);
         let locked = LockedKernel {
             line: "9.9".into(),
-            arch: Default::default(),
+            arch: crate::arch::Arch::X86_64,
             default: true,
             pin: Pin::Debian {
                 suite: "test".into(),
@@ -693,7 +693,7 @@ mod tests {
     fn unavailable_lines_say_why() {
         let locked = LockedKernel {
             line: "4.19".into(),
-            arch: Default::default(),
+            arch: crate::arch::Arch::X86_64,
             default: false,
             pin: Pin::Unavailable {
                 reason: "suite buster not served".into(),

@@ -11,7 +11,7 @@ use std::{
 
 use thiserror::Error;
 
-use crate::arch::Arch;
+use crate::arch::{Arch, ArchExt as _};
 
 /// The target triple of the x86_64 guest agent (the host row runs it too).
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-musl";

@@ -11,7 +11,7 @@ use std::io::Read;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::arch::Arch;
+use crate::arch::{Arch, ArchExt as _};
 use crate::kernels::manifest::{
     KernelEntry, KernelSource, Lock, LockedKernel, Manifest, Pin, PinnedPackage,
 };

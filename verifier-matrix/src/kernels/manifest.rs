@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::arch::Arch;
+use crate::arch::{default_arch, Arch};
 
 /// Errors reading or writing the manifest or the lock.
 #[derive(Debug, Error)]
@@ -132,7 +132,7 @@ pub enum KernelSource {
 #[serde(deny_unknown_fields)]
 struct RawEntry {
     line: String,
-    #[serde(default)]
+    #[serde(default = "default_arch")]
     arch: Arch,
     #[serde(default)]
     default: bool,
@@ -317,7 +317,7 @@ impl LockedKernel {
 #[serde(deny_unknown_fields)]
 struct RawLocked {
     line: String,
-    #[serde(default, skip_serializing_if = "is_x86_64")]
+    #[serde(default = "default_arch", skip_serializing_if = "is_x86_64")]
     arch: Arch,
     default: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -622,7 +622,7 @@ kernel_file = "local/vmlinuz-5.4"
             kernels: vec![
                 LockedKernel {
                     line: "7.3".into(),
-                    arch: Default::default(),
+                    arch: Arch::X86_64,
                     default: true,
                     pin: Pin::Debian {
                         suite: "trixie-backports".into(),
@@ -633,7 +633,7 @@ kernel_file = "local/vmlinuz-5.4"
                 },
                 LockedKernel {
                     line: "5.4".into(),
-                    arch: Default::default(),
+                    arch: Arch::X86_64,
                     default: false,
                     pin: Pin::Local {
                         kernel_file: PathBuf::from("/vm/local/vmlinuz-5.4"),
@@ -642,7 +642,7 @@ kernel_file = "local/vmlinuz-5.4"
                 },
                 LockedKernel {
                     line: "4.19".into(),
-                    arch: Default::default(),
+                    arch: Arch::X86_64,
                     default: false,
                     pin: Pin::Unavailable {
                         reason: "suite buster not served".into(),

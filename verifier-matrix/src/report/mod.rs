@@ -145,7 +145,7 @@ mod tests {
     use super::*;
 
     fn row(verdict: Verdict) -> Row {
-        Row { line: "x".into(), arch: Default::default(), release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
+        Row { line: "x".into(), arch: crate::arch::Arch::X86_64, release: None, accel: None, wall: None, verdict, results: None, splats: vec![], console_tail: None }
     }
 
     #[rstest]

@@ -116,11 +116,8 @@ impl GuestResults {
     }
 
     /// Sets the kernel's architecture for the judge (a feature may come later to arm64).
-    pub fn set_arch(&mut self, arch: crate::arch::Arch) {
-        self.arch = Some(match arch {
-            crate::arch::Arch::X86_64 => tapio_kernel_gates::Arch::X86_64,
-            crate::arch::Arch::Arm64 => tapio_kernel_gates::Arch::Arm64,
-        });
+    pub fn set_arch(&mut self, arch: tapio_kernel_gates::Arch) {
+        self.arch = Some(arch);
     }
 
     /// Sets the kernel's config (or why there is none) for the judge.

@@ -17,7 +17,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::arch::Arch;
+use crate::arch::{Arch, ArchExt as _};
 
 /// The QEMU binary for x86-64 guests; `TAPIO_QEMU` overrides it (e.g. a locally built QEMU).
 /// Other architectures: [`Arch::qemu_binary`].
@@ -96,6 +96,7 @@ impl std::str::FromStr for Accel {
 /// - `printk.devkmsg=on`: lets the agent write markers into the kernel log if it wants.
 /// - `random.trust_cpu=on`: avoids boot stalls waiting for entropy under TCG.
 /// - `nokaslr`: stable addresses make call traces comparable across runs of one kernel.
+///
 /// (The console word is per architecture: [`QemuConfig::cmdline`] puts it first.)
 pub const BASE_CMDLINE: &[&str] = &[
     "panic=-1",

@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::arch::ArchExt as _;
 use crate::vm::console::{self, Splat};
 use crate::vm::qemu::{Accel, QemuConfig};
 

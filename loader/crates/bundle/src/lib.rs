@@ -10,13 +10,23 @@
 //! on a node does without them.
 //!
 //! tapio-bundle owns the build of `probes/` (`build.rs`) and the objects it makes: [`OBJECTS`],
-//! [`object`], [`objects_for`], the `FIXTURE_*` test objects, [`Transport`] and [`Arch`]. It is
-//! data: it may not import aya, aya-obj, object, tokio, anyhow or any other tapio crate. The
-//! rules live in one table, `loader/tests/crate_rules.rs`; docs/architecture.md draws the picture.
+//! [`object`], [`objects_for`], the `FIXTURE_*` test objects and [`Transport`]; its objects are
+//! keyed by tapio-kernel-gates' [`Arch`]. It is data: it may import tapio-kernel-gates (for
+//! [`Arch`] alone) and may not import aya, aya-obj, object, tokio, anyhow or any other tapio
+//! crate. The rules live in one table, `loader/tests/crate_rules.rs`; docs/architecture.md draws
+//! the picture.
 
 use std::fmt;
 
 use serde::Serialize;
+/// The architectures the probes are built for (`build.rs`'s `ARCHES`): tapio-kernel-gates' one
+/// [`Arch`] type, re-exported because every function here takes or returns one.
+///
+/// The objects differ by architecture only where a program reads registers (kprobes and the raw
+/// `sys_enter` tracepoint): bpf_tracing.h names them per `__TARGET_ARCH_*`, and the register frame
+/// in `probes/include/vmlinux.h` is the architecture's own. Each object also carries its
+/// architecture's name ([`Arch::name`]) in an ELF note, which `tapio-object`'s `arch` module reads.
+pub use tapio_kernel_gates::Arch;
 
 /// How a monitor's records reach user space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,57 +44,6 @@ impl fmt::Display for Transport {
             Self::Ringbuf => "ringbuf",
             Self::Perf => "perf",
         })
-    }
-}
-
-/// An architecture the probes are built for (`build.rs`'s `ARCHES`).
-///
-/// The objects differ by architecture only where a program reads registers (kprobes and the raw
-/// `sys_enter` tracepoint): bpf_tracing.h names them per `__TARGET_ARCH_*`, and the register frame
-/// in `probes/include/vmlinux.h` is the architecture's own. Each object also carries its
-/// architecture's name in an ELF note, which `tapio-object`'s `arch` module reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Arch {
-    /// x86-64 (`CARGO_CFG_TARGET_ARCH` x86_64, Kubernetes and Debian `amd64`).
-    X86_64,
-    /// 64-bit Arm (`CARGO_CFG_TARGET_ARCH` aarch64, Kubernetes and Debian `arm64`).
-    Arm64,
-}
-
-impl Arch {
-    /// Every architecture the probes are built for.
-    pub const ALL: [Self; 2] = [Self::X86_64, Self::Arm64];
-
-    /// The architecture this crate is compiled for: the one [`OBJECTS`] is built for.
-    #[cfg(target_arch = "x86_64")]
-    pub const TARGET: Self = Self::X86_64;
-    /// The architecture this crate is compiled for: the one [`OBJECTS`] is built for.
-    #[cfg(target_arch = "aarch64")]
-    pub const TARGET: Self = Self::Arm64;
-
-    /// The name `inspect` shows and the objects' note holds: `x86_64`, `arm64`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::X86_64 => "x86_64",
-            Self::Arm64 => "arm64",
-        }
-    }
-
-    /// Parses an architecture by its name or by the other names it goes by (`amd64`, `x86` as
-    /// Kubernetes, Debian and libbpf write it; `aarch64` as Rust and `uname -m` do).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "x86_64" | "amd64" | "x86" => Some(Self::X86_64),
-            "arm64" | "aarch64" => Some(Self::Arm64),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -235,21 +194,11 @@ mod tests {
     fn the_default_bundle_is_the_targets_and_says_so() {
         let own = objects_for(Arch::TARGET).expect("the target's bundle is always embedded");
         assert!(std::ptr::eq(own, OBJECTS));
-        assert_eq!(Arch::parse(std::env::consts::ARCH), Some(Arch::TARGET));
+        assert_eq!(Arch::this(), Some(Arch::TARGET));
         for o in OBJECTS {
             assert_eq!(o.arch, Arch::TARGET, "{}", o.file);
             let note: Vec<u8> = [&b"tapio\0\0\0"[..], Arch::TARGET.name().as_bytes(), b"\0"].concat();
             assert!(o.bytes.windows(note.len()).any(|w| w == note), "{}: no {} note", o.file, Arch::TARGET);
         }
-    }
-
-    /// Every name an architecture goes by parses to it, and its own name round-trips.
-    #[test]
-    fn arch_names() {
-        for (name, arch) in [("x86_64", Arch::X86_64), ("amd64", Arch::X86_64), ("x86", Arch::X86_64), ("arm64", Arch::Arm64), ("aarch64", Arch::Arm64)] {
-            assert_eq!(Arch::parse(name), Some(arch), "{name}");
-        }
-        assert!(Arch::ALL.iter().all(|&a| Arch::parse(a.name()) == Some(a) && a.to_string() == a.name()));
-        assert_eq!(Arch::parse("riscv64"), None);
     }
 }

@@ -89,7 +89,7 @@ pub fn root_mounts(mountinfo: &str) -> Vec<RootMount> {
         })
         .collect();
     // Stable: among equals, the first in mountinfo (the earliest mounted) wins.
-    mounts.sort_by(|a, b| b.levels_up.cmp(&a.levels_up));
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.levels_up));
     mounts
 }
 

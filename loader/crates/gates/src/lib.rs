@@ -20,7 +20,8 @@
 //! `features` module, which takes its names and versions from here; the guest agent, the
 //! harness's report and the host tests' skip helper all judge through [`judge`].
 //!
-//! Owns: the feature table ([`GATES`]), [`Needs`], the kernel's facts and [`judge`]. May import:
+//! Owns: the feature table ([`GATES`]), [`Needs`], the kernel's facts, [`judge`], and the one
+//! [`Arch`] type every crate names an architecture with (module `arch`). May import:
 //! serde and flate2 only (it reads `/proc/config.gz`). May not import: any other tapio crate,
 //! aya, aya-obj, object, tokio or anyhow, so the harness and the protocol crate can share it. The
 //! rules live in one table, `loader/tests/crate_rules.rs`.
@@ -28,6 +29,9 @@
 use std::{collections::BTreeMap, fmt, io::Read as _, path::Path};
 
 use serde::{Deserialize, Serialize};
+
+mod arch;
+pub use arch::{Arch, UnknownArch};
 
 // ---------------------------------------------------------------------------------------------
 // Versions.
@@ -78,33 +82,6 @@ impl<'de> Deserialize<'de> for KernelVersion {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Self::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not a kernel version: {s}")))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Architectures.
-
-/// A CPU architecture whose first version of a feature may differ from x86-64's ([`ARCH_SINCE`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Arch {
-    X86_64,
-    Arm64,
-}
-
-impl Arch {
-    /// The architecture this code runs on: a static agent runs on the kernel of its own target.
-    pub fn this() -> Option<Self> {
-        Self::from_machine(std::env::consts::ARCH)
-    }
-
-    /// From `uname -m` (or Rust's target arch): `x86_64`, `aarch64` / `arm64`.
-    pub fn from_machine(machine: &str) -> Option<Self> {
-        match machine {
-            "x86_64" => Some(Self::X86_64),
-            "aarch64" | "arm64" => Some(Self::Arm64),
-            _ => None,
-        }
     }
 }
 
@@ -573,8 +550,6 @@ mod tests {
         assert!(!on(Some(Arch::X86_64), "6.1.0-50-cloud-amd64").is_explained());
         assert!(!on(None, "6.1.0").is_explained(), "an unknown architecture is judged as x86-64");
         assert!(!on(Some(Arch::Arm64), "6.12.117").is_explained());
-        assert_eq!(Arch::from_machine("aarch64"), Some(Arch::Arm64));
-        assert_eq!(Arch::from_machine("riscv64"), None);
         assert!(ARCH_SINCE.iter().all(|a| gate(a.gate).is_some_and(|g| KernelVersion::parse(a.since).is_some_and(|v| v > g.version()))));
     }
 
@@ -646,23 +621,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn config_reads_plain_and_gzip() {
+    #[rstest]
+    fn config_reads_plain_and_gzip(#[values("config", "config.gz")] name: &str) {
         use std::io::Write as _;
-        let dir = std::env::temp_dir().join(format!("tapio-gates-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tapio-gates-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let plain = dir.join("config");
-        std::fs::write(&plain, HOST_LIKE).unwrap();
-        let gz = dir.join("config.gz");
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(HOST_LIKE.as_bytes()).unwrap();
-        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
-        for p in [plain, gz] {
-            let c = KernelConfig::read(&p).unwrap();
-            assert!(c.is_on("CONFIG_VETH") && c.is_on("CONFIG_BPF_EVENTS"));
-            assert!(!c.is_on("CONFIG_KPROBES") && !c.is_on("CONFIG_MODULES") && !c.is_on("CONFIG_NEVER_HEARD_OF"));
-        }
+        let path = dir.join(name);
+        let bytes = if name.ends_with(".gz") {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(HOST_LIKE.as_bytes()).unwrap();
+            enc.finish().unwrap()
+        } else {
+            HOST_LIKE.as_bytes().to_vec()
+        };
+        std::fs::write(&path, bytes).unwrap();
+        let c = KernelConfig::read(&path).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+        assert!(c.is_on("CONFIG_VETH") && c.is_on("CONFIG_BPF_EVENTS"));
+        assert!(!c.is_on("CONFIG_KPROBES") && !c.is_on("CONFIG_MODULES") && !c.is_on("CONFIG_NEVER_HEARD_OF"));
     }
 
     #[test]

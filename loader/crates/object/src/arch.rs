@@ -24,8 +24,8 @@
 //!   (`init_syscall_trace` in kernel/trace/trace_syscalls.c), so such a program cannot attach
 //!   there and the arm64 build must leave it out.
 //!
-//! The names here match tapio-bundle's `Arch` (which this crate may not import); the bundle's
-//! tests check every embedded object's note against the bundle it is in.
+//! The architecture is tapio-kernel-gates' `Arch`, the type tapio-bundle keys its objects by;
+//! this crate's tests check every embedded object's note against the bundle it is in.
 
 use std::fmt;
 
@@ -41,37 +41,14 @@ pub const NOTE_OWNER: &[u8] = b"tapio";
 /// The note type of the architecture note.
 pub const NOTE_TYPE_ARCH: u32 = 1;
 
-/// An architecture an object can be built for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Arch {
-    X86_64,
-    Arm64,
-}
+/// An architecture an object can be built for: tapio-kernel-gates' one [`Arch`] type, whose
+/// [`Arch::name`] is what the note holds.
+pub use tapio_kernel_gates::Arch;
 
-impl Arch {
-    /// Its name as the note holds it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::X86_64 => "x86_64",
-            Self::Arm64 => "arm64",
-        }
-    }
-
-    /// The architecture a note names, by the note's spelling only.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "x86_64" => Some(Self::X86_64),
-            "arm64" => Some(Self::Arm64),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
+/// The architecture a note names, by the note's spelling only ([`Arch::name`]): the build writes
+/// nothing else, so `amd64` or `aarch64` in a note is an invalid note, not an alias.
+pub fn from_note_name(name: &str) -> Option<Arch> {
+    Arch::ALL.into_iter().find(|a| a.name() == name)
 }
 
 /// What the note says.
@@ -186,7 +163,7 @@ pub fn parse_note(data: &[u8]) -> Note {
         return invalid(format!("owner {:?} type {kind}, expected tapio type {NOTE_TYPE_ARCH}", String::from_utf8_lossy(name)));
     }
     let text = String::from_utf8_lossy(desc.strip_suffix(&[0]).unwrap_or(desc)).into_owned();
-    match Arch::from_name(&text) {
+    match from_note_name(&text) {
         Some(arch) => Note::Arch { arch },
         None => invalid(format!("unknown architecture {text:?}")),
     }

@@ -7,7 +7,7 @@
 use thiserror::Error;
 
 use crate::bundle::{self, EmbeddedObject, Transport};
-use tapio_object::{arch::Arch, lint::KernelVersion};
+use tapio_object::lint::KernelVersion;
 
 /// Why the bundle's objects for a kernel could not be listed.
 #[derive(Debug, Error)]
@@ -39,14 +39,6 @@ pub fn bundle_objects_for(min: KernelVersion, arch: bundle::Arch) -> Result<Vec<
     Ok(objects.iter().filter(|o| o.transport == transport && variant_since(o) <= min).collect())
 }
 
-/// The object reader's name for a bundle architecture (the two crates may not share the type).
-pub fn object_arch(arch: bundle::Arch) -> Arch {
-    match arch {
-        bundle::Arch::X86_64 => Arch::X86_64,
-        bundle::Arch::Arm64 => Arch::Arm64,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,7 +48,7 @@ mod tests {
         let min = KernelVersion::parse(min).unwrap();
         let objects: Vec<(String, &[u8])> =
             bundle_objects_for(min, bundle::Arch::TARGET).unwrap().iter().map(|o| (o.file.to_owned(), o.bytes)).collect();
-        lint(&objects, min, Some(object_arch(bundle::Arch::TARGET))).unwrap()
+        lint(&objects, min, Some(bundle::Arch::TARGET)).unwrap()
     }
 
     #[test]

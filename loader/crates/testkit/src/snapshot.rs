@@ -152,16 +152,18 @@ pub fn normalize(events: &[Value], roles: &Roles) -> Result<Vec<Value>, Normaliz
                 }
             } else if k == "syscall_nr" {
                 let nr = v.as_i64().ok_or_else(|| fail(k, "must be an integer"))?;
-                match SYSCALL_NAMES.iter().find(|(n, _)| i64::from(*n) == nr) {
+                #[expect(clippy::useless_conversion, reason = "c_long is i64 only on 64-bit targets; the conversion keeps this portable")]
+                let named = SYSCALL_NAMES.iter().find(|(n, _)| i64::from(*n) == nr);
+                match named {
                     Some((_, name)) => Value::String(format!("[syscall:{name}]")),
                     None => v.clone(),
                 }
             } else if INTEGER_FIELDS.contains(&k) {
                 v.as_u64().ok_or_else(|| fail(k, "must be an integer"))?;
                 Value::String(format!("[{k}]"))
-            } else if k == "filename" && v.as_str() == Some(roles.exe.as_str()) {
-                Value::String("[exe]".to_owned())
-            } else if k == "comm" && !exe_comm.is_empty() && v.as_str() == Some(exe_comm.as_str()) {
+            } else if (k == "filename" && v.as_str() == Some(roles.exe.as_str()))
+                || (k == "comm" && !exe_comm.is_empty() && v.as_str() == Some(exe_comm.as_str()))
+            {
                 Value::String("[exe]".to_owned())
             } else if k == "argv" {
                 let args = v.as_array().ok_or_else(|| fail(k, "argv is not an array"))?;
@@ -204,8 +206,8 @@ mod tests {
 
     #[test]
     fn syscall_numbers_of_this_architecture_are_named_and_others_kept() {
-        let e = |nr: i64| json!({"monitor": "advanced", "event": "syscall", "ts_ns": 1, "syscall_nr": nr});
-        let out = normalize(&[e(libc::SYS_close as i64), e(999)], &Roles::default()).unwrap();
+        let e = |nr: libc::c_long| json!({"monitor": "advanced", "event": "syscall", "ts_ns": 1, "syscall_nr": nr});
+        let out = normalize(&[e(libc::SYS_close), e(999)], &Roles::default()).unwrap();
         let names: Vec<&Value> = out.iter().map(|v| &v["syscall_nr"]).collect();
         assert!(names.contains(&&json!("[syscall:close]")), "{out:?}");
         assert!(names.contains(&&json!(999)), "an unknown number must stay visible: {out:?}");

@@ -46,11 +46,9 @@ pub struct Stats {
 
 /// The index key of a container id.
 fn key(container_id: &str) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
+    use std::hash::BuildHasher;
     // Fixed keys: the index lives in one process, and a fixed hasher needs no seed per map.
-    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
-    container_id.hash(&mut h);
-    h.finish()
+    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(container_id)
 }
 
 /// The cgroup id -> attribution map.

@@ -128,13 +128,15 @@ pub enum MonitorError {
         io_error: std::io::Error,
         log: String,
     },
+    /// aya's `ProgramError` is boxed: at 120-odd bytes it made every `Result` of this error (on
+    /// every load and attach) that large, and it is built only when a program fails.
     #[error("monitor {monitor}: program {program}: {stage}: {source}{}", os_error_suffix(.source))]
     Program {
         monitor: &'static str,
         program: &'static str,
         stage: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("monitor {monitor}: map events: missing from the object")]
     NoEvents { monitor: &'static str },
@@ -302,7 +304,7 @@ fn program_error(monitor: &'static str, program: &'static str, stage: &'static s
         ProgramError::LoadError { io_error, verifier_log } => {
             MonitorError::Verifier { monitor, program, io_error, log: verifier_log.to_string() }
         }
-        source => MonitorError::Program { monitor, program, stage, source },
+        source => MonitorError::Program { monitor, program, stage, source: Box::new(source) },
     }
 }
 
