@@ -316,6 +316,37 @@ pub fn own_cgroups() -> Vec<u64> {
     std::fs::metadata(root.join(path.trim().trim_start_matches('/'))).map(|m| vec![m.ino()]).unwrap_or_default()
 }
 
+/// Forks; the child runs `f` and leaves with `_exit(f())`. The agent may have other threads, so
+/// `f` must make raw syscalls only (async-signal-safe: no allocation, no locks); what it returns
+/// names the step that failed.
+pub(crate) fn fork_child(f: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    // SAFETY: the child only runs `f`, which makes raw syscalls, then `_exit`s without running
+    // the parent's destructors.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let code = f();
+        // SAFETY: as above.
+        unsafe { libc::_exit(code) };
+    }
+    Ok(pid)
+}
+
+/// Waits for the child `pid` and returns its exit code, or -1 when it did not exit normally.
+pub(crate) fn wait_exit(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if r == pid && libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 }
+}
+
+/// The calling thread's errno.
+pub(crate) fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
 /// The calling thread's id.
 pub fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.
