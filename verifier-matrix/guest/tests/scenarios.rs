@@ -47,6 +47,7 @@ fn kernel_key() -> String {
 #[case::advanced_flood_dedup("advanced.flood_dedup")]
 #[case::network_tcp_veth("network.tcp_veth")]
 #[case::xdp_veth_prefixes("xdp.veth_prefixes")]
+#[case::xdp_test_run("xdp.test_run")]
 fn scenario(#[case] name: &str) {
     let test = format!("scenario {name}");
     if unless_root(&test, "loads the scenario's monitors") {

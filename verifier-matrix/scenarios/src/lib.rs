@@ -35,6 +35,7 @@ pub mod tcp_veth;
 pub mod udp_dns;
 pub mod veth;
 pub mod xdp;
+pub mod xdp_test_run;
 
 use std::{
     io,
@@ -153,6 +154,7 @@ pub static SCENARIOS: &[&dyn Scenario] = &[
     &Case { name: "advanced.flood_dedup", monitors: &["advanced"], run: advanced::run },
     &Case { name: "network.tcp_veth", monitors: &["network"], run: tcp_veth::run },
     &Case { name: "xdp.veth_prefixes", monitors: &[], run: |out, _| xdp::run(out) },
+    &Case { name: "xdp.test_run", monitors: &[], run: |out, _| xdp_test_run::run(out) },
 ];
 
 /// The scenario called `name` (`<monitor>.<scenario>`).
