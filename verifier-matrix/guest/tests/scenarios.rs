@@ -35,6 +35,7 @@ fn kernel_key() -> String {
 
 #[rstest]
 #[case::process_exec_chain("process.exec_chain")]
+#[case::process_lineage("process.lineage")]
 #[case::security_capability("security.capability")]
 #[case::network_tcp_loopback("network.tcp_loopback")]
 #[case::kernel_oom_kill("kernel.oom_kill")]

@@ -28,6 +28,7 @@ mod netlink;
 pub mod network;
 pub mod oom;
 pub mod process;
+pub mod process_lineage;
 pub mod security;
 pub mod security_mount;
 pub mod security_ns;
@@ -142,6 +143,7 @@ impl Scenario for Case {
 /// Every scenario, in the order the guest runs them.
 pub static SCENARIOS: &[&dyn Scenario] = &[
     &Case { name: "process.exec_chain", monitors: &["process"], run: process::run },
+    &Case { name: "process.lineage", monitors: &["process"], run: process_lineage::run },
     &Case { name: "security.capability", monitors: &["security"], run: process::run_capability },
     &Case { name: "network.tcp_loopback", monitors: &["network", "kernel"], run: network::run },
     &Case { name: "kernel.oom_kill", monitors: &["kernel"], run: oom::run },
@@ -177,6 +179,8 @@ pub fn actor(args: &[String]) -> Option<ExitCode> {
                 None => Some(ExitCode::from(2)),
             }
         }
+        // `lineage <nonce>`: process/lineage's process tree.
+        Some("lineage") => Some(process_lineage::actor(args.get(2).map_or("0", String::as_str))),
         Some("security-actor") => Some(security::actor()),
         Some("security-ns-actor") => Some(security_ns::actor()),
         Some("security-mount-actor") => Some(security_mount::actor()),
