@@ -1,15 +1,21 @@
-//! The network and kernel monitors on the running kernel, through the agent: real TCP
-//! connections over 127.0.0.1 and ::1 with known byte counts. The OOM kill in a memory-limited
-//! cgroup (victim pid, comm, uid and cgroup, and the killer) is the shared scenario
-//! kernel.oom_kill (tapio-scenarios, run on this kernel by verifier-matrix/guest/tests/scenarios.rs
-//! and in every VM of the matrix); this file's TCP test keeps the agent's side for the kernel
-//! monitor (exit 0 on SIGTERM, no `kernel_` program left loaded).
+//! The network and kernel monitors through the agent: what is about `tapio-load` itself. What the
+//! programs record for real TCP connections (every state change, bytes on close, the owner, the
+//! kernel monitor's socket cgroup, `connect_attempt` and `accept_return` with the caller and the
+//! acceptor as the owner of the accepted socket) is the shared scenario network.tcp_loopback
+//! (kernel.tcp_loopback for the kernel monitor), and the OOM kill is kernel.oom_kill
+//! (tapio-scenarios, run on this kernel by verifier-matrix/guest/tests/scenarios.rs and in every
+//! VM of the matrix).
+//!
+//! Here: a connection's records reach the agent's JSON output from both monitors, the start-up
+//! log names each attach path (or why an optional event is unavailable, and then none comes), the
+//! agent exits 0 on SIGTERM and leaves no program loaded; and `tapio-load plan` names each
+//! alternative network path or the kernel's reason.
 
 mod common;
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -18,36 +24,18 @@ use rstest::rstest;
 use serde_json::Value;
 use tapio_runtime::monitors::{self, AttachPoint};
 
-/// One connection made by the test: both ends' addresses and what each side wrote.
-struct Conn {
-    client: SocketAddr,
-    server: SocketAddr,
-    client_wrote: u64,
-    server_wrote: u64,
-}
-
-/// Connects to a listener on `ip`, sends `up` bytes one way and `down` back, then closes both ends
-/// in order (client first) so every byte is read and no RST cuts the counters short.
-fn exchange(ip: IpAddr, up: usize, down: usize) -> Conn {
-    let listener = TcpListener::bind((ip, 0)).expect("bind listener");
+/// One connection over 127.0.0.1, closed by the client first; returns (client, server).
+fn exchange() -> (SocketAddr, SocketAddr) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind listener");
     let server = listener.local_addr().unwrap();
     let mut client = TcpStream::connect(server).expect("connect");
     let (mut accepted, _) = listener.accept().expect("accept");
     let client_addr = client.local_addr().unwrap();
-    client.write_all(&vec![b'u'; up]).unwrap();
-    let mut buf = vec![0u8; up];
-    accepted.read_exact(&mut buf).unwrap();
-    accepted.write_all(&vec![b'd'; down]).unwrap();
-    let mut buf = vec![0u8; down];
-    client.read_exact(&mut buf).unwrap();
+    client.write_all(b"ping").unwrap();
     drop(client);
-    // Wait for the client's FIN so the server's close is an orderly one.
     let mut rest = Vec::new();
     accepted.read_to_end(&mut rest).unwrap();
-    assert!(rest.is_empty());
-    drop(accepted);
-    drop(listener);
-    Conn { client: client_addr, server, client_wrote: up as u64, server_wrote: down as u64 }
+    (client_addr, server)
 }
 
 fn tuple_is(e: &Value, local: SocketAddr, peer: SocketAddr) -> bool {
@@ -55,22 +43,6 @@ fn tuple_is(e: &Value, local: SocketAddr, peer: SocketAddr) -> bool {
         && e["sport"] == local.port()
         && e["daddr"] == peer.ip().to_string()
         && e["dport"] == peer.port()
-}
-
-fn find<'a>(events: &'a [Value], monitor: &str, event: &str, local: SocketAddr, peer: SocketAddr) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["monitor"] == monitor && e["event"] == event && tuple_is(e, local, peer))
-        .unwrap_or_else(|| {
-            let ours: Vec<&Value> = events.iter().filter(|e| e["monitor"] == monitor).collect();
-            panic!("no {monitor} {event} for {local} -> {peer} among {} {monitor} events: {ours:#?}", ours.len())
-        })
-}
-
-/// A byte counter from `tcp_sock`: the payload plus at most a SYN and a FIN (sequence space).
-fn assert_bytes(e: &Value, field: &str, payload: u64) {
-    let got = e[field].as_u64().unwrap_or_else(|| panic!("{field} missing: {e}"));
-    assert!((payload..=payload + 2).contains(&got), "{field} = {got}, expected {payload} payload bytes (+ SYN/FIN): {e}");
 }
 
 /// Which path of a network program group this kernel allows, by the loader's own feature gates:
@@ -89,92 +61,27 @@ fn group_path(group: &str) -> Result<(&'static str, String), Vec<(String, String
     Err(reasons)
 }
 
-/// The optional events of one connection: `connect_attempt` and `accept_return` where this kernel
-/// has a path for them (fexit or kprobe), and the acceptor as the owner of the inbound socket.
-fn check_call_events(events: &[Value], c: &Conn, ip_version: u64) {
-    let me = std::process::id() as u64;
-    if let Ok((program, _)) = group_path("connect_attempt") {
-        let e = find(events, "network", "connect_attempt", c.client, c.server);
-        assert_eq!((e["tgid"].as_u64(), &e["owner_known"], &e["ip_version"]), (Some(me), &Value::Bool(true), &ip_version.into()), "{e}");
-        assert!(e.get("newstate").is_none(), "a call, not a transition: {e}");
-        if program.ends_with("fexit") {
-            assert_eq!(e["result"], 0, "fexit sees tcp_connect's return: {e}");
-        } else {
-            assert!(e.get("result").is_none(), "a kprobe cannot see the return value: {e}");
-        }
-    }
-    if group_path("accept_return").is_ok() {
-        let e = find(events, "network", "accept_return", c.server, c.client);
-        assert_eq!((e["tgid"].as_u64(), &e["owner_known"], &e["ip_version"]), (Some(me), &Value::Bool(true), &ip_version.into()), "{e}");
-        // From accept() on, the inbound socket's softirq transitions carry the acceptor: the
-        // client's FIN (ESTABLISHED -> CLOSE_WAIT) arrives after this test's accept() returned.
-        let wait = events
-            .iter()
-            .find(|x| x["event"] == "state_change" && x["newstate"] == "CLOSE_WAIT" && tuple_is(x, c.server, c.client))
-            .unwrap_or_else(|| panic!("no CLOSE_WAIT for {} -> {}", c.server, c.client));
-        assert_eq!((wait["tgid"].as_u64(), &wait["owner_known"]), (Some(me), &Value::Bool(true)), "{wait}");
-    }
-}
-
-fn check_connection(events: &[Value], c: &Conn, ip_version: u64) {
-    let me = std::process::id() as u64;
-    // Outbound: connect() ran in this process, which the probe remembers for later events.
-    let connect = find(events, "network", "connect", c.client, c.server);
-    assert_eq!(connect["ip_version"], ip_version, "{connect}");
-    assert_eq!(connect["protocol"], "tcp", "{connect}");
-    assert_eq!(connect["tgid"], me, "connect is attributed to the connecting process: {connect}");
-    assert_eq!(connect["owner_known"], true, "{connect}");
-    assert_eq!(connect["oldstate"], "SYN_SENT");
-    assert_eq!(connect["newstate"], "ESTABLISHED");
-    // Inbound: completed in softirq, so only the tuple is asserted, not the task.
-    let accept = find(events, "network", "accept", c.server, c.client);
-    assert_eq!(accept["ip_version"], ip_version, "{accept}");
-    assert_eq!(accept["oldstate"], "SYN_RECV");
-
-    let client_close = find(events, "network", "close", c.client, c.server);
-    assert_eq!(client_close["tgid"], me, "{client_close}");
-    assert_bytes(client_close, "bytes_sent", c.client_wrote);
-    assert_bytes(client_close, "bytes_received", c.server_wrote);
-    let server_close = find(events, "network", "close", c.server, c.client);
-    assert_eq!(server_close["tgid"], me, "the accepted socket's owner is remembered at close(): {server_close}");
-    assert_bytes(server_close, "bytes_sent", c.server_wrote);
-    assert_bytes(server_close, "bytes_received", c.client_wrote);
-
-    // The kernel monitor: the same lifecycle, attributed to the sockets' own cgroup, which is
-    // the cgroup this process (the connecting task) is in.
-    let cgroup = &connect["cgroup_id"];
-    for (event, local, peer) in [
-        ("connect", c.client, c.server),
-        ("accept", c.server, c.client),
-        ("close", c.client, c.server),
-        ("close", c.server, c.client),
-    ] {
-        let k = find(events, "kernel", event, local, peer);
-        assert_eq!(k["ip_version"], ip_version, "{k}");
-        assert_eq!(k["protocol"], "tcp", "{k}");
-        assert_eq!(k["sock_cgroup"], true, "this kernel (5.15+) has sk_cgrp_data.cgroup: {k}");
-        assert_eq!(&k["cgroup_id"], cgroup, "kernel {event} carries the socket's cgroup: {k}");
-    }
-}
-
 #[test]
-fn tcp_lifecycle_over_ipv4_and_ipv6() {
-    if skip_unless_root("tcp_lifecycle_over_ipv4_and_ipv6") {
+fn network_and_kernel_monitors_through_the_agent() {
+    if skip_unless_root("network_and_kernel_monitors_through_the_agent") {
         return;
     }
     let _serial = kernel_lock();
     let loader = Loader::start(&["--monitors", "network,kernel"]);
-    let v4 = exchange(IpAddr::V4(Ipv4Addr::LOCALHOST), 1000, 333);
-    let v6 = exchange(IpAddr::V6(Ipv6Addr::LOCALHOST), 4096, 77);
+    let (client, server) = exchange();
 
-    // The last record this test causes: the kernel monitor's close of the IPv6 server socket.
+    // The last record this test causes: the kernel monitor's close of the server's socket.
     let mut events = Vec::new();
     let last = loader.wait_for(&mut events, Duration::from_secs(5), |e| {
-        e["monitor"] == "kernel" && e["event"] == "close" && tuple_is(e, v6.server, v6.client)
+        e["monitor"] == "kernel" && e["event"] == "close" && tuple_is(e, server, client)
     });
     let (rest, stderr, status) = loader.finish();
     events.extend(rest);
-    assert!(last.is_some(), "the IPv6 server close never arrived; stderr:\n{stderr}");
+    assert!(last.is_some(), "the kernel monitor's server close never reached stdout; stderr:\n{stderr}");
+    assert!(
+        events.iter().any(|e| e["monitor"] == "network" && e["event"] == "connect" && tuple_is(e, client, server)),
+        "the network monitor's connect never reached stdout"
+    );
     assert!(status.success(), "tapio-load exits 0 on SIGTERM: {status}; stderr:\n{stderr}");
     assert!(stderr.contains("tracepoint:sock/inet_sock_set_state"), "attach path logged: {stderr}");
     // connect_attempt and accept_return: the start-up log names the path taken, or says the event
@@ -194,11 +101,6 @@ fn tcp_lifecycle_over_ipv4_and_ipv6() {
             }
         }
     }
-
-    check_connection(&events, &v4, 4);
-    check_connection(&events, &v6, 6);
-    check_call_events(&events, &v4, 4);
-    check_call_events(&events, &v6, 6);
     for prefix in ["network_", "kernel_"] {
         let left = common::programs_left_after(prefix, Duration::from_secs(2));
         assert!(left.is_empty(), "programs left loaded after exit: {left:?}");

@@ -35,6 +35,7 @@ fn kernel_key() -> String {
 
 #[rstest]
 #[case::process_exec_chain("process.exec_chain")]
+#[case::process_lineage("process.lineage")]
 #[case::security_capability("security.capability")]
 #[case::network_tcp_loopback("network.tcp_loopback")]
 #[case::kernel_oom_kill("kernel.oom_kill")]
@@ -47,6 +48,7 @@ fn kernel_key() -> String {
 #[case::advanced_flood_dedup("advanced.flood_dedup")]
 #[case::network_tcp_veth("network.tcp_veth")]
 #[case::xdp_veth_prefixes("xdp.veth_prefixes")]
+#[case::xdp_test_run("xdp.test_run")]
 fn scenario(#[case] name: &str) {
     let test = format!("scenario {name}");
     if unless_root(&test, "loads the scenario's monitors") {

@@ -28,6 +28,7 @@ mod netlink;
 pub mod network;
 pub mod oom;
 pub mod process;
+pub mod process_lineage;
 pub mod security;
 pub mod security_mount;
 pub mod security_ns;
@@ -35,6 +36,7 @@ pub mod tcp_veth;
 pub mod udp_dns;
 pub mod veth;
 pub mod xdp;
+pub mod xdp_test_run;
 
 use std::{
     io,
@@ -141,6 +143,7 @@ impl Scenario for Case {
 /// Every scenario, in the order the guest runs them.
 pub static SCENARIOS: &[&dyn Scenario] = &[
     &Case { name: "process.exec_chain", monitors: &["process"], run: process::run },
+    &Case { name: "process.lineage", monitors: &["process"], run: process_lineage::run },
     &Case { name: "security.capability", monitors: &["security"], run: process::run_capability },
     &Case { name: "network.tcp_loopback", monitors: &["network", "kernel"], run: network::run },
     &Case { name: "kernel.oom_kill", monitors: &["kernel"], run: oom::run },
@@ -153,6 +156,7 @@ pub static SCENARIOS: &[&dyn Scenario] = &[
     &Case { name: "advanced.flood_dedup", monitors: &["advanced"], run: advanced::run },
     &Case { name: "network.tcp_veth", monitors: &["network"], run: tcp_veth::run },
     &Case { name: "xdp.veth_prefixes", monitors: &[], run: |out, _| xdp::run(out) },
+    &Case { name: "xdp.test_run", monitors: &[], run: |out, _| xdp_test_run::run(out) },
 ];
 
 /// The scenario called `name` (`<monitor>.<scenario>`).
@@ -175,6 +179,8 @@ pub fn actor(args: &[String]) -> Option<ExitCode> {
                 None => Some(ExitCode::from(2)),
             }
         }
+        // `lineage <nonce>`: process/lineage's process tree.
+        Some("lineage") => Some(process_lineage::actor(args.get(2).map_or("0", String::as_str))),
         Some("security-actor") => Some(security::actor()),
         Some("security-ns-actor") => Some(security_ns::actor()),
         Some("security-mount-actor") => Some(security_mount::actor()),
@@ -314,6 +320,37 @@ pub fn own_cgroups() -> Vec<u64> {
         return Vec::new();
     };
     std::fs::metadata(root.join(path.trim().trim_start_matches('/'))).map(|m| vec![m.ino()]).unwrap_or_default()
+}
+
+/// Forks; the child runs `f` and leaves with `_exit(f())`. The agent may have other threads, so
+/// `f` must make raw syscalls only (async-signal-safe: no allocation, no locks); what it returns
+/// names the step that failed.
+pub(crate) fn fork_child(f: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    // SAFETY: the child only runs `f`, which makes raw syscalls, then `_exit`s without running
+    // the parent's destructors.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let code = f();
+        // SAFETY: as above.
+        unsafe { libc::_exit(code) };
+    }
+    Ok(pid)
+}
+
+/// Waits for the child `pid` and returns its exit code, or -1 when it did not exit normally.
+pub(crate) fn wait_exit(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if r == pid && libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 }
+}
+
+/// The calling thread's errno.
+pub(crate) fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 /// The calling thread's id.

@@ -1,7 +1,7 @@
 //! process/exec_chain and security/capability: the process monitor's lineage of a leaf forked
 //! from the main thread and one forked from another thread (exec, exit, fork, with the snapshot
-//! shared by every kernel), processes whose threads all end at once, and one CAP_SYS_ADMIN check
-//! seen by the security monitor's capability path.
+//! shared by every kernel), processes whose threads all end at once, and a granted and a refused
+//! CAP_SYS_ADMIN check seen by the security monitor's capability path.
 //!
 //! The leaves are the running binary re-executed as `exit-with <code> <tag>`, the threaded
 //! processes as `threads-exit` ([`crate::actor`]).
@@ -40,23 +40,94 @@ fn drain(m: &mut LoadedMonitor) -> (Vec<Value>, Vec<String>) {
     (events, errors)
 }
 
-/// When a capability path (fexit, else kprobe) attached: a CAP_SYS_ADMIN check must be seen.
+/// A uid without capabilities: a change to it from uid 0 clears the effective set.
+const UNPRIVILEGED_UID: libc::c_long = 4321;
+
+/// When a capability path (tracepoint, fexit or kprobe) attached: one CAP_SYS_ADMIN check that is
+/// granted (root's sethostname, in a child's own UTS namespace so the machine keeps its name) and
+/// one that is refused (the same call after setuid to [`UNPRIVILEGED_UID`]), each from a forked
+/// child. Where the kernel has the `capability:cap_capable` tracepoint (6.14+) the loader must
+/// take it; elsewhere that check is a skip the kernel gates judge.
 fn capability_workload(out: &mut Outcome, m: &mut LoadedMonitor) {
-    let Some(path) = m.reports.iter().find(|r| r.program.starts_with("sec_capable_")).map(|r| r.path.clone()) else {
+    let Some(report) = m.reports.iter().find(|r| r.program.starts_with("sec_capable_")) else {
         return; // reported as unavailable, with the kernel's reasons
     };
-    let name = b"tapio-guest";
-    // SAFETY: name is a valid buffer of the given length. sethostname checks CAP_SYS_ADMIN.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    let me = std::process::id();
-    let (decoded, errors) = drain(m);
-    let seen = decoded.iter().find(|e| {
-        e["event"] == "capability" && e["tgid"] == me && e["capability"] == "CAP_SYS_ADMIN"
+    let (program, path) = (report.program, report.path.clone());
+    crate::discard(m);
+    let name = b"tapio-cap";
+    let granted = crate::fork_child(|| {
+        // SAFETY: raw syscalls; name is a valid buffer of the given length.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWUTS) != 0 {
+                return 10;
+            }
+            if libc::sethostname(name.as_ptr().cast(), name.len()) != 0 {
+                return 11;
+            }
+        }
+        0
     });
-    let pass = rc == 0
+    let granted = granted.map(|pid| (pid, crate::wait_exit(pid)));
+    let refused = crate::fork_child(|| {
+        // SAFETY: raw syscalls; name is a valid buffer of the given length.
+        unsafe {
+            if libc::syscall(libc::SYS_setuid, UNPRIVILEGED_UID) != 0 {
+                return 20;
+            }
+            if libc::sethostname(name.as_ptr().cast(), name.len()) != -1 || crate::errno() != libc::EPERM {
+                return 21;
+            }
+        }
+        0
+    });
+    let refused = refused.map(|pid| (pid, crate::wait_exit(pid)));
+    let (Ok((granted, granted_exit)), Ok((refused, refused_exit))) = (granted, refused) else {
+        return check(out, "security.capability", false, "fork failed".to_owned());
+    };
+    let pids = [granted as u32, refused as u32];
+    let admin = |e: &tapio_decode::events::Event| pids.contains(&e.tgid);
+    let c = crate::collect(
+        m,
+        admin,
+        |seen| pids.iter().all(|p| seen.iter().any(|e| e.tgid == *p)),
+        crate::EVENT_WAIT,
+    );
+    let mut values = c.values();
+    crate::relative_in_container(&mut values);
+    let admin_of = |pid: i32| values.iter().find(|e| e["event"] == "capability" && e["tgid"] == pid && e["capability"] == "CAP_SYS_ADMIN");
+    let (ok, no) = (admin_of(granted), admin_of(refused));
+    let errors = &c.errors;
+
+    // Granted: root's check in the initial user namespace, with its verdict where the path has one.
+    let pass = granted_exit == 0
         && errors.is_empty()
-        && seen.is_some_and(|e| e["verdict_known"] == false || e["result"] == 0);
-    check(out, "security.capability", pass, format!("via {path}; sethostname rc {rc}; event: {seen:?}; errors: {errors:?}"));
+        && ok.is_some_and(|e| {
+            (e["verdict_known"] == false || e["result"] == 0)
+                && e["syscall"] == "cap_capable"
+                && e["pid"] == granted
+                && e["uid"] == 0
+                && e["user_ns"] == false
+                && e["in_container"] == false
+        });
+    check(out, "security.capability", pass, format!("via {path}; child exit {granted_exit}; event: {ok:?}; errors: {errors:?}"));
+
+    // Refused: uid 4321's check, with -EPERM where the path knows the verdict (not the kprobe's).
+    let pass = refused_exit == 0
+        && no.is_some_and(|e| {
+            e["uid"] == UNPRIVILEGED_UID
+                && e["pid"] == refused
+                && if e["verdict_known"] == true { e["result"] == -i64::from(libc::EPERM) } else { program == "sec_capable_kprobe" }
+        });
+    check(out, "security.capability.refused", pass, format!("via {path}; child exit {refused_exit} (0: sethostname got EPERM); event: {no:?}"));
+
+    // The tracepoint path, where the kernel has it: opts are not in the tracepoint, the verdict is.
+    if program == "sec_capable_tp" {
+        let shape = |e: Option<&Value>| e.is_some_and(|e| e["verdict_known"] == true && e["opts_known"] == false);
+        check(out, "security.capability.tracepoint", shape(ok) && shape(no), format!("via {path}; granted {ok:?}; refused {no:?}"));
+    } else {
+        let why = m.fallbacks.iter().find(|(cap, ..)| *cap == "capability").map_or_else(|| format!("capability events come via {path}"), |(_, _, why)| why.clone());
+        out.line(&Line::skip("security.capability.tracepoint", why, tapio_matrix_protocol::Needs::one("cap_capable tracepoint")));
+    }
 }
 
 /// Runs `exe exit-with <code> <tag>` from the calling thread and returns the child's pid.

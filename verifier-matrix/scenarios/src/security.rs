@@ -5,7 +5,8 @@
 //! What the actor does, in order: ptrace-attaches to the grandchild and pokes a word into it,
 //! writes another word with process_vm_writev (the grandchild exits 0 only if both landed), moves
 //! its effective gid and uid to 1234, fails to unshare there (no CAP_SYS_ADMIN: EPERM), moves them
-//! back, then unshares its mount namespace, makes its mounts private and mounts a tmpfs, the last
+//! back, forks a dropper that moves every uid to 1234 and is refused (EPERM) the way back to 0,
+//! then unshares its mount namespace, makes its mounts private and mounts a tmpfs, the last
 //! two inside the new namespace (`in_container`).
 //!
 //! `capability` events are left out of the snapshot: fexit gives the check's verdict and the
@@ -171,6 +172,32 @@ fn actor_steps() -> io::Result<Value> {
         (rc, errno)
     };
 
+    // A child of the actor drops every uid to OTHER_ID (root may), then asks for uid 0 back,
+    // which OTHER_ID may not have (EPERM). A child, because the drop cannot be undone.
+    // SAFETY: the actor is single-threaded, so the child may run any code; it makes raw
+    // syscalls and leaves with _exit.
+    let dropper = unsafe { libc::fork() };
+    if dropper == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::alarm(ALARM_SECS);
+            let code = if libc::syscall(libc::SYS_setuid, other) != 0 {
+                1
+            } else if libc::syscall(libc::SYS_setuid, ZERO) != -1 || io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+                2
+            } else {
+                0
+            };
+            libc::_exit(code);
+        }
+    }
+    sys("fork", dropper.into())?;
+    // SAFETY: waitpid on our own child.
+    let dropper_exit = unsafe {
+        sys("waitpid", libc::waitpid(dropper, &mut status, 0).into())?;
+        if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 }
+    };
+
     let c = |s: &str| CString::new(s).expect("no NUL");
     let (target_dir, tmpfs, source, data) = (c(MOUNT_TARGET), c("tmpfs"), c("tapio-tmpfs"), c("size=1m"));
     private_mount_ns()?;
@@ -185,6 +212,7 @@ fn actor_steps() -> io::Result<Value> {
     Ok(json!({
         "actor": std::process::id(), "target": target, "target_exit": target_exit, "written": written,
         "poke_addr": poke_addr, "denied_rc": denied.0, "denied_errno": denied.1,
+        "dropper": dropper, "dropper_exit": dropper_exit,
     }))
 }
 
@@ -204,6 +232,7 @@ pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
         return;
     }
     let (actor, target) = (report["actor"].as_u64().unwrap_or(0), report["target"].as_u64().unwrap_or(0));
+    let dropper = report["dropper"].as_u64().unwrap_or(0);
     check(
         out,
         "security.cred_ns.injection_landed",
@@ -217,16 +246,24 @@ pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
         format!("unshare as euid {OTHER_ID}: rc {}, errno {}", report["denied_rc"], report["denied_errno"]),
     );
 
+    check(
+        out,
+        "security.cred_ns.setuid_back_denied",
+        report["dropper_exit"] == 0,
+        format!("the dropper's exit {} (0: setuid({OTHER_ID}) worked, setuid(0) got EPERM)", report["dropper_exit"]),
+    );
+
     // Each event is sent at its syscall's exit, before the actor went on: all are in the ring.
-    let ours = |e: &tapio_decode::events::Event| (u64::from(e.tgid) == actor || u64::from(e.tgid) == target) && e.event != "capability";
+    let ours = |e: &tapio_decode::events::Event| [actor, target, dropper].contains(&u64::from(e.tgid)) && e.event != "capability";
     let c = collect(m, ours, |_| true, EVENT_WAIT);
     let dropped = lost(m) - lost_before;
     let mut values = c.values();
     super::relative_in_container(&mut values);
     check(out, "security.cred_ns.decode", c.errors.is_empty() && dropped == 0, format!("{} events, {dropped} lost, errors: {:?}", values.len(), c.errors));
     key_checks(out, &values, actor, target, report["poke_addr"].as_u64().unwrap_or(0));
+    dropper_checks(out, &values, dropper);
     let roles = Roles {
-        pids: vec![(actor, "actor".to_owned()), (target, "target".to_owned())],
+        pids: vec![(actor, "actor".to_owned()), (target, "target".to_owned()), (dropper, "dropper".to_owned())],
         exe,
         ports: Vec::new(),
         cgroups: crate::own_cgroups(),
@@ -253,4 +290,17 @@ fn key_checks(out: &mut Outcome, values: &[Value], actor: u64, target: u64, poke
     }
     let quiet = values.iter().all(|v| v["tgid"] != target);
     check(out, "security.cred_ns.target_quiet", quiet, "the grandchild makes no security call".to_owned());
+}
+
+/// The dropper's two setuid calls: to OTHER_ID (every uid moves, from 0), then back to 0, refused
+/// with -EPERM and leaving the uids at OTHER_ID; nothing else.
+fn dropper_checks(out: &mut Outcome, values: &[Value], dropper: u64) {
+    let setuids: Vec<&Value> = values.iter().filter(|v| v["tgid"] == dropper).collect();
+    let drop = |v: &Value| v["syscall"] == "setuid" && v["old_uid"] == 0 && v["new_uid"] == OTHER_ID && v["result"] == 0;
+    let refused = |v: &Value| {
+        v["syscall"] == "setuid" && v["old_uid"] == OTHER_ID && v["new_uid"] == 0 && v["result"] == -i64::from(libc::EPERM)
+    };
+    let detail = format!("the dropper's events: {setuids:?}");
+    check(out, "security.cred_ns.setuid_drop", setuids.first().is_some_and(|v| drop(v)), detail.clone());
+    check(out, "security.cred_ns.setuid_refused", setuids.len() == 2 && refused(setuids[1]), detail);
 }

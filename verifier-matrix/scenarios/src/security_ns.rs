@@ -4,9 +4,10 @@
 //!
 //! What the actor does, in order: capset down to the three capabilities the rest needs (the
 //! permitted set shrinks), a second capset that asks for CAP_SYS_BOOT back and is refused
-//! (EPERM), forks the holder (which unshares its mount namespace and waits), setns into the
-//! holder's mount namespace with the wrong type (EINVAL) and with the right one, then, from
-//! inside that namespace (`in_container`), init_module and finit_module on an image that is not
+//! (EPERM), forks the holder (which unshares its UTS namespace, then its mount namespace, and
+//! waits), setns into the holder's mount namespace with the wrong type (EINVAL) and with the
+//! right one, then, from inside that namespace (`in_container`), setns into the holder's UTS
+//! namespace, and init_module and finit_module on an image that is not
 //! an ELF object, so nothing is loaded. init_module is given the image's bytes from memory,
 //! finit_module a memfd holding them: no file is written, so there is no path to race for or
 //! to share between two runs on one host.
@@ -55,6 +56,7 @@ const IMAGE: &[u8; 96] = b"tapio-probes ns_caps_module: this is not a kernel mod
 /// Where the actor keeps the namespace and module fds (dup2), so the events' `fd` is fixed.
 const NS_FD: i32 = 100;
 const MODULE_FD: i32 = 101;
+const UTS_FD: i32 = 102;
 
 /// include/uapi/linux/capability.h.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
@@ -68,6 +70,7 @@ const CAP_SYS_BOOT: u32 = 22;
 const KEEP: u64 = 1 << CAP_SYS_MODULE | 1 << CAP_SYS_CHROOT | 1 << CAP_SYS_ADMIN;
 const CLONE_NEWNS: libc::c_long = libc::CLONE_NEWNS as libc::c_long;
 const CLONE_NEWNET: libc::c_long = libc::CLONE_NEWNET as libc::c_long;
+const CLONE_NEWUTS: libc::c_long = libc::CLONE_NEWUTS as libc::c_long;
 /// The actor and the holder give up (SIGALRM) after this many seconds.
 const ALARM_SECS: u32 = 10;
 
@@ -166,7 +169,7 @@ fn actor_steps() -> io::Result<Value> {
             libc::alarm(ALARM_SECS);
             libc::close(ready[0]);
             libc::close(release[1]);
-            let ok = libc::unshare(libc::CLONE_NEWNS) == 0;
+            let ok = libc::unshare(libc::CLONE_NEWUTS) == 0 && libc::unshare(libc::CLONE_NEWNS) == 0;
             libc::write(ready[1], [u8::from(ok)].as_ptr().cast(), 1);
             let mut b = 0u8;
             libc::read(release[0], (&mut b as *mut u8).cast(), 1);
@@ -183,19 +186,25 @@ fn actor_steps() -> io::Result<Value> {
         libc::close(ready[0]);
     }
     if unshared != 1 {
-        return Err(io::Error::other("the holder could not unshare its mount namespace"));
+        return Err(io::Error::other("the holder could not unshare its mount and UTS namespaces"));
     }
 
-    // setns: the wrong type first (the fd is a mount namespace), then into it.
+    // setns: the wrong type first (the fd is a mount namespace), then into it, then into the
+    // holder's UTS namespace.
     let ns_path = CString::new(format!("/proc/{holder}/ns/mnt")).expect("no NUL");
-    let nsfd = libc::c_long::from(NS_FD);
-    // SAFETY: ns_path is NUL-terminated; setns takes integers.
-    let (wrong_type, joined) = unsafe {
+    let uts_path = CString::new(format!("/proc/{holder}/ns/uts")).expect("no NUL");
+    let (nsfd, utsfd) = (libc::c_long::from(NS_FD), libc::c_long::from(UTS_FD));
+    // SAFETY: the paths are NUL-terminated; setns takes integers.
+    let (wrong_type, joined, joined_uts) = unsafe {
         let fd = sys("open the holder's mount namespace", libc::open(ns_path.as_ptr(), libc::O_RDONLY).into())? as i32;
         sys("dup2 the namespace fd", libc::dup2(fd, NS_FD).into())?;
         libc::close(fd);
+        let fd = sys("open the holder's UTS namespace", libc::open(uts_path.as_ptr(), libc::O_RDONLY).into())? as i32;
+        sys("dup2 the UTS namespace fd", libc::dup2(fd, UTS_FD).into())?;
+        libc::close(fd);
         let wrong = outcome(libc::syscall(libc::SYS_setns, nsfd, CLONE_NEWNET));
-        (wrong, sys("setns", libc::syscall(libc::SYS_setns, nsfd, CLONE_NEWNS))?)
+        let joined = sys("setns", libc::syscall(libc::SYS_setns, nsfd, CLONE_NEWNS))?;
+        (wrong, joined, sys("setns uts", libc::syscall(libc::SYS_setns, utsfd, CLONE_NEWUTS))?)
     };
 
     // Module loads from inside the holder's namespace, both refused.
@@ -218,7 +227,7 @@ fn actor_steps() -> io::Result<Value> {
     Ok(json!({
         "actor": std::process::id(), "holder": holder, "holder_exit": holder_exit,
         "initial_eff": initial_eff, "initial_perm": initial_perm,
-        "capset_denied": [denied.0, denied.1], "setns_wrong_type": [wrong_type.0, wrong_type.1], "setns": joined,
+        "capset_denied": [denied.0, denied.1], "setns_wrong_type": [wrong_type.0, wrong_type.1], "setns": joined, "setns_uts": joined_uts,
         "init_module": [init.0, init.1], "finit_module": [finit.0, finit.1],
     }))
 }
@@ -248,10 +257,11 @@ pub fn run(out: &mut Outcome, loaded: &mut [LoadedMonitor]) {
         report["capset_denied"] == errno(libc::EPERM)
             && report["setns_wrong_type"] == errno(libc::EINVAL)
             && report["setns"] == 0
+            && report["setns_uts"] == 0
             && report["holder_exit"] == 0,
         format!(
-            "capset for CAP_SYS_BOOT {} (want EPERM), setns as net {} (want EINVAL), setns as mnt {}, holder exit {}",
-            report["capset_denied"], report["setns_wrong_type"], report["setns"], report["holder_exit"]
+            "capset for CAP_SYS_BOOT {} (want EPERM), setns as net {} (want EINVAL), setns as mnt {}, as uts {}, holder exit {}",
+            report["capset_denied"], report["setns_wrong_type"], report["setns"], report["setns_uts"], report["holder_exit"]
         ),
     );
     // With module support the image is refused at its header (where signatures are not
@@ -331,15 +341,16 @@ fn key_checks(out: &mut Outcome, values: &[Value], actor: u64, holder: u64, init
             && v["new_cap_inheritable"] == 0
             && v["in_container"] == false
     };
-    let setns = |v: &Value, nstype: libc::c_long, ns: &str, result: i64| {
+    let setns = |v: &Value, fd: i32, nstype: libc::c_long, ns: &str, result: i64, in_container: bool| {
         v["event"] == "setns"
-            && v["fd"] == NS_FD
+            && v["fd"] == fd
             && v["nstype"] == nstype
             && v["namespaces"] == json!([ns])
             && v["result"] == result
-            && v["in_container"] == false
+            && v["in_container"] == in_container
     };
-    let cases: [(&str, bool); 5] = [
+    let unshare = |v: &Value, ns: &str| v["event"] == "unshare" && v["namespaces"] == json!([ns]) && v["result"] == 0 && v["in_container"] == false;
+    let cases: [(&str, bool); 7] = [
         (
             "capset_drop",
             one(actor, &|v| {
@@ -360,18 +371,19 @@ fn key_checks(out: &mut Outcome, values: &[Value], actor: u64, holder: u64, init
                     && v["caps_gained"] == json!(["CAP_SYS_BOOT"])
             }),
         ),
-        (
-            "holder_unshare",
-            one(holder, &|v| v["event"] == "unshare" && v["namespaces"] == json!(["mnt"]) && v["result"] == 0 && v["in_container"] == false),
-        ),
-        ("setns_wrong_type", one(actor, &|v| setns(v, CLONE_NEWNET, "net", -i64::from(libc::EINVAL)))),
-        ("setns_mnt", one(actor, &|v| setns(v, CLONE_NEWNS, "mnt", 0))),
+        ("holder_unshare", one(holder, &|v| unshare(v, "mnt"))),
+        // The holder's first unshare, still from the initial mount namespace.
+        ("holder_unshare_uts", one(holder, &|v| unshare(v, "uts"))),
+        ("setns_wrong_type", one(actor, &|v| setns(v, NS_FD, CLONE_NEWNET, "net", -i64::from(libc::EINVAL), false))),
+        ("setns_mnt", one(actor, &|v| setns(v, NS_FD, CLONE_NEWNS, "mnt", 0, false))),
+        // Made from inside the holder's mount namespace, joined just before: in_container.
+        ("setns_uts", one(actor, &|v| setns(v, UTS_FD, CLONE_NEWUTS, "uts", 0, true))),
     ];
     for (what, pass) in cases {
         check(out, &format!("security.{SCENARIO}.{what}"), pass, format!("{} events of the actor and holder", values.len()));
     }
-    let holder_only_unshare = values.iter().filter(|v| v["tgid"] == holder).count() == 1;
-    check(out, &format!("security.{SCENARIO}.holder_quiet"), holder_only_unshare, "the holder makes one security call: its unshare".to_owned());
+    let holder_only_unshare = values.iter().filter(|v| v["tgid"] == holder).count() == 2;
+    check(out, &format!("security.{SCENARIO}.holder_quiet"), holder_only_unshare, "the holder makes two security calls: its unshares".to_owned());
 }
 
 /// A module syscall's errno by name and number, with the C library's words for it: "ENOEXEC 8
