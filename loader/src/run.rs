@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     events::{self, DecodeOptions},
-    monitors::{self, LoadOptions, LoadedMonitor, MonitorError, MonitorSpec},
+    monitors::{self, LoadOptions, LoadedMonitor, MonitorError, MonitorSpec, TargetBtf},
     output::sink::{Fanout, SinkError, SinkSpec},
     privileges,
 };
@@ -200,16 +200,32 @@ pub fn load_btf(path: Option<&PathBuf>) -> Result<Btf, RunError> {
     }
 }
 
+/// The BTF `run` relocates against, with the same errors as [`load_btf`]: the given file, parsed
+/// here once and lent to every load (Some); or the kernel's own (None: `TargetBtf::Kernel`), which
+/// is only checked here, since every object's loader parses it anyway and two parsed copies at
+/// once were the agent's start-up peak (monitors::target_btf).
+fn external_btf(path: Option<&PathBuf>) -> Result<Option<Btf>, RunError> {
+    match path {
+        Some(_) => load_btf(path).map(Some),
+        None => monitors::target_btf::check_kernel().map(|()| None).map_err(RunError::NoKernelBtf),
+    }
+}
+
+/// `external`'s types, or the kernel's own when there is no file.
+fn target(external: Option<&Btf>) -> TargetBtf<'_> {
+    external.map_or(TargetBtf::Kernel, TargetBtf::Parsed)
+}
+
 /// Loads and attaches every requested monitor. A monitor that fails is reported and left out,
 /// unless `options.strict`: then the first failure is returned and what was attached is dropped.
 /// Failing the privilege check or reading the BTF stops everything (no monitor could load).
 pub fn load_all(options: &RunOptions) -> Result<Started, RunError> {
     privileges::check()?;
     privileges::raise_memlock();
-    let btf = load_btf(options.btf.as_ref())?;
+    let external = external_btf(options.btf.as_ref())?;
     let mut started = Started::default();
     for spec in &options.monitors {
-        let loaded = monitors::load(spec, Some(&btf), &options.load).and_then(|mut m| {
+        let loaded = monitors::load(spec, target(external.as_ref()), &options.load).and_then(|mut m| {
             monitors::dns::set_ports(&mut m.ebpf, &options.dns_ports)
                 .map(|_| m)
                 .map_err(|source| MonitorError::Map { monitor: spec.name, map: monitors::dns::DNS_PORTS_MAP, source })
@@ -332,8 +348,9 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut attributor = options.attribution.map(crate::attribution::Attributor::new);
     let mut watcher = None;
     if let Some(attributor) = attributor.as_mut() {
-        match load_btf(options.btf.as_ref()).map_err(|e| e.to_string()).and_then(|btf| {
-            monitors::load(&monitors::cgroup_watch::SPEC, Some(&btf), &options.load).map_err(|e| crate::errors::chain(&e))
+        match external_btf(options.btf.as_ref()).map_err(|e| e.to_string()).and_then(|external| {
+            monitors::load(&monitors::cgroup_watch::SPEC, target(external.as_ref()), &options.load)
+                .map_err(|e| crate::errors::chain(&e))
         }) {
             Ok(m) => {
                 let LoadedMonitor { ebpf, events, .. } = m;
