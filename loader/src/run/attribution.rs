@@ -7,7 +7,7 @@ use std::{collections::VecDeque, time::Duration};
 
 use tracing::{info, warn};
 
-use super::{load_btf, RunOptions};
+use super::{load, RunOptions};
 use crate::{
     attribution::Attributor,
     events::cgroup_watch::Mkdir,
@@ -50,8 +50,9 @@ impl Attribution {
     /// here stops the run: what cannot start is logged and the events carry less.
     pub(super) fn start(options: &RunOptions, counters: &Counters, sources: &mut Vec<EventSource>) -> Option<Self> {
         let mut attributor = Attributor::new(options.attribution?);
-        let watcher = match load_btf(options.btf.as_ref()).map_err(|e| e.to_string()).and_then(|btf| {
-            monitors::load(&monitors::cgroup_watch::SPEC, Some(&btf), &options.load).map_err(|e| crate::errors::chain(&e))
+        let watcher = match load::external_btf(options.btf.as_ref()).map_err(|e| e.to_string()).and_then(|external| {
+            monitors::load(&monitors::cgroup_watch::SPEC, load::target(external.as_ref()), &options.load)
+                .map_err(|e| crate::errors::chain(&e))
         }) {
             Ok(LoadedMonitor { ebpf, events, .. }) => {
                 sources.push(events);

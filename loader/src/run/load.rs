@@ -10,7 +10,7 @@ use super::{RunError, RunOptions};
 use crate::{
     attribution::Attributor,
     filter,
-    monitors::{self, LoadedMonitor, MonitorError, MonitorFailure},
+    monitors::{self, LoadedMonitor, MonitorError, MonitorFailure, TargetBtf},
     pin::{self, Adopted},
     privileges,
 };
@@ -98,16 +98,40 @@ pub fn load_btf(path: Option<&PathBuf>) -> Result<Btf, RunError> {
     }
 }
 
+/// The BTF the run relocates against, with the errors of [`load_btf`]: the given file, parsed
+/// here once and lent to every load (Some); or the kernel's own (None: `TargetBtf::Kernel`).
+///
+/// The kernel's BTF is parsed here only to be checked, and dropped before any object loads:
+/// every object's loader parses it again anyway (aya's `EbpfLoader::new`), and holding this
+/// copy across those loads made two parsed copies the agent's start-up peak (48 MiB with every
+/// monitor; monitors::target_btf). The check stays because aya's loader treats a kernel BTF it
+/// cannot parse as none and would load without relocating, reading fields at the offsets the
+/// probes were compiled with; here a missing or corrupt BTF stops the run with its cause.
+pub(super) fn external_btf(path: Option<&PathBuf>) -> Result<Option<Btf>, RunError> {
+    match path {
+        Some(_) => load_btf(path).map(Some),
+        None => load_btf(None).map(|kernel| {
+            drop(kernel);
+            None
+        }),
+    }
+}
+
+/// `external`'s types, or the kernel's own when there is no file.
+pub(super) fn target(external: Option<&Btf>) -> TargetBtf<'_> {
+    external.map_or(TargetBtf::Kernel, TargetBtf::Parsed)
+}
+
 /// Loads and attaches every requested monitor. A monitor that fails is reported and left out,
 /// unless `options.strict`: then the first failure is returned and what was attached is dropped.
 /// Failing the privilege check or reading the BTF stops everything (no monitor could load).
 pub fn load_all(options: &RunOptions) -> Result<Started, RunError> {
     privileges::check()?;
     privileges::raise_memlock();
-    let btf = load_btf(options.btf.as_ref())?;
+    let external = external_btf(options.btf.as_ref())?;
     let mut started = Started::default();
     for spec in &options.monitors {
-        let loaded = monitors::load(spec, Some(&btf), &options.load).and_then(|mut m| {
+        let loaded = monitors::load(spec, target(external.as_ref()), &options.load).and_then(|mut m| {
             monitors::dns::set_ports(&mut m.ebpf, &options.dns_ports)
                 .map(|_| m)
                 .map_err(|source| MonitorError::Map { monitor: spec.name, map: monitors::dns::DNS_PORTS_MAP, source })

@@ -6,6 +6,7 @@ pub mod attach_path;
 pub mod cgroup_watch;
 pub mod dns;
 pub mod security;
+pub mod target_btf;
 pub mod xdp_filter;
 
 use std::time::Duration;
@@ -16,7 +17,7 @@ use aya::{
         raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, CgroupAttachMode, CgroupSkb,
         CgroupSkbAttachType, CgroupSock, FExit, KProbe, ProgramError, RawTracePoint, TracePoint,
     },
-    Btf, Ebpf, EbpfError, EbpfLoader,
+    Btf, Ebpf, EbpfError,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -27,6 +28,8 @@ use crate::{
     bundle::{self, Transport},
     cgroup_link::{CgroupAttach, CgroupLink},
 };
+
+pub use target_btf::{FexitTypes, TargetBtf};
 
 // The catalog (what each monitor's programs are, where they attach, which are alternatives or
 // optional) is data, in tapio-catalog; it is re-exported here, where it is loaded, so a caller
@@ -116,6 +119,15 @@ pub enum MonitorError {
     },
     #[error("monitor {monitor}: program {program}: needs the kernel's own BTF (fentry/fexit cannot use an external BTF file)")]
     NeedsKernelBtf { monitor: &'static str, program: &'static str },
+    /// The kernel's BTF, which an fentry/fexit program is resolved in, could not be read
+    /// (see [`target_btf`]: with the kernel's own BTF it is parsed when such a program loads).
+    #[error("monitor {monitor}: program {program}: kernel BTF: {source}")]
+    KernelBtf {
+        monitor: &'static str,
+        program: &'static str,
+        #[source]
+        source: aya::BtfError,
+    },
     #[error("monitor {monitor}: program {program}: missing from the object")]
     MissingProgram { monitor: &'static str, program: &'static str },
     /// The verifier refused the program; `log` is its whole log (the message shows the tail,
@@ -309,8 +321,9 @@ fn program_error(monitor: &'static str, program: &'static str, stage: &'static s
 }
 
 /// Creates a monitor's maps from its object (relocated against `btf`) and fills its config maps.
-/// No program is loaded yet: [`load_program`] and [`attach_program`] do that one at a time.
-pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<Ebpf, MonitorError> {
+/// No program is loaded yet: [`load_program`] and [`attach_program`] do that one at a time. The
+/// loader, and the copy of the kernel's BTF it parsed, is dropped on return ([`target_btf`]).
+pub fn open<'a>(spec: &'static MonitorSpec, btf: impl Into<TargetBtf<'a>>, options: &LoadOptions) -> Result<Ebpf, MonitorError> {
     let monitor = spec.name;
     let transport = options.transport();
     // advanced: the bloom-filter build where the kernel has bloom maps (advanced::object).
@@ -320,8 +333,7 @@ pub fn open(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
     // ring build has (5.8+); the perf build's wake-ups are set where its buffers are opened.
     let wakeup_bytes = options.delivery.ring_wakeup_bytes(options.ring_size.unwrap_or(crate::transport::DEFAULT_RING_SIZE));
     let filter_on: u32 = options.filter.is_some().into();
-    let mut loader = EbpfLoader::new();
-    loader.btf(btf);
+    let mut loader = btf.into().loader();
     if transport == Transport::Ringbuf {
         if let Some(size) = options.ring_size {
             loader.map_max_entries("events", size);
@@ -491,7 +503,7 @@ fn try_set(
     ebpf: &mut Ebpf,
     spec: &'static MonitorSpec,
     set: &ProgramSet,
-    btf: Option<&Btf>,
+    types: &mut FexitTypes<'_>,
 ) -> Result<Vec<(AttachReport, LinkId)>, PathError> {
     let monitor = spec.name;
     let mut done: Vec<(AttachReport, LinkId)> = Vec::new();
@@ -499,7 +511,7 @@ fn try_set(
     for name in set.programs {
         let p = spec.programs.iter().find(|p| p.name == *name).ok_or(PathError::Bug(MonitorError::MissingProgram { monitor, program: name }))?;
         touched.push(p);
-        match try_path(ebpf, monitor, p, btf) {
+        match try_path(ebpf, monitor, p, types) {
             Ok((load_time, link)) => done.push((AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time }, link)),
             Err(e) => {
                 drop(done);
@@ -545,10 +557,13 @@ fn ensure_tracefs(spec: &'static MonitorSpec) -> Result<(), MonitorError> {
 
 /// Loads a monitor's object with `btf`, then loads and attaches each of its programs. Mounts
 /// tracefs first when the monitor attaches tracepoints and it is not mounted.
-pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions) -> Result<LoadedMonitor, MonitorError> {
+pub fn load<'a>(spec: &'static MonitorSpec, btf: impl Into<TargetBtf<'a>>, options: &LoadOptions) -> Result<LoadedMonitor, MonitorError> {
     let monitor = spec.name;
     ensure_tracefs(spec)?;
+    let btf = btf.into();
     let mut ebpf = open(spec, btf, options)?;
+    // After `open`, whose loader has dropped its copy of the kernel's types (target_btf).
+    let mut types = FexitTypes::new(btf);
     let mut reports = Vec::new();
     let mut unavailable = Vec::new();
     let mut links = Vec::new();
@@ -569,7 +584,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         let mut reasons = Vec::new();
         let mut taken = None;
         for set in alt.sets {
-            match try_set(&mut ebpf, spec, set, btf) {
+            match try_set(&mut ebpf, spec, set, &mut types) {
                 Ok(done) => {
                     for (report, link) in done {
                         links.push((report.program, link));
@@ -606,7 +621,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
             continue;
         }
         let Some(group) = group_of(monitor, p.name) else {
-            let load_time = load_program(&mut ebpf, monitor, p, btf)?;
+            let load_time = load_program(&mut ebpf, monitor, p, fexit_btf(&mut types, monitor, p)?)?;
             links.push((p.name, attach_program(&mut ebpf, monitor, p)?));
             reports.push(AttachReport { monitor, program: p.name, path: p.attach.describe(), load_time });
             continue;
@@ -621,7 +636,7 @@ pub fn load(spec: &'static MonitorSpec, btf: Option<&Btf>, options: &LoadOptions
         if groups[entry].1 {
             continue; // a better path of this group is attached already
         }
-        match try_path(&mut ebpf, monitor, p, btf) {
+        match try_path(&mut ebpf, monitor, p, &mut types) {
             Ok((load_time, link)) => {
                 groups[entry].1 = true;
                 links.push((p.name, link));
@@ -655,10 +670,20 @@ pub enum PathError {
     Bug(MonitorError),
 }
 
+/// The BTF `p` is loaded with: fentry/fexit programs resolve their target in it (parsed on the
+/// first one, [`FexitTypes`]); no other program reads it.
+fn fexit_btf<'t>(types: &'t mut FexitTypes<'_>, monitor: &'static str, p: &ProgramSpec) -> Result<Option<&'t Btf>, MonitorError> {
+    if !matches!(p.attach, AttachPoint::Fexit { .. }) {
+        return Ok(None);
+    }
+    types.get().map_err(|source| MonitorError::KernelBtf { monitor, program: p.name, source })
+}
+
 /// Tries one alternative path: the feature gate first, then load and attach. Returns the load
 /// time and the link's id.
-pub fn try_path(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, btf: Option<&Btf>) -> Result<(Duration, LinkId), PathError> {
+pub fn try_path(ebpf: &mut Ebpf, monitor: &'static str, p: &ProgramSpec, types: &mut FexitTypes<'_>) -> Result<(Duration, LinkId), PathError> {
     attach_path::attach_path(&p.attach).map_err(PathError::Unavailable)?;
+    let btf = fexit_btf(types, monitor, p).map_err(|e| PathError::Unavailable(crate::errors::chain(&e)))?;
     let classify = |e: MonitorError| match &e {
         MonitorError::Verifier { io_error, log, .. }
             if !log.trim().is_empty() && io_error.raw_os_error() != Some(libc::EPERM) =>
