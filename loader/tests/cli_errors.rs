@@ -87,3 +87,35 @@ fn inspect_embedded_bundle() {
     let maps = process["maps"].as_array().unwrap();
     assert!(maps.iter().any(|m| m["name"] == "events" && m["map_type"] == "ringbuf"));
 }
+
+/// A kernel BTF that is there but does not parse stops the run with its cause, before any
+/// object loads. aya's loader would take such a BTF for none and load unrelocated (every CO-RE
+/// field read at the offset the probe was compiled with), so the run parses it up front even
+/// though each loader parses it again (run/load.rs, external_btf). The file is replaced by a
+/// corrupt one in a mount namespace of the agent's own; a run that did not stop is ended by
+/// `timeout` and fails the assertion.
+#[test]
+fn a_corrupt_kernel_btf_stops_the_run_before_any_load() {
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+    let Ok(real) = std::fs::read(VMLINUX) else {
+        common::skip_for_kernel("a_corrupt_kernel_btf_stops_the_run_before_any_load", &tapio_kernel_gates::Needs::one("vmlinux btf"), format!("no {VMLINUX}"));
+        return;
+    };
+    if common::skip_unless_root("a_corrupt_kernel_btf_stops_the_run_before_any_load") {
+        return;
+    }
+    let _serial = kernel_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("vmlinux");
+    // The header and the first types, cut mid-way: the header's lengths point past the end.
+    std::fs::write(&corrupt, &real[..real.len() / 2]).unwrap();
+    let script = format!("mount --bind {} {VMLINUX} && exec timeout -s TERM 20 \"$0\" run --monitors process", corrupt.display());
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(env!("CARGO_BIN_EXE_tapio-load"))
+        .output()
+        .expect("unshare (util-linux)");
+    assert_clean_failure(&out, &["btf", VMLINUX]);
+    let left = common::programs_left_after("process_", Duration::from_secs(2));
+    assert!(left.is_empty(), "{left:?}");
+}

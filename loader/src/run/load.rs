@@ -89,6 +89,22 @@ pub(super) fn return_startup_heap() {
     }
 }
 
+/// Makes glibc map every large allocation on its own and unmap it when freed, for the whole run.
+///
+/// Start-up parses the kernel's BTF once per object (a 9-13 MB type vector, the 5.5 MB file read
+/// whole), each freed before the next. By default glibc raises its mmap threshold to the size of
+/// the first such block freed, so every later parse lands in the brk heap instead, where it
+/// fragments and stays: measured here with every monitor, the start-up peak was 34.7 MiB with
+/// the threshold left dynamic and 31.5 MiB with it fixed at glibc's initial 128 KiB. The static
+/// musl build the image ships maps large blocks on its own anyway.
+pub(super) fn unmap_large_frees() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tunable of glibc's allocator; it is safe at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
 /// Reads the BTF the loader relocates against: the given file, or the kernel's own.
 pub fn load_btf(path: Option<&PathBuf>) -> Result<Btf, RunError> {
     match path {

@@ -136,6 +136,7 @@ pub async fn run(mut options: RunOptions) -> Result<RunSummary, RunError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
 
+    load::unmap_large_frees();
     let filtering = load::install_filters(&mut options);
     let Monitors { loaded, failed, adopted } = load::load_or_adopt(&options)?;
     let attached: Vec<monitors::AttachReport> = loaded.iter().flat_map(|m| m.reports.iter().cloned()).collect();
