@@ -235,15 +235,6 @@ pub const GATES: &[Gate] = &[
         &["CONFIG_CGROUPS"],
         "4.18: \"bpf: implement bpf_get_current_cgroup_id() helper\" (bf6fa2c893c5)",
     ),
-    // Generic (skb) XDP refused any program using a CPU map whose entries may hold a program
-    // (value size 8, which aya gives every CPU map where the kernel has that, 5.9+) until the
-    // generic path could run such programs: net/core/dev.c, generic_xdp_install, EINVAL.
-    g(
-        "generic xdp with a cpumap",
-        "5.15",
-        &[],
-        "5.15: \"bpf: cpumap: implement generic cpumap\" (11941f8a8536)",
-    ),
     // The veth pairs of the packet-path scenarios.
     g("veth", "2.6", &["CONFIG_VETH"], "2.6.24: \"[VETH]: Core implementation\""),
 ];

@@ -7,6 +7,7 @@ pub mod cgroup_watch;
 pub mod dns;
 pub mod security;
 pub mod target_btf;
+pub mod xdp_cpumap;
 pub mod xdp_filter;
 
 use std::time::Duration;

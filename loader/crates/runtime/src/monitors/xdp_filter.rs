@@ -28,6 +28,7 @@ use aya::{
 use serde::Serialize;
 use thiserror::Error;
 
+use super::xdp_cpumap::OwnCpuMap;
 use crate::bundle::{self, Transport};
 
 /// The object's name in the bundle.
@@ -282,6 +283,9 @@ impl Counters {
 pub struct XdpFilter {
     ebpf: Ebpf,
     link: Option<(String, AttachMode, XdpLinkId)>,
+    /// The CPU map as the loader made it (4-byte values, see super::xdp_cpumap); None where
+    /// that failed and aya made it.
+    cpumap: Option<OwnCpuMap>,
 }
 
 impl XdpFilter {
@@ -300,11 +304,28 @@ impl XdpFilter {
         loader.btf(btf);
         // The kernel refuses a CPU map larger than NR_CPUS; size it to the possible CPUs so every
         // CPU id (not only the first 64) can be a target.
-        if let Ok(n) = aya::util::nr_cpus() {
-            loader.map_max_entries(MAP_CPUMAP, n as u32);
+        let cpus = aya::util::nr_cpus().ok().map(|n| n as u32);
+        if let Some(n) = cpus {
+            loader.map_max_entries(MAP_CPUMAP, n);
+        }
+        // The CPU map with the 4-byte value generic XDP takes on 5.9-5.14 (super::xdp_cpumap).
+        let mut cpumap = match OwnCpuMap::create(MAP_CPUMAP, cpus.unwrap_or(MAX_STEER_CPUS)) {
+            Ok(map) => Some(map),
+            Err(e) => {
+                tracing::warn!("xdp_filter: {MAP_CPUMAP}: {e}; aya makes it, and generic XDP may refuse the filter on 5.9 to 5.14");
+                None
+            }
+        };
+        if let Some(path) = cpumap.as_ref().and_then(OwnCpuMap::pin_path) {
+            loader.map_pin_path(MAP_CPUMAP, path.to_owned());
         }
         let ebpf = loader.load(object.bytes).map_err(XdpFilterError::Object)?;
-        let mut filter = Self { ebpf, link: None };
+        if let Some(map) = cpumap.as_mut() {
+            if let Err(e) = map.unpin() {
+                tracing::warn!("xdp_filter: {MAP_CPUMAP}: removing its load-time pin: {e}");
+            }
+        }
+        let mut filter = Self { ebpf, link: None, cpumap };
         for prefix in &options.blocks {
             filter.block(*prefix)?;
         }
@@ -341,10 +362,16 @@ impl XdpFilter {
     /// program consults before it redirects (it may not look up the CPU map itself).
     fn fill_steering(&mut self, cpus: &[u32]) -> Result<(), XdpFilterError> {
         {
-            let map_error = |source| XdpFilterError::Map { map: MAP_CPUMAP, source };
-            let mut cpumap = CpuMap::try_from(self.map_mut(MAP_CPUMAP)?).map_err(map_error)?;
-            for &cpu in cpus {
-                cpumap.set(cpu, CPUMAP_QUEUE_SIZE, None, 0).map_err(|source| XdpFilterError::CpuMap { cpu, source })?;
+            if let Some(own) = self.cpumap.as_mut() {
+                for &cpu in cpus {
+                    own.set(cpu, CPUMAP_QUEUE_SIZE).map_err(|source| XdpFilterError::CpuMap { cpu, source: source.into() })?;
+                }
+            } else {
+                let map_error = |source| XdpFilterError::Map { map: MAP_CPUMAP, source };
+                let mut cpumap = CpuMap::try_from(self.map_mut(MAP_CPUMAP)?).map_err(map_error)?;
+                for &cpu in cpus {
+                    cpumap.set(cpu, CPUMAP_QUEUE_SIZE, None, 0).map_err(|source| XdpFilterError::CpuMap { cpu, source })?;
+                }
             }
         }
         let map_error = |source| XdpFilterError::Map { map: MAP_CPU_SLOTS, source };
