@@ -4,7 +4,7 @@
 //! the probes write are tapio-abi's and are checked by its own test (`loader/crates/abi/tests/layout.rs`),
 //! which also shows that a drifted mirror is caught.
 
-use tapio_object::{btf::StructLayout, inspect::object_btf, layout::check, mirror_layout};
+use tapio_object::{btf::StructLayout, layout::check_objects, mirror_layout};
 
 fn mirrors() -> Vec<(&'static str, StructLayout)> {
     vec![
@@ -27,16 +27,8 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
 /// Every architecture's bundle (the tests embed both), as for the record mirrors.
 #[rstest::rstest]
 fn runtime_config_mirrors_match_object_btf(#[values(tapio_bundle::Arch::X86_64, tapio_bundle::Arch::Arm64)] arch: tapio_bundle::Arch) {
-    let mut checked = 0;
-    for object in tapio_bundle::objects_for(arch).expect("all-arches embeds every bundle") {
-        let btf = object_btf(object.file, object.bytes).expect("object BTF");
-        for (monitor, mirror) in mirrors() {
-            if monitor != object.monitor {
-                continue;
-            }
-            check(&btf, &mirror).unwrap_or_else(|e| panic!("{arch} {}: {e}", object.file));
-            checked += 1;
-        }
-    }
+    let objects = tapio_bundle::objects_for(arch).expect("all-arches embeds every bundle");
+    let checked = check_objects(objects.iter().map(|o| (o.monitor, o.file, o.bytes)), &mirrors())
+        .unwrap_or_else(|e| panic!("{arch} {e}"));
     assert!(checked >= 4, "{arch}: checked only {checked} struct layouts");
 }

@@ -1,7 +1,7 @@
 //! Every record mirror of this crate has the layout recorded in each compiled object's own BTF,
 //! in every architecture's bundle.
 
-use tapio_object::{btf::StructLayout, inspect::object_btf, layout::{check, LayoutError}, mirror_layout};
+use tapio_object::{btf::StructLayout, inspect::object_btf, layout::{check, check_objects, LayoutError}, mirror_layout};
 use tapio_bundle::OBJECTS;
 use tapio_abi::{
     advanced::{AdvancedBatch, AdvancedEntry},
@@ -108,17 +108,9 @@ fn mirrors() -> Vec<(&'static str, StructLayout)> {
 /// objects must agree with them as the x86_64 ones do.
 #[rstest::rstest]
 fn rust_mirrors_match_object_btf(#[values(tapio_bundle::Arch::X86_64, tapio_bundle::Arch::Arm64)] arch: tapio_bundle::Arch) {
-    let mut checked = 0;
-    for object in tapio_bundle::objects_for(arch).expect("all-arches embeds every bundle") {
-        let btf = object_btf(object.file, object.bytes).expect("object BTF");
-        for (monitor, mirror) in mirrors() {
-            if monitor != object.monitor {
-                continue;
-            }
-            check(&btf, &mirror).unwrap_or_else(|e| panic!("{arch} {}: {e}", object.file));
-            checked += 1;
-        }
-    }
+    let objects = tapio_bundle::objects_for(arch).expect("all-arches embeds every bundle");
+    let checked = check_objects(objects.iter().map(|o| (o.monitor, o.file, o.bytes)), &mirrors())
+        .unwrap_or_else(|e| panic!("{arch} {e}"));
     assert!(checked >= 6, "{arch}: checked only {checked} struct layouts");
 }
 

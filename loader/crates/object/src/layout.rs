@@ -57,6 +57,29 @@ macro_rules! mirror_layout {
     }};
 }
 
+/// Checks each mirror against the struct of its name in every object of its monitor, given as
+/// (monitor, file name, bytes); returns how many were compared, or the first failure named by
+/// its file. Both mirror tests (the records' in tapio-abi, the runtime's configurations) walk the
+/// bundle this way, so a mirror is never compared with another monitor's object.
+pub fn check_objects<'a>(
+    objects: impl IntoIterator<Item = (&'a str, &'a str, &'a [u8])>,
+    mirrors: &[(&str, StructLayout)],
+) -> Result<usize, String> {
+    let mut checked = 0;
+    for (monitor, file, bytes) in objects {
+        let ours: Vec<&StructLayout> = mirrors.iter().filter(|(m, _)| *m == monitor).map(|(_, l)| l).collect();
+        if ours.is_empty() {
+            continue;
+        }
+        let btf = crate::inspect::object_btf(file, bytes).map_err(|e| e.to_string())?;
+        for mirror in ours {
+            check(&btf, mirror).map_err(|e| format!("{file}: {e}"))?;
+            checked += 1;
+        }
+    }
+    Ok(checked)
+}
+
 /// Compares a Rust mirror with the struct of the same name in `btf`; the first difference wins.
 pub fn check(btf: &Btf, rust: &StructLayout) -> Result<(), LayoutError> {
     let name = rust.name.clone();
