@@ -94,18 +94,25 @@ pub fn classify_section(section: &str) -> (String, String) {
     (program_type.to_owned(), rest.to_owned())
 }
 
+/// An object's bytes read twice, as the offline tools need them: the ELF (sections, symbols,
+/// notes) and aya-obj's parse (programs, maps, relocations). The error is what is wrong, for the
+/// caller to name the file in its own error.
+pub(crate) fn parse(bytes: &[u8]) -> Result<(object::File<'_>, aya_obj::Object), String> {
+    let elf = object::File::parse(bytes).map_err(|e| e.to_string())?;
+    let parsed = aya_obj::Object::parse(bytes).map_err(|e| {
+        // aya-obj's top-level message is generic; its source says what is wrong.
+        match std::error::Error::source(&e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        }
+    })?;
+    Ok((elf, parsed))
+}
+
 /// Inspects one object's bytes; `file` names it in errors and output.
 pub fn inspect(file: &str, bytes: &[u8]) -> Result<ObjectInfo, InspectError> {
     let elf_err = |detail: String| InspectError::Elf { file: file.to_owned(), detail };
-    let elf = object::File::parse(bytes).map_err(|e| elf_err(e.to_string()))?;
-    let parsed = aya_obj::Object::parse(bytes).map_err(|e| {
-        // aya-obj's top-level message is generic; its source says what is wrong.
-        let detail = match std::error::Error::source(&e) {
-            Some(s) => format!("{e}: {s}"),
-            None => e.to_string(),
-        };
-        elf_err(detail)
-    })?;
+    let (elf, parsed) = parse(bytes).map_err(elf_err)?;
 
     let mut programs = Vec::new();
     for (name, program) in &parsed.programs {

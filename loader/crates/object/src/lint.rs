@@ -613,14 +613,7 @@ fn is_global_data_section(name: &str) -> bool {
 /// Lints one object's bytes against kernel `min`.
 pub fn lint_object(file: &str, bytes: &[u8], min: KernelVersion) -> Result<Vec<Finding>, LintError> {
     let elf_err = |detail: String| LintError::Elf { file: file.to_owned(), detail };
-    let elf = object::File::parse(bytes).map_err(|e| elf_err(e.to_string()))?;
-    let parsed = aya_obj::Object::parse(bytes).map_err(|e| {
-        let detail = match std::error::Error::source(&e) {
-            Some(s) => format!("{e}: {s}"),
-            None => e.to_string(),
-        };
-        elf_err(detail)
-    })?;
+    let (elf, parsed) = crate::inspect::parse(bytes).map_err(elf_err)?;
     let mut findings = Vec::new();
     let mut add = |program: Option<&str>, gate, name: String, since, severity, detail: String| {
         findings.push(Finding {
